@@ -1,0 +1,36 @@
+//! revgate's resource model: Knative Serving `serving.knative.dev/v1` objects as
+//! users write them, their validation, the revisions they create, their status,
+//! and the [`plan::GatewayPlan`] that the gateway translations consume.
+//!
+//! This crate is pure: no I/O, no clock, no async. Time enters as a parameter.
+//!
+//! # Layout
+//! - [`manifest`]: YAML/JSON documents into typed [`manifest::Resource`]s (with `schema`, the
+//!   fields each kind declares, so unknown fields are rejected).
+//! - [`resources`], [`meta`]: the Knative object types.
+//! - [`config`]: the `knative-serving` ConfigMaps as typed [`config::Settings`].
+//! - [`validation`]: defaulting and validation, as Knative's webhooks do them.
+//! - [`names`]: every derived name: revisions, children, hosts.
+//! - [`world`]: the applied state; `apply` and `delete` return a new [`world::World`].
+//! - [`status`]: status of every object and the gateway plan, from the world and [`world::Observed`].
+//! - [`plan`]: the contract with the gateway translations.
+//! - [`error`]: [`error::FieldError`], [`error::ManifestError`], [`error::ApplyError`].
+
+pub mod config;
+pub mod error;
+pub mod manifest;
+pub mod meta;
+pub mod names;
+pub mod plan;
+pub mod resources;
+mod schema;
+pub mod status;
+pub mod validation;
+pub mod world;
+
+pub use config::Settings;
+pub use error::{ApplyError, FieldError, ManifestError};
+pub use manifest::{Document, Resource, SourceRef, parse_documents};
+pub use plan::{GatewayPlan, ObjectKey};
+pub use resources::{ConfigMap, Configuration, Revision, Route, Service};
+pub use world::{Change, ChangeKind, IngressState, Observed, RevisionReadiness, World};

@@ -1,0 +1,243 @@
+//! Reading manifest files: multi-document YAML (or JSON) into typed resources.
+//!
+//! A manifest that works with `kubectl apply` against Knative must work here
+//! unchanged. Fields the CRD schema does not declare are rejected (see
+//! `schema`), except in the parts the schema leaves open, which are kept.
+
+use std::fmt;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::error::{FieldError, ManifestError};
+use crate::meta::{DEFAULT_NAMESPACE, SERVING_API_VERSION};
+use crate::plan::ObjectKey;
+use crate::resources::{ConfigMap, Configuration, Route, Service};
+use crate::schema::{self, Shape};
+
+/// Where a document came from: a file and the 0-based index of the document in it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct SourceRef {
+    pub file: String,
+    pub document: usize,
+}
+
+impl SourceRef {
+    pub fn new(file: impl Into<String>, document: usize) -> Self {
+        Self { file: file.into(), document }
+    }
+}
+
+/// `file` for the first document, `file#2` for the third.
+impl fmt::Display for SourceRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.document == 0 { f.write_str(&self.file) } else { write!(f, "{}#{}", self.file, self.document) }
+    }
+}
+
+/// An object a user can apply.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Resource {
+    Service(Service),
+    Configuration(Configuration),
+    Route(Route),
+    ConfigMap(ConfigMap),
+}
+
+impl Resource {
+    /// The kind as written in manifests.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Resource::Service(_) => "Service",
+            Resource::Configuration(_) => "Configuration",
+            Resource::Route(_) => "Route",
+            Resource::ConfigMap(_) => "ConfigMap",
+        }
+    }
+
+    pub fn key(&self) -> ObjectKey {
+        match self {
+            Resource::Service(o) => o.metadata.key(),
+            Resource::Configuration(o) => o.metadata.key(),
+            Resource::Route(o) => o.metadata.key(),
+            Resource::ConfigMap(o) => o.metadata.key(),
+        }
+    }
+}
+
+/// One parsed document of a manifest file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Document {
+    pub source: SourceRef,
+    pub resource: Resource,
+}
+
+/// Parses every document of a manifest file. Empty documents (comments only,
+/// a trailing `---`) are skipped. Objects without a namespace land in `default`.
+///
+/// Problems with fields are collected over all documents; a document that is
+/// not YAML, or of a kind revgate does not serve, stops parsing.
+pub fn parse_documents(file: &str, text: &str) -> Result<Vec<Document>, ManifestError> {
+    let mut docs = Vec::new();
+    let mut field_errors = Vec::new();
+    for (index, de) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
+        let source = SourceRef::new(file, index);
+        let value = Value::deserialize(de).map_err(|e| ManifestError::Syntax {
+            file: file.to_string(),
+            document: index,
+            message: e.to_string(),
+        })?;
+        if value.is_null() {
+            continue;
+        }
+        match parse_object(&source, value) {
+            Ok(resource) => docs.push(Document { source, resource }),
+            Err(ParseFailure::Fatal(e)) => return Err(e),
+            Err(ParseFailure::Fields(errors)) => field_errors.extend(errors),
+        }
+    }
+    if field_errors.is_empty() { Ok(docs) } else { Err(ManifestError::Fields(field_errors)) }
+}
+
+enum ParseFailure {
+    Fatal(ManifestError),
+    Fields(Vec<FieldError>),
+}
+
+fn parse_object(source: &SourceRef, mut value: Value) -> Result<Resource, ParseFailure> {
+    let Some(object) = value.as_object() else {
+        return Err(ParseFailure::Fatal(ManifestError::Syntax {
+            file: source.file.clone(),
+            document: source.document,
+            message: "expected an object with apiVersion, kind and metadata".to_string(),
+        }));
+    };
+    let text = |k: &str| object.get(k).and_then(Value::as_str).unwrap_or_default().to_string();
+    let (api_version, kind) = (text("apiVersion"), text("kind"));
+    let meta = object.get("metadata");
+    let meta_text = |k: &str| meta.and_then(|m| m.get(k)).and_then(Value::as_str).unwrap_or_default().to_string();
+    let mut namespace = meta_text("namespace");
+    if namespace.is_empty() {
+        namespace = DEFAULT_NAMESPACE.to_string();
+    }
+    let key = ObjectKey::new(namespace.clone(), meta_text("name"));
+
+    let shape: &Shape = match (api_version.as_str(), kind.as_str()) {
+        (SERVING_API_VERSION, "Service") => &schema::SERVICE,
+        (SERVING_API_VERSION, "Configuration") => &schema::CONFIGURATION,
+        (SERVING_API_VERSION, "Route") => &schema::ROUTE,
+        ("v1", "ConfigMap") => &schema::CONFIG_MAP,
+        _ => {
+            return Err(ParseFailure::Fatal(ManifestError::UnsupportedKind { at: source.clone(), api_version, kind }));
+        }
+    };
+    let fail = |path: &str, message: String| FieldError {
+        source: Some(source.clone()),
+        kind: kind.clone(),
+        key: key.clone(),
+        path: path.to_string(),
+        message,
+    };
+
+    let mut problems = Vec::new();
+    schema::check(shape, &value, "", &mut problems);
+    if key.name.is_empty() {
+        problems.push(("metadata.name".to_string(), "missing field: every object needs a name".to_string()));
+    }
+    if !problems.is_empty() {
+        return Err(ParseFailure::Fields(problems.into_iter().map(|(p, m)| fail(&p, m)).collect()));
+    }
+
+    strip_nulls(&mut value);
+    if let Some(object) = value.as_object_mut() {
+        // Status belongs to revgate; whatever an exported manifest carries is dropped.
+        object.remove("status");
+    }
+    let typed = |e: serde_json::Error| ParseFailure::Fields(vec![fail("", e.to_string())]);
+    let mut resource = match kind.as_str() {
+        "Service" => Resource::Service(from_value(value).map_err(typed)?),
+        "Configuration" => Resource::Configuration(from_value(value).map_err(typed)?),
+        "Route" => Resource::Route(from_value(value).map_err(typed)?),
+        _ => Resource::ConfigMap(from_value(value).map_err(typed)?),
+    };
+    let metadata = match &mut resource {
+        Resource::Service(o) => &mut o.metadata,
+        Resource::Configuration(o) => &mut o.metadata,
+        Resource::Route(o) => &mut o.metadata,
+        Resource::ConfigMap(o) => &mut o.metadata,
+    };
+    metadata.namespace = namespace;
+    // Server-managed fields are the server's (revgate's) to set.
+    metadata.generation = None;
+    metadata.creation_timestamp = None;
+    metadata.owner_references.clear();
+    Ok(resource)
+}
+
+fn from_value<T: DeserializeOwned>(value: Value) -> Result<T, serde_json::Error> {
+    serde_json::from_value(value)
+}
+
+/// Removes `key: null` entries, which Kubernetes treats as absent.
+fn strip_nulls(value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            map.retain(|_, v| !v.is_null());
+            map.values_mut().for_each(strip_nulls);
+        }
+        Value::Array(items) => items.iter_mut().for_each(strip_nulls),
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn skips_empty_documents_and_defaults_the_namespace() {
+        let text = "---\n# only a comment\n---\napiVersion: serving.knative.dev/v1\nkind: Route\nmetadata:\n  name: r\nspec:\n  traffic:\n  - revisionName: r-1\n    percent: 100\n---\n";
+        let docs = parse_documents("r.yaml", text).expect("parses");
+        assert_eq!(docs.len(), 1);
+        assert_eq!(docs[0].source, SourceRef::new("r.yaml", 1));
+        assert_eq!(docs[0].resource.key(), ObjectKey::new("default", "r"));
+        assert_eq!(docs[0].resource.kind(), "Route");
+    }
+
+    #[test]
+    fn parses_json() {
+        let text = r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"config-domain","namespace":"knative-serving"},"data":{"example.org":""}}"#;
+        let docs = parse_documents("cm.json", text).expect("parses");
+        assert_eq!(docs[0].resource.key(), ObjectKey::new("knative-serving", "config-domain"));
+    }
+
+    #[test]
+    fn rejects_other_kinds_naming_file_document_and_kind() {
+        let text = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a}\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\n";
+        let err = parse_documents("app.yaml", text).expect_err("rejected");
+        let shown = err.to_string();
+        assert!(shown.starts_with("app.yaml: document 1: unsupported kind \"Deployment\""), "{shown}");
+    }
+
+    #[test]
+    fn reports_every_unknown_field_of_every_document() {
+        let text = "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata: {name: a}\nspec:\n  template:\n    spec:\n      containers: [{image: x, imagee: y}]\n---\napiVersion: serving.knative.dev/v1\nkind: Route\nmetadata: {name: b}\nspec:\n  trafic: []\n";
+        let err = parse_documents("two.yaml", text).expect_err("rejected");
+        assert_eq!(
+            err.to_string(),
+            "two.yaml: service/default/a: spec.template.spec.containers[0].imagee: unknown field\n\
+             two.yaml#1: route/default/b: spec.trafic: unknown field"
+        );
+    }
+
+    #[test]
+    fn keeps_preserved_pod_spec_fields_verbatim() {
+        let text = "apiVersion: serving.knative.dev/v1\nkind: Configuration\nmetadata: {name: c}\nspec:\n  template:\n    spec:\n      affinity: {podAntiAffinity: {x: 1}}\n      containers:\n      - image: x\n        volumeMounts: [{name: v, mountPath: /v}]\n      volumes: [{name: v, emptyDir: {}}]\n";
+        let docs = parse_documents("c.yaml", text).expect("parses");
+        let Resource::Configuration(c) = &docs[0].resource else { panic!("not a configuration") };
+        let spec = &c.spec.template.spec;
+        assert!(spec.extra.contains_key("affinity") && spec.extra.contains_key("volumes"));
+        assert!(spec.containers[0].extra.contains_key("volumeMounts"));
+    }
+}

@@ -1,0 +1,366 @@
+//! Status and routing, computed from the applied world and what was
+//! observed outside it. Nothing here is stored: status is recomputed on
+//! every read, the way Knative's reconcilers would converge to it.
+//!
+//! A Route's conditions:
+//!
+//! | AllTrafficAssigned | IngressReady | Ready |
+//! |---|---|---|
+//! | True  | True (gateway accepted)            | True |
+//! | True  | Unknown `IngressNotConfigured`      | Unknown |
+//! | True  | False `GatewayRejected`             | False |
+//! | False `RevisionMissing` / `ConfigurationMissing` (target absent) | Unknown | False |
+//! | Unknown `RevisionMissing` (target exists, nothing ready yet)      | Unknown | Unknown |
+//!
+//! A Service's `ConfigurationsReady` and `RoutesReady` mirror its children's
+//! `Ready`; its `Ready` is True when both are, else the first False (or Unknown).
+
+use std::collections::BTreeMap;
+
+use crate::config::Settings;
+use crate::meta::{CONFIGURATION_LABEL, Condition, ConditionStatus, ENDPOINTS_ANNOTATION, SERVICE_LABEL};
+use crate::names::{self, RouteNaming};
+use crate::plan::{
+    GatewayPlan, ObjectKey, RevisionBackend, RoutePlan, Split, TagPlan, UpstreamProtocol, parse_endpoints,
+};
+use crate::resources::{
+    Addressable, Configuration, ConfigurationStatus, Revision, RevisionStatus, Route, RouteStatus, Service,
+    ServiceStatus, TrafficTarget,
+};
+use crate::world::{IngressState, Observed, RevisionReadiness, World};
+
+/// Condition types and reasons revgate reports.
+pub mod reason {
+    pub const READY: &str = "Ready";
+    pub const ALL_TRAFFIC_ASSIGNED: &str = "AllTrafficAssigned";
+    pub const INGRESS_READY: &str = "IngressReady";
+    pub const CONFIGURATIONS_READY: &str = "ConfigurationsReady";
+    pub const ROUTES_READY: &str = "RoutesReady";
+    pub const CONTAINER_HEALTHY: &str = "ContainerHealthy";
+    pub const RESOURCES_AVAILABLE: &str = "ResourcesAvailable";
+
+    pub const REVISION_MISSING: &str = "RevisionMissing";
+    pub const CONFIGURATION_MISSING: &str = "ConfigurationMissing";
+    pub const REVISION_FAILED: &str = "RevisionFailed";
+    pub const INGRESS_NOT_CONFIGURED: &str = "IngressNotConfigured";
+    pub const GATEWAY_REJECTED: &str = "GatewayRejected";
+}
+
+/// One traffic target, resolved to a revision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ResolvedTarget {
+    pub tag: Option<String>,
+    pub revision: ObjectKey,
+    pub percent: i64,
+}
+
+/// Why a traffic target does not resolve.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct TrafficFailure {
+    pub status: ConditionStatus,
+    pub reason: &'static str,
+    pub message: String,
+}
+
+/// Resolves each of a route's targets, in order.
+fn resolve(world: &World, route: &Route, observed: &Observed) -> Vec<Result<ResolvedTarget, TrafficFailure>> {
+    let namespace = &route.metadata.namespace;
+    let fail = |status, reason, message| Err(TrafficFailure { status, reason, message });
+    route
+        .spec
+        .traffic
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let revision = match (&t.revision_name, &t.configuration_name) {
+                (Some(name), _) => {
+                    let key = ObjectKey::new(namespace.clone(), name.clone());
+                    if !world.revisions.contains_key(&key) {
+                        return fail(
+                            ConditionStatus::False,
+                            reason::REVISION_MISSING,
+                            format!("revision {name:?} named in spec.traffic[{i}] does not exist"),
+                        );
+                    }
+                    if !observed.is_ready(&key) {
+                        return fail(
+                            ConditionStatus::Unknown,
+                            reason::REVISION_MISSING,
+                            format!("revision {name:?} named in spec.traffic[{i}] is not ready"),
+                        );
+                    }
+                    key
+                }
+                (None, Some(name)) => {
+                    let key = ObjectKey::new(namespace.clone(), name.clone());
+                    if !world.configurations.contains_key(&key) {
+                        return fail(
+                            ConditionStatus::False,
+                            reason::CONFIGURATION_MISSING,
+                            format!("configuration {name:?} named in spec.traffic[{i}] does not exist"),
+                        );
+                    }
+                    match world.latest_ready_revision(&key, observed) {
+                        Some(r) => r.metadata.key(),
+                        None => {
+                            return fail(
+                                ConditionStatus::Unknown,
+                                reason::REVISION_MISSING,
+                                format!("configuration {name:?} has no ready revision yet"),
+                            );
+                        }
+                    }
+                }
+                (None, None) => {
+                    return fail(
+                        ConditionStatus::False,
+                        reason::REVISION_MISSING,
+                        format!("spec.traffic[{i}] names no revision or configuration"),
+                    );
+                }
+            };
+            Ok(ResolvedTarget { tag: t.tag.clone(), revision, percent: t.percent.unwrap_or(0) })
+        })
+        .collect()
+}
+
+/// The gateway serves a route once every target that carries traffic resolves.
+fn serves(resolution: &[Result<ResolvedTarget, TrafficFailure>], route: &Route) -> bool {
+    resolution.iter().zip(&route.spec.traffic).all(|(r, t)| r.is_ok() || t.percent.unwrap_or(0) == 0)
+}
+
+fn route_naming<'a>(route: &'a Route, key: &'a ObjectKey) -> RouteNaming<'a> {
+    RouteNaming { key, labels: &route.metadata.labels, annotations: &route.metadata.annotations }
+}
+
+/// `Ready` from its dependent conditions: True if all are, else the first
+/// False, else the first Unknown.
+fn ready_from(type_: &str, parts: &[&Condition]) -> Condition {
+    let pick = |status: ConditionStatus| parts.iter().find(|c| c.status() == status);
+    match pick(ConditionStatus::False).or_else(|| pick(ConditionStatus::Unknown)) {
+        None => Condition::new(type_, ConditionStatus::True, None, None),
+        Some(c) => Condition { type_: type_.to_string(), ..(*c).clone() },
+    }
+}
+
+fn sorted(mut conditions: Vec<Condition>) -> Vec<Condition> {
+    conditions.sort_by(|a, b| a.type_.cmp(&b.type_));
+    conditions
+}
+
+fn unknown(type_: &str, reason: &str, message: &str) -> Condition {
+    Condition::new(type_, ConditionStatus::Unknown, Some(reason), Some(message.to_string()))
+}
+
+impl World {
+    /// What the gateway must do: every route whose traffic-carrying targets
+    /// all resolve, and every revision.
+    pub fn plan(&self, observed: &Observed) -> GatewayPlan {
+        let settings = self.settings();
+        let mut routes = Vec::new();
+        for route in self.routes.values() {
+            let resolution = resolve(self, route, observed);
+            if !serves(&resolution, route) {
+                continue;
+            }
+            let key = route.metadata.key();
+            let naming = route_naming(route, &key);
+            let mut splits: BTreeMap<ObjectKey, u32> = BTreeMap::new();
+            let mut tags = Vec::new();
+            for target in resolution.into_iter().flatten() {
+                let percent = u32::try_from(target.percent).unwrap_or(0);
+                if percent > 0 {
+                    *splits.entry(target.revision.clone()).or_default() += percent;
+                }
+                if let Some(tag) = target.tag {
+                    tags.push(TagPlan {
+                        host: names::tag_host(naming, &tag, &settings),
+                        tag,
+                        revision: target.revision,
+                    });
+                }
+            }
+            tags.sort_by(|a, b| a.tag.cmp(&b.tag));
+            routes.push(RoutePlan {
+                host: names::route_host(naming, &settings),
+                key: key.clone(),
+                splits: splits.into_iter().map(|(revision, percent)| Split { revision, percent }).collect(),
+                tags,
+            });
+        }
+        GatewayPlan {
+            routes,
+            revisions: self.revisions.values().map(|r| backend(r, &settings)).collect(),
+            tag_header_routing: settings.features.tag_header_based_routing,
+        }
+    }
+
+    /// Services as `kubectl get ksvc -o yaml` shows them.
+    pub fn service_views(&self, observed: &Observed) -> Vec<Service> {
+        let settings = self.settings();
+        self.services
+            .values()
+            .map(|s| Service { status: Some(self.service_status(s, &settings, observed)), ..s.clone() })
+            .collect()
+    }
+
+    /// Configurations (including those Services own), with status.
+    pub fn configuration_views(&self, observed: &Observed) -> Vec<Configuration> {
+        self.configurations
+            .values()
+            .map(|c| Configuration { status: Some(self.configuration_status(c, observed)), ..c.clone() })
+            .collect()
+    }
+
+    /// Routes (including those Services own), with status.
+    pub fn route_views(&self, observed: &Observed) -> Vec<Route> {
+        let settings = self.settings();
+        self.routes
+            .values()
+            .map(|r| Route { status: Some(self.route_status(r, &settings, observed)), ..r.clone() })
+            .collect()
+    }
+
+    /// Revisions, with status.
+    pub fn revision_views(&self, observed: &Observed) -> Vec<Revision> {
+        self.revisions.values().map(|r| Revision { status: Some(revision_status(r, observed)), ..r.clone() }).collect()
+    }
+
+    fn configuration_status(&self, configuration: &Configuration, observed: &Observed) -> ConfigurationStatus {
+        let key = configuration.metadata.key();
+        let latest_created = self.latest_created_revision(&key);
+        let latest_ready = self.latest_ready_revision(&key, observed);
+        let ready = match latest_created {
+            None => unknown(reason::READY, reason::REVISION_MISSING, "no revision has been created yet"),
+            Some(r) => match observed.readiness(&r.metadata.key()) {
+                RevisionReadiness::Ready => Condition::new(reason::READY, ConditionStatus::True, None, None),
+                RevisionReadiness::NotReady { reason: why, message } => Condition::new(
+                    reason::READY,
+                    ConditionStatus::False,
+                    Some(reason::REVISION_FAILED),
+                    Some(format!("revision {:?} is not ready: {why}: {message}", r.metadata.name)),
+                ),
+            },
+        };
+        ConfigurationStatus {
+            observed_generation: configuration.metadata.generation,
+            conditions: vec![ready],
+            latest_created_revision_name: latest_created.map(|r| r.metadata.name.clone()),
+            latest_ready_revision_name: latest_ready.map(|r| r.metadata.name.clone()),
+        }
+    }
+
+    fn route_status(&self, route: &Route, settings: &Settings, observed: &Observed) -> RouteStatus {
+        let key = route.metadata.key();
+        let naming = route_naming(route, &key);
+        let resolution = resolve(self, route, observed);
+        let failure =
+            resolution.iter().filter_map(|r| r.as_ref().err()).min_by_key(|f| f.status != ConditionStatus::False);
+        let assigned = match failure {
+            None => Condition::new(reason::ALL_TRAFFIC_ASSIGNED, ConditionStatus::True, None, None),
+            Some(f) => Condition::new(reason::ALL_TRAFFIC_ASSIGNED, f.status, Some(f.reason), Some(f.message.clone())),
+        };
+        let not_configured = |message: &str| unknown(reason::INGRESS_READY, reason::INGRESS_NOT_CONFIGURED, message);
+        let ingress = if !serves(&resolution, route) {
+            not_configured("the gateway is not programmed until all traffic is assigned")
+        } else {
+            match observed.ingress.get(&key) {
+                Some(IngressState::Ready) => Condition::new(reason::INGRESS_READY, ConditionStatus::True, None, None),
+                Some(IngressState::Rejected { message }) => Condition::new(
+                    reason::INGRESS_READY,
+                    ConditionStatus::False,
+                    Some(reason::GATEWAY_REJECTED),
+                    Some(message.clone()),
+                ),
+                Some(IngressState::NotConfigured) | None => not_configured("the gateway has not been programmed yet"),
+            }
+        };
+        let traffic = if failure.is_none() {
+            resolution
+                .iter()
+                .flatten()
+                .zip(&route.spec.traffic)
+                .map(|(resolved, spec)| TrafficTarget {
+                    tag: resolved.tag.clone(),
+                    revision_name: Some(resolved.revision.name.clone()),
+                    configuration_name: None,
+                    latest_revision: spec.latest_revision,
+                    percent: spec.percent,
+                    url: resolved.tag.as_ref().map(|tag| names::url(&names::tag_host(naming, tag, settings))),
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let ready = ready_from(reason::READY, &[&assigned, &ingress]);
+        RouteStatus {
+            observed_generation: route.metadata.generation,
+            conditions: sorted(vec![assigned, ingress, ready]),
+            url: Some(names::url(&names::route_host(naming, settings))),
+            address: Some(Addressable { url: names::url(&names::cluster_local_host(&key)) }),
+            traffic,
+        }
+    }
+
+    fn service_status(&self, service: &Service, settings: &Settings, observed: &Observed) -> ServiceStatus {
+        let key = service.metadata.key();
+        let config_key = ObjectKey::new(key.namespace.clone(), names::service_configuration(&key.name));
+        let route_key = ObjectKey::new(key.namespace.clone(), names::service_route(&key.name));
+        let config = self.configurations.get(&config_key).map(|c| self.configuration_status(c, observed));
+        let route = self.routes.get(&route_key).map(|r| self.route_status(r, settings, observed));
+        let mirror = |type_: &str, conditions: Option<&Vec<Condition>>| {
+            conditions
+                .and_then(|cs| crate::meta::condition(cs, reason::READY))
+                .map(|c| Condition { type_: type_.to_string(), ..c.clone() })
+                .unwrap_or_else(|| unknown(type_, "Creating", "the child object does not exist yet"))
+        };
+        let configurations_ready = mirror(reason::CONFIGURATIONS_READY, config.as_ref().map(|c| &c.conditions));
+        let routes_ready = mirror(reason::ROUTES_READY, route.as_ref().map(|r| &r.conditions));
+        let ready = ready_from(reason::READY, &[&configurations_ready, &routes_ready]);
+        let (config, route) = (config.unwrap_or_default(), route.unwrap_or_default());
+        ServiceStatus {
+            observed_generation: service.metadata.generation,
+            conditions: sorted(vec![configurations_ready, routes_ready, ready]),
+            url: route.url,
+            address: route.address,
+            latest_created_revision_name: config.latest_created_revision_name,
+            latest_ready_revision_name: config.latest_ready_revision_name,
+            traffic: route.traffic,
+        }
+    }
+}
+
+fn revision_status(revision: &Revision, observed: &Observed) -> RevisionStatus {
+    let conditions = match observed.readiness(&revision.metadata.key()) {
+        RevisionReadiness::Ready => [reason::CONTAINER_HEALTHY, reason::READY, reason::RESOURCES_AVAILABLE]
+            .iter()
+            .map(|t| Condition::new(t, ConditionStatus::True, None, None))
+            .collect(),
+        RevisionReadiness::NotReady { reason: why, message } => {
+            let not_ready = |t| Condition::new(t, ConditionStatus::False, Some(why), Some(message.clone()));
+            vec![
+                not_ready(reason::CONTAINER_HEALTHY),
+                not_ready(reason::READY),
+                unknown(reason::RESOURCES_AVAILABLE, why, message),
+            ]
+        }
+    };
+    RevisionStatus { observed_generation: revision.metadata.generation, conditions }
+}
+
+fn backend(revision: &Revision, settings: &Settings) -> RevisionBackend {
+    let spec = &revision.spec;
+    let h2c = spec.serving_container().and_then(|c| c.ports.first()).is_some_and(|p| p.name == "h2c");
+    RevisionBackend {
+        key: revision.metadata.key(),
+        configuration: revision.metadata.labels.get(CONFIGURATION_LABEL).cloned().unwrap_or_default(),
+        service: revision.metadata.labels.get(SERVICE_LABEL).cloned(),
+        protocol: if h2c { UpstreamProtocol::H2c } else { UpstreamProtocol::Http1 },
+        container_concurrency: spec.container_concurrency.and_then(|c| u32::try_from(c).ok()).unwrap_or(0),
+        timeout_seconds: spec
+            .timeout_seconds
+            .and_then(|t| u64::try_from(t).ok())
+            .unwrap_or_else(|| u64::try_from(settings.defaults.revision_timeout_seconds).unwrap_or(300)),
+        static_endpoints: revision.metadata.annotations.get(ENDPOINTS_ANNOTATION).and_then(|v| parse_endpoints(v).ok()),
+    }
+}

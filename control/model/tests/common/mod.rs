@@ -1,0 +1,60 @@
+//! Fixtures shared by the model's integration tests.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+use revgate_model::{Change, Document, FieldError, ManifestError, Observed, World, parse_documents};
+
+/// 2024-05-01T12:00:00Z.
+pub const NOW: u64 = 1_714_564_800;
+
+/// The shared folder sits beside the repository.
+pub fn shared_dir(sub: &str) -> PathBuf {
+    let dir = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared")).join(sub);
+    assert!(
+        dir.is_dir(),
+        "{} is missing: these tests read Knative's samples and CRDs from the shared folder beside the repository",
+        dir.display()
+    );
+    dir
+}
+
+pub fn parse(yaml: &str) -> Vec<Document> {
+    parse_documents("test.yaml", yaml).unwrap_or_else(|e| panic!("parse failed:\n{e}"))
+}
+
+pub fn apply(world: &World, yaml: &str) -> (World, Vec<Change>) {
+    world.apply(&parse(yaml), NOW).unwrap_or_else(|e| panic!("apply failed:\n{e}"))
+}
+
+/// Parses and applies, returning every problem (parse or apply) as `(path, message)`.
+pub fn problems(world: &World, yaml: &str) -> Vec<(String, String)> {
+    let errors: Vec<FieldError> = match parse_documents("bad.yaml", yaml) {
+        Err(ManifestError::Fields(errors)) => errors,
+        Err(other) => panic!("unexpected parse error: {other}"),
+        Ok(docs) => match world.apply(&docs, NOW) {
+            Ok(_) => Vec::new(),
+            Err(e) => e.errors,
+        },
+    };
+    errors.into_iter().map(|e| (e.path, e.message)).collect()
+}
+
+pub fn lines(changes: &[Change]) -> Vec<String> {
+    changes.iter().map(ToString::to_string).collect()
+}
+
+pub fn ready() -> Observed {
+    Observed::default()
+}
+
+/// A minimal Service manifest.
+pub fn service(name: &str, image: &str) -> String {
+    format!(
+        "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata:\n  name: {name}\nspec:\n  template:\n    spec:\n      containers:\n      - image: {image}\n"
+    )
+}
+
+pub fn config_map(name: &str, data: &str) -> String {
+    format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\n  namespace: knative-serving\ndata:\n{data}")
+}

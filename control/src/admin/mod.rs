@@ -1,0 +1,34 @@
+//! The admin API: an HTTP/JSON interface to the control plane, used by the
+//! `revgate` CLI (`apply`, `delete`, `get`).
+//!
+//! | method | path | body / query | answer |
+//! |---|---|---|---|
+//! | POST | `/v1/apply`, `/v1/delete` | `{"files":[{"name","content"}]}` | 200 [`Applied`](crate::control::Applied); 422 `{"errors":[…]}` |
+//! | GET | `/v1/services`, `/v1/configurations`, `/v1/routes`, `/v1/revisions` | `?namespace=&name=` | objects with status |
+//! | GET | `/v1/gateway` | | published versions and each gateway's ACK/NACK state |
+//! | PUT | `/v1/debug/fault` | `{"fault": "duplicate-domain" \| null}` | only with test hooks |
+//! | GET | `/healthz` | | `ok` |
+//!
+//! Bound to loopback it needs no credentials; bound elsewhere, every `/v1`
+//! call needs `Authorization: Bearer <token>` with the token from
+//! `<state-dir>/admin-token`.
+
+pub mod client;
+pub mod server;
+
+use serde::{Deserialize, Serialize};
+
+use crate::manifests::ManifestFile;
+
+/// Body of `/v1/apply` and `/v1/delete`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ApplyRequest {
+    pub files: Vec<ManifestFile>,
+}
+
+/// Body of every error answer.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// One line per problem, each naming the file, the resource and the field.
+    pub errors: Vec<String>,
+}

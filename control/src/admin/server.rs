@@ -1,0 +1,153 @@
+//! The admin API's server side.
+
+use std::net::SocketAddr;
+
+use axum::extract::{Query, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use revgate_model::plan::ObjectKey;
+use serde::{Deserialize, Serialize};
+
+use super::{ApplyRequest, ErrorBody};
+use crate::control::{ControlError, Handle};
+use crate::faults::Fault;
+
+/// What the admin API serves from.
+#[derive(Debug, Clone)]
+pub struct AdminState {
+    pub control: Handle,
+    /// Required bearer token, when the API is bound beyond loopback.
+    pub token: Option<String>,
+    pub test_hooks: bool,
+}
+
+pub fn router(state: AdminState) -> Router {
+    let mut v1 = Router::new()
+        .route("/v1/apply", post(apply))
+        .route("/v1/delete", post(delete))
+        .route("/v1/services", get(services))
+        .route("/v1/configurations", get(configurations))
+        .route("/v1/routes", get(routes))
+        .route("/v1/revisions", get(revisions))
+        .route("/v1/gateway", get(gateway));
+    if state.test_hooks {
+        v1 = v1.route("/v1/debug/fault", put(set_fault));
+    }
+    let v1 = v1.route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    Router::new().route("/healthz", get(|| async { "ok" })).merge(v1).with_state(state)
+}
+
+/// True when `addr` can only be reached from this machine.
+pub fn is_loopback(addr: &SocketAddr) -> bool {
+    addr.ip().is_loopback()
+}
+
+async fn require_token(State(state): State<AdminState>, headers: HeaderMap, request: Request, next: Next) -> Response {
+    if let Some(token) = &state.token {
+        let presented =
+            headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+        if presented != Some(token.as_str()) {
+            return error(
+                StatusCode::UNAUTHORIZED,
+                vec!["this admin API requires `Authorization: Bearer <token>`; the token is in <state-dir>/admin-token (pass it with --token or REVGATE_TOKEN)".to_owned()],
+            );
+        }
+    }
+    next.run(request).await
+}
+
+fn error(status: StatusCode, errors: Vec<String>) -> Response {
+    (status, Json(ErrorBody { errors })).into_response()
+}
+
+fn control_error(e: ControlError) -> Response {
+    match e {
+        ControlError::Manifest(e) => error(StatusCode::UNPROCESSABLE_ENTITY, vec![e.to_string()]),
+        ControlError::Invalid(e) => {
+            error(StatusCode::UNPROCESSABLE_ENTITY, e.errors.iter().map(ToString::to_string).collect())
+        }
+        ControlError::Store(e) => error(StatusCode::INTERNAL_SERVER_ERROR, vec![e.to_string()]),
+        ControlError::ShuttingDown => error(StatusCode::SERVICE_UNAVAILABLE, vec![e.to_string()]),
+    }
+}
+
+async fn apply(State(state): State<AdminState>, Json(request): Json<ApplyRequest>) -> Response {
+    match state.control.apply(request.files, false).await {
+        Ok(applied) => Json(applied).into_response(),
+        Err(e) => control_error(e),
+    }
+}
+
+async fn delete(State(state): State<AdminState>, Json(request): Json<ApplyRequest>) -> Response {
+    match state.control.apply(request.files, true).await {
+        Ok(applied) => Json(applied).into_response(),
+        Err(e) => control_error(e),
+    }
+}
+
+/// `?namespace=&name=` filters of the list endpoints.
+#[derive(Debug, Deserialize)]
+pub struct Filter {
+    namespace: Option<String>,
+    name: Option<String>,
+}
+
+impl Filter {
+    fn keeps(&self, key: &ObjectKey) -> bool {
+        self.namespace.as_ref().is_none_or(|ns| ns == &key.namespace)
+            && self.name.as_ref().is_none_or(|name| name == &key.name)
+    }
+}
+
+fn list<T: Serialize>(filter: &Filter, objects: Vec<T>, key: impl Fn(&T) -> ObjectKey) -> Response {
+    let kept: Vec<T> = objects.into_iter().filter(|object| filter.keeps(&key(object))).collect();
+    Json(kept).into_response()
+}
+
+async fn services(State(state): State<AdminState>, Query(filter): Query<Filter>) -> Response {
+    let world = state.control.world();
+    list(&filter, world.service_views(&state.control.observed()), |o| o.metadata.key())
+}
+
+async fn configurations(State(state): State<AdminState>, Query(filter): Query<Filter>) -> Response {
+    let world = state.control.world();
+    list(&filter, world.configuration_views(&state.control.observed()), |o| o.metadata.key())
+}
+
+async fn routes(State(state): State<AdminState>, Query(filter): Query<Filter>) -> Response {
+    let world = state.control.world();
+    list(&filter, world.route_views(&state.control.observed()), |o| o.metadata.key())
+}
+
+async fn revisions(State(state): State<AdminState>, Query(filter): Query<Filter>) -> Response {
+    let world = state.control.world();
+    list(&filter, world.revision_views(&state.control.observed()), |o| o.metadata.key())
+}
+
+/// Body of `/v1/gateway`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct GatewayView {
+    pub published: serde_json::Value,
+    pub status: serde_json::Value,
+}
+
+async fn gateway(State(state): State<AdminState>) -> Response {
+    let published = serde_json::to_value(state.control.published()).unwrap_or_default();
+    let status = serde_json::to_value(state.control.gateway()).unwrap_or_default();
+    Json(GatewayView { published, status }).into_response()
+}
+
+#[derive(Debug, Deserialize)]
+struct FaultRequest {
+    fault: Option<Fault>,
+}
+
+async fn set_fault(State(state): State<AdminState>, Json(request): Json<FaultRequest>) -> Response {
+    match state.control.set_fault(request.fault).await {
+        Ok(published) => Json(published).into_response(),
+        Err(e) => control_error(e),
+    }
+}

@@ -1,0 +1,144 @@
+//! Command-line interface: argument definitions only; each command's work
+//! lives in its own module.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "revgate",
+    version,
+    about = "Knative Serving on an Envoy gateway: revisions, traffic splits and scale to zero without extra hops."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the control plane: the admin API and the xDS server.
+    Serve(ServeArgs),
+    /// Apply Knative manifests (files or directories), in order, like `kubectl apply -f`.
+    Apply(ManifestArgs),
+    /// Delete the objects named in manifests.
+    Delete(ManifestArgs),
+    /// Show objects, like `kubectl get`.
+    Get(GetArgs),
+    /// Print configuration for a gateway without running the control plane.
+    #[command(subcommand)]
+    Render(RenderCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address of the xDS (ADS) gRPC server.
+    #[arg(long, default_value = "127.0.0.1:18000")]
+    pub xds_addr: SocketAddr,
+    /// Address of the admin API. Binding anything but loopback requires the
+    /// bearer token kept in the state directory.
+    #[arg(long, default_value = "127.0.0.1:9090")]
+    pub admin_addr: SocketAddr,
+    /// Directory for the state database and the admin token.
+    #[arg(long, default_value = ".revgate")]
+    pub state_dir: PathBuf,
+    /// Port of the gateway's HTTP listener programmed over xDS.
+    #[arg(long, default_value_t = 8080)]
+    pub http_port: u16,
+    /// Enable the admin API's fault-injection endpoints (tests only).
+    #[arg(long, hide = true, env = "REVGATE_TEST_HOOKS")]
+    pub test_hooks: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ClientArgs {
+    /// Admin API of a running `revgate serve`.
+    #[arg(long, env = "REVGATE_SERVER", default_value = "http://127.0.0.1:9090", global = true)]
+    pub server: String,
+    /// Bearer token for an admin API bound beyond loopback (see `<state-dir>/admin-token`).
+    #[arg(long, env = "REVGATE_TOKEN", global = true, hide_env_values = true)]
+    pub token: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ManifestArgs {
+    /// Manifest files or directories (YAML or JSON; directories are read in name order).
+    #[arg(short = 'f', long = "filename", required = true, num_args = 1..)]
+    pub files: Vec<PathBuf>,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct GetArgs {
+    /// ksvc | configuration (cfg) | route (rt) | revision (rev) | gateway
+    pub kind: GetKind,
+    /// Only the object with this name.
+    pub name: Option<String>,
+    /// Namespace.
+    #[arg(short = 'n', long, default_value = "default")]
+    pub namespace: String,
+    /// Every namespace (adds a NAMESPACE column).
+    #[arg(short = 'A', long)]
+    pub all_namespaces: bool,
+    #[arg(short = 'o', long, value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum GetKind {
+    #[value(alias = "ksvc", alias = "services", alias = "kservice")]
+    Service,
+    #[value(alias = "cfg", alias = "configurations", alias = "config")]
+    Configuration,
+    #[value(alias = "rt", alias = "routes")]
+    Route,
+    #[value(alias = "rev", alias = "revisions")]
+    Revision,
+    /// The gateways connected over xDS and what they accepted or rejected.
+    #[value(alias = "gateways")]
+    Gateway,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    Table,
+    Yaml,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RenderCommand {
+    /// An Envoy bootstrap: static resources for the given manifests, or an
+    /// ADS bootstrap that connects Envoy to `revgate serve`.
+    Envoy(RenderEnvoyArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RenderEnvoyArgs {
+    /// Manifests to render as static resources (as xDS would serve them).
+    #[arg(short = 'f', long = "filename", num_args = 1.., required_unless_present = "ads", conflicts_with = "ads")]
+    pub files: Vec<PathBuf>,
+    /// Print a bootstrap that fetches everything from `revgate serve` over ADS instead.
+    #[arg(long)]
+    pub ads: bool,
+    /// With --ads: the control plane's xDS address.
+    #[arg(long, default_value = "127.0.0.1:18000")]
+    pub xds_addr: SocketAddr,
+    /// With --ads: use delta xDS (`DELTA_GRPC`) instead of state-of-the-world.
+    #[arg(long)]
+    pub delta: bool,
+    /// With --ads: the Envoy node id.
+    #[arg(long, default_value = "revgate-gateway")]
+    pub node_id: String,
+    /// Port of Envoy's HTTP listener (static resources only).
+    #[arg(long, default_value_t = 8080)]
+    pub http_port: u16,
+    /// Port of Envoy's admin interface (0 = any).
+    #[arg(long, default_value_t = 9901)]
+    pub admin_port: u16,
+}

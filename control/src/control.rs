@@ -1,0 +1,256 @@
+//! The control plane's single owner of the applied world.
+//!
+//! One task owns the [`World`] and the [`Store`]; the admin API talks to it
+//! through [`Handle`] (commands over a channel), and everyone else reads
+//! cheap snapshots from `watch` channels. Every accepted change is persisted
+//! first, then turned into a gateway plan, Envoy resources and one immutable
+//! xDS snapshot that the ADS streams pick up.
+//!
+//! ```text
+//! admin API ──Command──▶ ControlPlane::run ──save──▶ Store (redb)
+//!                              │
+//!                              ├─ world.plan() ─ translate() ─ Snapshot ──▶ SnapshotCache ──▶ ADS streams
+//!                              └─ watch<Arc<World>>, watch<Published> ──▶ admin API readers
+//! ```
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use revgate_model::{
+    ApplyError, Document, ManifestError, World, parse_documents,
+    world::{Change, IngressState, Observed},
+};
+use revgate_xds::server::{GatewayStatus, SnapshotCache};
+use revgate_xds::snapshot::{ResourceType, Snapshot};
+use revgate_xds::translate::{XdsSettings, translate};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::faults::Fault;
+use crate::manifests::ManifestFile;
+use crate::store::{Store, StoreError};
+
+/// Why a request to the control plane failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("{0}")]
+    Manifest(#[from] ManifestError),
+    #[error("{0}")]
+    Invalid(#[from] ApplyError),
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    #[error("the control plane is shutting down")]
+    ShuttingDown,
+}
+
+/// What the gateway is being sent right now.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Published {
+    /// Increments with every snapshot.
+    pub generation: u64,
+    /// Version per xDS type (`CDS`, `EDS`, `LDS`, `RDS`).
+    pub versions: BTreeMap<String, String>,
+}
+
+/// The result of an apply or delete.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Applied {
+    pub changes: Vec<String>,
+    pub published: Published,
+}
+
+enum Command {
+    Apply { files: Vec<ManifestFile>, delete: bool, reply: oneshot::Sender<Result<Applied, ControlError>> },
+    SetFault { fault: Option<Fault>, reply: oneshot::Sender<Published> },
+}
+
+/// Cheap, clonable access to the control plane.
+#[derive(Debug, Clone)]
+pub struct Handle {
+    commands: mpsc::Sender<Command>,
+    world: watch::Receiver<Arc<World>>,
+    published: watch::Receiver<Published>,
+    gateway: watch::Receiver<GatewayStatus>,
+}
+
+impl std::fmt::Debug for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Command::Apply { files, delete, .. } => {
+                f.debug_struct("Apply").field("files", &files.len()).field("delete", delete).finish()
+            }
+            Command::SetFault { fault, .. } => f.debug_struct("SetFault").field("fault", fault).finish(),
+        }
+    }
+}
+
+impl Handle {
+    /// Applies (or deletes) manifests; all-or-nothing.
+    pub async fn apply(&self, files: Vec<ManifestFile>, delete: bool) -> Result<Applied, ControlError> {
+        let (reply, answer) = oneshot::channel();
+        self.commands.send(Command::Apply { files, delete, reply }).await.map_err(|_| ControlError::ShuttingDown)?;
+        answer.await.map_err(|_| ControlError::ShuttingDown)?
+    }
+
+    /// Arms or clears a fault in the resources sent to gateways.
+    pub async fn set_fault(&self, fault: Option<Fault>) -> Result<Published, ControlError> {
+        let (reply, answer) = oneshot::channel();
+        self.commands.send(Command::SetFault { fault, reply }).await.map_err(|_| ControlError::ShuttingDown)?;
+        answer.await.map_err(|_| ControlError::ShuttingDown)
+    }
+
+    pub fn world(&self) -> Arc<World> {
+        self.world.borrow().clone()
+    }
+
+    pub fn published(&self) -> Published {
+        self.published.borrow().clone()
+    }
+
+    pub fn gateway(&self) -> GatewayStatus {
+        self.gateway.borrow().clone()
+    }
+
+    /// What the model needs to compute status: which routes the gateways took.
+    pub fn observed(&self) -> Observed {
+        observed(&self.world(), &self.gateway(), &self.published())
+    }
+}
+
+/// The owner task's state.
+#[derive(Debug)]
+pub struct ControlPlane {
+    store: Store,
+    world: Arc<World>,
+    cache: SnapshotCache,
+    settings: XdsSettings,
+    fault: Option<Fault>,
+    commands: mpsc::Receiver<Command>,
+    world_tx: watch::Sender<Arc<World>>,
+    published_tx: watch::Sender<Published>,
+}
+
+impl ControlPlane {
+    /// Loads the stored world, publishes its first snapshot and returns the
+    /// owner together with a handle for readers and writers.
+    pub fn start(
+        store: Store,
+        cache: SnapshotCache,
+        settings: XdsSettings,
+        gateway: watch::Receiver<GatewayStatus>,
+    ) -> Result<(Self, Handle), ControlError> {
+        let world = Arc::new(store.load()?);
+        let (commands_tx, commands) = mpsc::channel(64);
+        let (world_tx, world_rx) = watch::channel(world.clone());
+        let (published_tx, published_rx) = watch::channel(Published::default());
+        let mut plane = Self { store, world, cache, settings, fault: None, commands, world_tx, published_tx };
+        plane.publish();
+        let handle = Handle { commands: commands_tx, world: world_rx, published: published_rx, gateway };
+        Ok((plane, handle))
+    }
+
+    /// Serves commands until every handle is dropped.
+    pub async fn run(mut self) {
+        while let Some(command) = self.commands.recv().await {
+            match command {
+                Command::Apply { files, delete, reply } => {
+                    let result = self.apply(&files, delete);
+                    // The requester may have gone away; the change stands either way.
+                    let _ = reply.send(result);
+                }
+                Command::SetFault { fault, reply } => {
+                    self.fault = fault;
+                    let _ = reply.send(self.publish());
+                }
+            }
+        }
+    }
+
+    fn apply(&mut self, files: &[ManifestFile], delete: bool) -> Result<Applied, ControlError> {
+        let mut documents: Vec<Document> = Vec::new();
+        for file in files {
+            documents.extend(parse_documents(&file.name, &file.content)?);
+        }
+        let (next, changes) =
+            if delete { self.world.delete(&documents)? } else { self.world.apply(&documents, unix_now())? };
+        self.store.save(&self.world, &next)?;
+        let changed = *self.world != next;
+        self.world = Arc::new(next);
+        let published = if changed {
+            self.world_tx.send_replace(self.world.clone());
+            self.publish()
+        } else {
+            self.published_tx.borrow().clone()
+        };
+        Ok(Applied { changes: changes.iter().map(Change::to_string).collect(), published })
+    }
+
+    /// Builds and publishes the snapshot for the current world.
+    fn publish(&mut self) -> Published {
+        let plan = self.world.plan(&Observed::default());
+        let mut resources = translate(&plan, &Default::default(), &self.settings);
+        if let Some(fault) = self.fault {
+            fault.inject(&mut resources);
+        }
+        let snapshot = Snapshot::new(&resources);
+        if let Err(e) = snapshot.consistency_check() {
+            // The translation guarantees consistency; an inconsistent snapshot
+            // is a bug, and sending it would make Envoy wait forever.
+            tracing::error!(error = %e, "not publishing an inconsistent snapshot");
+            return self.published_tx.borrow().clone();
+        }
+        let published = Published {
+            generation: self.published_tx.borrow().generation + 1,
+            versions: ResourceType::ALL
+                .iter()
+                .map(|kind| (kind.short_name().to_owned(), snapshot.version(*kind).to_owned()))
+                .collect(),
+        };
+        self.cache.set_snapshot(Arc::new(snapshot));
+        tracing::info!(generation = published.generation, versions = ?published.versions, "published xDS snapshot");
+        self.published_tx.send_replace(published.clone());
+        published
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// Derives each route's ingress state from what the connected gateways
+/// acknowledged: a route is programmed once some gateway ACKed the versions
+/// currently published, and rejected while a gateway NACKs them.
+pub fn observed(world: &World, gateway: &GatewayStatus, published: &Published) -> Observed {
+    let mut rejection = None;
+    let mut programmed = false;
+    for (node, status) in &gateway.nodes {
+        let mut all_acked = !status.types.is_empty();
+        for (kind, current) in &published.versions {
+            let Some(type_status) = status.types.get(kind) else {
+                all_acked = false;
+                continue;
+            };
+            if let Some(nack) = &type_status.nack
+                && &nack.version == current
+            {
+                rejection.get_or_insert_with(|| {
+                    format!("gateway {node} rejected {kind} version {}: {}", nack.version, nack.message)
+                });
+            }
+            if type_status.acked_version.as_deref() != Some(current.as_str()) {
+                all_acked = false;
+            }
+        }
+        programmed |= status.connected && all_acked;
+    }
+    let state = match (rejection, programmed) {
+        (Some(message), _) => IngressState::Rejected { message },
+        (None, true) => IngressState::Ready,
+        (None, false) => IngressState::NotConfigured,
+    };
+    Observed {
+        revisions: BTreeMap::new(),
+        ingress: world.routes.keys().map(|key| (key.clone(), state.clone())).collect(),
+    }
+}

@@ -1,0 +1,67 @@
+//! `revgate`: the control plane of a serverless layer for Envoy gateways.
+//!
+//! # Layout
+//! - `cli`: argument definitions.
+//! - `serve`: starts the admin API and the xDS server around one [`control::ControlPlane`].
+//! - `control`: the single owner of the applied world; turns every change into
+//!   a gateway plan, Envoy resources and an xDS snapshot.
+//! - `store`: the world persisted in an embedded database (redb).
+//! - `admin`: the admin HTTP API (server side) and its client used by the CLI.
+//! - `manifests`: reading manifest files and directories in `kubectl apply -f` order.
+//! - `render`: configuration printed without a running control plane.
+//! - `table`: `kubectl get`-shaped tables.
+//!
+//! Pure logic lives in the `revgate-model` (Knative resources) and
+//! `revgate-xds` (Envoy translation and ADS) crates.
+#![forbid(unsafe_code)]
+
+mod admin;
+mod cli;
+mod control;
+mod faults;
+mod manifests;
+mod render;
+mod serve;
+mod store;
+mod table;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::cli::{Cli, Command, RenderCommand};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(matches!(cli.command, Command::Serve(_)));
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: starting the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Serve(args) => serve::run(args).await,
+            Command::Apply(args) => admin::client::apply(args, false).await,
+            Command::Delete(args) => admin::client::apply(args, true).await,
+            Command::Get(args) => admin::client::get(args).await,
+            Command::Render(RenderCommand::Envoy(args)) => render::envoy(args),
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(server: bool) {
+    let default = if server { "info" } else { "warn" };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("REVGATE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}

@@ -1,0 +1,172 @@
+//! `kubectl get`-shaped tables.
+//!
+//! Columns are the `additionalPrinterColumns` of Knative's CRDs (same names,
+//! same JSON paths), so `revgate get ksvc` reads like `kubectl get ksvc`.
+
+use serde_json::Value;
+
+use crate::cli::GetKind;
+
+/// How to read one column from an object.
+#[derive(Debug, Clone, Copy)]
+enum Column {
+    /// A dotted path below the object root.
+    Path(&'static [&'static str]),
+    /// A metadata label.
+    Label(&'static str),
+    /// A field of the condition of the given type.
+    Condition(&'static str, &'static str),
+}
+
+fn columns(kind: GetKind) -> &'static [(&'static str, Column)] {
+    const READY: Column = Column::Condition("Ready", "status");
+    const REASON: Column = Column::Condition("Ready", "reason");
+    match kind {
+        GetKind::Service => &[
+            ("URL", Column::Path(&["status", "url"])),
+            ("LATESTCREATED", Column::Path(&["status", "latestCreatedRevisionName"])),
+            ("LATESTREADY", Column::Path(&["status", "latestReadyRevisionName"])),
+            ("READY", READY),
+            ("REASON", REASON),
+        ],
+        GetKind::Configuration => &[
+            ("LATESTCREATED", Column::Path(&["status", "latestCreatedRevisionName"])),
+            ("LATESTREADY", Column::Path(&["status", "latestReadyRevisionName"])),
+            ("READY", READY),
+            ("REASON", REASON),
+        ],
+        GetKind::Route => &[("URL", Column::Path(&["status", "url"])), ("READY", READY), ("REASON", REASON)],
+        GetKind::Revision => &[
+            ("CONFIG NAME", Column::Label("serving.knative.dev/configuration")),
+            ("GENERATION", Column::Label("serving.knative.dev/configurationGeneration")),
+            ("READY", READY),
+            ("REASON", REASON),
+            ("ACTUAL REPLICAS", Column::Path(&["status", "actualReplicas"])),
+            ("DESIRED REPLICAS", Column::Path(&["status", "desiredReplicas"])),
+        ],
+        GetKind::Gateway => &[],
+    }
+}
+
+fn cell(object: &Value, column: Column) -> String {
+    let value = match column {
+        Column::Path(path) => path.iter().try_fold(object, |v, key| v.get(key)),
+        Column::Label(label) => object.get("metadata").and_then(|m| m.get("labels")).and_then(|l| l.get(label)),
+        Column::Condition(kind, field) => object
+            .pointer("/status/conditions")
+            .and_then(Value::as_array)
+            .and_then(|conditions| conditions.iter().find(|c| c.get("type").and_then(Value::as_str) == Some(kind)))
+            .and_then(|c| c.get(field)),
+    };
+    match value {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Null) | None => String::new(),
+        Some(other) => other.to_string(),
+    }
+}
+
+/// Renders Knative objects as a table.
+pub fn objects(kind: GetKind, objects: &[Value], with_namespace: bool) -> String {
+    let mut header: Vec<&str> = Vec::new();
+    if with_namespace {
+        header.push("NAMESPACE");
+    }
+    header.push("NAME");
+    header.extend(columns(kind).iter().map(|(name, _)| *name));
+    let rows = objects.iter().map(|object| {
+        let mut row = Vec::new();
+        if with_namespace {
+            row.push(cell(object, Column::Path(&["metadata", "namespace"])));
+        }
+        row.push(cell(object, Column::Path(&["metadata", "name"])));
+        row.extend(columns(kind).iter().map(|(_, column)| cell(object, *column)));
+        row
+    });
+    render(&header, rows)
+}
+
+/// Renders the gateway status (`/v1/gateway`) as one row per connected node.
+pub fn gateway(view: &Value) -> String {
+    let header = ["NODE", "CONNECTED", "API", "CDS", "EDS", "LDS", "RDS", "ERROR"];
+    let published = view.pointer("/published/versions");
+    let mut rows = Vec::new();
+    if let Some(nodes) = view.pointer("/status/nodes").and_then(Value::as_object) {
+        for (node, status) in nodes {
+            let mut row =
+                vec![node.clone(), cell(status, Column::Path(&["connected"])), cell(status, Column::Path(&["api"]))];
+            let mut error = String::new();
+            for kind in ["CDS", "EDS", "LDS", "RDS"] {
+                let current = published.and_then(|p| p.get(kind)).and_then(Value::as_str).unwrap_or_default();
+                let type_status = status.pointer(&format!("/types/{kind}"));
+                let acked = type_status.and_then(|t| t.get("acked_version")).and_then(Value::as_str);
+                let nack = type_status.and_then(|t| t.get("nack")).filter(|n| !n.is_null());
+                let state = match (nack, acked) {
+                    (Some(nack), _) => {
+                        if error.is_empty() {
+                            error = format!("{kind}: {}", cell(nack, Column::Path(&["message"])));
+                        }
+                        "NACK".to_owned()
+                    }
+                    (None, Some(v)) if v == current => "ACK".to_owned(),
+                    (None, Some(_)) => "STALE".to_owned(),
+                    (None, None) => "-".to_owned(),
+                };
+                row.push(state);
+            }
+            row.push(error);
+            rows.push(row);
+        }
+    }
+    render(&header, rows.into_iter())
+}
+
+fn render(header: &[&str], rows: impl Iterator<Item = Vec<String>>) -> String {
+    let mut lines: Vec<Vec<String>> = vec![header.iter().map(|h| (*h).to_owned()).collect()];
+    lines.extend(rows);
+    let mut widths = vec![0; header.len()];
+    for line in &lines {
+        for (width, cell) in widths.iter_mut().zip(line) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for line in &lines {
+        let padded: Vec<String> = line.iter().zip(&widths).map(|(cell, width)| format!("{cell:<width$}")).collect();
+        out.push_str(padded.join("   ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn service_table_uses_knative_printer_columns() {
+        let ksvc = json!({
+            "metadata": {"name": "hello", "namespace": "default"},
+            "status": {
+                "url": "http://hello.default.example.com",
+                "latestCreatedRevisionName": "hello-00002",
+                "latestReadyRevisionName": "hello-00001",
+                "conditions": [
+                    {"type": "ConfigurationsReady", "status": "True"},
+                    {"type": "Ready", "status": "False", "reason": "RevisionMissing"}
+                ]
+            }
+        });
+        let table = objects(GetKind::Service, &[ksvc], false);
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(
+            lines[0].split_whitespace().collect::<Vec<_>>(),
+            ["NAME", "URL", "LATESTCREATED", "LATESTREADY", "READY", "REASON"]
+        );
+        assert_eq!(
+            lines[1].split_whitespace().collect::<Vec<_>>(),
+            ["hello", "http://hello.default.example.com", "hello-00002", "hello-00001", "False", "RevisionMissing"]
+        );
+    }
+}

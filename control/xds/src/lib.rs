@@ -1,0 +1,28 @@
+//! Envoy xDS for revgate: the gateway plan becomes Envoy configuration.
+//!
+//! # Layout
+//!
+//! - [`names`]: every Envoy resource name revgate derives, with parsers.
+//! - [`translate`](mod@translate): pure `GatewayPlan` + endpoints → Envoy v3 resources.
+//! - [`snapshot`]: pure, immutable, content-versioned resource sets and their
+//!   consistency check (*what* to send).
+//! - [`server`]: the ADS gRPC service, SotW and delta, over a
+//!   [`server::SnapshotCache`] (*how* to send), with ACK/NACK status.
+//! - [`render`]: Envoy bootstrap YAML (static, or ADS) from the same protos.
+//! - `descriptors`: envoy-types' descriptor set, copied in by `build.rs`,
+//!   for proto3 JSON and canonical hashing.
+//!
+//! Data flows one way: `translate` → `Snapshot::new` → `SnapshotCache::set_snapshot`
+//! → one task per ADS stream compares versions and sends.
+
+mod descriptors;
+pub mod names;
+pub mod render;
+pub mod server;
+pub mod snapshot;
+pub mod translate;
+
+pub use descriptors::DescriptorError;
+pub use server::{AckEvent, Api, GatewayStatus, SnapshotCache, XdsServer};
+pub use snapshot::{ResourceType, Snapshot, SnapshotError};
+pub use translate::{Resources, XdsSettings, translate};

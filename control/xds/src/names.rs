@@ -1,0 +1,125 @@
+//! Every Envoy resource name revgate derives, in one place.
+//!
+//! Names are part of the contract with the data plane: the proxy-wasm filter
+//! reads `xds.cluster_name` and `xds.virtual_host_name` to learn which
+//! revision and route a request belongs to, so formats here are stable and
+//! each has a parser next to its builder. Kubernetes names never contain `|`,
+//! which makes it an unambiguous separator.
+
+use revgate_model::plan::ObjectKey;
+
+/// The single HTTP listener.
+pub const LISTENER: &str = "revgate-http";
+
+/// The route configuration the listener loads over RDS.
+pub const ROUTE_CONFIGURATION: &str = "revgate-routes";
+
+/// `stat_prefix` of the HTTP connection manager (Envoy stats `http.revgate_http.*`).
+pub const HTTP_STAT_PREFIX: &str = "revgate_http";
+
+/// The cluster Envoy's bootstrap uses to reach revgate's ADS server.
+pub const XDS_CLUSTER: &str = "revgate-xds";
+
+/// Key under `metadata.filter_metadata` holding a revision cluster's facts.
+pub const METADATA_NAMESPACE: &str = "revgate";
+
+/// Header Knative uses to pick a tag on the main host (`tag-header-based-routing`).
+pub const TAG_HEADER: &str = "Knative-Serving-Tag";
+/// Request header naming the revision a request was routed to.
+pub const REVISION_HEADER: &str = "Knative-Serving-Revision";
+/// Request header naming the namespace of that revision.
+pub const NAMESPACE_HEADER: &str = "Knative-Serving-Namespace";
+
+const REVISION_CLUSTER_PREFIX: &str = "rev";
+const ROUTE_VHOST_PREFIX: &str = "route";
+const TAG_VHOST_PREFIX: &str = "tag";
+const SEPARATOR: char = '|';
+
+/// The EDS cluster of one revision: `rev|<namespace>|<revision>`.
+pub fn revision_cluster(revision: &ObjectKey) -> String {
+    format!("{REVISION_CLUSTER_PREFIX}{SEPARATOR}{}{SEPARATOR}{}", revision.namespace, revision.name)
+}
+
+/// Inverse of [`revision_cluster`]; `None` for any other cluster name.
+pub fn parse_revision_cluster(cluster: &str) -> Option<ObjectKey> {
+    let mut parts = cluster.split(SEPARATOR);
+    match (parts.next(), parts.next(), parts.next(), parts.next()) {
+        (Some(REVISION_CLUSTER_PREFIX), Some(namespace), Some(name), None)
+            if !namespace.is_empty() && !name.is_empty() =>
+        {
+            Some(ObjectKey::new(namespace, name))
+        }
+        _ => None,
+    }
+}
+
+/// The virtual host of a Route's main host: `route|<namespace>|<route>`.
+pub fn route_virtual_host(route: &ObjectKey) -> String {
+    format!("{ROUTE_VHOST_PREFIX}{SEPARATOR}{}{SEPARATOR}{}", route.namespace, route.name)
+}
+
+/// The virtual host of one tag of a Route: `tag|<namespace>|<route>|<tag>`.
+pub fn tag_virtual_host(route: &ObjectKey, tag: &str) -> String {
+    format!("{TAG_VHOST_PREFIX}{SEPARATOR}{}{SEPARATOR}{}{SEPARATOR}{tag}", route.namespace, route.name)
+}
+
+/// What a virtual host name produced here refers to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VirtualHostRef {
+    /// The main host of a Route.
+    Route(ObjectKey),
+    /// The host of one tag of a Route.
+    Tag { route: ObjectKey, tag: String },
+}
+
+/// Inverse of [`route_virtual_host`] and [`tag_virtual_host`].
+pub fn parse_virtual_host(name: &str) -> Option<VirtualHostRef> {
+    let parts: Vec<&str> = name.split(SEPARATOR).collect();
+    if parts.iter().skip(1).any(|p| p.is_empty()) {
+        return None;
+    }
+    match parts.as_slice() {
+        [ROUTE_VHOST_PREFIX, namespace, route] => Some(VirtualHostRef::Route(ObjectKey::new(*namespace, *route))),
+        [TAG_VHOST_PREFIX, namespace, route, tag] => {
+            Some(VirtualHostRef::Tag { route: ObjectKey::new(*namespace, *route), tag: (*tag).to_owned() })
+        }
+        _ => None,
+    }
+}
+
+/// Domains a host is matched under: the bare host and the host with any port,
+/// so `Host: hello.default.example.com:8080` matches too.
+pub fn host_domains(host: &str) -> [String; 2] {
+    [host.to_owned(), format!("{host}:*")]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn revision_cluster_round_trips() {
+        let key = ObjectKey::new("default", "hello-00001");
+        let name = revision_cluster(&key);
+        assert_eq!(name, "rev|default|hello-00001");
+        assert_eq!(parse_revision_cluster(&name), Some(key));
+    }
+
+    #[test]
+    fn foreign_cluster_names_do_not_parse() {
+        for name in ["revgate-xds", "rev|default", "rev|default|a|b", "rev||a", "route|a|b", ""] {
+            assert_eq!(parse_revision_cluster(name), None, "{name}");
+        }
+    }
+
+    #[test]
+    fn virtual_host_names_round_trip() {
+        let route = ObjectKey::new("ns", "hello");
+        assert_eq!(parse_virtual_host(&route_virtual_host(&route)), Some(VirtualHostRef::Route(route.clone())));
+        assert_eq!(
+            parse_virtual_host(&tag_virtual_host(&route, "candidate")),
+            Some(VirtualHostRef::Tag { route, tag: "candidate".into() })
+        );
+        assert_eq!(parse_virtual_host("tag|ns|hello|"), None);
+    }
+}

@@ -1,0 +1,217 @@
+//! Envoy bootstrap YAML, rendered from the same protos the ADS server sends.
+//!
+//! There is no hand-written YAML: a `Bootstrap` message is built, converted
+//! to proto3 JSON through envoy-types' descriptors (which also resolves the
+//! `Any`s inside), then written as YAML. What Envoy validates is exactly what
+//! revgate would serve.
+//!
+//! - [`static_bootstrap_yaml`]: a self-contained config (no control plane):
+//!   the translated listeners with their route configuration inlined, and
+//!   the clusters with their endpoints inlined as STATIC load assignments.
+//! - [`ads_bootstrap_yaml`]: a config that fetches everything from revgate's
+//!   ADS server.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use envoy_types::pb::envoy::config::bootstrap::v3::{Admin, Bootstrap, bootstrap};
+use envoy_types::pb::envoy::config::cluster::v3::{Cluster, cluster};
+use envoy_types::pb::envoy::config::core::v3::{
+    ApiConfigSource, ApiVersion, GrpcService, Node, api_config_source, grpc_service,
+};
+use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+use envoy_types::pb::envoy::config::listener::v3::{Listener, filter};
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+    HttpConnectionManager, http_connection_manager,
+};
+use prost::{Message, Name};
+use prost_reflect::SerializeOptions;
+use revgate_model::plan::{Endpoint, ObjectKey};
+
+use crate::descriptors::{self, DescriptorError};
+use crate::names;
+use crate::server::Api;
+use crate::translate::{
+    HTTP_PROTOCOL_OPTIONS, Resources, ads_config_source, http2_protocol_options, pb_duration, socket_address, to_any,
+};
+
+const ADMIN_ADDRESS: &str = "127.0.0.1";
+const XDS_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Why a bootstrap could not be rendered.
+#[derive(Debug, thiserror::Error)]
+pub enum RenderError {
+    #[error("listener {listener} loads route configuration {route}, which is not among the translated routes")]
+    MissingRoute { listener: String, route: String },
+    #[error("cluster {cluster} loads endpoints over EDS, but there is no cluster load assignment named {cluster}")]
+    MissingEndpoints { cluster: String },
+    #[error("decoding the HTTP connection manager of listener {listener}: {source}")]
+    Hcm { listener: String, source: prost::DecodeError },
+    #[error("converting the bootstrap to proto3 JSON: {0}")]
+    Descriptors(#[from] DescriptorError),
+    #[error("converting the bootstrap to proto3 JSON: {0}")]
+    Json(#[source] serde_json::Error),
+    #[error("writing the bootstrap as YAML: {0}")]
+    Yaml(#[source] serde_yaml_ng::Error),
+}
+
+/// Options of a static (control-plane-less) bootstrap.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BootstrapOptions {
+    pub node_id: String,
+    pub cluster: String,
+    /// Envoy's admin interface listens on `127.0.0.1:admin_port`.
+    pub admin_port: u16,
+}
+
+impl Default for BootstrapOptions {
+    fn default() -> Self {
+        Self { node_id: "revgate-gateway".to_owned(), cluster: "revgate".to_owned(), admin_port: 9901 }
+    }
+}
+
+/// Options of a bootstrap that takes its configuration from revgate's ADS server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdsBootstrapOptions {
+    pub node_id: String,
+    pub cluster: String,
+    /// Where revgate's ADS gRPC server listens.
+    pub xds_address: SocketAddr,
+    /// `GRPC` (state of the world) or `DELTA_GRPC`.
+    pub api: Api,
+    /// Envoy's admin interface listens on `127.0.0.1:admin_port`.
+    pub admin_port: u16,
+}
+
+/// A bootstrap whose `static_resources` are exactly `resources`, with routes
+/// and endpoints inlined.
+pub fn static_bootstrap_yaml(resources: &Resources, opts: &BootstrapOptions) -> Result<String, RenderError> {
+    let listeners = resources.listeners.iter().map(|l| inline_routes(l, resources)).collect::<Result<Vec<_>, _>>()?;
+    let clusters =
+        resources.clusters.iter().map(|c| inline_endpoints(c, &resources.endpoints)).collect::<Result<Vec<_>, _>>()?;
+    let bootstrap = Bootstrap {
+        node: Some(node(&opts.node_id, &opts.cluster)),
+        admin: Some(admin(opts.admin_port)),
+        static_resources: Some(bootstrap::StaticResources { listeners, clusters, ..Default::default() }),
+        ..Default::default()
+    };
+    to_yaml(&bootstrap)
+}
+
+/// A bootstrap with ADS (`GRPC` or `DELTA_GRPC`, transport v3) for clusters
+/// and listeners, and one static HTTP/2 cluster to reach the ADS server.
+pub fn ads_bootstrap_yaml(opts: &AdsBootstrapOptions) -> Result<String, RenderError> {
+    let api_type = match opts.api {
+        Api::Sotw => api_config_source::ApiType::Grpc,
+        Api::Delta => api_config_source::ApiType::DeltaGrpc,
+    };
+    let ads_config = ApiConfigSource {
+        api_type: api_type as i32,
+        transport_api_version: ApiVersion::V3 as i32,
+        grpc_services: vec![GrpcService {
+            target_specifier: Some(grpc_service::TargetSpecifier::EnvoyGrpc(grpc_service::EnvoyGrpc {
+                cluster_name: names::XDS_CLUSTER.to_owned(),
+                ..Default::default()
+            })),
+            ..Default::default()
+        }],
+        set_node_on_first_message_only: true,
+        ..Default::default()
+    };
+
+    let xds_endpoint = Endpoint { host: opts.xds_address.ip().to_string(), port: opts.xds_address.port() };
+    let mut xds_assignment = crate::translate::load_assignment(&ObjectKey::new("", ""), &[xds_endpoint]);
+    xds_assignment.cluster_name = names::XDS_CLUSTER.to_owned();
+    let xds_cluster = Cluster {
+        name: names::XDS_CLUSTER.to_owned(),
+        cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(cluster::DiscoveryType::Static as i32)),
+        connect_timeout: Some(pb_duration(XDS_CONNECT_TIMEOUT)),
+        load_assignment: Some(xds_assignment),
+        typed_extension_protocol_options: [(HTTP_PROTOCOL_OPTIONS.to_owned(), to_any(&http2_protocol_options()))]
+            .into_iter()
+            .collect(),
+        ..Default::default()
+    };
+
+    let bootstrap = Bootstrap {
+        node: Some(node(&opts.node_id, &opts.cluster)),
+        admin: Some(admin(opts.admin_port)),
+        dynamic_resources: Some(bootstrap::DynamicResources {
+            lds_config: Some(ads_config_source()),
+            cds_config: Some(ads_config_source()),
+            ads_config: Some(ads_config),
+            ..Default::default()
+        }),
+        static_resources: Some(bootstrap::StaticResources { clusters: vec![xds_cluster], ..Default::default() }),
+        ..Default::default()
+    };
+    to_yaml(&bootstrap)
+}
+
+fn node(id: &str, cluster: &str) -> Node {
+    Node { id: id.to_owned(), cluster: cluster.to_owned(), ..Default::default() }
+}
+
+fn admin(port: u16) -> Admin {
+    Admin { address: Some(socket_address(ADMIN_ADDRESS, port)), ..Default::default() }
+}
+
+/// The listener with every RDS reference replaced by the route configuration itself.
+fn inline_routes(listener: &Listener, resources: &Resources) -> Result<Listener, RenderError> {
+    let mut listener = listener.clone();
+    let hcm_url = HttpConnectionManager::type_url();
+    let name = listener.name.clone();
+    for chain in listener.filter_chains.iter_mut().chain(listener.default_filter_chain.iter_mut()) {
+        for f in &mut chain.filters {
+            let Some(filter::ConfigType::TypedConfig(any)) = &mut f.config_type else {
+                continue;
+            };
+            if any.type_url != hcm_url {
+                continue;
+            }
+            let mut hcm = HttpConnectionManager::decode(any.value.as_slice())
+                .map_err(|source| RenderError::Hcm { listener: name.clone(), source })?;
+            if let Some(http_connection_manager::RouteSpecifier::Rds(rds)) = &hcm.route_specifier {
+                let route = resources.routes.iter().find(|r| r.name == rds.route_config_name).ok_or_else(|| {
+                    RenderError::MissingRoute { listener: name.clone(), route: rds.route_config_name.clone() }
+                })?;
+                hcm.route_specifier = Some(http_connection_manager::RouteSpecifier::RouteConfig(route.clone()));
+                *any = to_any(&hcm);
+            }
+        }
+    }
+    Ok(listener)
+}
+
+/// An EDS cluster becomes a STATIC cluster carrying its assignment.
+fn inline_endpoints(c: &Cluster, assignments: &[ClusterLoadAssignment]) -> Result<Cluster, RenderError> {
+    let eds = cluster::DiscoveryType::Eds as i32;
+    let is_eds = matches!(c.cluster_discovery_type, Some(cluster::ClusterDiscoveryType::Type(t)) if t == eds);
+    if !is_eds {
+        return Ok(c.clone());
+    }
+    let service_name = c
+        .eds_cluster_config
+        .as_ref()
+        .map(|e| e.service_name.clone())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| c.name.clone());
+    let assignment = assignments
+        .iter()
+        .find(|a| a.cluster_name == service_name)
+        .ok_or_else(|| RenderError::MissingEndpoints { cluster: c.name.clone() })?;
+    Ok(Cluster {
+        cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(cluster::DiscoveryType::Static as i32)),
+        eds_cluster_config: None,
+        load_assignment: Some(assignment.clone()),
+        ..c.clone()
+    })
+}
+
+/// proto3 JSON (field names as in the .proto files, like Envoy's docs), then YAML.
+fn to_yaml(bootstrap: &Bootstrap) -> Result<String, RenderError> {
+    let message = descriptors::decode_dynamic(&Bootstrap::full_name(), &bootstrap.encode_to_vec())?;
+    let options = SerializeOptions::new().use_proto_field_name(true);
+    let json = message.serialize_with_options(serde_json::value::Serializer, &options).map_err(RenderError::Json)?;
+    serde_yaml_ng::to_string(&json).map_err(RenderError::Yaml)
+}

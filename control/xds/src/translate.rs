@@ -1,0 +1,699 @@
+//! Pure translation of a [`GatewayPlan`] into Envoy resources.
+//!
+//! No I/O and no clock: equal inputs give equal (and equally ordered)
+//! resources, so snapshot versions only move when the plan or the endpoints
+//! do. Every name comes from [`crate::names`].
+//!
+//! | Plan                      | Envoy                                                              |
+//! |---------------------------|--------------------------------------------------------------------|
+//! | (always)                  | listener `revgate-http` → HCM → RDS `revgate-routes` over ADS      |
+//! | `RoutePlan.host`          | virtual host `route|ns|name`, weighted clusters by percent         |
+//! | `TagPlan`                 | virtual host `tag|ns|name|tag`, 100% to the tagged revision        |
+//! | `tag_header_routing`      | on the main host, one route per tag matching `Knative-Serving-Tag` |
+//! | `RevisionBackend`         | EDS cluster `rev|ns|revision` + its `ClusterLoadAssignment`        |
+//!
+//! A host named by no route falls through every virtual host and gets Envoy's 404.
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::IpAddr;
+use std::time::Duration;
+
+use envoy_types::pb::envoy::config::cluster::v3::{Cluster, cluster};
+use envoy_types::pb::envoy::config::core::v3::{
+    Address, AggregatedConfigSource, ApiVersion, ConfigSource, HeaderValue, HeaderValueOption, Http2ProtocolOptions,
+    Locality, Metadata, SocketAddress, address, config_source, header_value_option::HeaderAppendAction, socket_address,
+};
+use envoy_types::pb::envoy::config::endpoint::v3::{
+    ClusterLoadAssignment, Endpoint as EnvoyEndpoint, LbEndpoint, LocalityLbEndpoints, lb_endpoint,
+};
+use envoy_types::pb::envoy::config::listener::v3::{Filter, FilterChain, Listener, filter};
+use envoy_types::pb::envoy::config::route::v3::{
+    HeaderMatcher, Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost, WeightedCluster, header_matcher,
+    route, route_action, route_match, weighted_cluster,
+};
+use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+    HttpConnectionManager, HttpFilter, Rds, http_connection_manager, http_filter,
+};
+use envoy_types::pb::envoy::extensions::upstreams::http::v3::{HttpProtocolOptions, http_protocol_options};
+use envoy_types::pb::envoy::r#type::matcher::v3::{StringMatcher, string_matcher};
+use envoy_types::pb::google::protobuf::{Any, Duration as PbDuration, Struct, UInt32Value, Value, value};
+use prost::Name;
+use revgate_model::plan::{
+    Endpoint, EndpointMap, GatewayPlan, ObjectKey, RevisionBackend, RoutePlan, UpstreamProtocol,
+};
+
+use crate::names;
+
+/// Knative's default `revision-timeout-seconds`, used for a split whose
+/// revision is missing from the plan (the model never produces one).
+const DEFAULT_REVISION_TIMEOUT: Duration = Duration::from_secs(300);
+/// How much longer than the longest revision timeout a stream may stay idle.
+/// Requests held by the data-path filter are cut by the idle timeout, not the
+/// route timeout, so it must leave room for the whole revision timeout.
+const IDLE_TIMEOUT_MARGIN: Duration = Duration::from_secs(60);
+/// TCP connect timeout towards revision endpoints.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Locality given to every endpoint. Strict xDS clients (gRPC) reject
+/// endpoints without a locality and ignore localities without a weight.
+const LOCALITY_REGION: &str = "revgate";
+
+/// Envoy's well-known filter and extension names.
+const HCM_FILTER: &str = "envoy.filters.network.http_connection_manager";
+const ROUTER_FILTER: &str = "envoy.filters.http.router";
+pub(crate) const HTTP_PROTOCOL_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
+
+/// Knobs of the generated listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct XdsSettings {
+    /// Address the HTTP listener binds (default `0.0.0.0`).
+    pub listener_address: String,
+    /// Port the HTTP listener binds (default 8080).
+    pub listener_port: u16,
+    /// HCM `stream_idle_timeout` (default 5 min). [`translate`] raises it to
+    /// the longest revision timeout plus 60 s when that is longer, because a
+    /// request held before the router is cut by this timer.
+    pub stream_idle_timeout: Duration,
+}
+
+impl Default for XdsSettings {
+    fn default() -> Self {
+        Self {
+            listener_address: "0.0.0.0".to_owned(),
+            listener_port: 8080,
+            stream_idle_timeout: Duration::from_secs(5 * 60),
+        }
+    }
+}
+
+/// Envoy resources for one plan, each list in a deterministic order.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Resources {
+    pub listeners: Vec<Listener>,
+    pub routes: Vec<RouteConfiguration>,
+    pub clusters: Vec<Cluster>,
+    pub endpoints: Vec<ClusterLoadAssignment>,
+}
+
+/// Translates a plan and the live endpoints into Envoy resources.
+///
+/// Endpoints come from `endpoints`, falling back to a revision's
+/// `static_endpoints`; a revision with neither still gets its cluster and an
+/// empty assignment, so routing to it never waits for cluster warming.
+pub fn translate(plan: &GatewayPlan, endpoints: &EndpointMap, settings: &XdsSettings) -> Resources {
+    let revisions: HashMap<&ObjectKey, &RevisionBackend> = plan.revisions.iter().map(|r| (&r.key, r)).collect();
+
+    let mut clusters = Vec::with_capacity(plan.revisions.len());
+    let mut assignments = Vec::with_capacity(plan.revisions.len());
+    for revision in &plan.revisions {
+        let revision_endpoints = endpoints
+            .get(&revision.key)
+            .map(Vec::as_slice)
+            .or(revision.static_endpoints.as_deref())
+            .unwrap_or_default();
+        let assignment = load_assignment(&revision.key, revision_endpoints);
+        if revision_endpoints.iter().all(|e| e.host.parse::<IpAddr>().is_ok()) {
+            clusters.push(revision_cluster(revision));
+            assignments.push(assignment);
+        } else {
+            clusters.push(dns_revision_cluster(revision, assignment));
+        }
+    }
+
+    let idle_timeout = effective_stream_idle_timeout(plan, settings);
+    Resources {
+        listeners: vec![http_listener(settings, idle_timeout, Vec::new())],
+        routes: vec![route_configuration(plan, &revisions)],
+        clusters,
+        endpoints: assignments,
+    }
+}
+
+/// The HCM `stream_idle_timeout` for a plan: the configured one, raised to
+/// the longest revision timeout plus 60 s when that is longer.
+pub fn effective_stream_idle_timeout(plan: &GatewayPlan, settings: &XdsSettings) -> Duration {
+    plan.revisions
+        .iter()
+        .map(|r| Duration::from_secs(r.timeout_seconds).saturating_add(IDLE_TIMEOUT_MARGIN))
+        .fold(settings.stream_idle_timeout, Duration::max)
+}
+
+/// The HTTP listener. `filters_before_router` are inserted, in order, ahead
+/// of the router filter (the data-path wasm filter goes there).
+pub fn http_listener(
+    settings: &XdsSettings,
+    stream_idle_timeout: Duration,
+    filters_before_router: Vec<HttpFilter>,
+) -> Listener {
+    let mut http_filters = filters_before_router;
+    http_filters.push(router_filter());
+    let hcm = HttpConnectionManager {
+        stat_prefix: names::HTTP_STAT_PREFIX.to_owned(),
+        codec_type: http_connection_manager::CodecType::Auto as i32,
+        stream_idle_timeout: Some(pb_duration(stream_idle_timeout)),
+        route_specifier: Some(http_connection_manager::RouteSpecifier::Rds(Rds {
+            config_source: Some(ads_config_source()),
+            route_config_name: names::ROUTE_CONFIGURATION.to_owned(),
+        })),
+        http_filters,
+        ..Default::default()
+    };
+    Listener {
+        name: names::LISTENER.to_owned(),
+        address: Some(socket_address(&settings.listener_address, settings.listener_port)),
+        filter_chains: vec![FilterChain {
+            filters: vec![Filter {
+                name: HCM_FILTER.to_owned(),
+                config_type: Some(filter::ConfigType::TypedConfig(to_any(&hcm))),
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+/// The terminal router filter; it must stay last in `http_filters`.
+pub fn router_filter() -> HttpFilter {
+    HttpFilter {
+        name: ROUTER_FILTER.to_owned(),
+        config_type: Some(http_filter::ConfigType::TypedConfig(to_any(&Router::default()))),
+        ..Default::default()
+    }
+}
+
+/// Config source meaning "over the same ADS stream", xDS v3.
+pub fn ads_config_source() -> ConfigSource {
+    ConfigSource {
+        resource_api_version: ApiVersion::V3 as i32,
+        config_source_specifier: Some(config_source::ConfigSourceSpecifier::Ads(AggregatedConfigSource::default())),
+        ..Default::default()
+    }
+}
+
+fn route_configuration(plan: &GatewayPlan, revisions: &HashMap<&ObjectKey, &RevisionBackend>) -> RouteConfiguration {
+    // Envoy rejects a route configuration in which two virtual hosts claim
+    // the same domain. The model keeps hosts unique; should two routes ever
+    // collide, the first (in plan order) keeps the domain.
+    let mut claimed = BTreeSet::new();
+    let mut virtual_hosts = Vec::new();
+    for route in &plan.routes {
+        for vhost in route_virtual_hosts(route, plan.tag_header_routing, revisions) {
+            let domains: Vec<String> = vhost.domains.iter().filter(|d| claimed.insert((*d).clone())).cloned().collect();
+            if !domains.is_empty() {
+                virtual_hosts.push(VirtualHost { domains, ..vhost });
+            }
+        }
+    }
+    RouteConfiguration { name: names::ROUTE_CONFIGURATION.to_owned(), virtual_hosts, ..Default::default() }
+}
+
+fn route_virtual_hosts(
+    route: &RoutePlan,
+    tag_header_routing: bool,
+    revisions: &HashMap<&ObjectKey, &RevisionBackend>,
+) -> Vec<VirtualHost> {
+    let mut main_routes = Vec::new();
+    if tag_header_routing {
+        // As net-istio does: a request naming a tag in the header goes to that
+        // tag's revision; an unknown or missing tag falls through to the split.
+        for tag in &route.tags {
+            let mut matcher = prefix_match("/");
+            matcher.headers.push(HeaderMatcher {
+                name: names::TAG_HEADER.to_owned(),
+                header_match_specifier: Some(header_matcher::HeaderMatchSpecifier::StringMatch(StringMatcher {
+                    match_pattern: Some(string_matcher::MatchPattern::Exact(tag.tag.clone())),
+                    ..Default::default()
+                })),
+                ..Default::default()
+            });
+            main_routes.push(weighted_route(matcher, &[(&tag.revision, 100)], revisions));
+        }
+    }
+    let splits: Vec<(&ObjectKey, u32)> = route.splits.iter().map(|s| (&s.revision, s.percent)).collect();
+    main_routes.push(weighted_route(prefix_match("/"), &splits, revisions));
+
+    let mut vhosts = vec![VirtualHost {
+        name: names::route_virtual_host(&route.key),
+        domains: names::host_domains(&route.host).into(),
+        routes: main_routes,
+        ..Default::default()
+    }];
+    for tag in &route.tags {
+        vhosts.push(VirtualHost {
+            name: names::tag_virtual_host(&route.key, &tag.tag),
+            domains: names::host_domains(&tag.host).into(),
+            routes: vec![weighted_route(prefix_match("/"), &[(&tag.revision, 100)], revisions)],
+            ..Default::default()
+        });
+    }
+    vhosts
+}
+
+fn prefix_match(prefix: &str) -> RouteMatch {
+    RouteMatch { path_specifier: Some(route_match::PathSpecifier::Prefix(prefix.to_owned())), ..Default::default() }
+}
+
+/// A route splitting traffic by weight; weights are Knative percents, so
+/// they total 100. The timeout is the longest of the reachable revisions'.
+fn weighted_route(
+    matcher: RouteMatch,
+    splits: &[(&ObjectKey, u32)],
+    revisions: &HashMap<&ObjectKey, &RevisionBackend>,
+) -> Route {
+    let timeout = splits
+        .iter()
+        .map(|(key, _)| revisions.get(key).map_or(DEFAULT_REVISION_TIMEOUT, |r| Duration::from_secs(r.timeout_seconds)))
+        .max()
+        .unwrap_or(DEFAULT_REVISION_TIMEOUT);
+    let clusters = splits
+        .iter()
+        .map(|(key, percent)| weighted_cluster::ClusterWeight {
+            name: names::revision_cluster(key),
+            weight: Some(UInt32Value { value: *percent }),
+            request_headers_to_add: vec![
+                overwrite_header(names::REVISION_HEADER, &key.name),
+                overwrite_header(names::NAMESPACE_HEADER, &key.namespace),
+            ],
+            ..Default::default()
+        })
+        .collect();
+    Route {
+        r#match: Some(matcher),
+        action: Some(route::Action::Route(RouteAction {
+            cluster_specifier: Some(route_action::ClusterSpecifier::WeightedClusters(WeightedCluster {
+                clusters,
+                ..Default::default()
+            })),
+            timeout: Some(pb_duration(timeout)),
+            ..Default::default()
+        })),
+        ..Default::default()
+    }
+}
+
+/// A request header set by the gateway; a client-sent value is replaced so
+/// it cannot impersonate another revision.
+fn overwrite_header(key: &str, value: &str) -> HeaderValueOption {
+    HeaderValueOption {
+        header: Some(HeaderValue { key: key.to_owned(), value: value.to_owned(), ..Default::default() }),
+        append_action: HeaderAppendAction::OverwriteIfExistsOrAdd as i32,
+        ..Default::default()
+    }
+}
+
+/// The EDS cluster of a revision.
+fn revision_cluster(revision: &RevisionBackend) -> Cluster {
+    Cluster {
+        cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(cluster::DiscoveryType::Eds as i32)),
+        eds_cluster_config: Some(cluster::EdsClusterConfig {
+            eds_config: Some(ads_config_source()),
+            service_name: String::new(),
+        }),
+        ..base_cluster(revision)
+    }
+}
+
+/// A revision whose endpoints include a DNS name cannot use EDS (Envoy only
+/// accepts IP addresses there), so it gets a STRICT_DNS cluster with its
+/// endpoints inlined.
+fn dns_revision_cluster(revision: &RevisionBackend, assignment: ClusterLoadAssignment) -> Cluster {
+    Cluster {
+        cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(cluster::DiscoveryType::StrictDns as i32)),
+        load_assignment: Some(assignment),
+        ..base_cluster(revision)
+    }
+}
+
+fn base_cluster(revision: &RevisionBackend) -> Cluster {
+    let mut facts = vec![
+        ("namespace", string_value(&revision.key.namespace)),
+        ("revision", string_value(&revision.key.name)),
+        ("configuration", string_value(&revision.configuration)),
+        (
+            "container_concurrency",
+            Value { kind: Some(value::Kind::NumberValue(f64::from(revision.container_concurrency))) },
+        ),
+    ];
+    if let Some(service) = &revision.service {
+        facts.push(("service", string_value(service)));
+    }
+    let metadata = Metadata {
+        filter_metadata: HashMap::from([(
+            names::METADATA_NAMESPACE.to_owned(),
+            Struct { fields: facts.into_iter().map(|(k, v)| (k.to_owned(), v)).collect() },
+        )]),
+        ..Default::default()
+    };
+
+    let mut typed_extension_protocol_options = HashMap::new();
+    if revision.protocol == UpstreamProtocol::H2c {
+        typed_extension_protocol_options.insert(HTTP_PROTOCOL_OPTIONS.to_owned(), to_any(&http2_protocol_options()));
+    }
+
+    Cluster {
+        name: names::revision_cluster(&revision.key),
+        connect_timeout: Some(pb_duration(CONNECT_TIMEOUT)),
+        metadata: Some(metadata),
+        typed_extension_protocol_options,
+        ..Default::default()
+    }
+}
+
+/// Upstream options that make a cluster speak HTTP/2 (cleartext unless the
+/// cluster has TLS), keyed by [`HTTP_PROTOCOL_OPTIONS`] in
+/// `typed_extension_protocol_options`.
+pub(crate) fn http2_protocol_options() -> HttpProtocolOptions {
+    use http_protocol_options::explicit_http_config::ProtocolConfig;
+    HttpProtocolOptions {
+        upstream_protocol_options: Some(http_protocol_options::UpstreamProtocolOptions::ExplicitHttpConfig(
+            http_protocol_options::ExplicitHttpConfig {
+                protocol_config: Some(ProtocolConfig::Http2ProtocolOptions(Http2ProtocolOptions::default())),
+            },
+        )),
+        ..Default::default()
+    }
+}
+
+pub(crate) fn load_assignment(revision: &ObjectKey, endpoints: &[Endpoint]) -> ClusterLoadAssignment {
+    // Sorted and deduplicated so that runtimes reporting the same set in a
+    // different order do not produce a new version.
+    let unique: BTreeSet<&Endpoint> = endpoints.iter().collect();
+    let lb_endpoints: Vec<LbEndpoint> = unique
+        .into_iter()
+        .map(|e| LbEndpoint {
+            host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(EnvoyEndpoint {
+                address: Some(socket_address(&e.host, e.port)),
+                ..Default::default()
+            })),
+            ..Default::default()
+        })
+        .collect();
+    let endpoints = if lb_endpoints.is_empty() {
+        Vec::new()
+    } else {
+        vec![LocalityLbEndpoints {
+            locality: Some(Locality { region: LOCALITY_REGION.to_owned(), ..Default::default() }),
+            load_balancing_weight: Some(UInt32Value { value: 1 }),
+            lb_endpoints,
+            ..Default::default()
+        }]
+    };
+    ClusterLoadAssignment { cluster_name: names::revision_cluster(revision), endpoints, ..Default::default() }
+}
+
+pub(crate) fn socket_address(host: &str, port: u16) -> Address {
+    Address {
+        address: Some(address::Address::SocketAddress(SocketAddress {
+            address: host.to_owned(),
+            port_specifier: Some(socket_address::PortSpecifier::PortValue(u32::from(port))),
+            ..Default::default()
+        })),
+    }
+}
+
+fn string_value(s: &str) -> Value {
+    Value { kind: Some(value::Kind::StringValue(s.to_owned())) }
+}
+
+pub(crate) fn pb_duration(d: Duration) -> PbDuration {
+    PbDuration {
+        seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        nanos: i32::try_from(d.subsec_nanos()).unwrap_or(0),
+    }
+}
+
+/// Packs a message into an `Any` with its canonical type URL.
+pub fn to_any<M: prost::Message + Name>(message: &M) -> Any {
+    Any { type_url: M::type_url(), value: message.encode_to_vec() }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use envoy_types::pb::envoy::config::route::v3::route_action::ClusterSpecifier;
+    use prost::Message;
+    use revgate_model::plan::{RevisionBackend, RoutePlan, Split, TagPlan};
+
+    use super::*;
+
+    pub(crate) fn key(name: &str) -> ObjectKey {
+        ObjectKey::new("default", name)
+    }
+
+    fn revision(name: &str) -> RevisionBackend {
+        RevisionBackend {
+            key: key(name),
+            configuration: "hello".into(),
+            service: Some("hello".into()),
+            protocol: UpstreamProtocol::Http1,
+            container_concurrency: 0,
+            timeout_seconds: 300,
+            static_endpoints: None,
+        }
+    }
+
+    /// `hello`: 90% to 00001, 10% to 00002, tag `candidate` → 00002.
+    pub(crate) fn plan() -> GatewayPlan {
+        GatewayPlan {
+            routes: vec![RoutePlan {
+                key: key("hello"),
+                host: "hello.default.example.com".into(),
+                splits: vec![
+                    Split { revision: key("hello-00001"), percent: 90 },
+                    Split { revision: key("hello-00002"), percent: 10 },
+                ],
+                tags: vec![TagPlan {
+                    tag: "candidate".into(),
+                    host: "candidate-hello.default.example.com".into(),
+                    revision: key("hello-00002"),
+                }],
+            }],
+            revisions: vec![
+                revision("hello-00001"),
+                RevisionBackend {
+                    protocol: UpstreamProtocol::H2c,
+                    container_concurrency: 10,
+                    timeout_seconds: 600,
+                    ..revision("hello-00002")
+                },
+            ],
+            tag_header_routing: false,
+        }
+    }
+
+    pub(crate) fn endpoints() -> EndpointMap {
+        EndpointMap::from([(
+            key("hello-00001"),
+            vec![Endpoint { host: "10.0.0.2".into(), port: 8080 }, Endpoint { host: "10.0.0.1".into(), port: 8080 }],
+        )])
+    }
+
+    fn vhost<'a>(resources: &'a Resources, name: &str) -> &'a VirtualHost {
+        resources.routes[0].virtual_hosts.iter().find(|v| v.name == name).expect("virtual host")
+    }
+
+    /// (cluster, weight, revision header) per route of a virtual host.
+    fn weights(route: &Route) -> Vec<(String, u32, String)> {
+        let Some(route::Action::Route(action)) = &route.action else { panic!("not a route action") };
+        let Some(ClusterSpecifier::WeightedClusters(w)) = &action.cluster_specifier else { panic!("not weighted") };
+        w.clusters
+            .iter()
+            .map(|c| {
+                let header = c.request_headers_to_add.iter().find_map(|h| {
+                    h.header.as_ref().filter(|h| h.key == names::REVISION_HEADER).map(|h| h.value.clone())
+                });
+                (c.name.clone(), c.weight.as_ref().map_or(0, |w| w.value), header.unwrap_or_default())
+            })
+            .collect()
+    }
+
+    fn timeout(route: &Route) -> i64 {
+        let Some(route::Action::Route(action)) = &route.action else { panic!("not a route action") };
+        action.timeout.as_ref().map_or(0, |t| t.seconds)
+    }
+
+    fn hcm(resources: &Resources) -> HttpConnectionManager {
+        let Some(filter::ConfigType::TypedConfig(any)) =
+            &resources.listeners[0].filter_chains[0].filters[0].config_type
+        else {
+            panic!("no typed config")
+        };
+        HttpConnectionManager::decode(any.value.as_slice()).expect("hcm")
+    }
+
+    #[test]
+    fn main_host_splits_by_percent() {
+        let r = translate(&plan(), &endpoints(), &XdsSettings::default());
+        let main = vhost(&r, "route|default|hello");
+        assert_eq!(main.domains, ["hello.default.example.com", "hello.default.example.com:*"]);
+        assert_eq!(main.routes.len(), 1, "no tag header routes unless enabled");
+        assert_eq!(
+            weights(&main.routes[0]),
+            [
+                ("rev|default|hello-00001".into(), 90, "hello-00001".into()),
+                ("rev|default|hello-00002".into(), 10, "hello-00002".into()),
+            ]
+        );
+        assert_eq!(timeout(&main.routes[0]), 600, "longest timeout of the reachable revisions");
+    }
+
+    #[test]
+    fn tag_host_goes_to_the_tagged_revision() {
+        let r = translate(&plan(), &endpoints(), &XdsSettings::default());
+        let tag = vhost(&r, "tag|default|hello|candidate");
+        assert_eq!(tag.domains, ["candidate-hello.default.example.com", "candidate-hello.default.example.com:*"]);
+        assert_eq!(weights(&tag.routes[0]), [("rev|default|hello-00002".into(), 100, "hello-00002".into())]);
+    }
+
+    #[test]
+    fn tag_header_routes_come_first_when_enabled() {
+        let plan = GatewayPlan { tag_header_routing: true, ..plan() };
+        let r = translate(&plan, &endpoints(), &XdsSettings::default());
+        let main = vhost(&r, "route|default|hello");
+        assert_eq!(main.routes.len(), 2);
+        let header = &main.routes[0].r#match.as_ref().expect("match").headers[0];
+        assert_eq!(header.name, names::TAG_HEADER);
+        assert!(matches!(
+            &header.header_match_specifier,
+            Some(header_matcher::HeaderMatchSpecifier::StringMatch(StringMatcher {
+                match_pattern: Some(string_matcher::MatchPattern::Exact(t)), ..
+            })) if t == "candidate"
+        ));
+        assert_eq!(weights(&main.routes[0]), [("rev|default|hello-00002".into(), 100, "hello-00002".into())]);
+        assert!(main.routes[1].r#match.as_ref().expect("match").headers.is_empty(), "fallback to the split");
+        assert_eq!(weights(&main.routes[1]).len(), 2);
+    }
+
+    #[test]
+    fn clusters_are_eds_with_metadata_and_h2c_options() {
+        let r = translate(&plan(), &endpoints(), &XdsSettings::default());
+        let names: Vec<_> = r.clusters.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["rev|default|hello-00001", "rev|default|hello-00002"]);
+        for c in &r.clusters {
+            assert_eq!(
+                c.cluster_discovery_type,
+                Some(cluster::ClusterDiscoveryType::Type(cluster::DiscoveryType::Eds as i32))
+            );
+        }
+        assert!(r.clusters[0].typed_extension_protocol_options.is_empty(), "http1 revision");
+        let h2 = &r.clusters[1].typed_extension_protocol_options[HTTP_PROTOCOL_OPTIONS];
+        let options = HttpProtocolOptions::decode(h2.value.as_slice()).expect("options");
+        assert_eq!(options, http2_protocol_options());
+
+        let facts = &r.clusters[1].metadata.as_ref().expect("metadata").filter_metadata["revgate"].fields;
+        assert_eq!(facts["revision"], string_value("hello-00002"));
+        assert_eq!(facts["namespace"], string_value("default"));
+        assert_eq!(facts["configuration"], string_value("hello"));
+        assert_eq!(facts["container_concurrency"].kind, Some(value::Kind::NumberValue(10.0)));
+    }
+
+    #[test]
+    fn endpoints_are_sorted_with_a_locality_and_empty_revisions_get_empty_assignments() {
+        let r = translate(&plan(), &endpoints(), &XdsSettings::default());
+        assert_eq!(r.endpoints.len(), 2);
+        let first = &r.endpoints[0];
+        assert_eq!(first.cluster_name, "rev|default|hello-00001");
+        let locality = &first.endpoints[0];
+        assert_eq!(locality.locality.as_ref().map(|l| l.region.as_str()), Some(LOCALITY_REGION));
+        assert_eq!(locality.load_balancing_weight, Some(UInt32Value { value: 1 }));
+        let hosts: Vec<_> = locality
+            .lb_endpoints
+            .iter()
+            .map(|e| match &e.host_identifier {
+                Some(lb_endpoint::HostIdentifier::Endpoint(e)) => match &e.address.as_ref().expect("address").address {
+                    Some(address::Address::SocketAddress(s)) => s.address.clone(),
+                    _ => panic!("not a socket address"),
+                },
+                _ => panic!("not an endpoint"),
+            })
+            .collect();
+        assert_eq!(hosts, ["10.0.0.1", "10.0.0.2"]);
+        assert_eq!(r.endpoints[1].cluster_name, "rev|default|hello-00002");
+        assert!(r.endpoints[1].endpoints.is_empty());
+    }
+
+    #[test]
+    fn static_endpoints_are_the_fallback() {
+        let mut plan = plan();
+        plan.revisions[1].static_endpoints = Some(vec![Endpoint { host: "127.0.0.1".into(), port: 9000 }]);
+        let r = translate(&plan, &endpoints(), &XdsSettings::default());
+        assert_eq!(r.endpoints[1].endpoints[0].lb_endpoints.len(), 1);
+        // Live endpoints win over static ones.
+        plan.revisions[0].static_endpoints = Some(vec![Endpoint { host: "127.0.0.1".into(), port: 9000 }]);
+        let r = translate(&plan, &endpoints(), &XdsSettings::default());
+        assert_eq!(r.endpoints[0].endpoints[0].lb_endpoints.len(), 2);
+    }
+
+    #[test]
+    fn dns_endpoints_make_a_strict_dns_cluster() {
+        let mut plan = plan();
+        plan.revisions[1].static_endpoints = Some(vec![Endpoint { host: "localhost".into(), port: 9000 }]);
+        let r = translate(&plan, &EndpointMap::new(), &XdsSettings::default());
+        assert_eq!(
+            r.clusters[1].cluster_discovery_type,
+            Some(cluster::ClusterDiscoveryType::Type(cluster::DiscoveryType::StrictDns as i32))
+        );
+        assert!(r.clusters[1].load_assignment.is_some());
+        assert_eq!(r.endpoints.len(), 1, "no EDS resource for a DNS cluster");
+    }
+
+    #[test]
+    fn listener_uses_rds_over_ads_and_a_long_enough_idle_timeout() {
+        let r = translate(&plan(), &endpoints(), &XdsSettings::default());
+        assert_eq!(r.listeners[0].name, names::LISTENER);
+        let hcm = hcm(&r);
+        assert_eq!(hcm.stat_prefix, names::HTTP_STAT_PREFIX);
+        let Some(http_connection_manager::RouteSpecifier::Rds(rds)) = &hcm.route_specifier else { panic!("not rds") };
+        assert_eq!(rds.route_config_name, names::ROUTE_CONFIGURATION);
+        assert_eq!(hcm.http_filters.last().map(|f| f.name.as_str()), Some(ROUTER_FILTER));
+        // 600 s revision timeout + 60 s beats the 300 s default.
+        assert_eq!(hcm.stream_idle_timeout.map(|d| d.seconds), Some(660));
+
+        let short = GatewayPlan { revisions: vec![revision("a")], ..GatewayPlan::default() };
+        let settings = XdsSettings { stream_idle_timeout: Duration::from_secs(900), ..XdsSettings::default() };
+        assert_eq!(effective_stream_idle_timeout(&short, &settings), Duration::from_secs(900));
+    }
+
+    #[test]
+    fn filters_go_before_the_router() {
+        let extra = HttpFilter { name: "revgate.hold".into(), ..Default::default() };
+        let l = http_listener(&XdsSettings::default(), Duration::from_secs(300), vec![extra]);
+        let Some(filter::ConfigType::TypedConfig(any)) = &l.filter_chains[0].filters[0].config_type else {
+            panic!("no typed config")
+        };
+        let hcm = HttpConnectionManager::decode(any.value.as_slice()).expect("hcm");
+        let names: Vec<_> = hcm.http_filters.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(names, ["revgate.hold", ROUTER_FILTER]);
+    }
+
+    #[test]
+    fn output_is_deterministic() {
+        let a = translate(&plan(), &endpoints(), &XdsSettings::default());
+        let mut reordered = endpoints();
+        reordered.values_mut().for_each(|v| v.reverse());
+        let b = translate(&plan(), &reordered, &XdsSettings::default());
+        assert_eq!(a.routes, b.routes);
+        assert_eq!(a.listeners, b.listeners);
+        assert_eq!(a.endpoints, b.endpoints);
+        assert_eq!(a.clusters, b.clusters);
+    }
+
+    #[test]
+    fn empty_plan_still_has_a_listener_and_route_configuration() {
+        let r = translate(&GatewayPlan::default(), &EndpointMap::new(), &XdsSettings::default());
+        assert_eq!(r.listeners.len(), 1);
+        assert_eq!(r.routes.len(), 1);
+        assert!(r.routes[0].virtual_hosts.is_empty(), "every host gets Envoy's 404");
+        assert!(r.clusters.is_empty() && r.endpoints.is_empty());
+    }
+
+    #[test]
+    fn colliding_hosts_keep_the_first_claim() {
+        let mut plan = plan();
+        let mut other = plan.routes[0].clone();
+        other.key = key("other");
+        other.tags.clear();
+        plan.routes.push(other);
+        let r = translate(&plan, &endpoints(), &XdsSettings::default());
+        assert!(r.routes[0].virtual_hosts.iter().all(|v| v.name != "route|default|other"));
+    }
+}

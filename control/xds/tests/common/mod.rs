@@ -1,0 +1,115 @@
+//! Fixtures shared by the integration tests.
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use revgate_model::plan::{
+    Endpoint, EndpointMap, GatewayPlan, ObjectKey, RevisionBackend, RoutePlan, Split, TagPlan, UpstreamProtocol,
+};
+use revgate_xds::{Snapshot, SnapshotCache, XdsServer, XdsSettings, translate};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::Channel;
+
+pub fn key(name: &str) -> ObjectKey {
+    ObjectKey::new("default", name)
+}
+
+pub fn revision(name: &str) -> RevisionBackend {
+    RevisionBackend {
+        key: key(name),
+        configuration: "hello".into(),
+        service: Some("hello".into()),
+        protocol: UpstreamProtocol::Http1,
+        container_concurrency: 0,
+        timeout_seconds: 300,
+        static_endpoints: None,
+    }
+}
+
+/// Route `hello` split 90/10 between two revisions, tag `candidate` on the second.
+pub fn plan() -> GatewayPlan {
+    GatewayPlan {
+        routes: vec![RoutePlan {
+            key: key("hello"),
+            host: "hello.default.example.com".into(),
+            splits: vec![
+                Split { revision: key("hello-00001"), percent: 90 },
+                Split { revision: key("hello-00002"), percent: 10 },
+            ],
+            tags: vec![TagPlan {
+                tag: "candidate".into(),
+                host: "candidate-hello.default.example.com".into(),
+                revision: key("hello-00002"),
+            }],
+        }],
+        revisions: vec![
+            revision("hello-00001"),
+            RevisionBackend { protocol: UpstreamProtocol::H2c, container_concurrency: 10, ..revision("hello-00002") },
+        ],
+        tag_header_routing: true,
+    }
+}
+
+/// The same route after `hello-00002` is gone: 100% to `hello-00001`, no tags.
+pub fn plan_without_second_revision() -> GatewayPlan {
+    let mut plan = plan();
+    plan.routes[0].splits = vec![Split { revision: key("hello-00001"), percent: 100 }];
+    plan.routes[0].tags.clear();
+    plan.revisions.truncate(1);
+    plan
+}
+
+pub fn endpoints() -> EndpointMap {
+    EndpointMap::from([(key("hello-00001"), vec![Endpoint { host: "10.0.0.1".into(), port: 8080 }])])
+}
+
+pub fn endpoints_moved() -> EndpointMap {
+    EndpointMap::from([(key("hello-00001"), vec![Endpoint { host: "10.0.0.7".into(), port: 8080 }])])
+}
+
+pub fn snapshot(plan: &GatewayPlan, endpoints: &EndpointMap) -> std::sync::Arc<Snapshot> {
+    let snapshot = Snapshot::new(&translate(plan, endpoints, &XdsSettings::default()));
+    snapshot.consistency_check().unwrap();
+    std::sync::Arc::new(snapshot)
+}
+
+pub fn node(id: &str) -> Option<Node> {
+    Some(Node { id: id.into(), cluster: "test".into(), ..Default::default() })
+}
+
+/// An ADS server on `127.0.0.1:0`, running until the test ends.
+pub async fn start(cache: SnapshotCache) -> (XdsServer, SocketAddr) {
+    let server = XdsServer::new(cache);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let service = server.clone().into_service();
+    tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming(TcpListenerStream::new(listener))
+            .await
+            .unwrap();
+    });
+    (server, addr)
+}
+
+pub async fn client(addr: SocketAddr) -> AggregatedDiscoveryServiceClient<Channel> {
+    AggregatedDiscoveryServiceClient::connect(format!("http://{addr}")).await.unwrap()
+}
+
+/// Bounds every wait so a protocol bug fails the test instead of hanging it.
+pub const TIMEOUT: Duration = Duration::from_secs(5);
+/// How long to wait to conclude that nothing more is coming.
+pub const QUIET: Duration = Duration::from_millis(300);
+
+pub const CDS: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
+pub const EDS: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
+pub const LDS: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
+pub const RDS: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
+
+pub const CLUSTER_1: &str = "rev|default|hello-00001";
+pub const CLUSTER_2: &str = "rev|default|hello-00002";

@@ -1,0 +1,249 @@
+//! State-of-the-world ADS against an in-process server and a tonic client.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::*;
+use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
+use envoy_types::pb::google::rpc;
+use prost::Message;
+use revgate_xds::{Api, SnapshotCache};
+use tokio::sync::mpsc;
+use tokio::time::timeout;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Streaming;
+
+struct Sotw {
+    requests: mpsc::Sender<DiscoveryRequest>,
+    responses: Streaming<DiscoveryResponse>,
+}
+
+impl Sotw {
+    async fn open(addr: std::net::SocketAddr) -> Sotw {
+        let (requests, rx) = mpsc::channel(16);
+        let responses =
+            client(addr).await.stream_aggregated_resources(ReceiverStream::new(rx)).await.unwrap().into_inner();
+        Sotw { requests, responses }
+    }
+
+    async fn send(&self, request: DiscoveryRequest) {
+        self.requests.send(request).await.unwrap();
+    }
+
+    async fn subscribe(&self, type_url: &str, names: &[&str]) {
+        self.send(DiscoveryRequest {
+            node: node("gw-1"),
+            type_url: type_url.into(),
+            resource_names: names.iter().map(|n| (*n).into()).collect(),
+            ..Default::default()
+        })
+        .await;
+    }
+
+    async fn ack(&self, response: &DiscoveryResponse, names: &[&str]) {
+        self.send(DiscoveryRequest {
+            type_url: response.type_url.clone(),
+            version_info: response.version_info.clone(),
+            response_nonce: response.nonce.clone(),
+            resource_names: names.iter().map(|n| (*n).into()).collect(),
+            ..Default::default()
+        })
+        .await;
+    }
+
+    async fn nack(&self, response: &DiscoveryResponse, last_good: &str, names: &[&str], message: &str) {
+        self.send(DiscoveryRequest {
+            type_url: response.type_url.clone(),
+            version_info: last_good.into(),
+            response_nonce: response.nonce.clone(),
+            resource_names: names.iter().map(|n| (*n).into()).collect(),
+            error_detail: Some(rpc::Status { code: 3, message: message.into(), details: vec![] }),
+            ..Default::default()
+        })
+        .await;
+    }
+
+    async fn recv(&mut self) -> DiscoveryResponse {
+        timeout(TIMEOUT, self.responses.message()).await.expect("a response in time").unwrap().unwrap()
+    }
+
+    async fn assert_quiet(&mut self) {
+        if let Ok(response) = timeout(QUIET, self.responses.message()).await {
+            panic!("unexpected response: {response:?}");
+        }
+    }
+}
+
+fn cluster_names(response: &DiscoveryResponse) -> Vec<String> {
+    response.resources.iter().map(|any| Cluster::decode(any.value.as_slice()).unwrap().name).collect()
+}
+
+/// Wait until the status satisfies `f`.
+async fn status_until(
+    server: &revgate_xds::XdsServer,
+    f: impl Fn(&revgate_xds::GatewayStatus) -> bool,
+) -> revgate_xds::GatewayStatus {
+    let mut rx = server.status();
+    timeout(TIMEOUT, rx.wait_for(|s| f(s))).await.expect("status in time").unwrap().clone()
+}
+
+#[tokio::test]
+async fn initial_sync_follows_the_ads_order() {
+    let cache = SnapshotCache::new();
+    cache.set_snapshot(snapshot(&plan(), &endpoints()));
+    let (server, addr) = start(cache).await;
+    let mut ads = Sotw::open(addr).await;
+
+    ads.subscribe(CDS, &[]).await;
+    let cds = ads.recv().await;
+    assert_eq!(cds.type_url, CDS);
+    assert_eq!(cluster_names(&cds), [CLUSTER_1, CLUSTER_2]);
+    assert!(!cds.nonce.is_empty() && !cds.version_info.is_empty());
+
+    ads.subscribe(EDS, &[CLUSTER_1, CLUSTER_2]).await;
+    let eds = ads.recv().await;
+    assert_eq!((eds.type_url.as_str(), eds.resources.len()), (EDS, 2));
+    ads.ack(&cds, &[]).await;
+
+    ads.subscribe(LDS, &[]).await;
+    let lds = ads.recv().await;
+    assert_eq!((lds.type_url.as_str(), lds.resources.len()), (LDS, 1));
+    ads.ack(&eds, &[CLUSTER_1, CLUSTER_2]).await;
+
+    ads.subscribe(RDS, &["revgate-routes"]).await;
+    let rds = ads.recv().await;
+    assert_eq!((rds.type_url.as_str(), rds.resources.len()), (RDS, 1));
+    ads.ack(&lds, &[]).await;
+    ads.ack(&rds, &["revgate-routes"]).await;
+    ads.assert_quiet().await;
+
+    let status = status_until(&server, |s| {
+        s.nodes.get("gw-1").is_some_and(|n| n.types.values().filter(|t| t.acked_version.is_some()).count() == 4)
+    })
+    .await;
+    let node = &status.nodes["gw-1"];
+    assert!(node.connected);
+    assert_eq!(node.api, Api::Sotw);
+    assert_eq!(node.types["CDS"].acked_version.as_deref(), Some(cds.version_info.as_str()));
+    assert_eq!(node.types["RDS"].sent_version.as_deref(), Some(rds.version_info.as_str()));
+    assert!(node.types.values().all(|t| t.nack.is_none()));
+
+    drop(ads);
+    status_until(&server, |s| s.nodes.get("gw-1").is_some_and(|n| !n.connected)).await;
+}
+
+#[tokio::test]
+async fn acks_are_broadcast_with_the_resource_names() {
+    let cache = SnapshotCache::new();
+    cache.set_snapshot(snapshot(&plan(), &endpoints()));
+    let (server, addr) = start(cache).await;
+    let mut acks = server.subscribe_acks();
+    let mut ads = Sotw::open(addr).await;
+
+    ads.subscribe(EDS, &[CLUSTER_1]).await;
+    let eds = ads.recv().await;
+    assert_eq!(eds.resources.len(), 1, "only the requested cluster");
+    ads.ack(&eds, &[CLUSTER_1]).await;
+
+    let event = timeout(TIMEOUT, acks.recv()).await.unwrap().unwrap();
+    assert_eq!(event.node, "gw-1");
+    assert_eq!(event.type_url, EDS);
+    assert_eq!(event.version, eds.version_info);
+    assert_eq!(event.resource_names, [CLUSTER_1]);
+}
+
+#[tokio::test]
+async fn a_nack_keeps_the_last_good_version_until_the_next_snapshot() {
+    let cache = SnapshotCache::new();
+    cache.set_snapshot(snapshot(&plan(), &endpoints()));
+    let (server, addr) = start(cache.clone()).await;
+    let mut ads = Sotw::open(addr).await;
+    let names = [CLUSTER_1, CLUSTER_2];
+
+    ads.subscribe(EDS, &names).await;
+    let good = ads.recv().await;
+    ads.ack(&good, &names).await;
+
+    // A change the client rejects.
+    cache.set_snapshot(snapshot(&plan(), &endpoints_moved()));
+    let rejected = ads.recv().await;
+    assert_ne!(rejected.version_info, good.version_info);
+    let envoy_text = "Proto constraint validation failed (ClusterLoadAssignmentValidationError.Endpoints[0]: bad)";
+    ads.nack(&rejected, &good.version_info, &names, envoy_text).await;
+
+    let status = status_until(&server, |s| s.nodes.get("gw-1").is_some_and(|n| n.types["EDS"].nack.is_some())).await;
+    let eds = &status.nodes["gw-1"].types["EDS"];
+    let nack = eds.nack.as_ref().unwrap();
+    assert_eq!(nack.message, envoy_text);
+    assert_eq!(nack.version, rejected.version_info);
+    assert_eq!(eds.acked_version.as_deref(), Some(good.version_info.as_str()), "Envoy still runs the last good one");
+    assert_eq!(eds.sent_version.as_deref(), Some(rejected.version_info.as_str()));
+
+    // The rejected version is not sent again, even when an equal snapshot is set.
+    cache.set_snapshot(snapshot(&plan(), &endpoints_moved()));
+    ads.assert_quiet().await;
+
+    // The next different snapshot is sent, and its ACK clears the NACK.
+    let mut third = endpoints();
+    third.insert(key("hello-00002"), vec![revgate_model::plan::Endpoint { host: "10.0.0.3".into(), port: 8080 }]);
+    cache.set_snapshot(snapshot(&plan(), &third));
+    let next = ads.recv().await;
+    assert_ne!(next.version_info, rejected.version_info);
+    assert_ne!(next.version_info, good.version_info);
+    ads.ack(&next, &names).await;
+    let status = status_until(&server, |s| {
+        s.nodes.get("gw-1").is_some_and(|n| n.types["EDS"].acked_version.as_deref() == Some(next.version_info.as_str()))
+    })
+    .await;
+    assert!(status.nodes["gw-1"].types["EDS"].nack.is_none());
+}
+
+#[tokio::test]
+async fn unchanged_content_and_stale_nonces_send_nothing() {
+    let cache = SnapshotCache::new();
+    cache.set_snapshot(snapshot(&plan(), &endpoints()));
+    let (_server, addr) = start(cache.clone()).await;
+    let mut ads = Sotw::open(addr).await;
+
+    ads.subscribe(CDS, &[]).await;
+    let first = ads.recv().await;
+    ads.ack(&first, &[]).await;
+    // Rebuilt from equal inputs: same versions, nothing to send.
+    cache.set_snapshot(snapshot(&plan(), &endpoints()));
+    ads.assert_quiet().await;
+
+    // Endpoints changed: CDS is untouched.
+    cache.set_snapshot(snapshot(&plan(), &endpoints_moved()));
+    ads.assert_quiet().await;
+
+    // A cluster went away: new CDS.
+    cache.set_snapshot(snapshot(&plan_without_second_revision(), &endpoints()));
+    let second = ads.recv().await;
+    assert_eq!(cluster_names(&second), [CLUSTER_1]);
+    // A request carrying the first (stale) nonce is ignored.
+    ads.ack(&first, &[]).await;
+    ads.assert_quiet().await;
+}
+
+#[tokio::test]
+async fn per_node_snapshots_override_the_default() {
+    let cache = SnapshotCache::new();
+    cache.set_snapshot(snapshot(&plan(), &endpoints()));
+    cache.set_node_snapshot("gw-1", snapshot(&plan_without_second_revision(), &endpoints()));
+    let (_server, addr) = start(cache).await;
+    let mut ads = Sotw::open(addr).await;
+    ads.subscribe(CDS, &[]).await;
+    assert_eq!(cluster_names(&ads.recv().await), [CLUSTER_1]);
+}
+
+#[tokio::test]
+async fn a_stream_waits_for_the_first_snapshot() {
+    let cache = SnapshotCache::new();
+    let (_server, addr) = start(cache.clone()).await;
+    let mut ads = Sotw::open(addr).await;
+    ads.subscribe(CDS, &[]).await;
+    ads.assert_quiet().await;
+    cache.set_snapshot(snapshot(&plan(), &endpoints()));
+    assert_eq!(cluster_names(&ads.recv().await), [CLUSTER_1, CLUSTER_2]);
+}

@@ -1,0 +1,344 @@
+//! Shared harness for the end-to-end tests: the real `revgate` binary, a real
+//! Envoy 1.40 and real HTTP backends, all on loopback.
+//!
+//! Every process is killed when its handle drops, so a failing test leaves
+//! nothing behind. Waits poll a condition with a deadline; no test depends on
+//! a fixed sleep or on timing figures.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// How long any single wait may take before the test fails.
+pub const DEADLINE: Duration = Duration::from_secs(30);
+
+/// The repository root (this file is in `tests/support/`).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The Envoy binary: `$REVGATE_ENVOY`, or the one `scripts/install-tools.sh`
+/// puts in `.tools/`. Missing Envoy fails the test with the fix, never skips it.
+pub fn envoy_bin() -> PathBuf {
+    if let Some(path) = std::env::var_os("REVGATE_ENVOY") {
+        return PathBuf::from(path);
+    }
+    let path = repo_root().join(".tools/envoy/bin/envoy");
+    assert!(
+        path.exists(),
+        "Envoy is not installed at {}: run scripts/install-tools.sh (or set REVGATE_ENVOY)",
+        path.display()
+    );
+    path
+}
+
+pub fn revgate_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_revgate"))
+}
+
+/// A port that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("no free port on loopback")
+}
+
+/// Polls `check` until it returns `Some`, failing the test after [`DEADLINE`].
+pub async fn wait_for<T>(what: &str, mut check: impl AsyncFnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(start.elapsed() < DEADLINE, "timed out after {DEADLINE:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A child process killed on drop.
+#[derive(Debug)]
+pub struct Process {
+    name: String,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Process {
+    fn spawn(name: &str, mut command: Command, log: PathBuf) -> Self {
+        let out = std::fs::File::create(&log).expect("creating a log file");
+        let err = out.try_clone().expect("cloning a log file handle");
+        command.stdin(Stdio::null()).stdout(out).stderr(err);
+        let child = command.spawn().unwrap_or_else(|e| panic!("starting {name}: {e}"));
+        Self { name: name.to_owned(), child, log }
+    }
+
+    /// The process's output so far, for failure messages.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            eprintln!("---- {} log ----\n{}", self.name, self.log());
+        }
+    }
+}
+
+/// `revgate serve` on loopback ports of its own.
+#[derive(Debug)]
+pub struct Revgate {
+    pub process: Process,
+    pub state_dir: PathBuf,
+    pub admin_addr: SocketAddr,
+    pub xds_addr: SocketAddr,
+    pub http_port: u16,
+    http: reqwest::Client,
+}
+
+impl Revgate {
+    /// Starts a control plane with test hooks enabled and waits until its admin API answers.
+    pub async fn start(state_dir: &Path, http_port: u16) -> Self {
+        let admin_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("address");
+        let xds_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("address");
+        Self::start_on(state_dir, http_port, admin_addr, xds_addr).await
+    }
+
+    pub async fn start_on(state_dir: &Path, http_port: u16, admin_addr: SocketAddr, xds_addr: SocketAddr) -> Self {
+        let mut command = Command::new(revgate_bin());
+        command
+            .args(["serve", "--admin-addr", &admin_addr.to_string(), "--xds-addr", &xds_addr.to_string()])
+            .args(["--http-port", &http_port.to_string(), "--state-dir"])
+            .arg(state_dir)
+            .env("REVGATE_TEST_HOOKS", "true")
+            .env("REVGATE_LOG", "info,revgate_xds=debug");
+        let log = state_dir.with_extension(format!("serve-{}.log", admin_addr.port()));
+        let process = Process::spawn("revgate serve", command, log);
+        let revgate = Self {
+            process,
+            state_dir: state_dir.to_owned(),
+            admin_addr,
+            xds_addr,
+            http_port,
+            http: reqwest::Client::new(),
+        };
+        let url = format!("{}/healthz", revgate.server());
+        let http = revgate.http.clone();
+        wait_for("revgate serve to answer /healthz", async || {
+            http.get(&url).send().await.ok().filter(|r| r.status().is_success())
+        })
+        .await;
+        revgate
+    }
+
+    pub fn server(&self) -> String {
+        format!("http://{}", self.admin_addr)
+    }
+
+    /// Runs the `revgate` CLI against this control plane.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(revgate_bin())
+            .args(args)
+            .env("REVGATE_SERVER", self.server())
+            .env_remove("REVGATE_TOKEN")
+            .output()
+            .expect("running the revgate CLI")
+    }
+
+    /// `revgate apply -f` of a manifest written to a temporary file; asserts success.
+    pub fn apply(&self, yaml: &str) -> String {
+        let file = self.write_manifest(yaml);
+        let out = self.cli(&["apply", "-f", file.to_str().expect("utf-8 path")]);
+        assert!(out.status.success(), "revgate apply failed:\n{}\n{}", stdout(&out), stderr(&out));
+        stdout(&out)
+    }
+
+    pub fn write_manifest(&self, yaml: &str) -> PathBuf {
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let path = self.state_dir.with_extension(format!("manifest-{}.yaml", COUNTER.fetch_add(1, Ordering::Relaxed)));
+        std::fs::write(&path, yaml).expect("writing a manifest");
+        path
+    }
+
+    /// `GET /v1/gateway`.
+    pub async fn gateway(&self) -> Value {
+        self.get_json("/v1/gateway").await
+    }
+
+    pub async fn get_json(&self, path: &str) -> Value {
+        let response = self.http.get(format!("{}{path}", self.server())).send().await.expect("admin API");
+        response.json().await.expect("admin API JSON")
+    }
+
+    /// Waits until the gateway `node` ACKed every type of the currently published
+    /// snapshot; returns the published versions.
+    pub async fn wait_acked(&self, node: &str) -> BTreeMap<String, String> {
+        wait_for(&format!("gateway {node} to ACK the published snapshot"), async || {
+            let view = self.gateway().await;
+            let published: BTreeMap<String, String> =
+                serde_json::from_value(view.pointer("/published/versions")?.clone()).ok()?;
+            let types = view.pointer(&format!("/status/nodes/{node}/types"))?;
+            let all = published.iter().all(|(kind, version)| {
+                types.get(kind).and_then(|t| t.get("acked_version")).and_then(Value::as_str) == Some(version)
+            });
+            (all && !published.is_empty()).then_some(published)
+        })
+        .await
+    }
+}
+
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// A real Envoy connected to a control plane over ADS.
+#[derive(Debug)]
+pub struct Envoy {
+    pub process: Process,
+    pub admin_port: u16,
+    pub http_port: u16,
+    pub node_id: String,
+    http: reqwest::Client,
+}
+
+impl Envoy {
+    /// Starts Envoy with the ADS bootstrap that `revgate render envoy --ads` prints.
+    pub async fn start_ads(dir: &Path, revgate: &Revgate, delta: bool) -> Self {
+        let admin_port = free_port();
+        let node_id = format!("gateway-{admin_port}");
+        let mut render = vec!["render", "envoy", "--ads", "--node-id", &node_id];
+        let xds = revgate.xds_addr.to_string();
+        let admin = admin_port.to_string();
+        render.extend(["--xds-addr", &xds, "--admin-port", &admin]);
+        if delta {
+            render.push("--delta");
+        }
+        let out = revgate.cli(&render);
+        assert!(out.status.success(), "revgate render envoy --ads failed: {}", stderr(&out));
+        let bootstrap = dir.join(format!("envoy-{admin_port}.yaml"));
+        std::fs::write(&bootstrap, &out.stdout).expect("writing the bootstrap");
+        Self::start(dir, &bootstrap, admin_port, revgate.http_port, &node_id).await
+    }
+
+    /// Starts Envoy on a bootstrap file whose admin listens on `admin_port`.
+    pub async fn start(dir: &Path, bootstrap: &Path, admin_port: u16, http_port: u16, node_id: &str) -> Self {
+        let mut command = Command::new(envoy_bin());
+        command
+            .arg("-c")
+            .arg(bootstrap)
+            .args(["--concurrency", "2", "--base-id", &admin_port.to_string(), "--log-level", "warn"])
+            .args(["--drain-time-s", "1", "--parent-shutdown-time-s", "2"]);
+        let log = dir.join(format!("envoy-{admin_port}.log"));
+        let process = Process::spawn("envoy", command, log);
+        let envoy = Self { process, admin_port, http_port, node_id: node_id.to_owned(), http: reqwest::Client::new() };
+        let url = format!("http://127.0.0.1:{admin_port}/ready");
+        let http = envoy.http.clone();
+        wait_for("Envoy's admin /ready", async || http.get(&url).send().await.ok()).await;
+        envoy
+    }
+
+    /// One request through the gateway with the given Host and extra headers.
+    pub async fn get(&self, host: &str, headers: &[(&str, &str)]) -> (u16, String) {
+        let mut request = self.http.get(format!("http://127.0.0.1:{}/", self.http_port)).header("host", host);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        match request.send().await {
+            Ok(response) => {
+                let status = response.status().as_u16();
+                (status, response.text().await.unwrap_or_default())
+            }
+            Err(e) => (0, e.to_string()),
+        }
+    }
+
+    /// Waits until `host` answers 200 with `body`.
+    pub async fn wait_body(&self, host: &str, headers: &[(&str, &str)], body: &str) {
+        wait_for(&format!("{host} to answer {body:?}"), async || {
+            let (status, got) = self.get(host, headers).await;
+            (status == 200 && got == body).then_some(())
+        })
+        .await;
+    }
+
+    /// Sends `n` requests and counts the answers by body (non-200 as "status N").
+    pub async fn tally(&self, host: &str, n: usize) -> BTreeMap<String, usize> {
+        let mut counts = BTreeMap::new();
+        for _ in 0..n {
+            let (status, body) = self.get(host, &[]).await;
+            let key = if status == 200 { body } else { format!("status {status}") };
+            *counts.entry(key).or_insert(0) += 1;
+        }
+        counts
+    }
+
+    /// Envoy's admin `/clusters` text.
+    pub async fn clusters(&self) -> String {
+        let url = format!("http://127.0.0.1:{}/clusters", self.admin_port);
+        self.http.get(url).send().await.expect("Envoy admin").text().await.expect("Envoy admin text")
+    }
+}
+
+/// An HTTP backend standing in for one revision: answers every request with
+/// its name and counts what it served.
+#[derive(Debug)]
+pub struct Backend {
+    pub addr: SocketAddr,
+    pub name: String,
+    pub served: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Backend {
+    pub async fn start(name: &str) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("binding a backend");
+        let addr = listener.local_addr().expect("backend address");
+        let served = Arc::new(AtomicU64::new(0));
+        let counter = served.clone();
+        let body = name.to_owned();
+        let app = axum::Router::new().fallback(move || {
+            let counter = counter.clone();
+            let body = body.clone();
+            async move {
+                counter.fetch_add(1, Ordering::Relaxed);
+                body
+            }
+        });
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Self { addr, name: name.to_owned(), served, task }
+    }
+
+    /// The `revgate.dev/endpoints` annotation value pointing at this backend.
+    pub fn endpoint(&self) -> String {
+        self.addr.to_string()
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
