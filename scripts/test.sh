@@ -8,4 +8,8 @@ envoy=$(scripts/install-tools.sh | tail -n 1)
 export REVGATE_ENVOY="$envoy"
 echo "test: using $("$envoy" --version | head -n 1 | sed 's/^.*version: //')"
 
+# The gateway filter, built once for the end-to-end tests.
+REVGATE_FILTER_WASM=$(scripts/build-filter.sh | tail -n 1)
+export REVGATE_FILTER_WASM
+
 cargo test --workspace --locked "$@"

@@ -65,12 +65,13 @@ fn two_revisions(a: &Backend, b: &Backend, percent_a: u32) -> String {
 const HOST: &str = "hello.default.example.com";
 const CANARY_HOST: &str = "canary-hello.default.example.com";
 
+/// Fields drop in order: the processes go before the directory holding their logs.
 struct Setup {
-    _dir: tempfile::TempDir,
     a: Backend,
     b: Backend,
     revgate: Revgate,
     envoy: Envoy,
+    _dir: tempfile::TempDir,
 }
 
 async fn setup(delta: bool) -> Setup {

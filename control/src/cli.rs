@@ -47,6 +47,17 @@ pub struct ServeArgs {
     /// Port of the gateway's HTTP listener programmed over xDS.
     #[arg(long, default_value_t = 8080)]
     pub http_port: u16,
+    /// Address of the activation service the gateway filter calls.
+    #[arg(long, default_value = "127.0.0.1:9091")]
+    pub activation_addr: SocketAddr,
+    /// The gateway filter (`.wasm`) to run in Envoy ahead of the router; see
+    /// scripts/build-filter.sh. Without it revisions are never held.
+    #[arg(long)]
+    pub wasm_filter: Option<PathBuf>,
+    /// JSON object merged into the filter's configuration, e.g.
+    /// '{"max_held_per_revision": 100}'.
+    #[arg(long, requires = "wasm_filter")]
+    pub filter_config: Option<String>,
     /// Enable the admin API's fault-injection endpoints (tests only).
     #[arg(long, hide = true, env = "REVGATE_TEST_HOOKS")]
     pub test_hooks: bool,
@@ -73,7 +84,7 @@ pub struct ManifestArgs {
 
 #[derive(Debug, Args)]
 pub struct GetArgs {
-    /// ksvc | configuration (cfg) | route (rt) | revision (rev) | gateway
+    /// ksvc | configuration (cfg) | route (rt) | revision (rev) | gateway | activity
     pub kind: GetKind,
     /// Only the object with this name.
     pub name: Option<String>,
@@ -102,6 +113,9 @@ pub enum GetKind {
     /// The gateways connected over xDS and what they accepted or rejected.
     #[value(alias = "gateways")]
     Gateway,
+    /// Per revision: concurrency, requests and activations the gateways report.
+    #[value(alias = "metrics")]
+    Activity,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

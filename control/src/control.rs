@@ -13,10 +13,11 @@
 //!                              └─ watch<Arc<World>>, watch<Published> ──▶ admin API readers
 //! ```
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use revgate_model::plan::{Endpoint, EndpointMap, GatewayPlan, ObjectKey};
 use revgate_model::{
     ApplyError, Document, ManifestError, World, parse_documents,
     world::{Change, IngressState, Observed},
@@ -27,6 +28,7 @@ use revgate_xds::translate::{XdsSettings, translate};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::activation::ActivationService;
 use crate::faults::Fault;
 use crate::manifests::ManifestFile;
 use crate::store::{Store, StoreError};
@@ -40,6 +42,8 @@ pub enum ControlError {
     Invalid(#[from] ApplyError),
     #[error("{0}")]
     Store(#[from] StoreError),
+    #[error("{0}")]
+    NotFound(String),
     #[error("the control plane is shutting down")]
     ShuttingDown,
 }
@@ -61,8 +65,28 @@ pub struct Applied {
 }
 
 enum Command {
-    Apply { files: Vec<ManifestFile>, delete: bool, reply: oneshot::Sender<Result<Applied, ControlError>> },
-    SetFault { fault: Option<Fault>, reply: oneshot::Sender<Published> },
+    Apply {
+        files: Vec<ManifestFile>,
+        delete: bool,
+        reply: oneshot::Sender<Result<Applied, ControlError>>,
+    },
+    SetFault {
+        fault: Option<Fault>,
+        reply: oneshot::Sender<Published>,
+    },
+    SetEndpoints {
+        revision: ObjectKey,
+        endpoints: Vec<Endpoint>,
+        reply: oneshot::Sender<Result<Published, ControlError>>,
+    },
+    /// Endpoints whose publication waited for the filters to hear that the
+    /// revision is cold; applied only if no newer change came meanwhile.
+    CommitEndpoints {
+        revision: ObjectKey,
+        endpoints: Vec<Endpoint>,
+        generation: u64,
+        reply: oneshot::Sender<Result<Published, ControlError>>,
+    },
 }
 
 /// Cheap, clonable access to the control plane.
@@ -70,6 +94,8 @@ enum Command {
 pub struct Handle {
     commands: mpsc::Sender<Command>,
     world: watch::Receiver<Arc<World>>,
+    plan: watch::Receiver<Arc<GatewayPlan>>,
+    desired: watch::Receiver<Arc<BTreeMap<ObjectKey, u32>>>,
     published: watch::Receiver<Published>,
     gateway: watch::Receiver<GatewayStatus>,
 }
@@ -81,6 +107,12 @@ impl std::fmt::Debug for Command {
                 f.debug_struct("Apply").field("files", &files.len()).field("delete", delete).finish()
             }
             Command::SetFault { fault, .. } => f.debug_struct("SetFault").field("fault", fault).finish(),
+            Command::SetEndpoints { revision, endpoints, .. } => {
+                f.debug_struct("SetEndpoints").field("revision", revision).field("endpoints", endpoints).finish()
+            }
+            Command::CommitEndpoints { revision, generation, .. } => {
+                f.debug_struct("CommitEndpoints").field("revision", revision).field("generation", generation).finish()
+            }
         }
     }
 }
@@ -98,6 +130,32 @@ impl Handle {
         let (reply, answer) = oneshot::channel();
         self.commands.send(Command::SetFault { fault, reply }).await.map_err(|_| ControlError::ShuttingDown)?;
         answer.await.map_err(|_| ControlError::ShuttingDown)
+    }
+
+    /// Registers the live endpoints of a revision whose instances run outside
+    /// revgate (replacing earlier ones; empty means scaled to zero).
+    pub async fn set_endpoints(
+        &self,
+        revision: ObjectKey,
+        endpoints: Vec<Endpoint>,
+    ) -> Result<Published, ControlError> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(Command::SetEndpoints { revision, endpoints, reply })
+            .await
+            .map_err(|_| ControlError::ShuttingDown)?;
+        answer.await.map_err(|_| ControlError::ShuttingDown)?
+    }
+
+    /// The gateway plan being published, for readers that follow it.
+    pub fn plan(&self) -> watch::Receiver<Arc<GatewayPlan>> {
+        self.plan.clone()
+    }
+
+    /// The endpoint count wanted per revision. It drops to zero before a
+    /// revision's endpoints are withdrawn from the gateways.
+    pub fn desired(&self) -> watch::Receiver<Arc<BTreeMap<ObjectKey, u32>>> {
+        self.desired.clone()
     }
 
     pub fn world(&self) -> Arc<World> {
@@ -123,11 +181,25 @@ impl Handle {
 pub struct ControlPlane {
     store: Store,
     world: Arc<World>,
+    /// Endpoints registered for revisions (not persisted: whoever runs the
+    /// instances registers them again).
+    endpoints: EndpointMap,
+    /// Revisions going to zero whose endpoints are still published while the
+    /// filters learn to hold their requests.
+    draining: BTreeSet<ObjectKey>,
+    /// Per revision, bumped by every endpoint change; a delayed commit
+    /// applies only if it is still the latest.
+    endpoint_generations: BTreeMap<ObjectKey, u64>,
     cache: SnapshotCache,
     settings: XdsSettings,
     fault: Option<Fault>,
     commands: mpsc::Receiver<Command>,
+    /// For commits sent back by drain tasks; weak so that the loop still ends
+    /// when every handle is gone.
+    commands_back: mpsc::WeakSender<Command>,
     world_tx: watch::Sender<Arc<World>>,
+    plan_tx: watch::Sender<Arc<GatewayPlan>>,
+    desired_tx: watch::Sender<Arc<BTreeMap<ObjectKey, u32>>>,
     published_tx: watch::Sender<Published>,
 }
 
@@ -144,14 +216,39 @@ impl ControlPlane {
         let (commands_tx, commands) = mpsc::channel(64);
         let (world_tx, world_rx) = watch::channel(world.clone());
         let (published_tx, published_rx) = watch::channel(Published::default());
-        let mut plane = Self { store, world, cache, settings, fault: None, commands, world_tx, published_tx };
+        let (plan_tx, plan_rx) = watch::channel(Arc::new(GatewayPlan::default()));
+        let (desired_tx, desired_rx) = watch::channel(Arc::new(BTreeMap::new()));
+        let mut plane = Self {
+            store,
+            world,
+            endpoints: EndpointMap::new(),
+            draining: BTreeSet::new(),
+            endpoint_generations: BTreeMap::new(),
+            cache,
+            settings,
+            fault: None,
+            commands,
+            commands_back: commands_tx.downgrade(),
+            world_tx,
+            plan_tx,
+            desired_tx,
+            published_tx,
+        };
         plane.publish();
-        let handle = Handle { commands: commands_tx, world: world_rx, published: published_rx, gateway };
+        let handle = Handle {
+            commands: commands_tx,
+            world: world_rx,
+            plan: plan_rx,
+            desired: desired_rx,
+            published: published_rx,
+            gateway,
+        };
         Ok((plane, handle))
     }
 
-    /// Serves commands until every handle is dropped.
-    pub async fn run(mut self) {
+    /// Serves commands until every handle is dropped. `activation` tells when
+    /// every gateway filter knows a revision is cold.
+    pub async fn run(mut self, activation: ActivationService) {
         while let Some(command) = self.commands.recv().await {
             match command {
                 Command::Apply { files, delete, reply } => {
@@ -163,8 +260,58 @@ impl ControlPlane {
                     self.fault = fault;
                     let _ = reply.send(self.publish());
                 }
+                Command::SetEndpoints { revision, endpoints, reply } => {
+                    self.set_endpoints(revision, endpoints, reply, &activation);
+                }
+                Command::CommitEndpoints { revision, endpoints, generation, reply } => {
+                    let current = self.endpoint_generations.get(&revision) == Some(&generation);
+                    if current {
+                        self.draining.remove(&revision);
+                        self.endpoints.insert(revision, endpoints);
+                    }
+                    // A newer change superseded this one and answers for itself.
+                    let _ = reply.send(Ok(if current { self.publish() } else { self.published_tx.borrow().clone() }));
+                }
             }
         }
+    }
+
+    /// Takes a revision's new endpoints. Going to zero is two steps, as
+    /// Knative puts the activator in the path before removing the last pod:
+    /// first the filters are told to hold the revision's requests, and only
+    /// once they all know are the endpoints withdrawn from Envoy.
+    fn set_endpoints(
+        &mut self,
+        revision: ObjectKey,
+        endpoints: Vec<Endpoint>,
+        reply: oneshot::Sender<Result<Published, ControlError>>,
+        activation: &ActivationService,
+    ) {
+        if !self.world.revisions.contains_key(&revision) {
+            let _ = reply.send(Err(ControlError::NotFound(format!("revision {revision} does not exist"))));
+            return;
+        }
+        let generation = {
+            let generation = self.endpoint_generations.entry(revision.clone()).or_default();
+            *generation += 1;
+            *generation
+        };
+        let has_endpoints = self.endpoints.get(&revision).is_some_and(|e| !e.is_empty());
+        if !endpoints.is_empty() || !has_endpoints {
+            self.draining.remove(&revision);
+            self.endpoints.insert(revision, endpoints);
+            let _ = reply.send(Ok(self.publish()));
+            return;
+        }
+        self.draining.insert(revision.clone());
+        self.publish_desired(&self.world.plan(&Observed::default()));
+        let (activation, commands) = (activation.clone(), self.commands_back.clone());
+        tokio::spawn(async move {
+            activation.until_cold_everywhere(&revision).await;
+            if let Some(commands) = commands.upgrade() {
+                let _ = commands.send(Command::CommitEndpoints { revision, endpoints, generation, reply }).await;
+            }
+        });
     }
 
     fn apply(&mut self, files: &[ManifestFile], delete: bool) -> Result<Applied, ControlError> {
@@ -189,7 +336,9 @@ impl ControlPlane {
     /// Builds and publishes the snapshot for the current world.
     fn publish(&mut self) -> Published {
         let plan = self.world.plan(&Observed::default());
-        let mut resources = translate(&plan, &Default::default(), &self.settings);
+        let revisions = &self.world.revisions;
+        self.endpoints.retain(|revision, _| revisions.contains_key(revision));
+        let mut resources = translate(&plan, &self.endpoints, &self.settings);
         if let Some(fault) = self.fault {
             fault.inject(&mut resources);
         }
@@ -208,9 +357,44 @@ impl ControlPlane {
                 .collect(),
         };
         self.cache.set_snapshot(Arc::new(snapshot));
+        self.publish_desired(&plan);
+        self.plan_tx.send_if_modified(|current| {
+            let changed = **current != plan;
+            if changed {
+                *current = Arc::new(plan);
+            }
+            changed
+        });
         tracing::info!(generation = published.generation, versions = ?published.versions, "published xDS snapshot");
         self.published_tx.send_replace(published.clone());
         published
+    }
+}
+
+impl ControlPlane {
+    /// Publishes the endpoint count wanted per revision: registered, else
+    /// static, and zero while draining.
+    fn publish_desired(&self, plan: &GatewayPlan) {
+        let desired: BTreeMap<ObjectKey, u32> = plan
+            .revisions
+            .iter()
+            .map(|revision| {
+                let count = if self.draining.contains(&revision.key) {
+                    0
+                } else {
+                    let endpoints = self.endpoints.get(&revision.key).or(revision.static_endpoints.as_ref());
+                    endpoints.map_or(0, |e| u32::try_from(e.len()).unwrap_or(u32::MAX))
+                };
+                (revision.key.clone(), count)
+            })
+            .collect();
+        self.desired_tx.send_if_modified(|current| {
+            let changed = **current != desired;
+            if changed {
+                *current = Arc::new(desired);
+            }
+            changed
+        });
     }
 }
 

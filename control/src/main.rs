@@ -7,6 +7,9 @@
 //!   a gateway plan, Envoy resources and an xDS snapshot.
 //! - `store`: the world persisted in an embedded database (redb).
 //! - `admin`: the admin HTTP API (server side) and its client used by the CLI.
+//! - `activation`: the service the gateway filter calls (metrics reports,
+//!   activation requests, readiness long-polls), over `readiness` (which
+//!   revisions each Envoy can serve) and `metrics` (reports summed per revision).
 //! - `manifests`: reading manifest files and directories in `kubectl apply -f` order.
 //! - `render`: configuration printed without a running control plane.
 //! - `table`: `kubectl get`-shaped tables.
@@ -15,11 +18,14 @@
 //! `revgate-xds` (Envoy translation and ADS) crates.
 #![forbid(unsafe_code)]
 
+mod activation;
 mod admin;
 mod cli;
 mod control;
 mod faults;
 mod manifests;
+mod metrics;
+mod readiness;
 mod render;
 mod serve;
 mod store;

@@ -1,13 +1,16 @@
 //! `revgate serve`: the admin API and the xDS server around one control plane.
 
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::Context;
+use revgate_xds::FilterSettings;
 use revgate_xds::server::{SnapshotCache, XdsServer};
 use revgate_xds::translate::XdsSettings;
 use tokio::net::TcpListener;
 
+use crate::activation::ActivationService;
 use crate::admin::server::{AdminState, is_loopback, router};
 use crate::cli::ServeArgs;
 use crate::control::ControlPlane;
@@ -21,10 +24,22 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let store = Store::open(&args.state_dir)?;
     let token = admin_token(&args.state_dir)?;
 
+    let activation_listener = TcpListener::bind(args.activation_addr).await.with_context(|| {
+        format!(
+            "binding the activation service to {} (is the port in use? see --activation-addr)",
+            args.activation_addr
+        )
+    })?;
+    let filter = match &args.wasm_filter {
+        Some(path) => Some(filter_settings(path, activation_listener.local_addr()?, args.filter_config.as_deref())?),
+        None => None,
+    };
+
     let cache = SnapshotCache::default();
     let xds = XdsServer::new(cache.clone());
-    let settings = XdsSettings { listener_port: args.http_port, ..XdsSettings::default() };
+    let settings = XdsSettings { listener_port: args.http_port, filter, ..XdsSettings::default() };
     let (plane, handle) = ControlPlane::start(store, cache, settings, xds.status())?;
+    let activation = ActivationService::start(handle.plan(), handle.desired(), xds.subscribe_acks());
 
     let xds_listener = TcpListener::bind(args.xds_addr)
         .await
@@ -38,27 +53,71 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         tracing::info!(file = %args.state_dir.join(TOKEN_FILE).display(), "admin API bound beyond loopback: bearer token required");
         Some(token)
     };
-    tracing::info!(xds = %xds_listener.local_addr()?, admin = %admin_listener.local_addr()?, state_dir = %args.state_dir.display(), "revgate control plane serving");
+    tracing::info!(
+        xds = %xds_listener.local_addr()?,
+        admin = %admin_listener.local_addr()?,
+        activation = %activation_listener.local_addr()?,
+        filter = ?args.wasm_filter,
+        state_dir = %args.state_dir.display(),
+        "revgate control plane serving"
+    );
 
-    let admin = router(AdminState { control: handle, token: admin_token, test_hooks: args.test_hooks });
+    let admin = router(AdminState {
+        control: handle,
+        activation: activation.clone(),
+        token: admin_token,
+        test_hooks: args.test_hooks,
+    });
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
 
-    let plane_task = tokio::spawn(plane.run());
+    let plane_task = tokio::spawn(plane.run(activation.clone()));
     let xds_task = tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(xds.into_service())
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(xds_listener)),
     );
     let admin_task = tokio::spawn(async move { axum::serve(admin_listener, admin).await });
+    let activation_task = tokio::spawn(async move { axum::serve(activation_listener, activation.router()).await });
 
     tokio::select! {
         () = &mut shutdown => tracing::info!("shutting down"),
         result = xds_task => { result?.context("the xDS server stopped")?; }
         result = admin_task => { result?.context("the admin API stopped")?; }
+        result = activation_task => { result?.context("the activation service stopped")?; }
     }
     plane_task.abort();
     Ok(ExitCode::SUCCESS)
+}
+
+/// The gateway filter's settings: its code, where it reaches the activation
+/// service, and its JSON configuration (`extra` is merged over revgate's).
+fn filter_settings(wasm: &Path, activation: SocketAddr, extra: Option<&str>) -> anyhow::Result<FilterSettings> {
+    let wasm = std::fs::canonicalize(wasm).with_context(|| {
+        format!("the gateway filter {} does not exist (build it with scripts/build-filter.sh)", wasm.display())
+    })?;
+    // Envoy runs on this machine: an unspecified address means loopback.
+    let control_address = if activation.ip().is_unspecified() {
+        SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), activation.port())
+    } else {
+        activation
+    };
+    let mut configuration = serde_json::json!({
+        "control_cluster": revgate_xds::names::CONTROL_CLUSTER,
+        "control_authority": revgate_xds::names::CONTROL_CLUSTER,
+    });
+    if let Some(extra) = extra {
+        let extra: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(extra).context("--filter-config must be a JSON object")?;
+        if let Some(object) = configuration.as_object_mut() {
+            object.extend(extra);
+        }
+    }
+    Ok(FilterSettings {
+        wasm_path: wasm.display().to_string(),
+        control_address,
+        configuration: configuration.to_string(),
+    })
 }
 
 /// Reads the admin token, creating it on first start (readable by the owner only).

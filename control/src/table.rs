@@ -44,6 +44,15 @@ fn columns(kind: GetKind) -> &'static [(&'static str, Column)] {
             ("ACTUAL REPLICAS", Column::Path(&["status", "actualReplicas"])),
             ("DESIRED REPLICAS", Column::Path(&["status", "desiredReplicas"])),
         ],
+        GetKind::Activity => &[
+            ("CONCURRENCY", Column::Path(&["concurrency"])),
+            ("HELD", Column::Path(&["held"])),
+            ("RPS", Column::Path(&["rps"])),
+            ("5XX", Column::Path(&["responses_5xx"])),
+            ("P99MS", Column::Path(&["p99_ms"])),
+            ("ACTIVATIONS", Column::Path(&["activations"])),
+            ("REPORTERS", Column::Path(&["reporters"])),
+        ],
         GetKind::Gateway => &[],
     }
 }
@@ -87,7 +96,7 @@ pub fn objects(kind: GetKind, objects: &[Value], with_namespace: bool) -> String
 
 /// Renders the gateway status (`/v1/gateway`) as one row per connected node.
 pub fn gateway(view: &Value) -> String {
-    let header = ["NODE", "CONNECTED", "API", "CDS", "EDS", "LDS", "RDS", "ERROR"];
+    let header = ["NODE", "CONNECTED", "API", "CDS", "EDS", "LDS", "RDS", "FILTERS", "ERROR"];
     let published = view.pointer("/published/versions");
     let mut rows = Vec::new();
     if let Some(nodes) = view.pointer("/status/nodes").and_then(Value::as_object) {
@@ -113,6 +122,8 @@ pub fn gateway(view: &Value) -> String {
                 };
                 row.push(state);
             }
+            let filters = view.pointer("/filters").and_then(|f| f.get(node)).and_then(Value::as_u64).unwrap_or(0);
+            row.push(filters.to_string());
             row.push(error);
             rows.push(row);
         }

@@ -40,6 +40,23 @@ pub fn envoy_bin() -> PathBuf {
     path
 }
 
+/// The gateway filter: `$REVGATE_FILTER_WASM`, or built once per test
+/// binary with `scripts/build-filter.sh`.
+pub fn filter_wasm() -> PathBuf {
+    static WASM: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    WASM.get_or_init(|| {
+        if let Some(path) = std::env::var_os("REVGATE_FILTER_WASM") {
+            return PathBuf::from(path);
+        }
+        let out = Command::new(repo_root().join("scripts/build-filter.sh"))
+            .output()
+            .expect("running scripts/build-filter.sh");
+        assert!(out.status.success(), "building the gateway filter failed:\n{}", stderr(&out));
+        PathBuf::from(stdout(&out).lines().last().expect("the script prints the .wasm path").trim())
+    })
+    .clone()
+}
+
 pub fn revgate_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_revgate"))
 }
@@ -110,10 +127,60 @@ pub struct Revgate {
     pub admin_addr: SocketAddr,
     pub xds_addr: SocketAddr,
     pub http_port: u16,
+    /// Extra `revgate serve` arguments, kept for restarts.
+    pub extra: Vec<String>,
     http: reqwest::Client,
 }
 
 impl Revgate {
+    /// Starts a control plane whose gateway runs revgate's filter, with the
+    /// activation service on a port of its own. `filter_config` is merged
+    /// into the filter's configuration.
+    pub async fn start_with_filter(state_dir: &Path, http_port: u16, filter_config: &str) -> Self {
+        let admin_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("address");
+        let xds_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("address");
+        let extra = vec![
+            "--activation-addr".to_owned(),
+            format!("127.0.0.1:{}", free_port()),
+            "--wasm-filter".to_owned(),
+            filter_wasm().display().to_string(),
+            "--filter-config".to_owned(),
+            filter_config.to_owned(),
+        ];
+        Self::start_with(state_dir, http_port, admin_addr, xds_addr, &extra).await
+    }
+
+    /// Stops the control plane and starts it again on the same addresses and state.
+    pub async fn restart(&mut self) {
+        self.process.kill();
+        *self = Self::start_with(
+            &self.state_dir.clone(),
+            self.http_port,
+            self.admin_addr,
+            self.xds_addr,
+            &self.extra.clone(),
+        )
+        .await;
+    }
+
+    /// Registers the live endpoints of a revision (empty: scaled to zero).
+    pub async fn set_endpoints(&self, revision: &str, endpoints: &[SocketAddr]) {
+        let endpoints: Vec<String> = endpoints.iter().map(ToString::to_string).collect();
+        let response = self
+            .http
+            .put(format!("{}/v1/revisions/default/{revision}/endpoints", self.server()))
+            .json(&serde_json::json!({ "endpoints": endpoints }))
+            .send()
+            .await
+            .expect("admin API");
+        assert!(response.status().is_success(), "setting endpoints: {}", response.text().await.unwrap_or_default());
+    }
+
+    /// The activity row of a revision (`GET /v1/activity`), if it has any.
+    pub async fn activity(&self, revision: &str) -> Option<Value> {
+        let rows = self.get_json(&format!("/v1/activity?namespace=default&name={revision}")).await;
+        rows.as_array()?.first().cloned()
+    }
     /// Starts a control plane with test hooks enabled and waits until its admin API answers.
     pub async fn start(state_dir: &Path, http_port: u16) -> Self {
         let admin_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("address");
@@ -122,11 +189,24 @@ impl Revgate {
     }
 
     pub async fn start_on(state_dir: &Path, http_port: u16, admin_addr: SocketAddr, xds_addr: SocketAddr) -> Self {
+        let extra = ["--activation-addr".to_owned(), format!("127.0.0.1:{}", free_port())];
+        Self::start_with(state_dir, http_port, admin_addr, xds_addr, &extra).await
+    }
+
+    /// Starts a control plane with extra `revgate serve` arguments.
+    pub async fn start_with(
+        state_dir: &Path,
+        http_port: u16,
+        admin_addr: SocketAddr,
+        xds_addr: SocketAddr,
+        extra: &[String],
+    ) -> Self {
         let mut command = Command::new(revgate_bin());
         command
             .args(["serve", "--admin-addr", &admin_addr.to_string(), "--xds-addr", &xds_addr.to_string()])
             .args(["--http-port", &http_port.to_string(), "--state-dir"])
             .arg(state_dir)
+            .args(extra)
             .env("REVGATE_TEST_HOOKS", "true")
             .env("REVGATE_LOG", "info,revgate_xds=debug");
         let log = state_dir.with_extension(format!("serve-{}.log", admin_addr.port()));
@@ -137,6 +217,7 @@ impl Revgate {
             admin_addr,
             xds_addr,
             http_port,
+            extra: extra.to_vec(),
             http: reqwest::Client::new(),
         };
         let url = format!("{}/healthz", revgate.server());
@@ -219,7 +300,10 @@ pub struct Envoy {
     pub admin_port: u16,
     pub http_port: u16,
     pub node_id: String,
+    /// For Envoy's admin interface.
     http: reqwest::Client,
+    /// For requests through the gateway.
+    client: GatewayClient,
 }
 
 impl Envoy {
@@ -247,11 +331,25 @@ impl Envoy {
         command
             .arg("-c")
             .arg(bootstrap)
-            .args(["--concurrency", "2", "--base-id", &admin_port.to_string(), "--log-level", "warn"])
+            .args([
+                "--concurrency",
+                "2",
+                "--base-id",
+                &admin_port.to_string(),
+                "--log-level",
+                "warn",
+                "--component-log-level",
+                "wasm:info",
+            ])
             .args(["--drain-time-s", "1", "--parent-shutdown-time-s", "2"]);
         let log = dir.join(format!("envoy-{admin_port}.log"));
         let process = Process::spawn("envoy", command, log);
-        let envoy = Self { process, admin_port, http_port, node_id: node_id.to_owned(), http: reqwest::Client::new() };
+        let client = GatewayClient {
+            http: reqwest::Client::builder().timeout(Duration::from_secs(60)).build().expect("HTTP client"),
+            port: http_port,
+        };
+        let envoy =
+            Self { process, admin_port, http_port, node_id: node_id.to_owned(), http: reqwest::Client::new(), client };
         let url = format!("http://127.0.0.1:{admin_port}/ready");
         let http = envoy.http.clone();
         wait_for("Envoy's admin /ready", async || http.get(&url).send().await.ok()).await;
@@ -260,17 +358,18 @@ impl Envoy {
 
     /// One request through the gateway with the given Host and extra headers.
     pub async fn get(&self, host: &str, headers: &[(&str, &str)]) -> (u16, String) {
-        let mut request = self.http.get(format!("http://127.0.0.1:{}/", self.http_port)).header("host", host);
-        for (name, value) in headers {
-            request = request.header(*name, *value);
-        }
-        match request.send().await {
-            Ok(response) => {
-                let status = response.status().as_u16();
-                (status, response.text().await.unwrap_or_default())
-            }
-            Err(e) => (0, e.to_string()),
-        }
+        let reply = self.request(host, "/", headers).await;
+        (reply.status, reply.body)
+    }
+
+    /// One request for `path`; status 0 means the request itself failed.
+    pub async fn request(&self, host: &str, path: &str, headers: &[(&str, &str)]) -> Reply {
+        self.client().request(host, path, headers).await
+    }
+
+    /// A client for concurrent requests (each with a deadline of 60 s).
+    pub fn client(&self) -> GatewayClient {
+        self.client.clone()
     }
 
     /// Waits until `host` answers 200 with `body`.
@@ -300,35 +399,96 @@ impl Envoy {
     }
 }
 
+/// What the gateway answered.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: u16,
+    /// The `x-revgate-reason` header of revgate's own answers.
+    pub reason: Option<String>,
+    pub body: String,
+}
+
+/// A cheap, clonable client for many concurrent requests through a gateway.
+#[derive(Debug, Clone)]
+pub struct GatewayClient {
+    http: reqwest::Client,
+    port: u16,
+}
+
+impl GatewayClient {
+    pub async fn get(&self, host: &str, path: &str) -> Reply {
+        self.request(host, path, &[]).await
+    }
+
+    /// One request for `path`; status 0 means the request itself failed.
+    pub async fn request(&self, host: &str, path: &str, headers: &[(&str, &str)]) -> Reply {
+        let mut request = self.http.get(format!("http://127.0.0.1:{}{path}", self.port)).header("host", host);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        match request.send().await {
+            Ok(response) => {
+                let status = response.status().as_u16();
+                let reason =
+                    response.headers().get("x-revgate-reason").and_then(|v| v.to_str().ok()).map(ToOwned::to_owned);
+                Reply { status, reason, body: response.text().await.unwrap_or_default() }
+            }
+            Err(e) => Reply { status: 0, reason: None, body: e.to_string() },
+        }
+    }
+}
+
 /// An HTTP backend standing in for one revision: answers every request with
-/// its name and counts what it served.
+/// its name (after `?sleep=MS` milliseconds, like Knative's autoscale sample)
+/// and counts what it served and how many requests it had at once.
 #[derive(Debug)]
 pub struct Backend {
     pub addr: SocketAddr,
     pub name: String,
     pub served: Arc<AtomicU64>,
+    in_flight: Arc<AtomicU64>,
+    pub max_in_flight: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Backend {
     pub async fn start(name: &str) -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("binding a backend");
+        Self::start_on("127.0.0.1:0".parse().expect("address"), name).await
+    }
+
+    /// Starts on a given address (for a backend that comes back on the same port).
+    pub async fn start_on(addr: SocketAddr, name: &str) -> Self {
+        let listener = tokio::net::TcpListener::bind(addr).await.expect("binding a backend");
         let addr = listener.local_addr().expect("backend address");
         let served = Arc::new(AtomicU64::new(0));
-        let counter = served.clone();
+        let in_flight = Arc::new(AtomicU64::new(0));
+        let max_in_flight = Arc::new(AtomicU64::new(0));
+        let counters = (Arc::clone(&served), Arc::clone(&in_flight), Arc::clone(&max_in_flight));
         let body = name.to_owned();
-        let app = axum::Router::new().fallback(move || {
-            let counter = counter.clone();
+        let app = axum::Router::new().fallback(move |query: axum::extract::RawQuery| {
+            let (served, in_flight, max_in_flight) = (counters.0.clone(), counters.1.clone(), counters.2.clone());
             let body = body.clone();
             async move {
-                counter.fetch_add(1, Ordering::Relaxed);
+                let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+                max_in_flight.fetch_max(now, Ordering::SeqCst);
+                let sleep = query
+                    .0
+                    .as_deref()
+                    .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("sleep=")))
+                    .and_then(|ms| ms.parse().ok())
+                    .unwrap_or(0);
+                if sleep > 0 {
+                    tokio::time::sleep(Duration::from_millis(sleep)).await;
+                }
+                in_flight.fetch_sub(1, Ordering::SeqCst);
+                served.fetch_add(1, Ordering::SeqCst);
                 body
             }
         });
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
-        Self { addr, name: name.to_owned(), served, task }
+        Self { addr, name: name.to_owned(), served, in_flight, max_in_flight, task }
     }
 
     /// The `revgate.dev/endpoints` annotation value pointing at this backend.

@@ -87,6 +87,7 @@ pub async fn get(args: GetArgs) -> anyhow::Result<ExitCode> {
         GetKind::Route => "/v1/routes",
         GetKind::Revision => "/v1/revisions",
         GetKind::Gateway => "/v1/gateway",
+        GetKind::Activity => "/v1/activity",
     };
     let mut query: Vec<(&str, &str)> = Vec::new();
     if !args.all_namespaces && args.kind != GetKind::Gateway {
@@ -134,5 +135,6 @@ fn kind_name(kind: GetKind) -> &'static str {
         GetKind::Route => "routes.serving.knative.dev",
         GetKind::Revision => "revisions.serving.knative.dev",
         GetKind::Gateway => "gateway",
+        GetKind::Activity => "activity",
     }
 }

@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 
-use axum::extract::{Query, Request, State};
+use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -12,6 +12,7 @@ use revgate_model::plan::ObjectKey;
 use serde::{Deserialize, Serialize};
 
 use super::{ApplyRequest, ErrorBody};
+use crate::activation::{ActivationService, RevisionActivity};
 use crate::control::{ControlError, Handle};
 use crate::faults::Fault;
 
@@ -19,6 +20,7 @@ use crate::faults::Fault;
 #[derive(Debug, Clone)]
 pub struct AdminState {
     pub control: Handle,
+    pub activation: ActivationService,
     /// Required bearer token, when the API is bound beyond loopback.
     pub token: Option<String>,
     pub test_hooks: bool,
@@ -32,7 +34,9 @@ pub fn router(state: AdminState) -> Router {
         .route("/v1/configurations", get(configurations))
         .route("/v1/routes", get(routes))
         .route("/v1/revisions", get(revisions))
-        .route("/v1/gateway", get(gateway));
+        .route("/v1/gateway", get(gateway))
+        .route("/v1/activity", get(activity))
+        .route("/v1/revisions/{namespace}/{name}/endpoints", put(set_endpoints));
     if state.test_hooks {
         v1 = v1.route("/v1/debug/fault", put(set_fault));
     }
@@ -70,6 +74,7 @@ fn control_error(e: ControlError) -> Response {
             error(StatusCode::UNPROCESSABLE_ENTITY, e.errors.iter().map(ToString::to_string).collect())
         }
         ControlError::Store(e) => error(StatusCode::INTERNAL_SERVER_ERROR, vec![e.to_string()]),
+        ControlError::NotFound(_) => error(StatusCode::NOT_FOUND, vec![e.to_string()]),
         ControlError::ShuttingDown => error(StatusCode::SERVICE_UNAVAILABLE, vec![e.to_string()]),
     }
 }
@@ -132,12 +137,15 @@ async fn revisions(State(state): State<AdminState>, Query(filter): Query<Filter>
 pub struct GatewayView {
     pub published: serde_json::Value,
     pub status: serde_json::Value,
+    /// Live filter VMs polling for readiness, per node.
+    pub filters: serde_json::Value,
 }
 
 async fn gateway(State(state): State<AdminState>) -> Response {
     let published = serde_json::to_value(state.control.published()).unwrap_or_default();
     let status = serde_json::to_value(state.control.gateway()).unwrap_or_default();
-    Json(GatewayView { published, status }).into_response()
+    let filters = serde_json::to_value(state.activation.filters()).unwrap_or_default();
+    Json(GatewayView { published, status, filters }).into_response()
 }
 
 #[derive(Debug, Deserialize)]
@@ -150,4 +158,50 @@ async fn set_fault(State(state): State<AdminState>, Json(request): Json<FaultReq
         Ok(published) => Json(published).into_response(),
         Err(e) => control_error(e),
     }
+}
+
+/// Body of `PUT /v1/revisions/{namespace}/{name}/endpoints`.
+#[derive(Debug, Deserialize)]
+struct EndpointsRequest {
+    /// `host:port` strings; empty means no ready instance.
+    endpoints: Vec<String>,
+}
+
+async fn set_endpoints(
+    State(state): State<AdminState>,
+    Path((namespace, name)): Path<(String, String)>,
+    Json(request): Json<EndpointsRequest>,
+) -> Response {
+    let endpoints = if request.endpoints.is_empty() {
+        Vec::new()
+    } else {
+        match revgate_model::plan::parse_endpoints(&request.endpoints.join(",")) {
+            Ok(endpoints) => endpoints,
+            Err(e) => return error(StatusCode::UNPROCESSABLE_ENTITY, vec![format!("endpoints: {e}")]),
+        }
+    };
+    match state.control.set_endpoints(ObjectKey::new(namespace, name), endpoints).await {
+        Ok(published) => Json(published).into_response(),
+        Err(e) => control_error(e),
+    }
+}
+
+/// One row of `GET /v1/activity`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ActivityView {
+    /// `namespace` and `name` of the revision, shaped like object metadata.
+    pub metadata: ObjectKey,
+    #[serde(flatten)]
+    pub activity: RevisionActivity,
+}
+
+async fn activity(State(state): State<AdminState>, Query(filter): Query<Filter>) -> Response {
+    let rows: Vec<ActivityView> = state
+        .activation
+        .activity()
+        .into_iter()
+        .filter(|(key, _)| filter.keeps(key))
+        .map(|(key, activity)| ActivityView { metadata: key, activity })
+        .collect();
+    Json(rows).into_response()
 }

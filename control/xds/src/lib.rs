@@ -16,6 +16,7 @@
 //! → one task per ADS stream compares versions and sends.
 
 mod descriptors;
+pub mod filter;
 pub mod names;
 pub mod render;
 pub mod server;
@@ -23,6 +24,7 @@ pub mod snapshot;
 pub mod translate;
 
 pub use descriptors::DescriptorError;
-pub use server::{AckEvent, Api, GatewayStatus, SnapshotCache, XdsServer};
+pub use filter::FilterSettings;
+pub use server::{AckEvent, AckedResource, Api, GatewayStatus, SnapshotCache, XdsServer};
 pub use snapshot::{ResourceType, Snapshot, SnapshotError};
 pub use translate::{Resources, XdsSettings, translate};

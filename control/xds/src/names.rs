@@ -20,6 +20,10 @@ pub const HTTP_STAT_PREFIX: &str = "revgate_http";
 /// The cluster Envoy's bootstrap uses to reach revgate's ADS server.
 pub const XDS_CLUSTER: &str = "revgate-xds";
 
+/// The cluster through which the gateway filter reaches the control plane's
+/// activation service (the filter's `control_cluster` default).
+pub const CONTROL_CLUSTER: &str = "revgate-control";
+
 /// Key under `metadata.filter_metadata` holding a revision cluster's facts.
 pub const METADATA_NAMESPACE: &str = "revgate";
 

@@ -43,6 +43,7 @@ use revgate_model::plan::{
     Endpoint, EndpointMap, GatewayPlan, ObjectKey, RevisionBackend, RoutePlan, UpstreamProtocol,
 };
 
+use crate::filter::FilterSettings;
 use crate::names;
 
 /// Knative's default `revision-timeout-seconds`, used for a split whose
@@ -74,6 +75,8 @@ pub struct XdsSettings {
     /// the longest revision timeout plus 60 s when that is longer, because a
     /// request held before the router is cut by this timer.
     pub stream_idle_timeout: Duration,
+    /// The data-path filter, when the gateway runs it.
+    pub filter: Option<FilterSettings>,
 }
 
 impl Default for XdsSettings {
@@ -82,6 +85,7 @@ impl Default for XdsSettings {
             listener_address: "0.0.0.0".to_owned(),
             listener_port: 8080,
             stream_idle_timeout: Duration::from_secs(5 * 60),
+            filter: None,
         }
     }
 }
@@ -120,9 +124,14 @@ pub fn translate(plan: &GatewayPlan, endpoints: &EndpointMap, settings: &XdsSett
         }
     }
 
+    let mut filters = Vec::new();
+    if let Some(filter) = &settings.filter {
+        filters.push(crate::filter::wasm_http_filter(filter));
+        clusters.push(crate::filter::control_cluster(filter));
+    }
     let idle_timeout = effective_stream_idle_timeout(plan, settings);
     Resources {
-        listeners: vec![http_listener(settings, idle_timeout, Vec::new())],
+        listeners: vec![http_listener(settings, idle_timeout, filters)],
         routes: vec![route_configuration(plan, &revisions)],
         clusters,
         endpoints: assignments,

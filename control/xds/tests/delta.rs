@@ -146,7 +146,8 @@ async fn only_changed_resources_are_sent_and_removals_are_announced() {
             break event;
         }
     };
-    assert_eq!((event.type_url.as_str(), event.resource_names.as_slice()), (EDS, [CLUSTER_1.to_owned()].as_slice()));
+    let names: Vec<&str> = event.resources.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!((event.type_url.as_str(), names.as_slice()), (EDS, [CLUSTER_1].as_slice()));
 
     // The second revision disappears: CDS removes it, then EDS does.
     cache.set_snapshot(snapshot(&plan_without_second_revision(), &endpoints_moved()));

@@ -134,7 +134,7 @@ async fn initial_sync_follows_the_ads_order() {
 }
 
 #[tokio::test]
-async fn acks_are_broadcast_with_the_resource_names() {
+async fn acks_are_broadcast_with_the_acknowledged_resources() {
     let cache = SnapshotCache::new();
     cache.set_snapshot(snapshot(&plan(), &endpoints()));
     let (server, addr) = start(cache).await;
@@ -150,7 +150,9 @@ async fn acks_are_broadcast_with_the_resource_names() {
     assert_eq!(event.node, "gw-1");
     assert_eq!(event.type_url, EDS);
     assert_eq!(event.version, eds.version_info);
-    assert_eq!(event.resource_names, [CLUSTER_1]);
+    let names: Vec<&str> = event.resources.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(names, [CLUSTER_1]);
+    assert!(event.removed.is_empty());
 }
 
 #[tokio::test]

@@ -28,7 +28,7 @@ use tonic::Status;
 
 use super::{
     StreamClosed, StreamGuard, node_id,
-    status::{Api, StatusRecorder},
+    status::{AckedResource, Api, StatusRecorder},
 };
 use crate::server::cache::SnapshotCache;
 use crate::snapshot::{ResourceType, Snapshot};
@@ -50,7 +50,8 @@ struct Watch {
 #[derive(Debug)]
 struct InFlight {
     version: String,
-    names: Vec<String>,
+    resources: Vec<AckedResource>,
+    removed: Vec<String>,
 }
 
 struct DeltaStream {
@@ -140,7 +141,9 @@ impl DeltaStream {
                 (Some(sent), Some(error)) => {
                     self.recorder.nack(&self.node, resource_type, &sent.version, &error.message)
                 }
-                (Some(sent), None) => self.recorder.ack(&self.node, resource_type, &sent.version, sent.names),
+                (Some(sent), None) => {
+                    self.recorder.ack(&self.node, resource_type, &sent.version, sent.resources, sent.removed)
+                }
                 (None, _) => {
                     tracing::trace!(node = self.node, %resource_type, nonce = request.response_nonce, "unknown or stale nonce");
                 }
@@ -234,15 +237,25 @@ impl DeltaStream {
         }
 
         self.nonce += 1;
-        let names: Vec<String> = resources.iter().map(|r| r.name.clone()).collect();
-        watch.in_flight.insert(self.nonce, InFlight { version: available.version.clone(), names });
+        let acked: Vec<AckedResource> = resources
+            .iter()
+            .filter_map(|r| {
+                let resource = r.resource.clone()?;
+                Some(AckedResource { name: r.name.clone(), version: r.version.clone(), resource })
+            })
+            .collect();
+        let removed: Vec<String> = removed.into_iter().collect();
+        watch.in_flight.insert(
+            self.nonce,
+            InFlight { version: available.version.clone(), resources: acked, removed: removed.clone() },
+        );
         watch.answered = true;
         self.recorder.response_sent(&self.node, resource_type, &available.version, resources.len(), removed.len());
         let response = DeltaDiscoveryResponse {
             system_version_info: available.version.clone(),
             resources,
             type_url: resource_type.type_url(),
-            removed_resources: removed.into_iter().collect(),
+            removed_resources: removed,
             nonce: self.nonce.to_string(),
             ..Default::default()
         };

@@ -27,7 +27,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 pub use cache::SnapshotCache;
 use status::StatusRecorder;
-pub use status::{AckEvent, Api, GatewayStatus, Nack, NodeStatus, TypeStatus};
+pub use status::{AckEvent, AckedResource, Api, GatewayStatus, Nack, NodeStatus, TypeStatus};
 
 /// Responses buffered per stream before a slow client applies backpressure.
 const RESPONSE_BUFFER: usize = 16;

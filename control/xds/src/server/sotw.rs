@@ -27,7 +27,7 @@ use tonic::Status;
 
 use super::{
     StreamClosed, StreamGuard, node_id,
-    status::{Api, StatusRecorder},
+    status::{AckedResource, Api, StatusRecorder},
 };
 use crate::server::cache::SnapshotCache;
 use crate::snapshot::{ResourceType, Snapshot, version_of};
@@ -45,7 +45,7 @@ struct Watch {
 struct Sent {
     nonce: String,
     version: String,
-    names: Vec<String>,
+    resources: Vec<AckedResource>,
 }
 
 struct SotwStream {
@@ -126,7 +126,7 @@ impl SotwStream {
             };
             match &request.error_detail {
                 Some(error) => self.recorder.nack(&self.node, resource_type, &sent.version, &error.message),
-                None => self.recorder.ack(&self.node, resource_type, &sent.version, sent.names.clone()),
+                None => self.recorder.ack(&self.node, resource_type, &sent.version, sent.resources.clone(), Vec::new()),
             }
         }
         watch.wildcard = resource_type.is_wildcard()
@@ -182,7 +182,14 @@ impl SotwStream {
 
         self.nonce += 1;
         let nonce = self.nonce.to_string();
-        let names: Vec<String> = selected.iter().map(|(n, _)| (*n).clone()).collect();
+        let acked: Vec<AckedResource> = selected
+            .iter()
+            .map(|(n, r)| AckedResource {
+                name: (*n).clone(),
+                version: r.version.clone(),
+                resource: r.resource.clone(),
+            })
+            .collect();
         let response = DiscoveryResponse {
             version_info: version.clone(),
             resources: selected.iter().map(|(_, r)| r.resource.clone()).collect(),
@@ -190,9 +197,9 @@ impl SotwStream {
             nonce: nonce.clone(),
             ..Default::default()
         };
-        self.recorder.response_sent(&self.node, resource_type, &version, names.len(), 0);
+        self.recorder.response_sent(&self.node, resource_type, &version, acked.len(), 0);
         watch.pending = false;
-        watch.sent = Some(Sent { nonce, version, names });
+        watch.sent = Some(Sent { nonce, version, resources: acked });
         self.tx.send(Ok(response)).await.map_err(|_| StreamClosed)
     }
 }

@@ -18,6 +18,7 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::SystemTime;
 
+use envoy_types::pb::google::protobuf::Any;
 use serde::Serialize;
 use tokio::sync::{broadcast, watch};
 
@@ -71,15 +72,28 @@ pub struct Nack {
 }
 
 /// A node accepted a response.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct AckEvent {
     pub node: String,
     pub type_url: String,
     /// The acknowledged version (SotW `version_info`, delta `system_version_info`).
     pub version: String,
     /// Resources carried by the acknowledged response: every resource for
-    /// SotW, only the added or changed ones for delta.
-    pub resource_names: Vec<String>,
+    /// SotW, only the added or changed ones for delta. The content is
+    /// included so that a caller can tell what the node now runs (for
+    /// example how many endpoints a cluster has) without keeping history.
+    pub resources: Vec<AckedResource>,
+    /// Names the acknowledged response removed (delta only).
+    pub removed: Vec<String>,
+}
+
+/// One resource of an acknowledged response.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AckedResource {
+    pub name: String,
+    /// The resource's own version (its content hash).
+    pub version: String,
+    pub resource: Any,
 }
 
 /// Capacity of the ACK broadcast; a receiver lagging further loses the
@@ -156,7 +170,14 @@ impl StatusRecorder {
         self.update_type(node, resource_type, |t| t.sent_version = Some(version.to_owned()));
     }
 
-    pub(crate) fn ack(&self, node: &str, resource_type: ResourceType, version: &str, resource_names: Vec<String>) {
+    pub(crate) fn ack(
+        &self,
+        node: &str,
+        resource_type: ResourceType,
+        version: &str,
+        resources: Vec<AckedResource>,
+        removed: Vec<String>,
+    ) {
         tracing::debug!(node, %resource_type, version, "xDS ACK");
         let now = SystemTime::now();
         self.update_type(node, resource_type, |t| {
@@ -169,7 +190,8 @@ impl StatusRecorder {
             node: node.to_owned(),
             type_url: resource_type.type_url(),
             version: version.to_owned(),
-            resource_names,
+            resources,
+            removed,
         });
     }
 

@@ -1,0 +1,277 @@
+//! Which revisions each gateway can send traffic to — the basis of the
+//! filter's decision to hold or release a request.
+//!
+//! A revision counts as ready *in a given Envoy* only once that Envoy has
+//! ACKed an EDS version containing its endpoints, so a request released on
+//! that news never meets "no healthy upstream". Pure: fed with the gateway
+//! plan and the xDS ACK events, asked for the update to send to one node.
+//!
+//! | revision's endpoints          | ready endpoints reported to node N           |
+//! |-------------------------------|----------------------------------------------|
+//! | IP addresses (EDS)            | endpoints in the assignment N last ACKed      |
+//! | host names (inlined, no EDS)  | the static endpoints (DNS resolves in Envoy) |
+//! | none yet                      | 0: the filter holds requests                 |
+//!
+//! Each count is also capped by what the control plane *wants* the revision
+//! to have ([`ReadinessTable::set_desired`]): when a revision goes to zero,
+//! the filters hear "cold" before Envoy loses the endpoints, so no request
+//! slips through to an empty cluster.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+use prost::{Message, Name};
+use revgate_model::plan::{GatewayPlan, ObjectKey};
+use revgate_proto::{ReadinessUpdate, RevisionReadiness};
+use revgate_xds::AckEvent;
+use revgate_xds::names::parse_revision_cluster;
+
+/// What the filter needs to know about a revision besides its endpoints.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct RevisionFacts {
+    container_concurrency: u32,
+    activation_timeout_ms: u64,
+    /// Endpoints inlined by host name, ready without an EDS ACK.
+    inlined_endpoints: Option<u32>,
+}
+
+/// Revisions, and per node the endpoint counts it ACKed.
+#[derive(Debug, Clone)]
+pub struct ReadinessTable {
+    /// Bumped on every change; the filter long-polls on it. Never 0, so a
+    /// filter with nothing gets an answer at once, and it starts where no
+    /// earlier run of the control plane reached (see [`ReadinessTable::new`]).
+    version: u64,
+    revisions: BTreeMap<ObjectKey, RevisionFacts>,
+    acked: BTreeMap<String, BTreeMap<ObjectKey, u32>>,
+    /// Endpoints the control plane wants per revision; absent means no cap.
+    desired: BTreeMap<ObjectKey, u32>,
+}
+
+impl Default for ReadinessTable {
+    fn default() -> Self {
+        Self::new(1)
+    }
+}
+
+impl ReadinessTable {
+    /// A table whose versions start at `first`. After a restart, filters
+    /// still hold a version from the previous run: starting from the start
+    /// time in milliseconds keeps the new versions from colliding with it,
+    /// so no filter mistakes its old view for the current one.
+    pub fn new(first: u64) -> Self {
+        Self { version: first.max(1), revisions: BTreeMap::new(), acked: BTreeMap::new(), desired: BTreeMap::new() }
+    }
+
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// Takes the revisions of a new plan; returns whether anything changed.
+    pub fn set_plan(&mut self, plan: &GatewayPlan) -> bool {
+        let revisions: BTreeMap<ObjectKey, RevisionFacts> = plan
+            .revisions
+            .iter()
+            .map(|revision| {
+                let inlined = revision
+                    .static_endpoints
+                    .as_ref()
+                    .filter(|endpoints| endpoints.iter().any(|e| e.host.parse::<IpAddr>().is_err()))
+                    .map(|endpoints| u32::try_from(endpoints.len()).unwrap_or(u32::MAX));
+                let facts = RevisionFacts {
+                    container_concurrency: revision.container_concurrency,
+                    activation_timeout_ms: revision.timeout_seconds.saturating_mul(1000),
+                    inlined_endpoints: inlined,
+                };
+                (revision.key.clone(), facts)
+            })
+            .collect();
+        if revisions == self.revisions {
+            return false;
+        }
+        self.revisions = revisions;
+        self.version += 1;
+        true
+    }
+
+    /// Takes the endpoint counts the control plane wants; returns whether
+    /// anything changed.
+    pub fn set_desired(&mut self, desired: &BTreeMap<ObjectKey, u32>) -> bool {
+        if *desired == self.desired {
+            return false;
+        }
+        self.desired = desired.clone();
+        self.version += 1;
+        true
+    }
+
+    /// The endpoint count wanted for `revision`, as this table knows it.
+    pub fn desired(&self, revision: &ObjectKey) -> Option<u32> {
+        self.desired.get(revision).copied()
+    }
+
+    /// Takes an ACK; returns whether any node's endpoint counts changed.
+    pub fn record_ack(&mut self, ack: &AckEvent) -> bool {
+        if ack.type_url != ClusterLoadAssignment::type_url() {
+            return false;
+        }
+        let node = self.acked.entry(ack.node.clone()).or_default();
+        let mut changed = false;
+        for resource in &ack.resources {
+            let Some(revision) = parse_revision_cluster(&resource.name) else { continue };
+            let Ok(assignment) = ClusterLoadAssignment::decode(resource.resource.value.as_slice()) else {
+                continue;
+            };
+            let count: usize = assignment.endpoints.iter().map(|locality| locality.lb_endpoints.len()).sum();
+            let count = u32::try_from(count).unwrap_or(u32::MAX);
+            changed |= node.insert(revision, count) != Some(count);
+        }
+        for name in &ack.removed {
+            if let Some(revision) = parse_revision_cluster(name) {
+                changed |= node.remove(&revision).is_some();
+            }
+        }
+        if changed {
+            self.version += 1;
+        }
+        changed
+    }
+
+    /// The update for one node: every known revision with the endpoints that
+    /// node runs.
+    pub fn update_for(&self, node: &str) -> ReadinessUpdate {
+        let acked = self.acked.get(node);
+        let revisions = self
+            .revisions
+            .iter()
+            .map(|(key, facts)| RevisionReadiness {
+                namespace: key.namespace.clone(),
+                revision: key.name.clone(),
+                ready_endpoints: facts
+                    .inlined_endpoints
+                    .unwrap_or_else(|| acked.and_then(|a| a.get(key)).copied().unwrap_or(0))
+                    .min(self.desired(key).unwrap_or(u32::MAX)),
+                container_concurrency: facts.container_concurrency,
+                activation_timeout_ms: facts.activation_timeout_ms,
+            })
+            .collect();
+        ReadinessUpdate { version: self.version, revisions }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use envoy_types::pb::envoy::config::endpoint::v3::{LbEndpoint, LocalityLbEndpoints};
+    use revgate_model::plan::{Endpoint, RevisionBackend, UpstreamProtocol};
+    use revgate_xds::AckedResource;
+    use revgate_xds::names::revision_cluster;
+    use revgate_xds::translate::to_any;
+
+    use super::*;
+
+    fn revision(name: &str, static_endpoints: Option<Vec<Endpoint>>) -> RevisionBackend {
+        RevisionBackend {
+            key: ObjectKey::new("default", name),
+            configuration: "hello".into(),
+            service: Some("hello".into()),
+            protocol: UpstreamProtocol::Http1,
+            container_concurrency: 10,
+            timeout_seconds: 300,
+            static_endpoints,
+        }
+    }
+
+    fn plan(revisions: Vec<RevisionBackend>) -> GatewayPlan {
+        GatewayPlan { revisions, ..Default::default() }
+    }
+
+    fn eds_ack(node: &str, revision: &str, endpoints: usize) -> AckEvent {
+        let key = ObjectKey::new("default", revision);
+        let assignment = ClusterLoadAssignment {
+            cluster_name: revision_cluster(&key),
+            endpoints: vec![LocalityLbEndpoints {
+                lb_endpoints: vec![LbEndpoint::default(); endpoints],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        AckEvent {
+            node: node.into(),
+            type_url: ClusterLoadAssignment::type_url(),
+            version: "v".into(),
+            resources: vec![AckedResource {
+                name: revision_cluster(&key),
+                version: "r".into(),
+                resource: to_any(&assignment),
+            }],
+            removed: Vec::new(),
+        }
+    }
+
+    fn ready(table: &ReadinessTable, node: &str, revision: &str) -> u32 {
+        let update = table.update_for(node);
+        update.revisions.iter().find(|r| r.revision == revision).map(|r| r.ready_endpoints).unwrap_or(u32::MAX)
+    }
+
+    #[test]
+    fn a_revision_is_ready_in_a_node_only_after_that_node_acked_its_endpoints() {
+        let mut table = ReadinessTable::default();
+        assert!(table.set_plan(&plan(vec![revision("hello-00001", None)])));
+        assert_eq!(ready(&table, "gw-1", "hello-00001"), 0, "no ACK yet: hold");
+
+        let before = table.version();
+        assert!(table.record_ack(&eds_ack("gw-1", "hello-00001", 2)));
+        assert!(table.version() > before);
+        assert_eq!(ready(&table, "gw-1", "hello-00001"), 2);
+        assert_eq!(ready(&table, "gw-2", "hello-00001"), 0, "another Envoy has not ACKed yet");
+
+        assert!(!table.record_ack(&eds_ack("gw-1", "hello-00001", 2)), "the same ACK changes nothing");
+        assert!(table.record_ack(&eds_ack("gw-1", "hello-00001", 0)), "scaled to zero");
+        assert_eq!(ready(&table, "gw-1", "hello-00001"), 0);
+    }
+
+    #[test]
+    fn endpoints_inlined_by_name_are_ready_without_eds() {
+        let mut table = ReadinessTable::default();
+        let by_name = vec![Endpoint { host: "localhost".into(), port: 8080 }];
+        table.set_plan(&plan(vec![revision("hello-00001", Some(by_name))]));
+        assert_eq!(ready(&table, "gw-1", "hello-00001"), 1);
+    }
+
+    #[test]
+    fn the_update_carries_concurrency_and_timeout_and_unknown_revisions_are_absent() {
+        let mut table = ReadinessTable::default();
+        table.set_plan(&plan(vec![revision("hello-00001", None)]));
+        let update = table.update_for("gw-1");
+        assert_eq!(update.revisions.len(), 1);
+        assert_eq!(update.revisions[0].container_concurrency, 10);
+        assert_eq!(update.revisions[0].activation_timeout_ms, 300_000);
+        assert!(!table.set_plan(&plan(vec![revision("hello-00001", None)])), "same plan, same version");
+    }
+
+    #[test]
+    fn a_revision_going_to_zero_is_cold_before_envoy_loses_its_endpoints() {
+        let mut table = ReadinessTable::default();
+        table.set_plan(&plan(vec![revision("hello-00001", None)]));
+        table.record_ack(&eds_ack("gw-1", "hello-00001", 1));
+        table.set_desired(&BTreeMap::from([(ObjectKey::new("default", "hello-00001"), 1)]));
+        assert_eq!(ready(&table, "gw-1", "hello-00001"), 1);
+        assert!(table.set_desired(&BTreeMap::from([(ObjectKey::new("default", "hello-00001"), 0)])));
+        assert_eq!(ready(&table, "gw-1", "hello-00001"), 0, "Envoy still has the endpoint, the filter holds");
+    }
+
+    #[test]
+    fn delta_removals_forget_endpoints() {
+        let mut table = ReadinessTable::default();
+        table.set_plan(&plan(vec![revision("hello-00001", None)]));
+        table.record_ack(&eds_ack("gw-1", "hello-00001", 1));
+        let removal = AckEvent {
+            resources: Vec::new(),
+            removed: vec![revision_cluster(&ObjectKey::new("default", "hello-00001"))],
+            ..eds_ack("gw-1", "hello-00001", 0)
+        };
+        assert!(table.record_ack(&removal));
+        assert_eq!(ready(&table, "gw-1", "hello-00001"), 0);
+    }
+}

@@ -1,0 +1,187 @@
+//! revgate's activation contract: what the gateway filter and the control
+//! plane say to each other, in one place both compile against.
+//!
+//! The filter (`revgate-filter`, a proxy-wasm module inside Envoy) holds
+//! requests for revisions with no ready endpoints, reports the traffic it sees
+//! and asks for activations; the control plane answers with which revisions
+//! can take traffic. The messages are protobuf, generated at build time from
+//! `revgate/activation/v1/activation.proto` (whose comments document every
+//! field), and travel as HTTP bodies on the [`paths`] below.
+//!
+//! # Layout
+//! - [`activation::v1`] (re-exported at the root): the generated messages
+//!   [`MetricsReport`], [`RevisionMetrics`], [`LatencySummary`],
+//!   [`ActivationRequest`], [`ReadinessUpdate`], [`RevisionReadiness`].
+//! - [`paths`]: HTTP paths, query parameters, content type and timing
+//!   constants of the transport.
+//!
+//! The crate depends on `prost` only, so it builds for
+//! `wasm32-unknown-unknown` as well as for the host.
+
+#![forbid(unsafe_code)]
+
+/// Generated protobuf messages, by protobuf package.
+pub mod activation {
+    /// Package `revgate.activation.v1`.
+    #[allow(missing_debug_implementations, clippy::all)]
+    pub mod v1 {
+        include!(concat!(env!("OUT_DIR"), "/revgate.activation.v1.rs"));
+    }
+}
+
+pub use activation::v1::{
+    ActivationRequest, LatencySummary, MetricsReport, ReadinessUpdate, RevisionMetrics, RevisionReadiness,
+};
+
+/// The HTTP side of the contract.
+///
+/// Every call carries a protobuf body (or none) with the content type
+/// [`CONTENT_TYPE`]; a non-200 status means the call failed and the body, if
+/// any, is a human-readable reason.
+pub mod paths {
+    /// `POST`, body [`crate::MetricsReport`], answered `200` with an empty
+    /// body. Reports for revisions the control plane does not know are ignored.
+    pub const REPORT: &str = "/activation/v1/report";
+
+    /// `POST`, body [`crate::ActivationRequest`], answered `200` with an
+    /// empty body once the control plane has registered the demand.
+    pub const ACTIVATE: &str = "/activation/v1/activate";
+
+    /// `GET` long-poll answered with a [`crate::ReadinessUpdate`]; see
+    /// [`readiness_path`] for the query.
+    pub const READINESS: &str = "/activation/v1/readiness";
+
+    /// Query parameter of [`READINESS`]: the version the caller already has
+    /// (`0` for none). The server answers at once when its version differs.
+    pub const READINESS_AFTER_PARAM: &str = "after";
+
+    /// Query parameter of [`READINESS`]: the caller's Envoy node id, so the
+    /// server counts as ready only the endpoints that node has ACKed.
+    pub const READINESS_NODE_PARAM: &str = "node";
+
+    /// Query parameter of [`READINESS`]: the caller's reporter id (one per
+    /// filter VM), so the server knows every poller and can tell when all of
+    /// them have heard that a revision is cold before its endpoints go.
+    pub const READINESS_REPORTER_PARAM: &str = "reporter";
+
+    /// Content type of every request and response body.
+    pub const CONTENT_TYPE: &str = "application/x-protobuf";
+
+    /// The longest the server holds a readiness poll whose version is
+    /// current before answering with the same version. Callers must wait
+    /// longer than this before they give up on a poll.
+    pub const READINESS_MAX_HOLD_MS: u64 = 25_000;
+
+    /// The path and query of a readiness long-poll:
+    /// `/activation/v1/readiness?after=<after>&node=<node>&reporter=<reporter>`
+    /// (both percent-encoded).
+    ///
+    /// Envoy node ids may hold any character (Istio's look like
+    /// `router~10.0.0.1~gw-1.istio-system~istio-system.svc.cluster.local`), so
+    /// every byte outside RFC 3986's unreserved set is percent-encoded.
+    pub fn readiness_path(after: u64, node: &str, reporter: &str) -> String {
+        format!(
+            "{READINESS}?{READINESS_AFTER_PARAM}={after}&{READINESS_NODE_PARAM}={}&{READINESS_REPORTER_PARAM}={}",
+            percent_encode(node),
+            percent_encode(reporter)
+        )
+    }
+
+    /// Percent-encodes every byte of `value` except RFC 3986's unreserved
+    /// characters (`A-Z a-z 0-9 - . _ ~`), which is safe for any query
+    /// parameter value and decodes the same with form or URI decoders.
+    pub fn percent_encode(value: &str) -> String {
+        const HEX: &[u8; 16] = b"0123456789ABCDEF";
+        let mut out = String::with_capacity(value.len());
+        for byte in value.bytes() {
+            if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
+                out.push(char::from(byte));
+            } else {
+                out.push('%');
+                out.push(char::from(HEX[usize::from(byte >> 4)]));
+                out.push(char::from(HEX[usize::from(byte & 0x0f)]));
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use prost::Message;
+
+    fn decode_query_value(encoded: &str) -> String {
+        let bytes = encoded.as_bytes();
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < bytes.len() {
+            if bytes[i] == b'%' {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap();
+                out.push(u8::from_str_radix(hex, 16).unwrap());
+                i += 3;
+            } else {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn readiness_path_carries_version_and_encoded_node() {
+        let node = "router~10.0.0.1~gw-1.istio-system~istio-system.svc.cluster.local";
+        assert_eq!(
+            paths::readiness_path(42, node, "r1"),
+            format!("/activation/v1/readiness?after=42&node={node}&reporter=r1")
+        );
+        let odd = "gw 1/a&b=c+d%é";
+        let path = paths::readiness_path(0, odd, "r");
+        let value = path.split_once("&node=").unwrap().1.split_once("&reporter=").unwrap().0;
+        assert!(!value.contains(['&', '=', ' ', '/', '+']), "{value}");
+        assert_eq!(decode_query_value(value), odd);
+    }
+
+    #[test]
+    fn messages_round_trip() {
+        let report = MetricsReport {
+            node_id: "gw".into(),
+            reporter: "gw/1700000000000/1".into(),
+            window_start_unix_ms: 1_700_000_000_000,
+            window_ms: 1000,
+            revisions: vec![RevisionMetrics {
+                namespace: "default".into(),
+                revision: "hello-00001".into(),
+                average_concurrency: 1.5,
+                requests: 10,
+                responses_5xx: 1,
+                latency: Some(LatencySummary { p50_ms: 1.0, p90_ms: 2.0, p99_ms: 3.0, max_ms: 4.0 }),
+                held: 2,
+                average_held_concurrency: Some(0.5),
+            }],
+        };
+        assert_eq!(MetricsReport::decode(report.encode_to_vec().as_slice()).unwrap(), report);
+
+        let update = ReadinessUpdate {
+            version: 7,
+            revisions: vec![RevisionReadiness {
+                namespace: "default".into(),
+                revision: "hello-00001".into(),
+                ready_endpoints: 2,
+                container_concurrency: 10,
+                activation_timeout_ms: 300_000,
+            }],
+        };
+        assert_eq!(ReadinessUpdate::decode(update.encode_to_vec().as_slice()).unwrap(), update);
+    }
+
+    #[test]
+    fn optional_held_concurrency_distinguishes_absent_from_zero() {
+        let absent = RevisionMetrics::default();
+        let zero = RevisionMetrics { average_held_concurrency: Some(0.0), ..Default::default() };
+        assert!(absent.encode_to_vec().is_empty());
+        assert!(!zero.encode_to_vec().is_empty());
+        assert_eq!(RevisionMetrics::decode(zero.encode_to_vec().as_slice()).unwrap(), zero);
+    }
+}

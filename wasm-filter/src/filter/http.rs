@@ -1,0 +1,140 @@
+//! The HTTP context of one request: asks the gate what to do with it and
+//! reports when its stream ends.
+
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext};
+use proxy_wasm::types::Action;
+
+use revgate_proto::ActivationRequest;
+
+use super::host::{self, HostStore};
+use super::{Shared, with_state};
+use crate::control::Call;
+use crate::gate::{Activation, Decision, Effect};
+use crate::revision::{self, Target};
+
+/// Upper bound on rounds of cleaning up vanished contexts in [`settle`];
+/// each round only handles ids the previous one produced, so this is never
+/// reached in practice.
+const MAX_SETTLE_ROUNDS: usize = 8;
+
+#[derive(Debug)]
+pub struct Http {
+    id: u32,
+    shared: Shared,
+    /// The gate tracks this request (it maps to a revision).
+    tracked: bool,
+}
+
+impl Http {
+    pub fn new(id: u32, shared: Shared) -> Self {
+        Self { id, shared, tracked: false }
+    }
+
+    fn target(&self) -> Option<Target> {
+        let cluster = host::cluster_name()?;
+        with_state(&self.shared, "resolving a cluster", |s| {
+            s.target(&cluster, || revision::resolve(Some(&cluster), &host::cluster_metadata()))
+        })
+        .flatten()
+    }
+}
+
+impl Context for Http {}
+
+impl HttpContext for Http {
+    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        let Some(target) = self.target() else { return Action::Continue };
+        let Some(now_ns) = host::now_ns() else { return Action::Continue };
+        let id = self.id;
+        let Some(decision) =
+            with_state(&self.shared, "deciding", |s| s.gate.on_request(id, target, now_ns, &HostStore))
+        else {
+            return Action::Continue;
+        };
+        self.tracked = true;
+        match decision {
+            Decision::Continue => Action::Continue,
+            Decision::Pause { activate } => {
+                if let Some(activation) = activate {
+                    send_activation(&self.shared, activation, self.id);
+                }
+                Action::Pause
+            }
+            Decision::Refuse(reply) => {
+                match hostcalls::send_http_response(reply.status, reply.headers().to_vec(), Some(reply.body.as_bytes()))
+                {
+                    Ok(()) => Action::Pause,
+                    Err(status) => {
+                        log::warn!("revgate: could not send a local reply ({status:?}); passing the request");
+                        Action::Continue
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_log(&mut self) {
+        if !self.tracked {
+            return;
+        }
+        let now_ns = host::now_ns().unwrap_or(0);
+        let status = host::response_code();
+        let id = self.id;
+        let effects =
+            with_state(&self.shared, "finishing a request", |s| s.gate.on_log(id, status, now_ns, &HostStore))
+                .unwrap_or_default();
+        // A freed breaker slot goes to the next request waiting in this VM now.
+        settle(&self.shared, effects, self.id, now_ns);
+    }
+}
+
+/// Carries out effects from context `current`, and forgets requests whose
+/// context vanished (which may free capacity for others, hence the rounds).
+pub(super) fn settle(shared: &Shared, mut effects: Vec<Effect>, current: u32, now_ns: u64) {
+    for _ in 0..MAX_SETTLE_ROUNDS {
+        if effects.is_empty() {
+            return;
+        }
+        let gone = host::carry_out(effects, current);
+        effects = with_state(shared, "forgetting vanished requests", |s| {
+            gone.into_iter().flat_map(|id| s.gate.on_log(id, None, now_ns, &HostStore)).collect()
+        })
+        .unwrap_or_default();
+    }
+}
+
+/// Sends an activation from the root context, so the call outlives the
+/// request that caused it if that request is aborted; from `current` if that
+/// fails. `current` is made effective again afterwards.
+pub fn send_activation(shared: &Shared, activation: Activation, current: u32) {
+    let Some((config, request, root_id)) = with_state(shared, "activating", |s| {
+        let request = ActivationRequest {
+            node_id: s.node_id.clone(),
+            reporter: s.reporter.clone(),
+            namespace: activation.key.namespace.clone(),
+            revision: activation.key.revision.clone(),
+            held: activation.held,
+        };
+        (s.gate.config().clone(), request, s.root_id)
+    }) else {
+        return;
+    };
+    let call = Call::activate(&request);
+    let as_root = root_id == current || hostcalls::set_effective_context(root_id).is_ok();
+    let sent = host::dispatch(&config.control_cluster, &config.control_authority, &call);
+    if as_root
+        && root_id != current
+        && let Err(status) = hostcalls::set_effective_context(current)
+    {
+        log::warn!("revgate: could not restore context {current} after activating: {status:?}");
+    }
+    match sent {
+        Ok(_) => log::debug!("revgate: activation sent for {}", activation.key),
+        Err(status) => log::warn!(
+            "revgate: activation for {} not sent: dispatch to `{}` failed ({status:?})",
+            activation.key,
+            config.control_cluster
+        ),
+    }
+}

@@ -1,0 +1,607 @@
+//! The state of one filter VM and every decision it makes: hold, release,
+//! admit, refuse, expire. Pure: time comes in as `now_ns`, shared data
+//! through [`SharedStore`], and decisions go out as values ([`Decision`],
+//! [`Effect`]) that the proxy-wasm glue carries out. Nothing here calls the
+//! host, so every path is unit-tested.
+//!
+//! A tracked request moves through these phases:
+//!
+//! | phase | entered when | left when |
+//! |---|---|---|
+//! | waiting | cold revision, or its capacity is full, or others wait before it | released ([`Effect::Resume`]), expired ([`Effect::Reply`]) or aborted (`on_log`) |
+//! | admitted | sent upstream, with or without a breaker slot | the stream ends (`on_log`), giving its slot back |
+//! | refused | its revision's queue was full, or it expired | the stream ends (`on_log`) |
+
+use std::collections::HashMap;
+
+use crate::breaker::{self, SharedStore};
+use crate::config::FilterConfig;
+use crate::hold::{Held, HoldQueue};
+use crate::metrics::Metrics;
+use crate::readiness::{self, Readiness, ReadinessTable};
+use crate::reply::LocalReply;
+use crate::revision::{RevisionKey, Target};
+
+const NS_PER_MS: u64 = 1_000_000;
+
+/// What to do with a request's headers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Let it through.
+    Continue,
+    /// Hold it. `activate` is set for the first request held for a cold
+    /// revision in this VM: the glue sends an `ActivationRequest` at once.
+    Pause { activate: Option<Activation> },
+    /// Answer it with a local reply.
+    Refuse(LocalReply),
+}
+
+/// Demand for a cold revision, to send to the control plane.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Activation {
+    pub key: RevisionKey,
+    pub held: u64,
+}
+
+/// Something the glue must do to a held request (by HTTP context id).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Effect {
+    /// Let the held request continue upstream.
+    Resume(u32),
+    /// Answer the held request.
+    Reply(u32, LocalReply),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Waiting,
+    Admitted { slot: bool },
+    Refused { status: u32 },
+}
+
+#[derive(Debug, Clone)]
+struct Tracked {
+    key: RevisionKey,
+    metadata_cc: Option<u32>,
+    started_ns: u64,
+    phase: Phase,
+}
+
+/// How a waiting request at the head of its queue may proceed.
+enum Admission {
+    /// No view, or the revision is not in it: pass it on.
+    Untracked,
+    /// Cold, or at capacity: keep waiting.
+    Wait,
+    /// Go, holding a breaker slot or not.
+    Go { slot: bool },
+}
+
+/// One VM's view of readiness, its held requests, its in-flight requests and
+/// its metrics.
+#[derive(Debug)]
+pub struct Gate {
+    config: FilterConfig,
+    view: Option<ReadinessTable>,
+    view_at_ns: u64,
+    /// The stale-view warning was logged since the last answer.
+    stale_warned: bool,
+    /// When this VM started: requests wait for the first view until
+    /// `startup_hold_ms` after it.
+    started_ns: u64,
+    /// Activations decided outside a request (a view showed held requests
+    /// to be for a cold revision), for the root to send.
+    pending_activations: Vec<Activation>,
+    queue: HoldQueue,
+    requests: HashMap<u32, Tracked>,
+    metrics: Metrics,
+}
+
+impl Gate {
+    pub fn new(config: FilterConfig, now_ns: u64) -> Self {
+        let queue = HoldQueue::new(config.max_held_per_revision);
+        Self {
+            config,
+            view: None,
+            view_at_ns: now_ns,
+            stale_warned: false,
+            started_ns: now_ns,
+            pending_activations: Vec::new(),
+            queue,
+            requests: HashMap::new(),
+            metrics: Metrics::new(now_ns),
+        }
+    }
+
+    /// Applies a new configuration, keeping held requests and the view.
+    pub fn reconfigure(&mut self, config: FilterConfig) {
+        self.queue.set_limit(config.max_held_per_revision);
+        self.config = config;
+    }
+
+    pub fn config(&self) -> &FilterConfig {
+        &self.config
+    }
+
+    /// The version of the current view, if any.
+    pub fn view_version(&self) -> Option<u64> {
+        self.view.as_ref().map(|v| v.version)
+    }
+
+    /// Requests held in this VM, all revisions.
+    pub fn held_total(&self) -> usize {
+        self.queue.total()
+    }
+
+    fn line(&self, key: &RevisionKey) -> Option<Readiness> {
+        self.view.as_ref().and_then(|view| view.get(key)).copied()
+    }
+
+    /// A request's headers arrived for `target` (HTTP context `id`).
+    pub fn on_request(&mut self, id: u32, target: Target, now_ns: u64, store: &dyn SharedStore) -> Decision {
+        let Target { key, metadata_container_concurrency: metadata_cc } = target;
+        let mut tracked = Tracked { key, metadata_cc, started_ns: now_ns, phase: Phase::Waiting };
+        let line = self.line(&tracked.key);
+        // Nobody jumps the queue: with requests already waiting, a new one waits too.
+        let admission = match line {
+            _ if self.queue.len(&tracked.key) > 0 => Admission::Wait,
+            None => self.unlisted(now_ns),
+            Some(line) => self.admission(&tracked.key, &line, metadata_cc, store),
+        };
+        let decision = match admission {
+            Admission::Untracked => {
+                tracked.phase = Phase::Admitted { slot: false };
+                self.metrics.admitted(&tracked.key, now_ns);
+                Decision::Continue
+            }
+            Admission::Go { slot } => {
+                tracked.phase = Phase::Admitted { slot };
+                self.metrics.admitted(&tracked.key, now_ns);
+                Decision::Continue
+            }
+            Admission::Wait => match self.queue.push(&tracked.key, Held { id, since_ns: now_ns }) {
+                Ok(held) => {
+                    self.metrics.held(&tracked.key, now_ns);
+                    let cold = line.is_some_and(|line| !line.is_ready());
+                    let activate =
+                        (cold && held == 1).then(|| Activation { key: tracked.key.clone(), held: held as u64 });
+                    Decision::Pause { activate }
+                }
+                Err(full) => {
+                    let reply = LocalReply::held_requests_limit(&tracked.key, full.held);
+                    tracked.phase = Phase::Refused { status: reply.status };
+                    Decision::Refuse(reply)
+                }
+            },
+        };
+        self.requests.insert(id, tracked);
+        decision
+    }
+
+    /// A request for a revision the view does not list: it waits while a
+    /// new VM expects its first view, and passes otherwise.
+    fn unlisted(&self, now_ns: u64) -> Admission {
+        let starting = now_ns.saturating_sub(self.started_ns) < self.config.startup_hold_ms.saturating_mul(NS_PER_MS);
+        if self.view.is_none() && starting { Admission::Wait } else { Admission::Untracked }
+    }
+
+    /// Whether a request for a listed revision may go now.
+    fn admission(
+        &self,
+        key: &RevisionKey,
+        line: &Readiness,
+        metadata_cc: Option<u32>,
+        store: &dyn SharedStore,
+    ) -> Admission {
+        if !line.is_ready() {
+            return Admission::Wait;
+        }
+        let Some(capacity) = line.capacity(metadata_cc) else { return Admission::Go { slot: false } };
+        match breaker::try_acquire(store, key, capacity) {
+            Ok(true) => Admission::Go { slot: true },
+            Ok(false) => Admission::Wait,
+            Err(e) => {
+                // Failing open: an uncounted request beats one held forever.
+                log::warn!("revgate: admitting a request for {key} without the breaker: {e}");
+                Admission::Go { slot: false }
+            }
+        }
+    }
+
+    /// Releases, oldest first, the requests held for `key` that may go now.
+    fn pump(&mut self, key: &RevisionKey, now_ns: u64, store: &dyn SharedStore) -> Vec<Effect> {
+        let mut effects = Vec::new();
+        while let Some(front) = self.queue.front(key) {
+            let metadata_cc = self.requests.get(&front.id).and_then(|t| t.metadata_cc);
+            let admission = match self.line(key) {
+                None => self.unlisted(now_ns),
+                Some(line) => self.admission(key, &line, metadata_cc, store),
+            };
+            let slot = match admission {
+                Admission::Wait => break,
+                Admission::Untracked => false,
+                Admission::Go { slot } => slot,
+            };
+            self.queue.pop_front(key);
+            self.metrics.unheld(key, now_ns);
+            self.metrics.admitted(key, now_ns);
+            if let Some(tracked) = self.requests.get_mut(&front.id) {
+                tracked.phase = Phase::Admitted { slot };
+            }
+            effects.push(Effect::Resume(front.id));
+        }
+        effects
+    }
+
+    /// A new view arrived from the control plane.
+    pub fn on_view(&mut self, view: ReadinessTable, now_ns: u64, store: &dyn SharedStore) -> Vec<Effect> {
+        let changes = readiness::diff(self.view.as_ref(), Some(&view));
+        // Requests held before this view knew their revision was cold (while
+        // the VM waited for its first view) now ask for an activation.
+        for key in self.queue.revisions() {
+            let cold_now = view.get(&key).is_some_and(|line| !line.is_ready());
+            let cold_before = self.line(&key).is_some_and(|line| !line.is_ready());
+            if cold_now && !cold_before {
+                let held = self.queue.len(&key) as u64;
+                self.pending_activations.push(Activation { key, held });
+            }
+        }
+        self.view = Some(view);
+        self.view_at_ns = now_ns;
+        let mut keys: Vec<RevisionKey> = changes.into_iter().map(|(key, _)| key).collect();
+        // Requests held while waiting for the first view may go if their
+        // revision is ready or unlisted, even when nothing "changed" for it.
+        keys.extend(self.queue.revisions());
+        keys.sort();
+        keys.dedup();
+        self.release(keys.into_iter(), now_ns, store)
+    }
+
+    /// Activations to send that no request context carried.
+    pub fn take_activations(&mut self) -> Vec<Activation> {
+        std::mem::take(&mut self.pending_activations)
+    }
+
+    fn release(
+        &mut self,
+        keys: impl Iterator<Item = RevisionKey>,
+        now_ns: u64,
+        store: &dyn SharedStore,
+    ) -> Vec<Effect> {
+        let mut effects = Vec::new();
+        for key in keys {
+            if self.queue.len(&key) > 0 {
+                effects.extend(self.pump(&key, now_ns, store));
+            }
+        }
+        effects
+    }
+
+    /// The root's timer: warns about a stale view, expires held requests past
+    /// their activation timeout, and admits queued requests into capacity
+    /// that other VMs freed.
+    pub fn on_tick(&mut self, now_ns: u64, store: &dyn SharedStore) -> Vec<Effect> {
+        let mut effects = Vec::new();
+        let stale_after_ns = self.config.readiness_stale_after_ms().saturating_mul(NS_PER_MS);
+        let stale = self.view.is_some() && now_ns.saturating_sub(self.view_at_ns) > stale_after_ns;
+        if stale && !self.stale_warned {
+            // The view is kept: warm revisions keep passing, and requests for
+            // cold ones stay held until their activation timeout answers them
+            // clearly, rather than being released into "no healthy upstream".
+            log::warn!(
+                "revgate: no readiness answer from the control plane for {} ms; keeping the last view \
+                 (is cluster `{}` reachable?)",
+                self.config.readiness_stale_after_ms(),
+                self.config.control_cluster
+            );
+        }
+        self.stale_warned = stale;
+        for key in self.queue.revisions() {
+            let timeout_ms = self.line(&key).map_or(self.config.default_activation_timeout_ms, |line| {
+                line.activation_timeout_ms(self.config.default_activation_timeout_ms)
+            });
+            for held in self.queue.expire(&key, now_ns, timeout_ms.saturating_mul(NS_PER_MS)) {
+                let reply = LocalReply::activation_timeout(&key, timeout_ms);
+                self.metrics.unheld(&key, now_ns);
+                if let Some(tracked) = self.requests.get_mut(&held.id) {
+                    tracked.phase = Phase::Refused { status: reply.status };
+                }
+                effects.push(Effect::Reply(held.id, reply));
+            }
+            effects.extend(self.pump(&key, now_ns, store));
+        }
+        effects
+    }
+
+    /// The stream of HTTP context `id` ended (answered, refused, aborted or
+    /// timed out), with the response status Envoy recorded, if any. Cleans
+    /// up, counts it, and admits the next request its breaker slot allows.
+    pub fn on_log(&mut self, id: u32, status: Option<u32>, now_ns: u64, store: &dyn SharedStore) -> Vec<Effect> {
+        let Some(tracked) = self.requests.remove(&id) else { return Vec::new() };
+        let key = &tracked.key;
+        let mut freed_slot = false;
+        let status = match tracked.phase {
+            Phase::Waiting => {
+                self.queue.remove(key, id);
+                self.metrics.unheld(key, now_ns);
+                status.unwrap_or(0)
+            }
+            Phase::Admitted { slot } => {
+                self.metrics.left(key, now_ns);
+                if slot {
+                    if let Err(e) = breaker::give_back(store, key) {
+                        log::warn!("revgate: could not give back a breaker slot of {key}: {e}");
+                    }
+                    freed_slot = true;
+                }
+                status.unwrap_or(0)
+            }
+            Phase::Refused { status: ours } => status.unwrap_or(ours),
+        };
+        self.metrics.finished(key, status, now_ns.saturating_sub(tracked.started_ns));
+        if freed_slot && self.queue.len(key) > 0 { self.pump(key, now_ns, store) } else { Vec::new() }
+    }
+
+    /// The report of the window ending now, if there was traffic.
+    pub fn take_report(&mut self, now_ns: u64, node_id: &str, reporter: &str) -> Option<revgate_proto::MetricsReport> {
+        self.metrics.take_report(now_ns, node_id, reporter)
+    }
+
+    /// The metrics window started this long ago.
+    pub fn report_due(&self, now_ns: u64) -> bool {
+        now_ns.saturating_sub(self.metrics.window_start_ns())
+            >= self.config.report_interval_ms.saturating_mul(NS_PER_MS)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::breaker::fake::FakeStore;
+    use crate::reply::{ACTIVATION_TIMEOUT, HELD_REQUESTS_LIMIT};
+
+    const MS: u64 = NS_PER_MS;
+    const T0: u64 = 1_700_000_000_000 * MS;
+
+    fn target(rev: &str) -> Target {
+        Target { key: RevisionKey::new("default", rev), metadata_container_concurrency: None }
+    }
+
+    fn key(rev: &str) -> RevisionKey {
+        RevisionKey::new("default", rev)
+    }
+
+    fn view(version: u64, entries: &[(&str, u32, u32)]) -> ReadinessTable {
+        let entries: Vec<(&str, &str, u32, u32)> =
+            entries.iter().map(|&(rev, ready, cc)| ("default", rev, ready, cc)).collect();
+        ReadinessTable::of(version, &entries)
+    }
+
+    fn gate() -> Gate {
+        Gate::new(FilterConfig { max_held_per_revision: 3, ..FilterConfig::default() }, T0)
+    }
+
+    fn pause(activate: Option<(&str, u64)>) -> Decision {
+        Decision::Pause { activate: activate.map(|(rev, held)| Activation { key: key(rev), held }) }
+    }
+
+    #[test]
+    fn without_a_view_everything_passes_after_the_startup_hold() {
+        let (mut g, store) = (gate(), FakeStore::default());
+        let now = T0 + g.config().startup_hold_ms * MS;
+        assert_eq!(g.on_request(1, target("hello"), now, &store), Decision::Continue);
+        assert_eq!(g.on_log(1, Some(200), now + MS, &store), vec![]);
+        let report = g.take_report(now + 1000 * MS, "gw", "r").unwrap();
+        assert_eq!(report.revisions[0].requests, 1);
+    }
+
+    #[test]
+    fn unknown_and_warm_revisions_pass() {
+        let (mut g, store) = (gate(), FakeStore::default());
+        g.on_view(view(1, &[("warm", 2, 0)]), T0, &store);
+        assert_eq!(g.on_request(1, target("warm"), T0, &store), Decision::Continue);
+        assert_eq!(g.on_request(2, target("unknown"), T0, &store), Decision::Continue);
+        assert_eq!(g.held_total(), 0);
+    }
+
+    #[test]
+    fn cold_revision_holds_activates_once_and_releases_in_order() {
+        let (mut g, store) = (gate(), FakeStore::default());
+        g.on_view(view(1, &[("hello", 0, 0)]), T0, &store);
+        assert_eq!(g.on_request(1, target("hello"), T0, &store), pause(Some(("hello", 1))));
+        assert_eq!(g.on_request(2, target("hello"), T0 + MS, &store), pause(None));
+        assert_eq!(g.held_total(), 2);
+        // A timeout answer with the same view changes nothing.
+        assert_eq!(g.on_view(view(1, &[("hello", 0, 0)]), T0 + 2 * MS, &store), vec![]);
+        // Ready: both go, oldest first.
+        assert_eq!(
+            g.on_view(view(2, &[("hello", 1, 0)]), T0 + 3 * MS, &store),
+            vec![Effect::Resume(1), Effect::Resume(2)]
+        );
+        assert_eq!(g.held_total(), 0);
+        assert_eq!(g.on_request(3, target("hello"), T0 + 4 * MS, &store), Decision::Continue);
+        g.on_log(1, Some(200), T0 + 10 * MS, &store);
+        let report = g.take_report(T0 + 1000 * MS, "gw", "r").unwrap();
+        let rev = &report.revisions[0];
+        assert_eq!((rev.requests, rev.held), (1, 0));
+        assert!(rev.average_held_concurrency.unwrap() > 0.0);
+    }
+
+    #[test]
+    fn a_full_queue_refuses_with_a_named_limit() {
+        let (mut g, store) = (gate(), FakeStore::default());
+        g.on_view(view(1, &[("hello", 0, 0)]), T0, &store);
+        for id in 1..=3 {
+            assert!(matches!(g.on_request(id, target("hello"), T0, &store), Decision::Pause { .. }));
+        }
+        let Decision::Refuse(reply) = g.on_request(4, target("hello"), T0, &store) else { panic!() };
+        assert_eq!((reply.status, reply.reason), (503, HELD_REQUESTS_LIMIT));
+        assert!(reply.body.contains("default/hello has 3 requests held"), "{}", reply.body);
+        // The refused request is counted as a 503 when its stream ends.
+        assert_eq!(g.on_log(4, None, T0 + MS, &store), vec![]);
+        let report = g.take_report(T0 + 1000 * MS, "gw", "r").unwrap();
+        assert_eq!(
+            (report.revisions[0].requests, report.revisions[0].responses_5xx, report.revisions[0].held),
+            (1, 1, 3)
+        );
+    }
+
+    #[test]
+    fn held_requests_expire_at_the_revisions_timeout() {
+        let (mut g, store) = (gate(), FakeStore::default());
+        let update = revgate_proto::ReadinessUpdate {
+            version: 1,
+            revisions: vec![revgate_proto::RevisionReadiness {
+                namespace: "default".into(),
+                revision: "hello".into(),
+                activation_timeout_ms: 1_000,
+                ..Default::default()
+            }],
+        };
+        let line = ReadinessTable::from_update(update).unwrap().table;
+        g.on_view(line, T0, &store);
+        g.on_request(1, target("hello"), T0, &store);
+        g.on_request(2, target("hello"), T0 + 600 * MS, &store);
+        assert_eq!(g.on_tick(T0 + 999 * MS, &store), vec![]);
+        let effects = g.on_tick(T0 + 1000 * MS, &store);
+        let [Effect::Reply(1, reply)] = effects.as_slice() else { panic!("{effects:?}") };
+        assert_eq!((reply.status, reply.reason), (503, ACTIVATION_TIMEOUT));
+        assert!(reply.body.contains("within 1000 ms"));
+        assert_eq!(g.held_total(), 1);
+        assert_eq!(g.on_log(1, Some(503), T0 + 1001 * MS, &store), vec![]);
+    }
+
+    #[test]
+    fn client_abort_while_held_is_cleaned_up() {
+        let (mut g, store) = (gate(), FakeStore::default());
+        g.on_view(view(1, &[("hello", 0, 0)]), T0, &store);
+        g.on_request(1, target("hello"), T0, &store);
+        g.on_request(2, target("hello"), T0, &store);
+        assert_eq!(g.on_log(1, None, T0 + 5 * MS, &store), vec![]);
+        assert_eq!(g.held_total(), 1);
+        assert_eq!(g.on_view(view(2, &[("hello", 1, 0)]), T0 + 10 * MS, &store), vec![Effect::Resume(2)]);
+        // A late log for an id already gone is harmless.
+        assert_eq!(g.on_log(1, None, T0 + 11 * MS, &store), vec![]);
+    }
+
+    #[test]
+    fn breaker_admits_up_to_cc_times_ready_and_releases_as_requests_finish() {
+        let (mut g, store) = (gate(), FakeStore::default());
+        g.on_view(view(1, &[("hello", 2, 1)]), T0, &store);
+        assert_eq!(g.on_request(1, target("hello"), T0, &store), Decision::Continue);
+        assert_eq!(g.on_request(2, target("hello"), T0, &store), Decision::Continue);
+        assert_eq!(g.on_request(3, target("hello"), T0, &store), pause(None), "warm: no activation");
+        assert_eq!(g.on_request(4, target("hello"), T0, &store), pause(None));
+        assert_eq!(store.count(&key("hello")), 2);
+        // One finishes: its slot goes to the oldest waiting request at once.
+        assert_eq!(g.on_log(1, Some(200), T0 + MS, &store), vec![Effect::Resume(3)]);
+        assert_eq!(store.count(&key("hello")), 2);
+        // Scaling up frees capacity.
+        assert_eq!(g.on_view(view(2, &[("hello", 3, 1)]), T0 + 2 * MS, &store), vec![Effect::Resume(4)]);
+        assert_eq!(store.count(&key("hello")), 3);
+        for id in [2, 3, 4] {
+            g.on_log(id, Some(200), T0 + 3 * MS, &store);
+        }
+        assert_eq!(store.count(&key("hello")), 0);
+    }
+
+    #[test]
+    fn metadata_concurrency_applies_when_the_view_has_none() {
+        let (mut g, store) = (gate(), FakeStore::default());
+        g.on_view(view(1, &[("hello", 1, 0)]), T0, &store);
+        let limited = Target { key: key("hello"), metadata_container_concurrency: Some(1) };
+        assert_eq!(g.on_request(1, limited.clone(), T0, &store), Decision::Continue);
+        assert_eq!(g.on_request(2, limited, T0, &store), pause(None));
+    }
+
+    #[test]
+    fn capacity_is_shared_across_vms() {
+        let store = FakeStore::default();
+        let (mut a, mut b) = (gate(), gate());
+        for g in [&mut a, &mut b] {
+            g.on_view(view(1, &[("hello", 1, 1)]), T0, &store);
+        }
+        assert_eq!(a.on_request(1, target("hello"), T0, &store), Decision::Continue);
+        assert_eq!(b.on_request(1, target("hello"), T0, &store), pause(None));
+        assert_eq!(b.on_tick(T0 + 100 * MS, &store), vec![], "still full");
+        assert_eq!(a.on_log(1, Some(200), T0 + 150 * MS, &store), vec![], "nothing waits in VM a");
+        assert_eq!(b.on_tick(T0 + 200 * MS, &store), vec![Effect::Resume(1)], "VM b notices on its tick");
+        assert_eq!(store.count(&key("hello")), 1);
+    }
+
+    #[test]
+    fn breaker_failure_fails_open() {
+        let (mut g, store) = (gate(), FakeStore::default());
+        g.on_view(view(1, &[("hello", 1, 1)]), T0, &store);
+        store.fail.set(true);
+        assert_eq!(g.on_request(1, target("hello"), T0, &store), Decision::Continue);
+        assert_eq!(g.on_request(2, target("hello"), T0, &store), Decision::Continue);
+        assert_eq!(g.on_log(1, Some(200), T0, &store), vec![], "no slot was taken, none given back");
+    }
+
+    #[test]
+    fn a_new_vm_holds_requests_until_its_first_view_then_activates_cold_ones() {
+        let (mut g, store) = (gate(), FakeStore::default());
+        assert!(matches!(g.on_request(1, target("hello"), T0, &store), Decision::Pause { activate: None }));
+        assert!(matches!(g.on_request(2, target("warm"), T0, &store), Decision::Pause { activate: None }));
+        assert!(g.take_activations().is_empty());
+
+        let effects = g.on_view(view(1, &[("hello", 0, 0), ("warm", 1, 0)]), T0 + MS, &store);
+        assert_eq!(effects, vec![Effect::Resume(2)], "the ready revision's request goes");
+        let activations = g.take_activations();
+        assert_eq!(activations.len(), 1);
+        assert_eq!((activations[0].key.revision.as_str(), activations[0].held), ("hello", 1));
+        assert!(g.take_activations().is_empty(), "sent once");
+    }
+
+    #[test]
+    fn without_a_first_view_held_requests_pass_once_the_startup_hold_ends() {
+        let (mut g, store) = (gate(), FakeStore::default());
+        g.on_request(1, target("hello"), T0, &store);
+        let hold_ns = g.config().startup_hold_ms * MS;
+        assert_eq!(g.on_tick(T0 + hold_ns - MS, &store), vec![]);
+        assert_eq!(g.on_tick(T0 + hold_ns, &store), vec![Effect::Resume(1)]);
+        assert_eq!(g.on_request(2, target("hello"), T0 + hold_ns, &store), Decision::Continue);
+    }
+
+    #[test]
+    fn a_stale_view_is_kept_so_held_requests_end_at_their_timeout_and_warm_ones_pass() {
+        let (mut g, store) = (gate(), FakeStore::default());
+        g.on_view(view(1, &[("hello", 0, 0), ("warm", 1, 0)]), T0, &store);
+        g.on_request(1, target("hello"), T0, &store);
+        let stale_ns = g.config().readiness_stale_after_ms() * MS;
+        assert_eq!(g.on_tick(T0 + stale_ns + MS, &store), vec![], "nothing is released into a cold revision");
+        assert_eq!(g.view_version(), Some(1));
+        assert_eq!(g.on_request(2, target("warm"), T0 + stale_ns + MS, &store), Decision::Continue);
+        assert!(matches!(g.on_request(3, target("hello"), T0 + stale_ns + MS, &store), Decision::Pause { .. }));
+    }
+
+    #[test]
+    fn a_revision_dropped_from_the_view_releases_its_held_requests() {
+        let (mut g, store) = (gate(), FakeStore::default());
+        g.on_view(view(1, &[("hello", 0, 0), ("other", 0, 0)]), T0, &store);
+        g.on_request(1, target("hello"), T0, &store);
+        g.on_request(2, target("other"), T0, &store);
+        assert_eq!(g.on_view(view(2, &[("other", 0, 0)]), T0 + MS, &store), vec![Effect::Resume(1)]);
+        assert_eq!(g.held_total(), 1);
+    }
+
+    #[test]
+    fn newcomers_queue_behind_waiting_requests() {
+        let (mut g, store) = (gate(), FakeStore::default());
+        g.on_view(view(1, &[("hello", 1, 1)]), T0, &store);
+        g.on_request(1, target("hello"), T0, &store);
+        g.on_request(2, target("hello"), T0, &store);
+        // Another VM's request finished (simulated): capacity is free, but 2 waits first.
+        store.set_count(&key("hello"), 0);
+        assert_eq!(g.on_request(3, target("hello"), T0, &store), pause(None));
+        assert_eq!(g.on_tick(T0 + MS, &store), vec![Effect::Resume(2)]);
+    }
+
+    #[test]
+    fn reports_are_due_every_interval() {
+        let g = gate();
+        assert!(!g.report_due(T0 + 999 * MS));
+        assert!(g.report_due(T0 + 1000 * MS));
+    }
+}
