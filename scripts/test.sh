@@ -12,4 +12,13 @@ echo "test: using $("$envoy" --version | head -n 1 | sed 's/^.*version: //')"
 REVGATE_FILTER_WASM=$(scripts/build-filter.sh | tail -n 1)
 export REVGATE_FILTER_WASM
 
-cargo test --workspace --locked "$@"
+# Cargo prints one summary per test binary, the last often a crate's empty
+# doc-tests; close with the totals over all of them.
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+status=0
+cargo test --workspace --locked "$@" 2>&1 | tee "$log" || status=$?
+totals=$(awk '/^test result: / { for (i = 1; i <= NF; i++) { if ($i ~ /^passed;?$/) p += $(i-1); if ($i ~ /^failed;?$/) f += $(i-1) } } END { printf "%d passed, %d failed", p, f }' "$log")
+echo
+echo "$totals"
+exit "$status"
