@@ -338,6 +338,8 @@ impl ControlPlane {
         let plan = self.world.plan(&Observed::default());
         let revisions = &self.world.revisions;
         self.endpoints.retain(|revision, _| revisions.contains_key(revision));
+        self.draining.retain(|revision| revisions.contains_key(revision));
+        self.endpoint_generations.retain(|revision, _| revisions.contains_key(revision));
         let mut resources = translate(&plan, &self.endpoints, &self.settings);
         if let Some(fault) = self.fault {
             fault.inject(&mut resources);
