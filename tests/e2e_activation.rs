@@ -64,6 +64,25 @@ async fn eds_acked_at(revgate: &Revgate, node: &str) -> f64 {
     secs * 1e3 + nanos / 1e6
 }
 
+/// Waits until `count` filter VMs of `node` have the current readiness view.
+async fn wait_filters_in_sync(revgate: &Revgate, node: &str, count: u64) {
+    wait_for(&format!("{count} filter VMs of {node} to have the current readiness view"), async || {
+        let in_sync = revgate.gateway().await.pointer(&format!("/filters/{node}"))?.as_u64()?;
+        (in_sync >= count).then_some(())
+    })
+    .await;
+}
+
+/// `n` concurrent requests for the cold revision's host.
+fn spawn_requests(envoy: &Envoy, n: usize) -> Vec<tokio::task::JoinHandle<Reply>> {
+    (0..n)
+        .map(|_| {
+            let client = envoy.client();
+            tokio::spawn(async move { client.get(HOST, "/").await })
+        })
+        .collect()
+}
+
 async fn activations(revgate: &Revgate, revision: &str) -> u64 {
     revgate.activity(revision).await.and_then(|a| a.get("activations")?.as_u64()).unwrap_or(0)
 }
@@ -115,13 +134,7 @@ async fn a_request_to_a_cold_revision_is_held_and_released_once_an_endpoint_is_a
 async fn a_thousand_concurrent_held_requests_all_complete_after_activation() {
     let s = setup(&service("cold", 0, 300), "{}").await;
     let backend = Backend::start("cold-backend").await;
-    let client = s.envoy.client();
-    let requests: Vec<_> = (0..1000)
-        .map(|_| {
-            let client = client.clone();
-            tokio::spawn(async move { client.get(HOST, "/").await })
-        })
-        .collect();
+    let requests = spawn_requests(&s.envoy, 1000);
     wait_for("1000 requests held by the gateway", async || {
         let held = s.revgate.activity(REVISION).await?.get("held")?.as_u64()?;
         (held >= 1000).then_some(())
@@ -168,12 +181,7 @@ async fn a_hundred_cold_start_cycles_under_concurrent_load_see_only_200s() {
         // Scale to zero, and wait until Envoy runs without endpoints.
         s.revgate.set_endpoints(REVISION, &[]).await;
         s.revgate.wait_acked(&s.envoy.node_id).await;
-        let requests: Vec<_> = (0..5)
-            .map(|_| {
-                let client = s.envoy.client();
-                tokio::spawn(async move { client.get(HOST, "/").await })
-            })
-            .collect();
+        let requests = spawn_requests(&s.envoy, 5);
         wait_activations(&s.revgate, REVISION, cycle).await;
         s.revgate.set_endpoints(REVISION, &[cold.addr]).await;
         for request in requests {
@@ -194,13 +202,7 @@ async fn a_hundred_cold_start_cycles_under_concurrent_load_see_only_200s() {
 async fn overflow_timeout_and_client_abort_answer_clearly() {
     // Five held requests per worker VM at most; the revision times out after 1 s.
     let s = setup(&service("cold", 0, 1), r#"{"max_held_per_revision": 5}"#).await;
-    let client = s.envoy.client();
-    let requests: Vec<_> = (0..30)
-        .map(|_| {
-            let client = client.clone();
-            tokio::spawn(async move { client.get(HOST, "/").await })
-        })
-        .collect();
+    let requests = spawn_requests(&s.envoy, 30);
     let mut overflow = 0;
     let mut timeouts = 0;
     for request in requests {
@@ -306,6 +308,8 @@ async fn with_the_control_plane_down_warm_revisions_serve_and_held_requests_fail
     s.revgate.set_endpoints("warm-00001", &[warm.addr]).await;
     s.revgate.wait_acked(&s.envoy.node_id).await;
     s.envoy.wait_body("warm.default.example.com", &[], "warm-backend").await;
+    // Every filter VM (two workers and the main thread) has the current view.
+    wait_filters_in_sync(&s.revgate, &s.envoy.node_id, 3).await;
 
     s.revgate.process.kill();
     let client = s.envoy.client();
@@ -330,12 +334,7 @@ async fn with_the_control_plane_down_warm_revisions_serve_and_held_requests_fail
     // cold request is activated again.
     s.revgate.restart().await;
     s.revgate.wait_acked(&s.envoy.node_id).await;
-    let node = s.envoy.node_id.clone();
-    wait_for("the gateway's filters to poll the restarted control plane", async || {
-        let filters = s.revgate.gateway().await.pointer(&format!("/filters/{node}"))?.as_u64()?;
-        (filters >= 2).then_some(())
-    })
-    .await;
+    wait_filters_in_sync(&s.revgate, &s.envoy.node_id, 3).await;
     let backend = Backend::start("cold-backend").await;
     let request = tokio::spawn(async move { client.get(HOST, "/").await });
     wait_activations(&s.revgate, REVISION, 1).await;

@@ -112,13 +112,15 @@ impl ActivationService {
         }
     }
 
-    /// Live filter VMs (readiness pollers) per gateway node.
-    pub fn filters(&self) -> BTreeMap<String, usize> {
+    /// Per gateway node, the live filter VMs that have the current
+    /// readiness view (were answered its version).
+    pub fn filters_in_sync(&self) -> BTreeMap<String, usize> {
+        let current = self.readiness.borrow().version();
         let pollers = self.pollers.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
         let mut filters = BTreeMap::new();
-        for ((node, _), (_, seen)) in &pollers.answered {
-            if now.duration_since(*seen) < POLLER_TTL {
+        for ((node, _), (version, seen)) in &pollers.answered {
+            if now.duration_since(*seen) < POLLER_TTL && *version == current {
                 *filters.entry(node.clone()).or_insert(0) += 1;
             }
         }

@@ -96,7 +96,7 @@ pub fn objects(kind: GetKind, objects: &[Value], with_namespace: bool) -> String
 
 /// Renders the gateway status (`/v1/gateway`) as one row per connected node.
 pub fn gateway(view: &Value) -> String {
-    let header = ["NODE", "CONNECTED", "API", "CDS", "EDS", "LDS", "RDS", "FILTERS", "ERROR"];
+    let header = ["NODE", "CONNECTED", "API", "CDS", "EDS", "LDS", "RDS", "FILTERS IN SYNC", "ERROR"];
     let published = view.pointer("/published/versions");
     let mut rows = Vec::new();
     if let Some(nodes) = view.pointer("/status/nodes").and_then(Value::as_object) {

@@ -137,14 +137,14 @@ async fn revisions(State(state): State<AdminState>, Query(filter): Query<Filter>
 pub struct GatewayView {
     pub published: serde_json::Value,
     pub status: serde_json::Value,
-    /// Live filter VMs polling for readiness, per node.
+    /// Per node, the live filter VMs that have the current readiness view.
     pub filters: serde_json::Value,
 }
 
 async fn gateway(State(state): State<AdminState>) -> Response {
     let published = serde_json::to_value(state.control.published()).unwrap_or_default();
     let status = serde_json::to_value(state.control.gateway()).unwrap_or_default();
-    let filters = serde_json::to_value(state.activation.filters()).unwrap_or_default();
+    let filters = serde_json::to_value(state.activation.filters_in_sync()).unwrap_or_default();
     Json(GatewayView { published, status, filters }).into_response()
 }
 
