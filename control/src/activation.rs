@@ -76,10 +76,24 @@ struct Pollers {
 }
 
 impl Pollers {
+    /// Pollers heard from within [`POLLER_TTL`], with the version each was answered.
+    fn live(&self, now: Instant) -> impl Iterator<Item = (&(String, String), u64)> {
+        self.answered
+            .iter()
+            .filter(move |(_, (_, seen))| now.duration_since(*seen) < POLLER_TTL)
+            .map(|(key, (version, _))| (key, *version))
+    }
+
     /// Whether every live poller has been answered `version` or later.
     fn all_have(&self, version: u64, now: Instant) -> bool {
-        self.answered.values().filter(|(_, seen)| now.duration_since(*seen) < POLLER_TTL).all(|(v, _)| *v >= version)
+        self.live(now).all(|(_, answered)| answered >= version)
     }
+}
+
+/// Locks a mutex whose data stays consistent even if a holder panicked
+/// (every update under it is a single insert or count).
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Shared by the HTTP handlers and the admin API.
@@ -116,11 +130,9 @@ impl ActivationService {
     /// readiness view (were answered its version).
     pub fn filters_in_sync(&self) -> BTreeMap<String, usize> {
         let current = self.readiness.borrow().version();
-        let pollers = self.pollers.lock().unwrap_or_else(|p| p.into_inner());
-        let now = Instant::now();
         let mut filters = BTreeMap::new();
-        for ((node, _), (version, seen)) in &pollers.answered {
-            if now.duration_since(*seen) < POLLER_TTL && *version == current {
+        for ((node, _), version) in lock(&self.pollers).live(Instant::now()) {
+            if version == current {
                 *filters.entry(node.clone()).or_insert(0) += 1;
             }
         }
@@ -149,7 +161,7 @@ impl ActivationService {
             }
         };
         loop {
-            let done = self.pollers.lock().unwrap_or_else(|p| p.into_inner()).all_have(version, Instant::now());
+            let done = lock(&self.pollers).all_have(version, Instant::now());
             if done {
                 return;
             }
@@ -167,7 +179,7 @@ impl ActivationService {
     pub fn activity(&self) -> BTreeMap<ObjectKey, RevisionActivity> {
         let plan = self.plan.borrow().clone();
         let known = |key: &ObjectKey| plan.revisions.iter().any(|r| &r.key == key);
-        let mut demand = self.demand.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut demand = lock(&self.demand);
         let mut activity: BTreeMap<ObjectKey, RevisionActivity> = demand
             .aggregator
             .totals(&known, unix_ms())
@@ -247,7 +259,7 @@ fn bad_request(what: &str, e: prost::DecodeError) -> Response {
 async fn report(State(service): State<ActivationService>, body: Bytes) -> Response {
     match MetricsReport::decode(body) {
         Ok(report) => {
-            let mut demand = service.demand.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let mut demand = lock(&service.demand);
             demand.aggregator.record(report, unix_ms());
             StatusCode::OK.into_response()
         }
@@ -268,7 +280,7 @@ async fn activate(State(service): State<ActivationService>, body: Bytes) -> Resp
     };
     tracing::info!(revision = %activation.revision, node = activation.node, held = activation.held, "activation requested");
     {
-        let mut demand = service.demand.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut demand = lock(&service.demand);
         let entry = demand.activations.entry(activation.revision.clone()).or_insert((0, activation.clone()));
         entry.0 += 1;
         entry.1 = activation;
@@ -316,7 +328,7 @@ async fn readiness(State(service): State<ActivationService>, Query(query): Query
 impl ActivationService {
     fn answered_poller(&self, query: &ReadinessQuery, version: u64) {
         let key = (query.node.clone(), query.reporter.clone());
-        self.pollers.lock().unwrap_or_else(|p| p.into_inner()).answered.insert(key, (version, Instant::now()));
+        lock(&self.pollers).answered.insert(key, (version, Instant::now()));
         self.answered.send_replace(());
     }
 }

@@ -304,7 +304,9 @@ impl ControlPlane {
             return;
         }
         self.draining.insert(revision.clone());
-        self.publish_desired(&self.world.plan(&Observed::default()));
+        // The plan itself is unchanged: only the wanted count drops to zero.
+        let plan = self.plan_tx.borrow().clone();
+        self.publish_desired(&plan);
         let (activation, commands) = (activation.clone(), self.commands_back.clone());
         tokio::spawn(async move {
             activation.until_cold_everywhere(&revision).await;
@@ -360,13 +362,7 @@ impl ControlPlane {
         };
         self.cache.set_snapshot(Arc::new(snapshot));
         self.publish_desired(&plan);
-        self.plan_tx.send_if_modified(|current| {
-            let changed = **current != plan;
-            if changed {
-                *current = Arc::new(plan);
-            }
-            changed
-        });
+        replace_if_changed(&self.plan_tx, plan);
         tracing::info!(generation = published.generation, versions = ?published.versions, "published xDS snapshot");
         self.published_tx.send_replace(published.clone());
         published
@@ -390,14 +386,20 @@ impl ControlPlane {
                 (revision.key.clone(), count)
             })
             .collect();
-        self.desired_tx.send_if_modified(|current| {
-            let changed = **current != desired;
-            if changed {
-                *current = Arc::new(desired);
-            }
-            changed
-        });
+        replace_if_changed(&self.desired_tx, desired);
     }
+}
+
+/// Publishes `value` unless it equals what readers have, so they wake only
+/// for real changes.
+fn replace_if_changed<T: PartialEq>(tx: &watch::Sender<Arc<T>>, value: T) {
+    tx.send_if_modified(|current| {
+        let changed = **current != value;
+        if changed {
+            *current = Arc::new(value);
+        }
+        changed
+    });
 }
 
 fn unix_now() -> u64 {
