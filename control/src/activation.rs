@@ -105,6 +105,8 @@ pub struct ActivationService {
     pollers: Arc<Mutex<Pollers>>,
     /// Ticks whenever a poller is answered.
     answered: watch::Sender<()>,
+    /// Every activation request, for the autoscaler to act on at once.
+    activations: broadcast::Sender<Activation>,
 }
 
 impl ActivationService {
@@ -123,7 +125,14 @@ impl ActivationService {
             demand: Arc::new(Mutex::new(Demand::default())),
             pollers: Arc::new(Mutex::new(Pollers::default())),
             answered: watch::Sender::new(()),
+            activations: broadcast::Sender::new(256),
         }
+    }
+
+    /// Activation requests from now on (Knative's "poke" of the autoscaler
+    /// when a request arrives for a revision at zero).
+    pub fn subscribe_activations(&self) -> broadcast::Receiver<Activation> {
+        self.activations.subscribe()
     }
 
     /// Per gateway node, the live filter VMs that have the current
@@ -283,8 +292,10 @@ async fn activate(State(service): State<ActivationService>, body: Bytes) -> Resp
         let mut demand = lock(&service.demand);
         let entry = demand.activations.entry(activation.revision.clone()).or_insert((0, activation.clone()));
         entry.0 += 1;
-        entry.1 = activation;
+        entry.1 = activation.clone();
     }
+    // Nobody listening (no autoscaler) is fine: the activation is recorded.
+    let _ = service.activations.send(activation);
     StatusCode::OK.into_response()
 }
 

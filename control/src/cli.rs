@@ -19,7 +19,12 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the control plane: the admin API and the xDS server.
+    /// Run everything on this machine: the control plane, an Envoy gateway
+    /// with the filter, and the revisions of the given manifests as local
+    /// processes. Prints each service's URL; Ctrl-C stops it all.
+    Up(UpArgs),
+    /// Run the control plane alone: the admin API, the xDS server, the
+    /// activation service and the autoscaler.
     Serve(ServeArgs),
     /// Apply Knative manifests (files or directories), in order, like `kubectl apply -f`.
     Apply(ManifestArgs),
@@ -30,6 +35,9 @@ pub enum Command {
     /// Print configuration for a gateway without running the control plane.
     #[command(subcommand)]
     Render(RenderCommand),
+    /// Knative's KPA offline: replay decisions or whole load traces.
+    #[command(subcommand)]
+    Autoscaler(AutoscalerCommand),
 }
 
 #[derive(Debug, Args)]
@@ -58,9 +66,111 @@ pub struct ServeArgs {
     /// '{"max_held_per_revision": 100}'.
     #[arg(long, requires = "wasm_filter")]
     pub filter_config: Option<String>,
+    /// Who runs revisions: `process` (local processes, scaled by the
+    /// autoscaler) or `external` (instances run elsewhere register their
+    /// endpoints through the admin API; nothing is scaled).
+    #[arg(long, value_enum, default_value_t = RuntimeKind::Process)]
+    pub runtime: RuntimeKind,
+    /// YAML map from container image to the local command that stands for it
+    /// (see examples/images.yaml).
+    #[arg(long)]
+    pub images: Option<PathBuf>,
     /// Enable the admin API's fault-injection endpoints (tests only).
     #[arg(long, hide = true, env = "REVGATE_TEST_HOOKS")]
     pub test_hooks: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RuntimeKind {
+    Process,
+    External,
+}
+
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    /// Manifests to apply (files or directories, in order; ConfigMaps in
+    /// `knative-serving` configure revgate as they configure Knative).
+    #[arg(short = 'f', long = "filename", required = true, num_args = 1..)]
+    pub files: Vec<PathBuf>,
+    /// YAML map from container image to the local command that stands for it.
+    #[arg(long)]
+    pub images: Option<PathBuf>,
+    /// Port of the gateway's HTTP listener.
+    #[arg(long, default_value_t = 8080)]
+    pub http_port: u16,
+    /// Port of the admin API (`revgate get …` talks to it).
+    #[arg(long, default_value_t = 9090)]
+    pub admin_port: u16,
+    /// Port of the xDS server Envoy connects to.
+    #[arg(long, default_value_t = 18000)]
+    pub xds_port: u16,
+    /// Port of the activation service the gateway filter calls.
+    #[arg(long, default_value_t = 9091)]
+    pub activation_port: u16,
+    /// Port of Envoy's admin interface.
+    #[arg(long, default_value_t = 9901)]
+    pub envoy_admin_port: u16,
+    /// Envoy worker threads (Envoy's default: one per core).
+    #[arg(long)]
+    pub envoy_concurrency: Option<u16>,
+    /// The domain of service URLs (Knative's `config-domain`).
+    #[arg(long)]
+    pub domain: Option<String>,
+    /// Directory for state, logs and the generated Envoy bootstrap.
+    #[arg(long, default_value = ".revgate")]
+    pub state_dir: PathBuf,
+    /// The Envoy binary (default: the one scripts/install-tools.sh installs, else `envoy` on PATH).
+    #[arg(long, env = "REVGATE_ENVOY")]
+    pub envoy: Option<PathBuf>,
+    /// The gateway filter (default: build it with scripts/build-filter.sh, or find a built one).
+    #[arg(long, env = "REVGATE_FILTER_WASM")]
+    pub wasm_filter: Option<PathBuf>,
+    /// JSON object merged into the filter's configuration.
+    #[arg(long)]
+    pub filter_config: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AutoscalerCommand {
+    /// Run the KPA decider over JSON steps (file or stdin); one JSON line per step.
+    Decide(DecideArgs),
+    /// Replay a per-second load trace through the metric windows, the decider,
+    /// the scale-to-zero rules and a pod start delay.
+    Simulate(SimulateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DecideArgs {
+    /// JSON input; standard input when absent.
+    pub file: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct SimulateArgs {
+    /// One value per line (or comma-separated): the revision's total
+    /// concurrency, or requests per second with `metric=rps`, each second.
+    #[arg(long)]
+    pub trace: PathBuf,
+    /// Revision annotations, `key=value` (the `autoscaling.knative.dev/` prefix may be left out).
+    #[arg(long = "annotations", num_args = 1.., value_delimiter = ',')]
+    pub annotations: Vec<String>,
+    /// `config-autoscaler` keys, `key=value`, as in the ConfigMap.
+    #[arg(long = "config", num_args = 1.., value_delimiter = ',')]
+    pub config: Vec<String>,
+    /// The revision's `containerConcurrency`.
+    #[arg(long, default_value_t = 0)]
+    pub container_concurrency: u32,
+    /// How long a new instance takes to become ready.
+    #[arg(long, default_value_t = 1000)]
+    pub pod_start_ms: u64,
+    #[arg(short = 'o', long, value_enum, default_value_t = SimulateFormat::Csv)]
+    pub output: SimulateFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SimulateFormat {
+    Csv,
+    Svg,
 }
 
 #[derive(Debug, Args)]
@@ -84,7 +194,7 @@ pub struct ManifestArgs {
 
 #[derive(Debug, Args)]
 pub struct GetArgs {
-    /// ksvc | configuration (cfg) | route (rt) | revision (rev) | gateway | activity
+    /// ksvc | configuration (cfg) | route (rt) | revision (rev) | kpa | sks | gateway | activity
     pub kind: GetKind,
     /// Only the object with this name.
     pub name: Option<String>,
@@ -116,6 +226,13 @@ pub enum GetKind {
     /// Per revision: concurrency, requests and activations the gateways report.
     #[value(alias = "metrics")]
     Activity,
+    /// Knative PodAutoscalers: the KPA's desired and actual scale per revision.
+    #[value(alias = "podautoscaler", alias = "podautoscalers")]
+    Kpa,
+    /// Knative ServerlessServices: whether the gateway holds a revision's
+    /// requests (`Proxy`) or sends them to its instances (`Serve`).
+    #[value(alias = "serverlessservice", alias = "serverlessservices")]
+    Sks,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

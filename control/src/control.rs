@@ -19,9 +19,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use revgate_model::plan::{Endpoint, EndpointMap, GatewayPlan, ObjectKey};
 use revgate_model::{
-    ApplyError, Document, ManifestError, World, parse_documents,
+    ApplyError, Document, ManifestError, RevisionReadiness, World, parse_documents,
     world::{Change, IngressState, Observed},
 };
+use revgate_runtime::RevisionState;
 use revgate_xds::server::{GatewayStatus, SnapshotCache};
 use revgate_xds::snapshot::{ResourceType, Snapshot};
 use revgate_xds::translate::{XdsSettings, translate};
@@ -44,6 +45,8 @@ pub enum ControlError {
     Store(#[from] StoreError),
     #[error("{0}")]
     NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
     #[error("the control plane is shutting down")]
     ShuttingDown,
 }
@@ -85,9 +88,12 @@ enum Command {
         revision: ObjectKey,
         endpoints: Vec<Endpoint>,
         generation: u64,
-        reply: oneshot::Sender<Result<Published, ControlError>>,
+        reply: Option<oneshot::Sender<Result<Published, ControlError>>>,
     },
 }
+
+/// What the runtime reports of every revision it runs.
+pub type RuntimeStates = watch::Receiver<Arc<BTreeMap<ObjectKey, RevisionState>>>;
 
 /// Cheap, clonable access to the control plane.
 #[derive(Debug, Clone)]
@@ -98,6 +104,7 @@ pub struct Handle {
     desired: watch::Receiver<Arc<BTreeMap<ObjectKey, u32>>>,
     published: watch::Receiver<Published>,
     gateway: watch::Receiver<GatewayStatus>,
+    verdicts: watch::Receiver<Arc<BTreeMap<ObjectKey, RevisionReadiness>>>,
 }
 
 impl std::fmt::Debug for Command {
@@ -162,6 +169,11 @@ impl Handle {
         self.world.borrow().clone()
     }
 
+    /// The applied world, for readers that follow it.
+    pub fn world_updates(&self) -> watch::Receiver<Arc<World>> {
+        self.world.clone()
+    }
+
     pub fn published(&self) -> Published {
         self.published.borrow().clone()
     }
@@ -170,9 +182,12 @@ impl Handle {
         self.gateway.borrow().clone()
     }
 
-    /// What the model needs to compute status: which routes the gateways took.
+    /// What the model needs to compute status: which routes the gateways
+    /// took, and which revisions the runtime cannot run.
     pub fn observed(&self) -> Observed {
-        observed(&self.world(), &self.gateway(), &self.published())
+        let mut observed = observed(&self.world(), &self.gateway(), &self.published());
+        observed.revisions = (**self.verdicts.borrow()).clone();
+        observed
     }
 }
 
@@ -181,9 +196,12 @@ impl Handle {
 pub struct ControlPlane {
     store: Store,
     world: Arc<World>,
-    /// Endpoints registered for revisions (not persisted: whoever runs the
-    /// instances registers them again).
+    /// Endpoints of revisions: from the runtime, or registered through the
+    /// admin API when revisions run elsewhere (not persisted: whoever runs
+    /// the instances registers them again).
     endpoints: EndpointMap,
+    /// Whether a runtime owns the endpoints (then the admin API may not set them).
+    runtime_managed: bool,
     /// Revisions going to zero whose endpoints are still published while the
     /// filters learn to hold their requests.
     draining: BTreeSet<ObjectKey>,
@@ -201,6 +219,9 @@ pub struct ControlPlane {
     plan_tx: watch::Sender<Arc<GatewayPlan>>,
     desired_tx: watch::Sender<Arc<BTreeMap<ObjectKey, u32>>>,
     published_tx: watch::Sender<Published>,
+    verdicts_tx: watch::Sender<Arc<BTreeMap<ObjectKey, RevisionReadiness>>>,
+    /// The runtime's latest verdicts on revisions it cannot run.
+    last_states_verdicts: BTreeMap<ObjectKey, RevisionReadiness>,
 }
 
 impl ControlPlane {
@@ -218,10 +239,12 @@ impl ControlPlane {
         let (published_tx, published_rx) = watch::channel(Published::default());
         let (plan_tx, plan_rx) = watch::channel(Arc::new(GatewayPlan::default()));
         let (desired_tx, desired_rx) = watch::channel(Arc::new(BTreeMap::new()));
+        let (verdicts_tx, verdicts_rx) = watch::channel(Arc::new(BTreeMap::new()));
         let mut plane = Self {
             store,
             world,
             endpoints: EndpointMap::new(),
+            runtime_managed: false,
             draining: BTreeSet::new(),
             endpoint_generations: BTreeMap::new(),
             cache,
@@ -233,6 +256,8 @@ impl ControlPlane {
             plan_tx,
             desired_tx,
             published_tx,
+            verdicts_tx,
+            last_states_verdicts: BTreeMap::new(),
         };
         plane.publish();
         let handle = Handle {
@@ -242,38 +267,109 @@ impl ControlPlane {
             desired: desired_rx,
             published: published_rx,
             gateway,
+            verdicts: verdicts_rx,
         };
         Ok((plane, handle))
     }
 
     /// Serves commands until every handle is dropped. `activation` tells when
-    /// every gateway filter knows a revision is cold.
-    pub async fn run(mut self, activation: ActivationService) {
-        while let Some(command) = self.commands.recv().await {
-            match command {
-                Command::Apply { files, delete, reply } => {
-                    let result = self.apply(&files, delete);
-                    // The requester may have gone away; the change stands either way.
-                    let _ = reply.send(result);
+    /// every gateway filter knows a revision is cold; `runtime`, when given,
+    /// is the source of every revision's endpoints.
+    pub async fn run(mut self, activation: ActivationService, mut runtime: Option<RuntimeStates>) {
+        self.runtime_managed = runtime.is_some();
+        if let Some(states) = &mut runtime {
+            let current = states.borrow_and_update().clone();
+            self.take_runtime_states(&current, &activation);
+        }
+        loop {
+            tokio::select! {
+                command = self.commands.recv() => match command {
+                    Some(command) => self.serve(command, &activation),
+                    None => return,
+                },
+                changed = changed(&mut runtime) => match changed {
+                    Some(states) => self.take_runtime_states(&states, &activation),
+                    None => runtime = None,
+                },
+            }
+        }
+    }
+
+    fn serve(&mut self, command: Command, activation: &ActivationService) {
+        match command {
+            Command::Apply { files, delete, reply } => {
+                let result = self.apply(&files, delete);
+                if result.is_ok() {
+                    self.publish_verdicts();
                 }
-                Command::SetFault { fault, reply } => {
-                    self.fault = fault;
-                    let _ = reply.send(self.publish());
+                // The requester may have gone away; the change stands either way.
+                let _ = reply.send(result);
+            }
+            Command::SetFault { fault, reply } => {
+                self.fault = fault;
+                let _ = reply.send(self.publish());
+            }
+            Command::SetEndpoints { revision, endpoints, reply } => {
+                if self.runtime_managed {
+                    let _ = reply.send(Err(ControlError::Conflict(format!(
+                        "revision {revision} is run by revgate's runtime, which sets its endpoints; \
+                         start `revgate serve --runtime external` to register endpoints yourself"
+                    ))));
+                } else {
+                    self.set_endpoints(revision, endpoints, Some(reply), activation);
                 }
-                Command::SetEndpoints { revision, endpoints, reply } => {
-                    self.set_endpoints(revision, endpoints, reply, &activation);
+            }
+            Command::CommitEndpoints { revision, endpoints, generation, reply } => {
+                let current = self.endpoint_generations.get(&revision) == Some(&generation);
+                if current {
+                    self.draining.remove(&revision);
+                    self.endpoints.insert(revision, endpoints);
                 }
-                Command::CommitEndpoints { revision, endpoints, generation, reply } => {
-                    let current = self.endpoint_generations.get(&revision) == Some(&generation);
-                    if current {
-                        self.draining.remove(&revision);
-                        self.endpoints.insert(revision, endpoints);
-                    }
-                    // A newer change superseded this one and answers for itself.
-                    let _ = reply.send(Ok(if current { self.publish() } else { self.published_tx.borrow().clone() }));
+                // A newer change superseded this one and answers for itself.
+                let published = if current { self.publish() } else { self.published_tx.borrow().clone() };
+                if let Some(reply) = reply {
+                    let _ = reply.send(Ok(published));
                 }
             }
         }
+    }
+
+    /// Follows the runtime: each revision's ready instances become its
+    /// endpoints, and a revision that has none and a reason is not ready.
+    fn take_runtime_states(&mut self, states: &BTreeMap<ObjectKey, RevisionState>, activation: &ActivationService) {
+        let revisions: Vec<ObjectKey> = self.world.revisions.keys().cloned().collect();
+        for revision in revisions {
+            let ready = states.get(&revision).map(|state| state.ready.clone()).unwrap_or_default();
+            let current = self.endpoints.get(&revision).map_or(&[][..], Vec::as_slice);
+            if current != ready.as_slice() {
+                self.set_endpoints(revision, ready, None, activation);
+            }
+        }
+        self.runtime_verdicts(states);
+    }
+
+    fn runtime_verdicts(&mut self, states: &BTreeMap<ObjectKey, RevisionState>) {
+        let verdicts: BTreeMap<ObjectKey, RevisionReadiness> = states
+            .iter()
+            .filter(|(key, state)| self.world.revisions.contains_key(*key) && state.ready.is_empty())
+            .filter_map(|(key, state)| {
+                let reason = state.reason.clone()?;
+                let message = state.message.clone().unwrap_or_default();
+                Some((key.clone(), RevisionReadiness::NotReady { reason, message }))
+            })
+            .collect();
+        self.last_states_verdicts = verdicts;
+        self.publish_verdicts();
+    }
+
+    fn publish_verdicts(&self) {
+        let verdicts: BTreeMap<ObjectKey, RevisionReadiness> = self
+            .last_states_verdicts
+            .iter()
+            .filter(|(key, _)| self.world.revisions.contains_key(*key))
+            .map(|(key, verdict)| (key.clone(), verdict.clone()))
+            .collect();
+        replace_if_changed(&self.verdicts_tx, verdicts);
     }
 
     /// Takes a revision's new endpoints. Going to zero is two steps, as
@@ -284,11 +380,13 @@ impl ControlPlane {
         &mut self,
         revision: ObjectKey,
         endpoints: Vec<Endpoint>,
-        reply: oneshot::Sender<Result<Published, ControlError>>,
+        reply: Option<oneshot::Sender<Result<Published, ControlError>>>,
         activation: &ActivationService,
     ) {
         if !self.world.revisions.contains_key(&revision) {
-            let _ = reply.send(Err(ControlError::NotFound(format!("revision {revision} does not exist"))));
+            if let Some(reply) = reply {
+                let _ = reply.send(Err(ControlError::NotFound(format!("revision {revision} does not exist"))));
+            }
             return;
         }
         let generation = {
@@ -300,7 +398,10 @@ impl ControlPlane {
         if !endpoints.is_empty() || !has_endpoints {
             self.draining.remove(&revision);
             self.endpoints.insert(revision, endpoints);
-            let _ = reply.send(Ok(self.publish()));
+            let published = self.publish();
+            if let Some(reply) = reply {
+                let _ = reply.send(Ok(published));
+            }
             return;
         }
         self.draining.insert(revision.clone());
@@ -387,6 +488,18 @@ impl ControlPlane {
             })
             .collect();
         replace_if_changed(&self.desired_tx, desired);
+    }
+}
+
+/// The next value of `receiver`, or `None` once its sender is gone; never
+/// completes without a receiver.
+async fn changed<T: Clone>(receiver: &mut Option<watch::Receiver<T>>) -> Option<T> {
+    match receiver {
+        Some(receiver) => match receiver.changed().await {
+            Ok(()) => Some(receiver.borrow_and_update().clone()),
+            Err(_) => None,
+        },
+        None => std::future::pending().await,
     }
 }
 

@@ -2,7 +2,10 @@
 //!
 //! # Layout
 //! - `cli`: argument definitions.
-//! - `serve`: starts the admin API and the xDS server around one [`control::ControlPlane`].
+//! - `up`: the whole platform on one machine: control plane, local process
+//!   runtime, and an Envoy gateway (`gateway`) with the filter.
+//! - `serve`: starts the admin API, the xDS server, the activation service and
+//!   the autoscaler around one [`control::ControlPlane`].
 //! - `control`: the single owner of the applied world; turns every change into
 //!   a gateway plan, Envoy resources and an xDS snapshot.
 //! - `store`: the world persisted in an embedded database (redb).
@@ -10,19 +13,27 @@
 //! - `activation`: the service the gateway filter calls (metrics reports,
 //!   activation requests, readiness long-polls), over `readiness` (which
 //!   revisions each Envoy can serve) and `metrics` (reports summed per revision).
+//! - `autoscaling`: the KPA task: metric windows, deciders and scale-to-zero
+//!   rules per revision, driving the runtime; `views` shows its decisions as
+//!   Knative PodAutoscalers and ServerlessServices.
+//! - `autoscaler_cli`: `revgate autoscaler decide|simulate`, the KPA offline.
 //! - `manifests`: reading manifest files and directories in `kubectl apply -f` order.
 //! - `render`: configuration printed without a running control plane.
 //! - `table`: `kubectl get`-shaped tables.
 //!
-//! Pure logic lives in the `revgate-model` (Knative resources) and
-//! `revgate-xds` (Envoy translation and ADS) crates.
+//! Pure logic lives in the `revgate-model` (Knative resources),
+//! `revgate-xds` (Envoy translation and ADS) and `revgate-autoscaler` (the
+//! KPA) crates; `revgate-runtime` runs revisions.
 #![forbid(unsafe_code)]
 
 mod activation;
 mod admin;
+mod autoscaler_cli;
+mod autoscaling;
 mod cli;
 mod control;
 mod faults;
+mod gateway;
 mod manifests;
 mod metrics;
 mod readiness;
@@ -30,16 +41,18 @@ mod render;
 mod serve;
 mod store;
 mod table;
+mod up;
+mod views;
 
 use std::process::ExitCode;
 
 use clap::Parser;
 
-use crate::cli::{Cli, Command, RenderCommand};
+use crate::cli::{AutoscalerCommand, Cli, Command, RenderCommand};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(matches!(cli.command, Command::Serve(_)));
+    init_tracing(&cli.command);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -49,11 +62,14 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         match cli.command {
+            Command::Up(args) => up::run(args).await,
             Command::Serve(args) => serve::run(args).await,
             Command::Apply(args) => admin::client::apply(args, false).await,
             Command::Delete(args) => admin::client::apply(args, true).await,
             Command::Get(args) => admin::client::get(args).await,
             Command::Render(RenderCommand::Envoy(args)) => render::envoy(args),
+            Command::Autoscaler(AutoscalerCommand::Decide(args)) => autoscaler_cli::decide(args),
+            Command::Autoscaler(AutoscalerCommand::Simulate(args)) => autoscaler_cli::simulate(args),
         }
     });
     match result {
@@ -65,8 +81,12 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_tracing(server: bool) {
-    let default = if server { "info" } else { "warn" };
+fn init_tracing(command: &Command) {
+    // `up` talks to a person through its progress lines; its log is for problems.
+    let default = match command {
+        Command::Serve(_) => "info",
+        _ => "warn",
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_env("REVGATE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();

@@ -1,93 +1,235 @@
-//! `revgate serve`: the admin API and the xDS server around one control plane.
+//! The control plane's processes, started the same way by `revgate serve`
+//! and `revgate up`: the admin API, the xDS server, the activation service
+//! the gateway filter calls, and — with a runtime — the autoscaler that runs
+//! revisions.
+//!
+//! ```text
+//! admin API ─▶ ControlPlane ─▶ xDS ─▶ Envoy (filter) ─▶ activation service
+//!                  ▲                                         │ reports, activations
+//!                  │ ready endpoints                         ▼
+//!               Runtime ◀──────── scale(revision, n) ──── Autoscaler (KPA)
+//! ```
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context;
+use revgate_runtime::{ImageMap, ProcessConfig, ProcessRuntime, Runtime};
 use revgate_xds::FilterSettings;
 use revgate_xds::server::{SnapshotCache, XdsServer};
 use revgate_xds::translate::XdsSettings;
 use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
 
 use crate::activation::ActivationService;
 use crate::admin::server::{AdminState, is_loopback, router};
-use crate::cli::ServeArgs;
-use crate::control::ControlPlane;
+use crate::autoscaling::Autoscaler;
+use crate::cli::{RuntimeKind, ServeArgs};
+use crate::control::{ControlPlane, Handle};
 use crate::store::Store;
 
 const TOKEN_FILE: &str = "admin-token";
 
+/// Where instance logs go, below the state directory.
+pub const LOG_DIR: &str = "logs";
+
+/// `revgate serve`: runs until Ctrl-C or SIGTERM.
 pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
-    std::fs::create_dir_all(&args.state_dir)
-        .with_context(|| format!("creating the state directory {}", args.state_dir.display()))?;
-    let store = Store::open(&args.state_dir)?;
-    let token = admin_token(&args.state_dir)?;
-
-    let activation_listener = TcpListener::bind(args.activation_addr).await.with_context(|| {
-        format!(
-            "binding the activation service to {} (is the port in use? see --activation-addr)",
-            args.activation_addr
-        )
-    })?;
-    let filter = match &args.wasm_filter {
-        Some(path) => Some(filter_settings(path, activation_listener.local_addr()?, args.filter_config.as_deref())?),
-        None => None,
-    };
-
-    let cache = SnapshotCache::default();
-    let xds = XdsServer::new(cache.clone());
-    let settings = XdsSettings { listener_port: args.http_port, filter, ..XdsSettings::default() };
-    let (plane, handle) = ControlPlane::start(store, cache, settings, xds.status())?;
-    let activation = ActivationService::start(handle.plan(), handle.desired(), xds.subscribe_acks());
-
-    let xds_listener = TcpListener::bind(args.xds_addr)
-        .await
-        .with_context(|| format!("binding the xDS server to {} (is the port in use? see --xds-addr)", args.xds_addr))?;
-    let admin_listener = TcpListener::bind(args.admin_addr).await.with_context(|| {
-        format!("binding the admin API to {} (is the port in use? see --admin-addr)", args.admin_addr)
-    })?;
-    let admin_token = if is_loopback(&args.admin_addr) {
-        None
-    } else {
-        tracing::info!(file = %args.state_dir.join(TOKEN_FILE).display(), "admin API bound beyond loopback: bearer token required");
-        Some(token)
-    };
-    tracing::info!(
-        xds = %xds_listener.local_addr()?,
-        admin = %admin_listener.local_addr()?,
-        activation = %activation_listener.local_addr()?,
-        filter = ?args.wasm_filter,
-        state_dir = %args.state_dir.display(),
-        "revgate control plane serving"
-    );
-
-    let admin = router(AdminState {
-        control: handle,
-        activation: activation.clone(),
-        token: admin_token,
-        test_hooks: args.test_hooks,
-    });
-    let shutdown = shutdown_signal();
-    tokio::pin!(shutdown);
-
-    let plane_task = tokio::spawn(plane.run(activation.clone()));
-    let xds_task = tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(xds.into_service())
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(xds_listener)),
-    );
-    let admin_task = tokio::spawn(async move { axum::serve(admin_listener, admin).await });
-    let activation_task = tokio::spawn(async move { axum::serve(activation_listener, activation.router()).await });
-
-    tokio::select! {
-        () = &mut shutdown => tracing::info!("shutting down"),
-        result = xds_task => { result?.context("the xDS server stopped")?; }
-        result = admin_task => { result?.context("the admin API stopped")?; }
-        result = activation_task => { result?.context("the activation service stopped")?; }
-    }
-    plane_task.abort();
+    let server = Server::start(ServerConfig::from(&args)).await?;
+    server.run_until(shutdown_signal()).await?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Everything needed to start a control plane.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub xds_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub activation_addr: SocketAddr,
+    pub state_dir: PathBuf,
+    pub http_port: u16,
+    pub wasm_filter: Option<PathBuf>,
+    pub filter_config: Option<String>,
+    pub runtime: RuntimeKind,
+    pub images: Option<PathBuf>,
+    pub test_hooks: bool,
+}
+
+impl From<&ServeArgs> for ServerConfig {
+    fn from(args: &ServeArgs) -> Self {
+        Self {
+            xds_addr: args.xds_addr,
+            admin_addr: args.admin_addr,
+            activation_addr: args.activation_addr,
+            state_dir: args.state_dir.clone(),
+            http_port: args.http_port,
+            wasm_filter: args.wasm_filter.clone(),
+            filter_config: args.filter_config.clone(),
+            runtime: args.runtime,
+            images: args.images.clone(),
+            test_hooks: args.test_hooks,
+        }
+    }
+}
+
+/// A started control plane: every listener bound, every task running.
+#[derive(Debug)]
+pub struct Server {
+    pub handle: Handle,
+    pub xds_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub activation_addr: SocketAddr,
+    /// What the gateway filters report and which of them are in sync.
+    pub activation_service: ActivationService,
+    runtime: Option<Arc<dyn Runtime>>,
+    plane: JoinHandle<()>,
+    autoscaler: Option<JoinHandle<()>>,
+    xds: JoinHandle<Result<(), tonic::transport::Error>>,
+    admin: JoinHandle<std::io::Result<()>>,
+    activation: JoinHandle<std::io::Result<()>>,
+}
+
+impl Server {
+    /// Binds every listener (failing with the address and the flag to change
+    /// when one is taken) and starts serving.
+    pub async fn start(config: ServerConfig) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(&config.state_dir)
+            .with_context(|| format!("creating the state directory {}", config.state_dir.display()))?;
+        let store = Store::open(&config.state_dir)?;
+        let token = admin_token(&config.state_dir)?;
+
+        let activation_listener = bind(config.activation_addr, "the activation service", "--activation-addr").await?;
+        let xds_listener = bind(config.xds_addr, "the xDS server", "--xds-addr").await?;
+        let admin_listener = bind(config.admin_addr, "the admin API", "--admin-addr").await?;
+        let activation_addr = activation_listener.local_addr()?;
+        let filter = match &config.wasm_filter {
+            Some(path) => Some(filter_settings(path, activation_addr, config.filter_config.as_deref())?),
+            None => None,
+        };
+        let runtime: Option<Arc<dyn Runtime>> = match config.runtime {
+            RuntimeKind::External => None,
+            RuntimeKind::Process => {
+                let images = match &config.images {
+                    Some(path) => ImageMap::load(path)?,
+                    None => ImageMap::empty(),
+                };
+                let runtime = ProcessRuntime::start(ProcessConfig {
+                    images,
+                    log_dir: config.state_dir.join(LOG_DIR),
+                    ..ProcessConfig::default()
+                })?;
+                Some(Arc::new(runtime))
+            }
+        };
+
+        let cache = SnapshotCache::default();
+        let xds = XdsServer::new(cache.clone());
+        let settings = XdsSettings { listener_port: config.http_port, filter, ..XdsSettings::default() };
+        let (plane, handle) = ControlPlane::start(store, cache, settings, xds.status())?;
+        let activation = ActivationService::start(handle.plan(), handle.desired(), xds.subscribe_acks());
+
+        let (autoscaler, kpa) = match &runtime {
+            Some(runtime) => {
+                let (autoscaler, statuses) = Autoscaler::new(handle.clone(), activation.clone(), runtime.clone());
+                (Some(tokio::spawn(autoscaler.run())), Some(statuses))
+            }
+            None => (None, None),
+        };
+        let admin_token = if is_loopback(&config.admin_addr) {
+            None
+        } else {
+            tracing::info!(file = %config.state_dir.join(TOKEN_FILE).display(), "admin API bound beyond loopback: bearer token required");
+            Some(token)
+        };
+        let xds_addr = xds_listener.local_addr()?;
+        let admin_addr = admin_listener.local_addr()?;
+        tracing::info!(
+            xds = %xds_addr,
+            admin = %admin_addr,
+            activation = %activation_addr,
+            filter = ?config.wasm_filter,
+            runtime = ?config.runtime,
+            state_dir = %config.state_dir.display(),
+            "revgate control plane serving"
+        );
+
+        let admin = router(AdminState {
+            control: handle.clone(),
+            activation: activation.clone(),
+            kpa,
+            instances: runtime.as_ref().map(|runtime| runtime.states()),
+            token: admin_token,
+            test_hooks: config.test_hooks,
+        });
+        let states = runtime.as_ref().map(|runtime| runtime.states());
+        let plane = tokio::spawn(plane.run(activation.clone(), states));
+        let xds = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(xds.into_service())
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(xds_listener)),
+        );
+        let admin = tokio::spawn(async move { axum::serve(admin_listener, admin).await });
+        let activation_service = activation.clone();
+        let activation = tokio::spawn(async move { axum::serve(activation_listener, activation.router()).await });
+        Ok(Self {
+            handle,
+            xds_addr,
+            admin_addr,
+            activation_addr,
+            activation_service,
+            runtime,
+            plane,
+            autoscaler,
+            xds,
+            admin,
+            activation,
+        })
+    }
+
+    /// Serves until `shutdown` completes or a server fails, then stops every
+    /// revision instance the runtime started.
+    pub async fn run_until(mut self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let result = tokio::select! {
+            () = shutdown => {
+                tracing::info!("shutting down");
+                Ok(())
+            }
+            result = &mut self.xds => flatten(result).context("the xDS server stopped"),
+            result = &mut self.admin => flatten(result).context("the admin API stopped"),
+            result = &mut self.activation => flatten(result).context("the activation service stopped"),
+        };
+        self.stop().await;
+        result
+    }
+
+    /// Stops the autoscaler first (so nothing is scaled up again), then every
+    /// instance, then the servers.
+    pub async fn stop(&mut self) {
+        if let Some(autoscaler) = &self.autoscaler {
+            autoscaler.abort();
+        }
+        if let Some(runtime) = &self.runtime {
+            runtime.shutdown().await;
+        }
+        for task in [&self.xds.abort_handle(), &self.admin.abort_handle(), &self.activation.abort_handle()] {
+            task.abort();
+        }
+        self.plane.abort();
+    }
+}
+
+fn flatten<E: std::error::Error + Send + Sync + 'static>(
+    result: Result<Result<(), E>, tokio::task::JoinError>,
+) -> anyhow::Result<()> {
+    Ok(result??)
+}
+
+async fn bind(addr: SocketAddr, what: &str, flag: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr).await.with_context(|| {
+        format!("binding {what} to {addr} (is the port in use, perhaps by another revgate? choose another with {flag})")
+    })
 }
 
 /// The gateway filter's settings: its code, where it reaches the activation
@@ -147,7 +289,8 @@ fn write_private(path: &Path, content: &str) -> std::io::Result<()> {
     std::fs::write(path, content)
 }
 
-async fn shutdown_signal() {
+/// Completes on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
     let ctrl_c = async {
         if let Err(e) = tokio::signal::ctrl_c().await {
             tracing::warn!(error = %e, "cannot listen for Ctrl-C");

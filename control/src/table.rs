@@ -53,6 +53,22 @@ fn columns(kind: GetKind) -> &'static [(&'static str, Column)] {
             ("ACTIVATIONS", Column::Path(&["activations"])),
             ("REPORTERS", Column::Path(&["reporters"])),
         ],
+        // Knative's printer columns for PodAutoscaler and ServerlessService;
+        // SKS shows the gateway's endpoints and held requests where Knative
+        // shows activators and Kubernetes services.
+        GetKind::Kpa => &[
+            ("DESIREDSCALE", Column::Path(&["status", "desiredScale"])),
+            ("ACTUALSCALE", Column::Path(&["status", "actualScale"])),
+            ("READY", READY),
+            ("REASON", REASON),
+        ],
+        GetKind::Sks => &[
+            ("MODE", Column::Path(&["spec", "mode"])),
+            ("ENDPOINTS", Column::Path(&["status", "endpoints"])),
+            ("HELD", Column::Path(&["status", "heldRequests"])),
+            ("READY", READY),
+            ("REASON", REASON),
+        ],
         GetKind::Gateway => &[],
     }
 }

@@ -204,6 +204,8 @@ impl Revgate {
         let mut command = Command::new(revgate_bin());
         command
             .args(["serve", "--admin-addr", &admin_addr.to_string(), "--xds-addr", &xds_addr.to_string()])
+            // These tests run the backends themselves and register their endpoints.
+            .args(["--runtime", "external"])
             .args(["--http-port", &http_port.to_string(), "--state-dir"])
             .arg(state_dir)
             .args(extra)
@@ -501,4 +503,150 @@ impl Drop for Backend {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// An example app's binary (`examples/<name>`), built on first use into the
+/// same target directory as `revgate`.
+pub fn example_bin(name: &str) -> PathBuf {
+    static BUILT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let path = revgate_bin().with_file_name(name);
+    let _guard = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if !path.exists() {
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let out = Command::new(cargo)
+            .args(["build", "--quiet", "-p", name])
+            .current_dir(repo_root())
+            .output()
+            .expect("running cargo build");
+        assert!(out.status.success(), "building examples/{name} failed:\n{}", stderr(&out));
+    }
+    assert!(path.exists(), "examples/{name} was built but {} is missing", path.display());
+    path
+}
+
+/// `revgate up` on loopback ports of its own, with the example images
+/// mapped to the example apps built from this repository.
+#[derive(Debug)]
+pub struct Up {
+    pub process: Process,
+    pub dir: PathBuf,
+    pub admin_port: u16,
+    pub http_port: u16,
+    http: reqwest::Client,
+}
+
+impl Up {
+    /// Starts `revgate up -f <manifests>` and waits until it printed its URLs.
+    pub async fn start(dir: &Path, manifests: &str) -> Self {
+        let images = dir.join("images.yaml");
+        std::fs::write(
+            &images,
+            format!(
+                "ghcr.io/knative/autoscale-go: {:?}\nghcr.io/knative/helloworld-go: {:?}\n",
+                example_bin("autoscale"),
+                example_bin("helloworld")
+            ),
+        )
+        .expect("writing the image map");
+        let manifest = dir.join("manifests.yaml");
+        std::fs::write(&manifest, manifests).expect("writing the manifests");
+        let (http_port, admin_port) = (free_port(), free_port());
+        let mut command = Command::new(revgate_bin());
+        command
+            .arg("up")
+            .arg("-f")
+            .arg(&manifest)
+            .arg("--images")
+            .arg(&images)
+            .arg("--state-dir")
+            .arg(dir.join("state"))
+            .args(["--http-port", &http_port.to_string(), "--admin-port", &admin_port.to_string()])
+            .args(["--xds-port", &free_port().to_string(), "--activation-port", &free_port().to_string()])
+            .args(["--envoy-admin-port", &free_port().to_string(), "--envoy-concurrency", "2"])
+            .arg("--envoy")
+            .arg(envoy_bin())
+            .arg("--wasm-filter")
+            .arg(filter_wasm())
+            .env("REVGATE_LOG", "info");
+        let process = Process::spawn("revgate up", command, dir.join("up.log"));
+        let mut up = Self { process, dir: dir.to_owned(), admin_port, http_port, http: reqwest::Client::new() };
+        let log = up.process.log.clone();
+        let started = Instant::now();
+        loop {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if text.contains("Press Ctrl-C to stop") {
+                break;
+            }
+            assert!(up.process.is_running(), "revgate up exited:\n{text}");
+            assert!(started.elapsed() < DEADLINE, "revgate up did not get ready in {DEADLINE:?}:\n{text}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        up
+    }
+
+    pub fn log(&self) -> String {
+        self.process.log()
+    }
+
+    /// A client for requests through the gateway.
+    pub fn client(&self) -> GatewayClient {
+        GatewayClient {
+            http: reqwest::Client::builder().timeout(Duration::from_secs(60)).build().expect("HTTP client"),
+            port: self.http_port,
+        }
+    }
+
+    pub async fn get_json(&self, path: &str) -> Value {
+        let url = format!("http://127.0.0.1:{}{path}", self.admin_port);
+        let response = self.http.get(url).send().await.expect("admin API");
+        response.json().await.expect("admin API JSON")
+    }
+
+    /// The runtime's view of a revision (`GET /v1/instances`).
+    pub async fn instances(&self, revision: &str) -> Value {
+        let rows = self.get_json(&format!("/v1/instances?namespace=default&name={revision}")).await;
+        rows.as_array().and_then(|rows| rows.first()).cloned().unwrap_or(Value::Null)
+    }
+
+    /// How many instances of `revision` are ready.
+    pub async fn ready(&self, revision: &str) -> usize {
+        self.instances(revision).await.get("ready").and_then(Value::as_array).map_or(0, Vec::len)
+    }
+
+    /// The PodAutoscaler of `revision`.
+    pub async fn kpa(&self, revision: &str) -> Value {
+        let rows = self.get_json(&format!("/v1/podautoscalers?namespace=default&name={revision}")).await;
+        rows.as_array().and_then(|rows| rows.first()).cloned().unwrap_or(Value::Null)
+    }
+
+    /// Runs the `revgate` CLI against this control plane.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(revgate_bin())
+            .args(args)
+            .env("REVGATE_SERVER", format!("http://127.0.0.1:{}", self.admin_port))
+            .env_remove("REVGATE_TOKEN")
+            .output()
+            .expect("running the revgate CLI")
+    }
+
+    /// Sends SIGINT, as Ctrl-C does, and waits for `revgate up` to exit.
+    pub async fn interrupt(&mut self) -> std::process::ExitStatus {
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.process.child.id()).expect("pid"));
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).expect("sending SIGINT");
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.process.child.try_wait().expect("waiting for revgate up") {
+                return status;
+            }
+            assert!(started.elapsed() < Duration::from_secs(60), "revgate up did not stop within 60 s of Ctrl-C");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// Whether a process with this pid exists (and is not a zombie).
+pub fn alive(pid: i32) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The state follows the parenthesised command name.
+    !stat.is_empty() && !stat.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z'))
 }

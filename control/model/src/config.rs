@@ -7,6 +7,7 @@
 //! | `config-network` | `domain-template`, `tag-template` | `{{.Name}}.{{.Namespace}}.{{.Domain}}`, `{{.Tag}}-{{.Name}}` |
 //! | `config-features` | `tag-header-based-routing` (`Enabled`/`Disabled`) | `Disabled` |
 //! | `config-defaults` | `revision-timeout-seconds`, `max-revision-timeout-seconds`, `revision-response-start-timeout-seconds`, `revision-idle-timeout-seconds`, `container-concurrency`, `container-concurrency-max-limit` | 300, 600, 300, 0, 0, 1000 |
+//! | `config-autoscaler` | `container-concurrency-target-percentage`, `container-concurrency-target-default`, `requests-per-second-target-default`, `target-burst-capacity`, `stable-window`, `panic-window-percentage`, `panic-threshold-percentage`, `max-scale-up-rate`, `max-scale-down-rate`, `enable-scale-to-zero`, `scale-to-zero-grace-period`, `scale-to-zero-pod-retention-period`, `activator-capacity`, `initial-scale`, `allow-zero-initial-scale`, `min-scale`, `max-scale`, `scale-down-delay`, `max-scale-limit`, `pod-autoscaler-class` | 70, 100, 200, 211, 60s, 10, 200, 1000, 2, true, 30s, 0s, 100, 1, false, 0, 0, 0s, 0, `kpa.autoscaling.knative.dev` (see [`crate::autoscaling`]) |
 //!
 //! Other keys are ignored, as Knative ignores keys it does not know (and
 //! revgate does not use every key Knative does). Values are validated when
@@ -16,6 +17,7 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
+use crate::autoscaling::{AUTOSCALER_CONFIG_MAP, AutoscalerConfig};
 use crate::meta::SYSTEM_NAMESPACE;
 use crate::names::{HostTemplate, TemplateVar};
 use crate::resources::ConfigMap;
@@ -30,12 +32,13 @@ pub const DEFAULT_DOMAIN_TEMPLATE: &str = "{{.Name}}.{{.Namespace}}.{{.Domain}}"
 pub const DEFAULT_TAG_TEMPLATE: &str = "{{.Tag}}-{{.Name}}";
 
 /// Everything configurable, with Knative's defaults.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Settings {
     pub domain: DomainSettings,
     pub network: NetworkSettings,
     pub features: FeatureSettings,
     pub defaults: RevisionDefaults,
+    pub autoscaler: AutoscalerConfig,
 }
 
 /// A problem with one key of a ConfigMap.
@@ -46,7 +49,7 @@ pub struct ConfigError {
 }
 
 impl ConfigError {
-    fn new(key: &str, message: impl Into<String>) -> Self {
+    pub(crate) fn new(key: &str, message: impl Into<String>) -> Self {
         Self { key: key.to_string(), message: message.into() }
     }
 }
@@ -75,6 +78,7 @@ impl Settings {
             NETWORK_CONFIG_MAP => self.network = NetworkSettings::parse(data)?,
             FEATURES_CONFIG_MAP => self.features = FeatureSettings::parse(data)?,
             DEFAULTS_CONFIG_MAP => self.defaults = RevisionDefaults::parse(data)?,
+            AUTOSCALER_CONFIG_MAP => self.autoscaler = AutoscalerConfig::parse(data)?,
             _ => {}
         }
         Ok(())
@@ -399,6 +403,7 @@ mod tests {
             (DEFAULTS_CONFIG_MAP, &[("revision-timeout-seconds", "ten")][..], "revision-timeout-seconds"),
             (DEFAULTS_CONFIG_MAP, &[("revision-timeout-seconds", "900")][..], "revision-timeout-seconds"),
             (DEFAULTS_CONFIG_MAP, &[("container-concurrency", "2000")][..], "container-concurrency"),
+            (AUTOSCALER_CONFIG_MAP, &[("stable-window", "5s")][..], "stable-window"),
         ] {
             let errors = Settings::check(&map(name, data)).expect_err(key);
             assert_eq!(errors[0].key, key, "{errors:?}");

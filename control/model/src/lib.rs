@@ -9,6 +9,8 @@
 //!   fields each kind declares, so unknown fields are rejected).
 //! - [`resources`], [`meta`]: the Knative object types.
 //! - [`config`]: the `knative-serving` ConfigMaps as typed [`config::Settings`].
+//! - [`autoscaling`]: `config-autoscaler` and the `autoscaling.knative.dev/*` annotations,
+//!   validated and resolved per revision ([`autoscaling::RevisionScaling`]).
 //! - [`validation`]: defaulting and validation, as Knative's webhooks do them.
 //! - [`names`]: every derived name: revisions, children, hosts.
 //! - [`world`]: the applied state; `apply` and `delete` return a new [`world::World`].
@@ -16,6 +18,7 @@
 //! - [`plan`]: the contract with the gateway translations.
 //! - [`error`]: [`error::FieldError`], [`error::ManifestError`], [`error::ApplyError`].
 
+pub mod autoscaling;
 pub mod config;
 pub mod error;
 pub mod manifest;

@@ -5,6 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use crate::autoscaling;
 use crate::config::Settings;
 use crate::meta::{ENDPOINTS_ANNOTATION, ObjectMeta};
 use crate::names::{self, RouteNaming};
@@ -98,7 +99,8 @@ pub fn check_dns1123(value: &str) -> Result<(), String> {
     }
 }
 
-/// `metadata.name` and `metadata.namespace`.
+/// `metadata` of a Service, Configuration or Route: the name, the
+/// namespace, and no autoscaling annotations (they belong on the template).
 pub fn validate_metadata(meta: &ObjectMeta, problems: &mut Problems) {
     if let Err(e) = check_dns1035(&meta.name) {
         push(problems, "metadata.name", e);
@@ -106,6 +108,7 @@ pub fn validate_metadata(meta: &ObjectMeta, problems: &mut Problems) {
     if let Err(e) = check_dns1123(&meta.namespace) {
         push(problems, "metadata.namespace", e);
     }
+    problems.extend(autoscaling::validate_no_annotations(&meta.annotations, "metadata.annotations"));
 }
 
 /// `spec.template` of a Service or Configuration named `owner`.
@@ -124,6 +127,11 @@ pub fn validate_template(template: &RevisionTemplate, owner: &str, settings: &Se
     {
         push(problems, format!("{META}.annotations[{ENDPOINTS_ANNOTATION}]"), e);
     }
+    problems.extend(autoscaling::validate_annotations(
+        &template.metadata.annotations,
+        &settings.autoscaler,
+        &format!("{META}.annotations"),
+    ));
 
     let spec = &template.spec;
     if spec.containers.is_empty() {

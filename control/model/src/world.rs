@@ -14,6 +14,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::autoscaling::RevisionScaling;
 use crate::config::Settings;
 use crate::error::{ApplyError, FieldError};
 use crate::manifest::{Document, Resource, SourceRef};
@@ -211,6 +212,23 @@ impl World {
     /// Settings from the `knative-serving` ConfigMaps, with Knative's defaults.
     pub fn settings(&self) -> Settings {
         Settings::from_config_maps(self.config_maps.values())
+    }
+
+    /// How a revision scales: its autoscaling annotations over
+    /// `config-autoscaler`, with its `containerConcurrency` (defaulted from
+    /// `config-defaults` when the template left it out). `None` if no such
+    /// revision exists. Settings are read now, so a changed ConfigMap applies
+    /// to existing revisions, as in Knative.
+    pub fn revision_scaling(&self, revision: &ObjectKey) -> Option<RevisionScaling> {
+        let revision = self.revisions.get(revision)?;
+        let settings = self.settings();
+        let container_concurrency =
+            revision.spec.container_concurrency.unwrap_or(settings.defaults.container_concurrency);
+        Some(RevisionScaling::resolve(
+            &revision.metadata.annotations,
+            u32::try_from(container_concurrency).unwrap_or(0),
+            &settings.autoscaler,
+        ))
     }
 
     /// The revisions a Configuration created, oldest first.

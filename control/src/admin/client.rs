@@ -88,6 +88,8 @@ pub async fn get(args: GetArgs) -> anyhow::Result<ExitCode> {
         GetKind::Revision => "/v1/revisions",
         GetKind::Gateway => "/v1/gateway",
         GetKind::Activity => "/v1/activity",
+        GetKind::Kpa => "/v1/podautoscalers",
+        GetKind::Sks => "/v1/serverlessservices",
     };
     let mut query: Vec<(&str, &str)> = Vec::new();
     if !args.all_namespaces && args.kind != GetKind::Gateway {
@@ -136,5 +138,7 @@ fn kind_name(kind: GetKind) -> &'static str {
         GetKind::Revision => "revisions.serving.knative.dev",
         GetKind::Gateway => "gateway",
         GetKind::Activity => "activity",
+        GetKind::Kpa => "podautoscalers.autoscaling.internal.knative.dev",
+        GetKind::Sks => "serverlessservices.networking.internal.knative.dev",
     }
 }

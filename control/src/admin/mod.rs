@@ -6,6 +6,10 @@
 //! | POST | `/v1/apply`, `/v1/delete` | `{"files":[{"name","content"}]}` | 200 [`Applied`](crate::control::Applied); 422 `{"errors":[…]}` |
 //! | GET | `/v1/services`, `/v1/configurations`, `/v1/routes`, `/v1/revisions` | `?namespace=&name=` | objects with status |
 //! | GET | `/v1/gateway` | | published versions and each gateway's ACK/NACK state |
+//! | GET | `/v1/activity` | `?namespace=&name=` | per revision: what the gateway filters report |
+//! | GET | `/v1/podautoscalers`, `/v1/serverlessservices` | `?namespace=&name=` | the KPA's decisions; whether the gateway holds each revision's requests |
+//! | GET | `/v1/instances` | `?namespace=&name=` | the runtime's instances of each revision |
+//! | PUT | `/v1/revisions/{ns}/{name}/endpoints` | `{"endpoints":["host:port",…]}` | only with `serve --runtime external` (409 otherwise) |
 //! | PUT | `/v1/debug/fault` | `{"fault": "duplicate-domain" \| null}` | only with test hooks |
 //! | GET | `/healthz` | | `ok` |
 //!

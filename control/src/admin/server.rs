@@ -13,14 +13,20 @@ use serde::{Deserialize, Serialize};
 
 use super::{ApplyRequest, ErrorBody};
 use crate::activation::{ActivationService, RevisionActivity};
-use crate::control::{ControlError, Handle};
+use crate::autoscaling::KpaStatuses;
+use crate::control::{ControlError, Handle, RuntimeStates};
 use crate::faults::Fault;
+use crate::views;
 
 /// What the admin API serves from.
 #[derive(Debug, Clone)]
 pub struct AdminState {
     pub control: Handle,
     pub activation: ActivationService,
+    /// The KPA's statuses, when revgate runs the revisions.
+    pub kpa: Option<KpaStatuses>,
+    /// The runtime's instances, when revgate runs the revisions.
+    pub instances: Option<RuntimeStates>,
     /// Required bearer token, when the API is bound beyond loopback.
     pub token: Option<String>,
     pub test_hooks: bool,
@@ -36,6 +42,9 @@ pub fn router(state: AdminState) -> Router {
         .route("/v1/revisions", get(revisions))
         .route("/v1/gateway", get(gateway))
         .route("/v1/activity", get(activity))
+        .route("/v1/podautoscalers", get(pod_autoscalers))
+        .route("/v1/instances", get(instances))
+        .route("/v1/serverlessservices", get(serverless_services))
         .route("/v1/revisions/{namespace}/{name}/endpoints", put(set_endpoints));
     if state.test_hooks {
         v1 = v1.route("/v1/debug/fault", put(set_fault));
@@ -75,6 +84,7 @@ fn control_error(e: ControlError) -> Response {
         }
         ControlError::Store(e) => error(StatusCode::INTERNAL_SERVER_ERROR, vec![e.to_string()]),
         ControlError::NotFound(_) => error(StatusCode::NOT_FOUND, vec![e.to_string()]),
+        ControlError::Conflict(_) => error(StatusCode::CONFLICT, vec![e.to_string()]),
         ControlError::ShuttingDown => error(StatusCode::SERVICE_UNAVAILABLE, vec![e.to_string()]),
     }
 }
@@ -129,7 +139,23 @@ async fn routes(State(state): State<AdminState>, Query(filter): Query<Filter>) -
 
 async fn revisions(State(state): State<AdminState>, Query(filter): Query<Filter>) -> Response {
     let world = state.control.world();
-    list(&filter, world.revision_views(&state.control.observed()), |o| o.metadata.key())
+    let states = state.instances.as_ref().map(|states| states.borrow().clone()).unwrap_or_default();
+    let views: Vec<serde_json::Value> = world
+        .revision_views(&state.control.observed())
+        .into_iter()
+        .filter(|revision| filter.keeps(&revision.metadata.key()))
+        .map(|revision| {
+            let runtime = states.get(&revision.metadata.key());
+            let mut view = serde_json::to_value(revision).unwrap_or_default();
+            // Knative's replica counts, from the runtime that runs the revision.
+            if let (Some(runtime), Some(status)) = (runtime, view.get_mut("status")) {
+                status["actualReplicas"] = serde_json::json!(runtime.ready.len());
+                status["desiredReplicas"] = serde_json::json!(runtime.desired);
+            }
+            view
+        })
+        .collect();
+    Json(views).into_response()
 }
 
 /// Body of `/v1/gateway`.
@@ -202,6 +228,51 @@ async fn activity(State(state): State<AdminState>, Query(filter): Query<Filter>)
         .into_iter()
         .filter(|(key, _)| filter.keeps(key))
         .map(|(key, activity)| ActivityView { metadata: key, activity })
+        .collect();
+    Json(rows).into_response()
+}
+
+async fn pod_autoscalers(State(state): State<AdminState>, Query(filter): Query<Filter>) -> Response {
+    let statuses = state.kpa.as_ref().map(|kpa| kpa.borrow().clone()).unwrap_or_default();
+    let objects: Vec<serde_json::Value> = statuses
+        .iter()
+        .filter(|(key, _)| filter.keeps(key))
+        .map(|(key, status)| views::pod_autoscaler(key, status))
+        .collect();
+    Json(objects).into_response()
+}
+
+async fn serverless_services(State(state): State<AdminState>, Query(filter): Query<Filter>) -> Response {
+    let world = state.control.world();
+    let desired = state.control.desired().borrow().clone();
+    let activity = state.activation.activity();
+    let objects: Vec<serde_json::Value> = world
+        .revisions
+        .keys()
+        .filter(|key| filter.keeps(key))
+        .map(|key| {
+            let endpoints = desired.get(key).copied().unwrap_or(0);
+            let held = activity.get(key).map_or(0, |a| a.totals.held);
+            views::serverless_service(key, endpoints, held)
+        })
+        .collect();
+    Json(objects).into_response()
+}
+
+/// One row of `GET /v1/instances`: what the runtime runs for a revision.
+#[derive(Debug, Serialize)]
+pub struct InstancesView {
+    pub metadata: ObjectKey,
+    #[serde(flatten)]
+    pub state: revgate_runtime::RevisionState,
+}
+
+async fn instances(State(state): State<AdminState>, Query(filter): Query<Filter>) -> Response {
+    let states = state.instances.as_ref().map(|states| states.borrow().clone()).unwrap_or_default();
+    let rows: Vec<InstancesView> = states
+        .iter()
+        .filter(|(key, _)| filter.keeps(key))
+        .map(|(key, state)| InstancesView { metadata: key.clone(), state: state.clone() })
         .collect();
     Json(rows).into_response()
 }

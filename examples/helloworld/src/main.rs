@@ -1,6 +1,7 @@
 //! Knative's hello-world sample app: answers `Hello <TARGET>!` on `$PORT`
 //! (default 8080). `K_REVISION`, when set, is added so a reader can see which
-//! revision answered a split.
+//! revision answered a split. On SIGTERM (or Ctrl-C) it stops accepting,
+//! finishes the requests in flight, and exits 0.
 
 use std::net::SocketAddr;
 
@@ -20,5 +21,23 @@ async fn main() -> std::io::Result<()> {
     });
     let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], port))).await?;
     eprintln!("helloworld: listening on {}", listener.local_addr()?);
-    axum::serve(listener, app).await
+    axum::serve(listener, app).with_graceful_shutdown(terminated()).await
+}
+
+/// Resolves on SIGTERM (how Kubernetes and revgate stop an instance) or Ctrl-C.
+async fn terminated() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(e) => {
+            eprintln!("helloworld: cannot listen for SIGTERM ({e}); stop with Ctrl-C");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+    eprintln!("helloworld: shutting down after the requests in flight");
 }

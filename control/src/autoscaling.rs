@@ -1,0 +1,409 @@
+//! The autoscaler: Knative's KPA (`revgate-autoscaler`) driving a runtime.
+//!
+//! One task owns a [`RevisionAutoscaler`] per revision the runtime runs
+//! (revisions with static `revgate.dev/endpoints` run elsewhere and are left
+//! alone). Like Knative's collector, it records the gateways' reported totals
+//! into each revision's metric windows every second; like Knative's
+//! multiscaler, it runs every decider every 2 s and applies the result
+//! through the scale-to-zero rules to the runtime. An activation request (a
+//! request held for a revision at zero) records that demand and decides for
+//! the revision at once — Knative's "poke" — so a cold start does not wait
+//! for the next tick.
+//!
+//! ```text
+//! activation service ──totals (1 s)──▶ windows ──(2 s tick | poke)──▶ Decider ─▶ Scaler ─▶ Runtime::scale
+//! ```
+//!
+//! The statuses it publishes are shown as Knative PodAutoscalers
+//! (`revgate get kpa`).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use revgate_autoscaler::{Algorithm, Decider, DeciderSpec, Recommendation, RevisionWindows, Scaler, ScalerSpec};
+use revgate_model::World;
+use revgate_model::autoscaling::{Aggregation, Metric, RevisionScaling};
+use revgate_model::meta::ENDPOINTS_ANNOTATION;
+use revgate_model::plan::{GatewayPlan, ObjectKey};
+use revgate_runtime::{Runtime, Workload};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{broadcast, watch};
+use tokio::time::{Instant, MissedTickBehavior};
+
+use crate::activation::{Activation, ActivationService};
+use crate::control::Handle;
+
+/// Knative's bucket size: the collector records one stat per second.
+const COLLECT_INTERVAL: Duration = Duration::from_secs(1);
+/// Knative's multiscaler tick.
+const TICK_INTERVAL: Duration = Duration::from_secs(2);
+
+/// What the KPA decided for one revision, shown as a PodAutoscaler.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KpaStatus {
+    pub configuration: String,
+    pub service: Option<String>,
+    pub metric: String,
+    /// Per-instance target of the metric.
+    pub target: f64,
+    pub reachable: bool,
+    /// The scale the KPA wants; `None` before any metric arrived.
+    pub desired_scale: Option<i64>,
+    /// Ready instances.
+    pub actual_scale: u32,
+    /// Instances the runtime was asked for.
+    pub requested_scale: Option<u32>,
+    pub observed_stable_value: f64,
+    pub observed_panic_value: f64,
+    pub panicking: bool,
+    pub excess_burst_capacity: i64,
+    /// Knative's `Active` condition: `True`, `False` or `Unknown`.
+    pub active: String,
+    pub reason: Option<String>,
+    pub message: Option<String>,
+}
+
+/// Readers of the KPA statuses.
+pub type KpaStatuses = watch::Receiver<Arc<BTreeMap<ObjectKey, KpaStatus>>>;
+
+/// The KPA of one revision.
+#[derive(Debug)]
+struct RevisionAutoscaler {
+    workload: Workload,
+    scaling: RevisionScaling,
+    reachable: bool,
+    windows: RevisionWindows,
+    decider: Decider,
+    /// The decider's latest valid recommendation (a tick without metrics
+    /// keeps the previous one, as Knative's PodAutoscaler status does).
+    recommendation: Recommendation,
+    scaler: Scaler,
+    requested: Option<u32>,
+    status: KpaStatus,
+}
+
+/// The task that owns every revision's KPA.
+#[derive(Debug)]
+pub struct Autoscaler {
+    control: Handle,
+    activation: ActivationService,
+    runtime: Arc<dyn Runtime>,
+    revisions: BTreeMap<ObjectKey, RevisionAutoscaler>,
+    statuses: watch::Sender<Arc<BTreeMap<ObjectKey, KpaStatus>>>,
+    epoch: Instant,
+}
+
+impl Autoscaler {
+    pub fn new(control: Handle, activation: ActivationService, runtime: Arc<dyn Runtime>) -> (Self, KpaStatuses) {
+        let (statuses, readers) = watch::channel(Arc::new(BTreeMap::new()));
+        let autoscaler =
+            Self { control, activation, runtime, revisions: BTreeMap::new(), statuses, epoch: Instant::now() };
+        (autoscaler, readers)
+    }
+
+    /// Milliseconds since the autoscaler started: the deciders' clock.
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    pub async fn run(mut self) {
+        let mut world = self.control.world_updates();
+        let mut plan = self.control.plan();
+        let mut states = self.runtime.states();
+        let mut activations = self.activation.subscribe_activations();
+        let mut collect = tokio::time::interval(COLLECT_INTERVAL);
+        let mut tick = tokio::time::interval(TICK_INTERVAL);
+        collect.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        self.sync(&world.borrow_and_update().clone(), &plan.borrow_and_update().clone());
+        loop {
+            tokio::select! {
+                _ = collect.tick() => self.collect(),
+                _ = tick.tick() => {
+                    let held = self.held_revisions();
+                    let keys: Vec<ObjectKey> = self.revisions.keys().cloned().collect();
+                    for key in keys {
+                        let requests_held = held.contains(&key);
+                        self.decide(&key, requests_held);
+                    }
+                    self.publish();
+                }
+                changed = world.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    self.sync(&world.borrow_and_update().clone(), &plan.borrow().clone());
+                }
+                changed = plan.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    self.sync(&world.borrow().clone(), &plan.borrow_and_update().clone());
+                }
+                changed = states.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    states.borrow_and_update();
+                    self.refresh_actual();
+                    self.publish();
+                }
+                activation = activations.recv() => match activation {
+                    Ok(activation) => self.poke(&activation),
+                    Err(broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(broadcast::error::RecvError::Closed) => return,
+                },
+            }
+        }
+    }
+
+    /// Follows the applied world: a KPA per runtime-run revision, with specs
+    /// from its annotations and `config-autoscaler`; deleted revisions are
+    /// removed from the runtime.
+    fn sync(&mut self, world: &World, plan: &GatewayPlan) {
+        let now = self.now_ms();
+        let routed: Vec<&ObjectKey> = plan
+            .routes
+            .iter()
+            .flat_map(|route| route.splits.iter().map(|s| &s.revision).chain(route.tags.iter().map(|t| &t.revision)))
+            .collect();
+        let runs_here = |key: &ObjectKey| {
+            world.revisions.get(key).is_some_and(|r| !r.metadata.annotations.contains_key(ENDPOINTS_ANNOTATION))
+        };
+        let gone: Vec<ObjectKey> = self.revisions.keys().filter(|key| !runs_here(key)).cloned().collect();
+        for key in gone {
+            tracing::info!(revision = %key, "revision deleted: stopping its instances");
+            self.revisions.remove(&key);
+            self.runtime.remove(&key);
+        }
+        for (key, revision) in &world.revisions {
+            if !runs_here(key) {
+                continue;
+            }
+            let Some(scaling) = world.revision_scaling(key) else { continue };
+            let reachable = routed.contains(&key);
+            match self.revisions.get_mut(key) {
+                Some(existing) => existing.update(scaling, reachable),
+                None => {
+                    let workload = Workload {
+                        key: key.clone(),
+                        service: revision.metadata.labels.get("serving.knative.dev/service").cloned(),
+                        configuration: revision
+                            .metadata
+                            .labels
+                            .get("serving.knative.dev/configuration")
+                            .cloned()
+                            .unwrap_or_default(),
+                        spec: revision.spec.clone(),
+                    };
+                    let ready = self.ready(key);
+                    let mut created = RevisionAutoscaler::new(workload, scaling, reachable, ready, now);
+                    // A new revision starts at its initial scale, as Knative
+                    // creates the Deployment with that many replicas.
+                    let initial = created.scaler.spec().effective_initial_scale();
+                    created.request(&*self.runtime, initial);
+                    self.revisions.insert(key.clone(), created);
+                }
+            }
+        }
+        self.publish();
+    }
+
+    fn ready(&self, key: &ObjectKey) -> u32 {
+        let states = self.runtime.states();
+        let states = states.borrow();
+        states.get(key).map_or(0, |s| u32::try_from(s.ready.len()).unwrap_or(u32::MAX))
+    }
+
+    /// Records each revision's current totals (zero when nothing was reported).
+    fn collect(&mut self) {
+        let now = self.now_ms();
+        let activity = self.activation.activity();
+        for (key, revision) in &mut self.revisions {
+            let totals = activity.get(key).map(|a| &a.totals);
+            let concurrency = totals.map_or(0.0, |t| t.concurrency + t.held_concurrency);
+            let rps = totals.map_or(0.0, |t| t.rps);
+            revision.windows.record(now, concurrency, rps);
+        }
+    }
+
+    /// Revisions whose requests the gateways hold right now.
+    fn held_revisions(&self) -> Vec<ObjectKey> {
+        self.activation.activity().into_iter().filter(|(_, a)| a.totals.held > 0).map(|(key, _)| key).collect()
+    }
+
+    /// Knative's poke: a request held for a revision at zero is decided on
+    /// at once. The held request itself counts as demand (the scaler brings
+    /// the revision to at least one instance); the gateways' next reports
+    /// carry it into the metric windows.
+    fn poke(&mut self, activation: &Activation) {
+        let Some(revision) = self.revisions.get(&activation.revision) else { return };
+        if revision.requested.unwrap_or(0) == 0 || revision.recommendation.desired <= 0 {
+            tracing::info!(revision = %activation.revision, held = activation.held, "activation: deciding now");
+            self.decide(&activation.revision.clone(), true);
+            self.publish();
+        }
+    }
+
+    fn decide(&mut self, key: &ObjectKey, requests_held: bool) {
+        let now = self.now_ms();
+        let ready = self.ready(key);
+        if let Some(revision) = self.revisions.get_mut(key) {
+            revision.decide(now, ready, requests_held, &*self.runtime);
+        }
+    }
+
+    fn refresh_actual(&mut self) {
+        let states = self.runtime.states();
+        let states = states.borrow();
+        for (key, revision) in &mut self.revisions {
+            let state = states.get(key);
+            revision.status.actual_scale = state.map_or(0, |s| u32::try_from(s.ready.len()).unwrap_or(u32::MAX));
+        }
+    }
+
+    fn publish(&self) {
+        let statuses: BTreeMap<ObjectKey, KpaStatus> =
+            self.revisions.iter().map(|(key, revision)| (key.clone(), revision.status.clone())).collect();
+        self.statuses.send_if_modified(|current| {
+            let changed = **current != statuses;
+            if changed {
+                *current = Arc::new(statuses);
+            }
+            changed
+        });
+    }
+}
+
+impl RevisionAutoscaler {
+    fn new(workload: Workload, scaling: RevisionScaling, reachable: bool, ready: u32, now_ms: u64) -> Self {
+        let windows = windows(&scaling);
+        let spec = decider_spec(&scaling, reachable);
+        let recommendation = Recommendation::before_first_tick(&spec, scaling.initial_scale);
+        let decider = Decider::new(spec, ready, now_ms);
+        let scaler = Scaler::new(scaler_spec(&scaling, reachable), now_ms);
+        let status = KpaStatus {
+            configuration: workload.configuration.clone(),
+            service: workload.service.clone(),
+            metric: metric_name(scaling.metric).to_owned(),
+            target: scaling.target,
+            reachable,
+            actual_scale: ready,
+            active: "Unknown".to_owned(),
+            ..KpaStatus::default()
+        };
+        Self { workload, scaling, reachable, windows, decider, recommendation, scaler, requested: None, status }
+    }
+
+    /// Takes new settings (a changed `config-autoscaler`, or a route change
+    /// that makes the revision reachable or not).
+    fn update(&mut self, scaling: RevisionScaling, reachable: bool) {
+        if scaling == self.scaling && reachable == self.reachable {
+            return;
+        }
+        if scaling.stable_window != self.scaling.stable_window
+            || scaling.panic_window != self.scaling.panic_window
+            || scaling.aggregation != self.scaling.aggregation
+        {
+            self.windows = windows(&scaling);
+        }
+        self.decider.set_spec(decider_spec(&scaling, reachable));
+        self.scaler.set_spec(scaler_spec(&scaling, reachable));
+        self.status.metric = metric_name(scaling.metric).to_owned();
+        self.status.target = scaling.target;
+        self.status.reachable = reachable;
+        self.scaling = scaling;
+        self.reachable = reachable;
+    }
+
+    /// One KPA tick: the decider on the windows' averages, then the
+    /// scale-to-zero rules, then the runtime.
+    fn decide(&mut self, now_ms: u64, ready: u32, requests_held: bool, runtime: &dyn Runtime) {
+        if let Some((stable, panic)) = self.windows.averages(now_ms, metric(self.scaling.metric)) {
+            self.status.observed_stable_value = stable;
+            self.status.observed_panic_value = panic;
+            self.recommendation = self.decider.scale(now_ms, ready, stable, panic);
+        }
+        let decision = self.scaler.step(now_ms, &self.recommendation, ready, requests_held);
+        self.status.desired_scale = (decision.want >= 0).then_some(i64::from(decision.want));
+        self.status.panicking = self.recommendation.panicking;
+        self.status.excess_burst_capacity = i64::from(self.recommendation.excess_burst_capacity);
+        self.status.active = decision.phase.condition_status().to_owned();
+        self.status.reason = decision.reason.map(|r| r.as_str().to_owned());
+        self.status.message = decision.reason.map(|r| r.message().to_owned());
+        self.status.actual_scale = ready;
+        if let Some(scale) = decision.apply {
+            self.request(runtime, scale);
+        }
+    }
+
+    fn request(&mut self, runtime: &dyn Runtime, scale: u32) {
+        if self.requested != Some(scale) {
+            tracing::info!(revision = %self.workload.key, from = ?self.requested, to = scale, "scaling");
+            runtime.scale(&self.workload, scale);
+            self.requested = Some(scale);
+            self.status.requested_scale = Some(scale);
+        }
+    }
+}
+
+fn metric_name(metric: Metric) -> &'static str {
+    match metric {
+        Metric::Concurrency => "concurrency",
+        Metric::Rps => "rps",
+    }
+}
+
+fn metric(metric: Metric) -> revgate_autoscaler::Metric {
+    match metric {
+        Metric::Concurrency => revgate_autoscaler::Metric::Concurrency,
+        Metric::Rps => revgate_autoscaler::Metric::Rps,
+    }
+}
+
+pub fn algorithm(aggregation: Aggregation) -> Algorithm {
+    match aggregation {
+        Aggregation::Linear => Algorithm::Linear,
+        Aggregation::WeightedExponential => Algorithm::WeightedExponential,
+    }
+}
+
+fn windows(scaling: &RevisionScaling) -> RevisionWindows {
+    RevisionWindows::from_windows(scaling.stable_window, scaling.panic_window, algorithm(scaling.aggregation))
+}
+
+/// The decider's spec for a revision (Knative's `MakeDecider`).
+pub fn decider_spec(scaling: &RevisionScaling, reachable: bool) -> DeciderSpec {
+    DeciderSpec {
+        metric: metric(scaling.metric),
+        target_value: scaling.target,
+        total_value: scaling.total_value,
+        target_burst_capacity: scaling.target_burst_capacity,
+        panic_threshold: scaling.panic_threshold,
+        max_scale_up_rate: scaling.max_scale_up_rate,
+        max_scale_down_rate: scaling.max_scale_down_rate,
+        stable_window: scaling.stable_window,
+        scale_down_delay: scaling.scale_down_delay,
+        activation_scale: scaling.activation_scale,
+        reachable,
+    }
+}
+
+/// The scale-to-zero rules' spec for a revision.
+pub fn scaler_spec(scaling: &RevisionScaling, reachable: bool) -> ScalerSpec {
+    ScalerSpec {
+        min_scale: scaling.min_scale,
+        max_scale: scaling.max_scale,
+        initial_scale: scaling.initial_scale,
+        allow_zero_initial_scale: scaling.allow_zero_initial_scale,
+        enable_scale_to_zero: scaling.enable_scale_to_zero,
+        stable_window: scaling.stable_window,
+        scale_to_zero_grace_period: scaling.scale_to_zero_grace_period,
+        scale_to_zero_pod_retention_period: scaling.scale_to_zero_pod_retention_period,
+        reachable,
+        activation_scale: scaling.activation_scale,
+        ..ScalerSpec::default()
+    }
+}

@@ -1,0 +1,241 @@
+//! `revgate up`: the whole platform on one machine. It starts the control
+//! plane with the local process runtime, finds or builds the gateway filter,
+//! starts Envoy connected over ADS, applies the manifests and prints each
+//! service's URL. Ctrl-C stops Envoy, then every revision instance.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use revgate_model::world::IngressState;
+use revgate_xds::render::{AdsBootstrapOptions, ads_bootstrap_yaml};
+use revgate_xds::server::Api;
+
+use crate::cli::{RuntimeKind, UpArgs};
+use crate::control::{ControlError, Handle};
+use crate::gateway::{Envoy, FilterOrigin, envoy_version, find_envoy, find_filter};
+use crate::manifests::{self, ManifestFile};
+use crate::serve::{LOG_DIR, Server, ServerConfig, shutdown_signal};
+
+/// The node id of the gateway `revgate up` starts.
+const NODE_ID: &str = "revgate-gateway";
+
+/// How long Envoy may take to connect and accept its first configuration.
+const GATEWAY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long the gateway filters may take to poll for their first readiness view.
+const FILTER_SYNC_TIMEOUT: Duration = Duration::from_secs(5);
+
+fn step(message: impl std::fmt::Display) {
+    eprintln!("revgate up: {message}");
+}
+
+pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
+    let started = Instant::now();
+    let loopback = |port| SocketAddr::new(Ipv4Addr::LOCALHOST.into(), port);
+    let mut files = manifests::read_all(&args.files)?;
+    if let Some(domain) = &args.domain {
+        files.insert(0, domain_config_map(domain));
+    }
+
+    let envoy_bin = find_envoy(args.envoy.as_deref())?;
+    let version = envoy_version(&envoy_bin).await?;
+    step(format_args!("Envoy {version} at {}", envoy_bin.display()));
+
+    step("finding the gateway filter (building it if needed)");
+    let (filter, origin) = find_filter(args.wasm_filter.as_deref()).await?;
+    let how = match origin {
+        FilterOrigin::Given => "given",
+        FilterOrigin::Built => "built",
+        FilterOrigin::Found => "found",
+    };
+    step(format_args!("gateway filter {} ({how})", filter.display()));
+
+    let mut server = Server::start(ServerConfig {
+        xds_addr: loopback(args.xds_port),
+        admin_addr: loopback(args.admin_port),
+        activation_addr: loopback(args.activation_port),
+        state_dir: args.state_dir.clone(),
+        http_port: args.http_port,
+        wasm_filter: Some(filter),
+        filter_config: args.filter_config.clone(),
+        runtime: RuntimeKind::Process,
+        images: args.images.clone(),
+        test_hooks: false,
+    })
+    .await?;
+    step(format_args!(
+        "control plane up: admin API {}, xDS {}, activation {}, state in {}",
+        server.admin_addr,
+        server.xds_addr,
+        server.activation_addr,
+        args.state_dir.display()
+    ));
+
+    let result = serve(&mut server, &args, files, started).await;
+    server.stop().await;
+    match result {
+        Ok(()) => {
+            step("stopped");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Everything after the control plane is up; on return the caller stops it.
+async fn serve(server: &mut Server, args: &UpArgs, files: Vec<ManifestFile>, started: Instant) -> anyhow::Result<()> {
+    let applied = match server.handle.apply(files, false).await {
+        Ok(applied) => applied,
+        Err(ControlError::Invalid(e)) => {
+            for error in &e.errors {
+                eprintln!("error: {error}");
+            }
+            bail!("the manifests were rejected; nothing was applied");
+        }
+        Err(e) => return Err(e).context("applying the manifests"),
+    };
+    for change in &applied.changes {
+        step(format_args!("applied: {change}"));
+    }
+
+    let logs = args.state_dir.join(LOG_DIR);
+    std::fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
+    let bootstrap = args.state_dir.join("envoy.yaml");
+    let yaml = ads_bootstrap_yaml(&AdsBootstrapOptions {
+        node_id: NODE_ID.to_owned(),
+        cluster: "revgate".to_owned(),
+        xds_address: server.xds_addr,
+        api: Api::Sotw,
+        admin_port: args.envoy_admin_port,
+    })?;
+    std::fs::write(&bootstrap, yaml).with_context(|| format!("writing {}", bootstrap.display()))?;
+    let envoy_bin = find_envoy(args.envoy.as_deref())?;
+    let mut envoy = Envoy::start(&envoy_bin, &bootstrap, logs.join("envoy.log"), args.envoy_concurrency)?;
+    step(format_args!("Envoy started (pid {}), log {}", envoy.pid().unwrap_or(0), envoy.log.display()));
+
+    let result = async {
+        wait_for_gateway(&server.handle, &mut envoy, args.http_port).await?;
+        // Envoy runs one filter VM per worker, one worker per core by default.
+        let workers = args
+            .envoy_concurrency
+            .map(usize::from)
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        wait_for_filters(server, workers).await;
+        step(format_args!("ready in {:.1} s", started.elapsed().as_secs_f64()));
+        print_urls(&server.handle, args);
+        tokio::select! {
+            () = shutdown_signal() => {}
+            status = wait_exit(&mut envoy) => {
+                bail!("Envoy exited ({status}); last lines of {}:\n{}", envoy.log.display(), envoy.log_tail(20));
+            }
+        }
+        step("stopping Envoy and every revision instance");
+        Ok(())
+    }
+    .await;
+    envoy.stop(Duration::from_secs(5)).await;
+    result
+}
+
+/// Waits until Envoy has connected and acknowledged the published
+/// configuration (or says why it did not).
+async fn wait_for_gateway(handle: &Handle, envoy: &mut Envoy, http_port: u16) -> anyhow::Result<()> {
+    let deadline = Instant::now() + GATEWAY_TIMEOUT;
+    loop {
+        if let Some(status) = envoy.exited() {
+            bail!(
+                "Envoy exited ({status}) before taking its configuration (is port {http_port} in use?); last lines of {}:\n{}",
+                envoy.log.display(),
+                envoy.log_tail(20)
+            );
+        }
+        let observed = handle.observed();
+        if let Some(message) = observed.ingress.values().find_map(|state| match state {
+            IngressState::Rejected { message } => Some(message.clone()),
+            _ => None,
+        }) {
+            bail!("Envoy rejected the configuration: {message}");
+        }
+        let gateway = handle.gateway();
+        let connected = gateway.nodes.get(NODE_ID).is_some_and(|node| node.connected);
+        let programmed = observed.ingress.values().all(|state| matches!(state, IngressState::Ready));
+        if connected && (programmed || observed.ingress.is_empty()) && listening(http_port).await {
+            step(format_args!("gateway connected and programmed; listening on port {http_port}"));
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "Envoy did not take its configuration within {} s; see {}",
+                GATEWAY_TIMEOUT.as_secs(),
+                envoy.log.display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits briefly for every worker's filter to take its first readiness
+/// view, so that no first request waits for it. A filter that never polls
+/// is reported, not fatal: requests still flow once its startup hold ends.
+async fn wait_for_filters(server: &Server, workers: usize) {
+    let deadline = Instant::now() + FILTER_SYNC_TIMEOUT;
+    let mut in_sync = 0;
+    while Instant::now() < deadline {
+        in_sync = server.activation_service.filters_in_sync().get(NODE_ID).copied().unwrap_or(0);
+        if in_sync >= workers {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    step(format_args!(
+        "warning: {in_sync} of {workers} gateway filters polled the activation service within {} s; see the Envoy log",
+        FILTER_SYNC_TIMEOUT.as_secs()
+    ));
+}
+
+async fn listening(port: u16) -> bool {
+    tokio::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port)).await.is_ok()
+}
+
+async fn wait_exit(envoy: &mut Envoy) -> std::process::ExitStatus {
+    loop {
+        if let Some(status) = envoy.exited() {
+            return status;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn print_urls(handle: &Handle, args: &UpArgs) {
+    let world = handle.world();
+    let services = world.service_views(&handle.observed());
+    if services.is_empty() {
+        println!("\nNo services yet: apply some with `revgate apply -f FILE`.");
+    }
+    println!();
+    for service in &services {
+        let Some(url) = service.status.as_ref().and_then(|s| s.url.clone()) else { continue };
+        let host = url.split_once("://").map_or(url.as_str(), |(_, host)| host);
+        println!("  {}/{}  {url}", service.metadata.namespace, service.metadata.name);
+        println!("    curl -H 'Host: {host}' localhost:{}", args.http_port);
+    }
+    let server =
+        if args.admin_port == 9090 { String::new() } else { format!(" --server http://127.0.0.1:{}", args.admin_port) };
+    println!(
+        "\nWatch it scale: revgate get kpa{server}   ·   revgate get revisions{server}   ·   logs in {}/{LOG_DIR}\nPress Ctrl-C to stop.",
+        args.state_dir.display()
+    );
+}
+
+/// Knative's `config-domain` with `domain` as the default domain.
+fn domain_config_map(domain: &str) -> ManifestFile {
+    ManifestFile {
+        name: "--domain".to_owned(),
+        content: format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: config-domain\n  namespace: knative-serving\ndata:\n  {}: \"\"\n",
+            serde_json::Value::String(domain.to_owned())
+        ),
+    }
+}
