@@ -12,6 +12,9 @@ echo "test: using $("$envoy" --version | head -n 1 | sed 's/^.*version: //')"
 REVGATE_FILTER_WASM=$(scripts/build-filter.sh | tail -n 1)
 export REVGATE_FILTER_WASM
 
+# The example apps the process runtime runs in the end-to-end tests.
+cargo build --locked -p autoscale -p helloworld
+
 # Cargo prints one summary per test binary, the last often a crate's empty
 # doc-tests; close with the totals over all of them.
 log=$(mktemp)

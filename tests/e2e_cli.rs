@@ -174,3 +174,128 @@ async fn an_admin_api_beyond_loopback_requires_the_token() {
     assert!(allowed.status.success(), "{}", stderr(&allowed));
     drop(revgate);
 }
+
+/// Runs `revgate` with `input` on standard input.
+fn run_with_stdin(args: &[&str], input: &str) -> std::process::Output {
+    use std::io::Write;
+    let mut child = Command::new(revgate_bin())
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("starting revgate");
+    child.stdin.take().expect("stdin").write_all(input.as_bytes()).expect("writing stdin");
+    child.wait_with_output().expect("revgate output")
+}
+
+#[test]
+fn autoscaler_decide_follows_the_json_contract() {
+    // Knative's panic case: 2 pods ready, panic load of 40 against a target of 10.
+    let input = r#"{"spec": {"target": 10, "total_value": 100, "target_burst_capacity": 211,
+        "panic_threshold": 2, "max_scale_up_rate": 1000, "max_scale_down_rate": 2, "stable_window_s": 60},
+        "initial_ready": 1,
+        "steps": [{"at_ms": 0, "ready": 2, "stable": 20, "panic": 40},
+                  {"at_ms": 2000, "ready": 4, "stable": 5, "panic": 5},
+                  {"at_ms": 4000, "ready": 4, "stable": 5, "panic": 5, "spec": {"reachable": false}}]}"#;
+    let out = run_with_stdin(&["autoscaler", "decide"], input);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let lines: Vec<serde_json::Value> =
+        stdout(&out).lines().map(|l| serde_json::from_str(l).expect("one JSON object per line")).collect();
+    assert_eq!(lines.len(), 3, "one line per step");
+    assert_eq!(
+        lines[0],
+        serde_json::json!({"at_ms": 0, "desired": 4, "excess_burst_capacity": -51, "panicking": true})
+    );
+    assert_eq!(lines[1]["desired"], 4, "no scale-down while panicking: {}", lines[1]);
+    assert_eq!(lines[2]["panicking"], true);
+
+    // Malformed input: a clear error naming the field, exit code 2.
+    let out =
+        run_with_stdin(&["autoscaler", "decide"], r#"{"spec": {"target": "ten"}, "initial_ready": 0, "steps": []}"#);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("spec.target"), "names the field: {}", stderr(&out));
+    let out = run_with_stdin(&["autoscaler", "decide"], "not json");
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn autoscaler_simulate_replays_a_trace_as_csv_and_svg() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let trace = dir.path().join("trace.txt");
+    // Ten idle seconds, a minute at 50 concurrent requests, then idle.
+    let values: Vec<String> = (0..200).map(|s| if (10..70).contains(&s) { "50" } else { "0" }.to_owned()).collect();
+    std::fs::write(&trace, values.join("\n")).expect("writing the trace");
+    let trace = trace.to_str().expect("utf-8 path");
+    let out = Command::new(revgate_bin())
+        .args(["autoscaler", "simulate", "--trace", trace, "--annotations", "target=10,window=6s"])
+        .args(["--config", "scale-to-zero-grace-period=6s", "--pod-start-ms", "500"])
+        .output()
+        .expect("revgate autoscaler simulate");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let csv = stdout(&out);
+    let mut lines = csv.lines();
+    assert_eq!(lines.next(), Some("t_s,observed,desired,ready"));
+    let rows: Vec<Vec<f64>> = lines.map(|l| l.split(',').map(|v| v.parse().expect("a number")).collect()).collect();
+    let peak = rows.iter().map(|r| r[3]).fold(0.0, f64::max);
+    // Target 10 at 70% utilization: 50 concurrent requests need 8 instances.
+    assert_eq!(peak, 8.0, "ready instances at the peak:\n{csv}");
+    assert_eq!(rows.last().map(|r| r[3]), Some(0.0), "back to zero when idle:\n{csv}");
+
+    let out = Command::new(revgate_bin())
+        .args(["autoscaler", "simulate", "--trace", trace, "-o", "svg"])
+        .output()
+        .expect("revgate autoscaler simulate");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let svg = stdout(&out);
+    assert!(svg.starts_with("<svg") || svg.starts_with("<?xml"), "{}", &svg[..svg.len().min(200)]);
+    assert!(svg.contains("<polyline") && svg.trim_end().ends_with("</svg>"));
+
+    let out = Command::new(revgate_bin())
+        .args(["autoscaler", "simulate", "--trace", trace, "--annotations", "min-scale=5,max-scale=2"])
+        .output()
+        .expect("revgate autoscaler simulate");
+    assert_eq!(out.status.code(), Some(2), "invalid annotations are rejected");
+    assert!(stderr(&out).contains("autoscaling.knative.dev/min-scale"), "{}", stderr(&out));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_process_runtime_reports_unmapped_images_and_autoscaling_annotations_are_validated() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let revgate = Revgate::start_with(
+        &dir.path().join("state"),
+        support::free_port(),
+        format!("127.0.0.1:{}", support::free_port()).parse().expect("address"),
+        format!("127.0.0.1:{}", support::free_port()).parse().expect("address"),
+        &[
+            "--activation-addr".to_owned(),
+            format!("127.0.0.1:{}", support::free_port()),
+            "--runtime".to_owned(),
+            "process".to_owned(),
+        ],
+    )
+    .await;
+
+    let bad = revgate.write_manifest(
+        "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata:\n  name: bad\n  namespace: default\nspec:\n  template:\n    metadata:\n      annotations:\n        autoscaling.knative.dev/window: \"2s\"\n    spec:\n      containers:\n      - image: example.com/app:v1\n",
+    );
+    let out = revgate.cli(&["apply", "-f", bad.to_str().expect("utf-8 path")]);
+    assert_eq!(out.status.code(), Some(2), "{}", stdout(&out));
+    let errors = stderr(&out);
+    assert!(
+        errors.contains("spec.template.metadata.annotations[autoscaling.knative.dev/window]"),
+        "names the annotation: {errors}"
+    );
+
+    revgate.apply(
+        "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata:\n  name: app\n  namespace: default\nspec:\n  template:\n    spec:\n      containers:\n      - image: example.com/app:v1\n",
+    );
+    let revision = support::wait_for("the runtime's verdict on app-00001", async || {
+        let table = stdout(&revgate.cli(&["get", "revision", "app-00001"]));
+        table.contains("ImageNotMapped").then_some(table)
+    })
+    .await;
+    assert!(revision.contains("False"), "{revision}");
+    let yaml = stdout(&revgate.cli(&["get", "revision", "app-00001", "-o", "yaml"]));
+    assert!(yaml.contains("example.com/app:v1") && yaml.contains("--images"), "the message says what to do:\n{yaml}");
+}

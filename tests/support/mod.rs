@@ -204,13 +204,16 @@ impl Revgate {
         let mut command = Command::new(revgate_bin());
         command
             .args(["serve", "--admin-addr", &admin_addr.to_string(), "--xds-addr", &xds_addr.to_string()])
-            // These tests run the backends themselves and register their endpoints.
-            .args(["--runtime", "external"])
             .args(["--http-port", &http_port.to_string(), "--state-dir"])
             .arg(state_dir)
             .args(extra)
             .env("REVGATE_TEST_HOOKS", "true")
             .env("REVGATE_LOG", "info,revgate_xds=debug");
+        if !extra.iter().any(|arg| arg == "--runtime") {
+            // Unless told otherwise, these tests run the backends themselves
+            // and register their endpoints.
+            command.args(["--runtime", "external"]);
+        }
         let log = state_dir.with_extension(format!("serve-{}.log", admin_addr.port()));
         let process = Process::spawn("revgate serve", command, log);
         let revgate = Self {
