@@ -63,7 +63,7 @@ struct Demand {
 
 /// The longest a revision going to zero waits for every filter to hear that
 /// it is cold; a filter VM that does not poll meanwhile is gone or cut off.
-const COLD_NOTICE_TIMEOUT: Duration = Duration::from_secs(2);
+pub const COLD_NOTICE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// A filter VM not heard from for this long no longer counts as a poller
 /// (a live one always has a poll outstanding, renewed every 25 s at most).

@@ -6,12 +6,16 @@
 //! into each revision's metric windows every second; like Knative's
 //! multiscaler, it runs every decider every 2 s and applies the result
 //! through the scale-to-zero rules to the runtime. An activation request (a
-//! request held for a revision at zero) records that demand and decides for
-//! the revision at once — Knative's "poke" — so a cold start does not wait
-//! for the next tick.
+//! request held for a revision at zero) decides for the revision at once,
+//! with the held request as demand — Knative's "poke" — so a cold start does
+//! not wait for the next tick.
+//!
+//! Only revisions of Knative's KPA class are scaled. A revision of another
+//! class (`hpa.autoscaling.knative.dev`) runs at its initial or min scale,
+//! whichever is higher, and its PodAutoscaler says so.
 //!
 //! ```text
-//! activation service ──totals (1 s)──▶ windows ──(2 s tick | poke)──▶ Decider ─▶ Scaler ─▶ Runtime::scale
+//! activation service ──totals (1 s)──▶ windows ──(every 2 s | poke)──▶ Decider ─▶ Scaler ─▶ Runtime::scale
 //! ```
 //!
 //! The statuses it publishes are shown as Knative PodAutoscalers
@@ -23,7 +27,7 @@ use std::time::Duration;
 
 use revgate_autoscaler::{Algorithm, Decider, DeciderSpec, Recommendation, RevisionWindows, Scaler, ScalerSpec};
 use revgate_model::World;
-use revgate_model::autoscaling::{Aggregation, Metric, RevisionScaling};
+use revgate_model::autoscaling::{Aggregation, KPA_CLASS, Metric, RevisionScaling};
 use revgate_model::meta::ENDPOINTS_ANNOTATION;
 use revgate_model::plan::{GatewayPlan, ObjectKey};
 use revgate_runtime::{Runtime, Workload};
@@ -32,12 +36,14 @@ use tokio::sync::{broadcast, watch};
 use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::activation::{Activation, ActivationService};
-use crate::control::Handle;
+use crate::control::{Handle, replace_if_changed};
 
 /// Knative's bucket size: the collector records one stat per second.
 const COLLECT_INTERVAL: Duration = Duration::from_secs(1);
-/// Knative's multiscaler tick.
-const TICK_INTERVAL: Duration = Duration::from_secs(2);
+/// Knative's multiscaler tick (2 s), in collections: every other collection
+/// is followed at once by a decision, so the newest bucket is never empty
+/// when it is read (which matters for panic windows of a second or two).
+const COLLECTIONS_PER_TICK: u64 = 2;
 
 /// What the KPA decided for one revision, shown as a PodAutoscaler.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -92,14 +98,28 @@ pub struct Autoscaler {
     runtime: Arc<dyn Runtime>,
     revisions: BTreeMap<ObjectKey, RevisionAutoscaler>,
     statuses: watch::Sender<Arc<BTreeMap<ObjectKey, KpaStatus>>>,
+    /// Subscribed at creation so that no activation is missed before `run`
+    /// (which takes it).
+    activations: Option<broadcast::Receiver<Activation>>,
+    /// Whether the revisions stored before this start were taken over.
+    resumed: bool,
     epoch: Instant,
 }
 
 impl Autoscaler {
     pub fn new(control: Handle, activation: ActivationService, runtime: Arc<dyn Runtime>) -> (Self, KpaStatuses) {
         let (statuses, readers) = watch::channel(Arc::new(BTreeMap::new()));
-        let autoscaler =
-            Self { control, activation, runtime, revisions: BTreeMap::new(), statuses, epoch: Instant::now() };
+        let activations = activation.subscribe_activations();
+        let autoscaler = Self {
+            control,
+            activation,
+            runtime,
+            revisions: BTreeMap::new(),
+            statuses,
+            activations: Some(activations),
+            resumed: false,
+            epoch: Instant::now(),
+        };
         (autoscaler, readers)
     }
 
@@ -112,35 +132,36 @@ impl Autoscaler {
         let mut world = self.control.world_updates();
         let mut plan = self.control.plan();
         let mut states = self.runtime.states();
-        let mut activations = self.activation.subscribe_activations();
+        let Some(mut activations) = self.activations.take() else { return };
         let mut collect = tokio::time::interval(COLLECT_INTERVAL);
-        let mut tick = tokio::time::interval(TICK_INTERVAL);
         collect.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        self.sync(&world.borrow_and_update().clone(), &plan.borrow_and_update().clone());
+        let mut collections: u64 = 0;
+        // Each watch value is cloned out first: a read guard held through
+        // `sync` would block the control plane's next publication.
+        let (current_world, current_plan) = (world.borrow_and_update().clone(), plan.borrow_and_update().clone());
+        self.sync(&current_world, &current_plan);
         loop {
             tokio::select! {
-                _ = collect.tick() => self.collect(),
-                _ = tick.tick() => {
-                    let held = self.held_revisions();
-                    let keys: Vec<ObjectKey> = self.revisions.keys().cloned().collect();
-                    for key in keys {
-                        let requests_held = held.contains(&key);
-                        self.decide(&key, requests_held);
+                _ = collect.tick() => {
+                    self.collect();
+                    collections += 1;
+                    if collections.is_multiple_of(COLLECTIONS_PER_TICK) {
+                        self.tick();
                     }
-                    self.publish();
                 }
                 changed = world.changed() => {
                     if changed.is_err() {
                         return;
                     }
-                    self.sync(&world.borrow_and_update().clone(), &plan.borrow().clone());
+                    let (current_world, current_plan) = (world.borrow_and_update().clone(), plan.borrow().clone());
+                    self.sync(&current_world, &current_plan);
                 }
                 changed = plan.changed() => {
                     if changed.is_err() {
                         return;
                     }
-                    self.sync(&world.borrow().clone(), &plan.borrow_and_update().clone());
+                    let (current_world, current_plan) = (world.borrow().clone(), plan.borrow_and_update().clone());
+                    self.sync(&current_world, &current_plan);
                 }
                 changed = states.changed() => {
                     if changed.is_err() {
@@ -201,13 +222,21 @@ impl Autoscaler {
                     let ready = self.ready(key);
                     let mut created = RevisionAutoscaler::new(workload, scaling, reachable, ready, now);
                     // A new revision starts at its initial scale, as Knative
-                    // creates the Deployment with that many replicas.
-                    let initial = created.scaler.spec().effective_initial_scale();
-                    created.request(&*self.runtime, initial);
+                    // creates the Deployment with that many replicas. One
+                    // stored before this start that no route reaches stays
+                    // at zero, as it was (Knative keeps its replicas).
+                    let initial =
+                        if self.resumed || reachable { created.scaler.spec().effective_initial_scale() } else { 0 };
+                    if created.scaling.class == KPA_CLASS {
+                        created.request(&*self.runtime, initial);
+                    } else {
+                        created.hold_fixed(&*self.runtime);
+                    }
                     self.revisions.insert(key.clone(), created);
                 }
             }
         }
+        self.resumed = true;
         self.publish();
     }
 
@@ -227,6 +256,17 @@ impl Autoscaler {
             let rps = totals.map_or(0.0, |t| t.rps);
             revision.windows.record(now, concurrency, rps);
         }
+    }
+
+    /// Decides for every revision.
+    fn tick(&mut self) {
+        let held = self.held_revisions();
+        let keys: Vec<ObjectKey> = self.revisions.keys().cloned().collect();
+        for key in keys {
+            let requests_held = held.contains(&key);
+            self.decide(&key, requests_held);
+        }
+        self.publish();
     }
 
     /// Revisions whose requests the gateways hold right now.
@@ -267,13 +307,7 @@ impl Autoscaler {
     fn publish(&self) {
         let statuses: BTreeMap<ObjectKey, KpaStatus> =
             self.revisions.iter().map(|(key, revision)| (key.clone(), revision.status.clone())).collect();
-        self.statuses.send_if_modified(|current| {
-            let changed = **current != statuses;
-            if changed {
-                *current = Arc::new(statuses);
-            }
-            changed
-        });
+        replace_if_changed(&self.statuses, statuses);
     }
 }
 
@@ -318,9 +352,28 @@ impl RevisionAutoscaler {
         self.reachable = reachable;
     }
 
+    /// A revision of another autoscaler class: a fixed scale, since only the
+    /// KPA runs here.
+    fn hold_fixed(&mut self, runtime: &dyn Runtime) {
+        let scale = self.scaling.min_scale.max(self.scaler.spec().effective_initial_scale()).max(1);
+        self.request(runtime, scale);
+        self.status.desired_scale = Some(i64::from(scale));
+        self.status.active = "True".to_owned();
+        self.status.reason = Some("UnsupportedClass".to_owned());
+        self.status.message = Some(format!(
+            "autoscaling class {:?} is not run by revgate, which scales with the KPA ({KPA_CLASS}); \
+             running {scale} instance(s): the higher of min-scale and initial-scale",
+            self.scaling.class
+        ));
+    }
+
     /// One KPA tick: the decider on the windows' averages, then the
     /// scale-to-zero rules, then the runtime.
     fn decide(&mut self, now_ms: u64, ready: u32, requests_held: bool, runtime: &dyn Runtime) {
+        if self.scaling.class != KPA_CLASS {
+            self.status.actual_scale = ready;
+            return;
+        }
         if let Some((stable, panic)) = self.windows.averages(now_ms, metric(self.scaling.metric)) {
             self.status.observed_stable_value = stable;
             self.status.observed_panic_value = panic;

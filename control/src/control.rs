@@ -340,8 +340,11 @@ impl ControlPlane {
         let revisions: Vec<ObjectKey> = self.world.revisions.keys().cloned().collect();
         for revision in revisions {
             let ready = states.get(&revision).map(|state| state.ready.clone()).unwrap_or_default();
+            // A revision going to zero keeps its endpoints until the filters
+            // know; its pending target is already "none".
+            let pending_zero = ready.is_empty() && self.draining.contains(&revision);
             let current = self.endpoints.get(&revision).map_or(&[][..], Vec::as_slice);
-            if current != ready.as_slice() {
+            if current != ready.as_slice() && !pending_zero {
                 self.set_endpoints(revision, ready, None, activation);
             }
         }
@@ -505,7 +508,7 @@ async fn changed<T: Clone>(receiver: &mut Option<watch::Receiver<T>>) -> Option<
 
 /// Publishes `value` unless it equals what readers have, so they wake only
 /// for real changes.
-fn replace_if_changed<T: PartialEq>(tx: &watch::Sender<Arc<T>>, value: T) {
+pub fn replace_if_changed<T: PartialEq>(tx: &watch::Sender<Arc<T>>, value: T) {
     tx.send_if_modified(|current| {
         let changed = **current != value;
         if changed {

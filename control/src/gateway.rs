@@ -19,16 +19,19 @@ const PROJECT_ENVOY: &str = ".tools/envoy/bin/envoy";
 /// Where `scripts/build-filter.sh` leaves the filter, relative to a target directory.
 const FILTER_IN_TARGET: &str = "wasm32-unknown-unknown/wasm/revgate_filter.wasm";
 
-/// The repository revgate runs from, if any: the current directory or an
-/// ancestor of the executable (`<repo>/target/<profile>/revgate`).
+/// revgate's repository, if revgate runs from one: the current directory or
+/// an ancestor of the executable (`<repo>/target/<profile>/revgate`), when
+/// it holds revgate's workspace (so that no other project's scripts run).
 fn repositories() -> Vec<PathBuf> {
+    let is_revgate = |dir: &Path| dir.join("Cargo.toml").is_file() && dir.join("wasm-filter/Cargo.toml").is_file();
     let mut roots = Vec::new();
     if let Ok(cwd) = std::env::current_dir() {
         roots.push(cwd);
     }
     if let Ok(exe) = std::env::current_exe() {
-        roots.extend(exe.ancestors().skip(1).filter(|dir| dir.join("Cargo.toml").is_file()).map(Path::to_path_buf));
+        roots.extend(exe.ancestors().skip(1).map(Path::to_path_buf));
     }
+    roots.retain(|dir| is_revgate(dir));
     roots
 }
 
@@ -126,10 +129,11 @@ pub struct Envoy {
 }
 
 impl Envoy {
-    /// Starts Envoy on `bootstrap`, logging to `log`. Envoy gets its own
-    /// process group so that a terminal's Ctrl-C reaches revgate, which
-    /// then stops Envoy after the control plane's own shutdown steps.
-    pub fn start(envoy: &Path, bootstrap: &Path, log: PathBuf, concurrency: Option<u16>) -> anyhow::Result<Self> {
+    /// Starts Envoy on `bootstrap` with `concurrency` workers, logging to
+    /// `log`. Envoy gets its own process group so that a terminal's Ctrl-C
+    /// reaches revgate only, which stops Envoy first (no new requests) and
+    /// then the revision instances.
+    pub fn start(envoy: &Path, bootstrap: &Path, log: PathBuf, concurrency: u16) -> anyhow::Result<Self> {
         let file = std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
         let mut command = Command::new(envoy);
         command
@@ -140,11 +144,9 @@ impl Envoy {
             .stdin(Stdio::null())
             .stdout(file.try_clone()?)
             .stderr(file)
+            .args(["--concurrency", &concurrency.to_string()])
             .process_group(0)
             .kill_on_drop(true);
-        if let Some(concurrency) = concurrency {
-            command.args(["--concurrency", &concurrency.to_string()]);
-        }
         let child = command.spawn().with_context(|| format!("starting {}", envoy.display()))?;
         Ok(Self { child, log })
     }

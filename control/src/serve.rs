@@ -14,6 +14,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use revgate_runtime::{ImageMap, ProcessConfig, ProcessRuntime, Runtime};
@@ -21,9 +22,10 @@ use revgate_xds::FilterSettings;
 use revgate_xds::server::{SnapshotCache, XdsServer};
 use revgate_xds::translate::XdsSettings;
 use tokio::net::TcpListener;
+use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::task::JoinHandle;
 
-use crate::activation::ActivationService;
+use crate::activation::{ActivationService, COLD_NOTICE_TIMEOUT};
 use crate::admin::server::{AdminState, is_loopback, router};
 use crate::autoscaling::Autoscaler;
 use crate::cli::{RuntimeKind, ServeArgs};
@@ -35,10 +37,17 @@ const TOKEN_FILE: &str = "admin-token";
 /// Where instance logs go, below the state directory.
 pub const LOG_DIR: &str = "logs";
 
+/// How long a stopping instance stays up after leaving the ready endpoints.
+/// The last instance of a revision leaves Envoy only once every filter
+/// heard the revision is cold (at most [`COLD_NOTICE_TIMEOUT`]), then Envoy
+/// must take the change: SIGTERM waits for both, with a margin.
+const DRAIN: Duration = Duration::from_secs(COLD_NOTICE_TIMEOUT.as_secs() + 3);
+
 /// `revgate serve`: runs until Ctrl-C or SIGTERM.
 pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let mut shutdown = Shutdown::install()?;
     let server = Server::start(ServerConfig::from(&args)).await?;
-    server.run_until(shutdown_signal()).await?;
+    server.run_until(shutdown.wait()).await?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -55,6 +64,16 @@ pub struct ServerConfig {
     pub runtime: RuntimeKind,
     pub images: Option<PathBuf>,
     pub test_hooks: bool,
+    /// The flags that set the addresses, named in errors.
+    pub flags: AddressFlags,
+}
+
+/// The command-line flags behind a server's addresses.
+#[derive(Debug, Clone, Copy)]
+pub struct AddressFlags {
+    pub xds: &'static str,
+    pub admin: &'static str,
+    pub activation: &'static str,
 }
 
 impl From<&ServeArgs> for ServerConfig {
@@ -70,6 +89,7 @@ impl From<&ServeArgs> for ServerConfig {
             runtime: args.runtime,
             images: args.images.clone(),
             test_hooks: args.test_hooks,
+            flags: AddressFlags { xds: "--xds-addr", admin: "--admin-addr", activation: "--activation-addr" },
         }
     }
 }
@@ -100,9 +120,10 @@ impl Server {
         let store = Store::open(&config.state_dir)?;
         let token = admin_token(&config.state_dir)?;
 
-        let activation_listener = bind(config.activation_addr, "the activation service", "--activation-addr").await?;
-        let xds_listener = bind(config.xds_addr, "the xDS server", "--xds-addr").await?;
-        let admin_listener = bind(config.admin_addr, "the admin API", "--admin-addr").await?;
+        let flags = config.flags;
+        let activation_listener = bind(config.activation_addr, "the activation service", flags.activation).await?;
+        let xds_listener = bind(config.xds_addr, "the xDS server", flags.xds).await?;
+        let admin_listener = bind(config.admin_addr, "the admin API", flags.admin).await?;
         let activation_addr = activation_listener.local_addr()?;
         let filter = match &config.wasm_filter {
             Some(path) => Some(filter_settings(path, activation_addr, config.filter_config.as_deref())?),
@@ -115,9 +136,16 @@ impl Server {
                     Some(path) => ImageMap::load(path)?,
                     None => ImageMap::empty(),
                 };
+                if config.wasm_filter.is_none() {
+                    tracing::warn!(
+                        "revisions scale to zero, but without the gateway filter (--wasm-filter) nothing holds \
+                         their requests or asks for their activation: requests to a revision at zero fail"
+                    );
+                }
                 let runtime = ProcessRuntime::start(ProcessConfig {
                     images,
                     log_dir: config.state_dir.join(LOG_DIR),
+                    drain: DRAIN,
                     ..ProcessConfig::default()
                 })?;
                 Some(Arc::new(runtime))
@@ -196,12 +224,29 @@ impl Server {
                 tracing::info!("shutting down");
                 Ok(())
             }
-            result = &mut self.xds => flatten(result).context("the xDS server stopped"),
-            result = &mut self.admin => flatten(result).context("the admin API stopped"),
-            result = &mut self.activation => flatten(result).context("the activation service stopped"),
+            e = self.failed() => Err(e),
         };
         self.stop().await;
         result
+    }
+
+    /// Completes when one of the server's tasks ends, which only happens on
+    /// failure, with what failed.
+    pub async fn failed(&mut self) -> anyhow::Error {
+        let autoscaler = async {
+            match &mut self.autoscaler {
+                Some(task) => task.await,
+                None => std::future::pending().await,
+            }
+        };
+        let result = tokio::select! {
+            result = &mut self.xds => flatten(result).context("the xDS server stopped"),
+            result = &mut self.admin => flatten(result).context("the admin API stopped"),
+            result = &mut self.activation => flatten(result).context("the activation service stopped"),
+            result = &mut self.plane => result.context("the control plane stopped"),
+            result = autoscaler => result.context("the autoscaler stopped"),
+        };
+        result.err().unwrap_or_else(|| anyhow::anyhow!("a server task ended"))
     }
 
     /// Stops the autoscaler first (so nothing is scaled up again), then every
@@ -289,27 +334,28 @@ fn write_private(path: &Path, content: &str) -> std::io::Result<()> {
     std::fs::write(path, content)
 }
 
-/// Completes on Ctrl-C or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        if let Err(e) = tokio::signal::ctrl_c().await {
-            tracing::warn!(error = %e, "cannot listen for Ctrl-C");
-            std::future::pending::<()>().await;
+/// Ctrl-C (SIGINT) and SIGTERM, registered as soon as this is created so
+/// that a signal arriving during start-up is caught rather than fatal (an
+/// uncaught one would leave Envoy and the instances running).
+#[derive(Debug)]
+pub struct Shutdown {
+    interrupt: Signal,
+    terminate: Signal,
+}
+
+impl Shutdown {
+    pub fn install() -> anyhow::Result<Self> {
+        Ok(Self {
+            interrupt: signal(SignalKind::interrupt()).context("listening for Ctrl-C")?,
+            terminate: signal(SignalKind::terminate()).context("listening for SIGTERM")?,
+        })
+    }
+
+    /// Completes on the next Ctrl-C or SIGTERM.
+    pub async fn wait(&mut self) {
+        tokio::select! {
+            _ = self.interrupt.recv() => {}
+            _ = self.terminate.recv() => {}
         }
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = terminate => {}
     }
 }

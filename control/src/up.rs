@@ -4,19 +4,22 @@
 //! service's URL. Ctrl-C stops Envoy, then every revision instance.
 
 use std::net::{Ipv4Addr, SocketAddr};
+use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use revgate_model::world::IngressState;
+use revgate_runtime::ImageMap;
 use revgate_xds::render::{AdsBootstrapOptions, ads_bootstrap_yaml};
 use revgate_xds::server::Api;
 
+use crate::activation::ActivationService;
 use crate::cli::{RuntimeKind, UpArgs};
 use crate::control::{ControlError, Handle};
 use crate::gateway::{Envoy, FilterOrigin, envoy_version, find_envoy, find_filter};
 use crate::manifests::{self, ManifestFile};
-use crate::serve::{LOG_DIR, Server, ServerConfig, shutdown_signal};
+use crate::serve::{AddressFlags, LOG_DIR, Server, ServerConfig, Shutdown};
 
 /// The node id of the gateway `revgate up` starts.
 const NODE_ID: &str = "revgate-gateway";
@@ -33,10 +36,15 @@ fn step(message: impl std::fmt::Display) {
 
 pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
+    let mut shutdown = Shutdown::install()?;
     let loopback = |port| SocketAddr::new(Ipv4Addr::LOCALHOST.into(), port);
     let mut files = manifests::read_all(&args.files)?;
     if let Some(domain) = &args.domain {
         files.insert(0, domain_config_map(domain));
+    }
+    // Checked before the filter build, which can take minutes.
+    if let Some(images) = &args.images {
+        ImageMap::load(images)?;
     }
 
     let envoy_bin = find_envoy(args.envoy.as_deref())?;
@@ -44,7 +52,10 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     step(format_args!("Envoy {version} at {}", envoy_bin.display()));
 
     step("finding the gateway filter (building it if needed)");
-    let (filter, origin) = find_filter(args.wasm_filter.as_deref()).await?;
+    let (filter, origin) = tokio::select! {
+        found = find_filter(args.wasm_filter.as_deref()) => found?,
+        () = shutdown.wait() => return Ok(ExitCode::FAILURE),
+    };
     let how = match origin {
         FilterOrigin::Given => "given",
         FilterOrigin::Built => "built",
@@ -63,6 +74,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         runtime: RuntimeKind::Process,
         images: args.images.clone(),
         test_hooks: false,
+        flags: AddressFlags { xds: "--xds-port", admin: "--admin-port", activation: "--activation-port" },
     })
     .await?;
     step(format_args!(
@@ -73,20 +85,44 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         args.state_dir.display()
     ));
 
-    let result = serve(&mut server, &args, files, started).await;
+    // Whatever ends first — the platform, a failure, Ctrl-C — everything
+    // started so far is stopped: Envoy when `serve` returns or is dropped
+    // (it is killed on drop), then the instances.
+    let platform = Platform {
+        handle: server.handle.clone(),
+        activation: server.activation_service.clone(),
+        xds_addr: server.xds_addr,
+    };
+    let result = tokio::select! {
+        result = serve(&platform, &args, &envoy_bin, files, started, &mut shutdown) => result,
+        e = server.failed() => Err(e),
+    };
+    step("stopping every revision instance");
     server.stop().await;
-    match result {
-        Ok(()) => {
-            step("stopped");
-            Ok(ExitCode::SUCCESS)
-        }
-        Err(e) => Err(e),
-    }
+    result.map(|()| {
+        step("stopped");
+        ExitCode::SUCCESS
+    })
 }
 
-/// Everything after the control plane is up; on return the caller stops it.
-async fn serve(server: &mut Server, args: &UpArgs, files: Vec<ManifestFile>, started: Instant) -> anyhow::Result<()> {
-    let applied = match server.handle.apply(files, false).await {
+/// What `serve` needs of the running control plane.
+struct Platform {
+    handle: Handle,
+    activation: ActivationService,
+    xds_addr: SocketAddr,
+}
+
+/// Everything after the control plane is up, until Ctrl-C or a failure.
+async fn serve(
+    platform: &Platform,
+    args: &UpArgs,
+    envoy_bin: &Path,
+    files: Vec<ManifestFile>,
+    started: Instant,
+    shutdown: &mut Shutdown,
+) -> anyhow::Result<()> {
+    let handle = &platform.handle;
+    let applied = match handle.apply(files, false).await {
         Ok(applied) => applied,
         Err(ControlError::Invalid(e)) => {
             for error in &e.errors {
@@ -106,47 +142,52 @@ async fn serve(server: &mut Server, args: &UpArgs, files: Vec<ManifestFile>, sta
     let yaml = ads_bootstrap_yaml(&AdsBootstrapOptions {
         node_id: NODE_ID.to_owned(),
         cluster: "revgate".to_owned(),
-        xds_address: server.xds_addr,
+        xds_address: platform.xds_addr,
         api: Api::Sotw,
         admin_port: args.envoy_admin_port,
     })?;
     std::fs::write(&bootstrap, yaml).with_context(|| format!("writing {}", bootstrap.display()))?;
-    let envoy_bin = find_envoy(args.envoy.as_deref())?;
-    let mut envoy = Envoy::start(&envoy_bin, &bootstrap, logs.join("envoy.log"), args.envoy_concurrency)?;
+    // Envoy runs one filter VM per worker; the count is passed explicitly so
+    // that revgate knows how many filters to wait for.
+    let workers = args.envoy_concurrency.unwrap_or_else(|| {
+        std::thread::available_parallelism().map_or(1, |n| u16::try_from(n.get()).unwrap_or(u16::MAX))
+    });
+    let mut envoy = Envoy::start(envoy_bin, &bootstrap, logs.join("envoy.log"), workers)?;
     step(format_args!("Envoy started (pid {}), log {}", envoy.pid().unwrap_or(0), envoy.log.display()));
 
     let result = async {
-        wait_for_gateway(&server.handle, &mut envoy, args.http_port).await?;
-        // Envoy runs one filter VM per worker, one worker per core by default.
-        let workers = args
-            .envoy_concurrency
-            .map(usize::from)
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-        wait_for_filters(server, workers).await;
-        step(format_args!("ready in {:.1} s", started.elapsed().as_secs_f64()));
-        print_urls(&server.handle, args);
         tokio::select! {
-            () = shutdown_signal() => {}
+            ready = wait_for_gateway(handle, &mut envoy, args) => ready?,
+            () = shutdown.wait() => return Ok(()),
+        }
+        wait_for_filters(&platform.activation, usize::from(workers)).await;
+        step(format_args!("ready in {:.1} s", started.elapsed().as_secs_f64()));
+        print_urls(handle, args);
+        tokio::select! {
+            () = shutdown.wait() => {}
             status = wait_exit(&mut envoy) => {
                 bail!("Envoy exited ({status}); last lines of {}:\n{}", envoy.log.display(), envoy.log_tail(20));
             }
         }
-        step("stopping Envoy and every revision instance");
         Ok(())
     }
     .await;
+    step("stopping Envoy");
     envoy.stop(Duration::from_secs(5)).await;
     result
 }
 
 /// Waits until Envoy has connected and acknowledged the published
 /// configuration (or says why it did not).
-async fn wait_for_gateway(handle: &Handle, envoy: &mut Envoy, http_port: u16) -> anyhow::Result<()> {
+async fn wait_for_gateway(handle: &Handle, envoy: &mut Envoy, args: &UpArgs) -> anyhow::Result<()> {
+    let http_port = args.http_port;
     let deadline = Instant::now() + GATEWAY_TIMEOUT;
     loop {
         if let Some(status) = envoy.exited() {
             bail!(
-                "Envoy exited ({status}) before taking its configuration (is port {http_port} in use?); last lines of {}:\n{}",
+                "Envoy exited ({status}) before taking its configuration (is port {http_port} or {} in use? \
+                 choose others with --http-port and --envoy-admin-port); last lines of {}:\n{}",
+                args.envoy_admin_port,
                 envoy.log.display(),
                 envoy.log_tail(20)
             );
@@ -179,11 +220,11 @@ async fn wait_for_gateway(handle: &Handle, envoy: &mut Envoy, http_port: u16) ->
 /// Waits briefly for every worker's filter to take its first readiness
 /// view, so that no first request waits for it. A filter that never polls
 /// is reported, not fatal: requests still flow once its startup hold ends.
-async fn wait_for_filters(server: &Server, workers: usize) {
+async fn wait_for_filters(activation: &ActivationService, workers: usize) {
     let deadline = Instant::now() + FILTER_SYNC_TIMEOUT;
     let mut in_sync = 0;
     while Instant::now() < deadline {
-        in_sync = server.activation_service.filters_in_sync().get(NODE_ID).copied().unwrap_or(0);
+        in_sync = activation.filters_in_sync().get(NODE_ID).copied().unwrap_or(0);
         if in_sync >= workers {
             return;
         }

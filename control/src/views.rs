@@ -70,18 +70,12 @@ pub fn pod_autoscaler(key: &ObjectKey, status: &KpaStatus) -> Value {
 /// `Proxy` while the gateway holds the revision's requests (it has no
 /// endpoints there), `Serve` while it sends them to its instances.
 pub fn serverless_service(key: &ObjectKey, endpoints: u32, held: u64) -> Value {
+    // Ready in both modes, as Knative's SKS is once the activators (here,
+    // the gateway filters) are in the path.
     let (mode, ready) = if endpoints > 0 {
         ("Serve", condition("Ready", "True", None, None))
     } else {
-        (
-            "Proxy",
-            condition(
-                "Ready",
-                "False",
-                Some("NoHealthyBackends"),
-                Some("the gateway holds requests until an instance is ready"),
-            ),
-        )
+        ("Proxy", condition("Ready", "True", None, Some("the gateway holds requests until an instance is ready")))
     };
     json!({
         "apiVersion": "networking.internal.knative.dev/v1alpha1",
@@ -102,7 +96,7 @@ mod tests {
         let cold = serverless_service(&key, 0, 3);
         assert_eq!(cold["spec"]["mode"], "Proxy");
         assert_eq!(cold["status"]["heldRequests"], 3);
-        assert_eq!(cold["status"]["conditions"][0]["reason"], "NoHealthyBackends");
+        assert_eq!(cold["status"]["conditions"][0]["status"], "True");
         let warm = serverless_service(&key, 2, 0);
         assert_eq!(warm["spec"]["mode"], "Serve");
         assert_eq!(warm["status"]["conditions"][0]["status"], "True");

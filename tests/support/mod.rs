@@ -508,21 +508,21 @@ impl Drop for Backend {
     }
 }
 
-/// An example app's binary (`examples/<name>`), built on first use into the
-/// same target directory as `revgate`.
+/// An example app's binary (`examples/<name>`), built (or found up to date)
+/// once per test binary, with `revgate`'s profile and target directory.
 pub fn example_bin(name: &str) -> PathBuf {
-    static BUILT: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let path = revgate_bin().with_file_name(name);
-    let _guard = BUILT.lock().unwrap_or_else(|e| e.into_inner());
-    if !path.exists() {
+    static BUILT: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    BUILT.get_or_init(|| {
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let out = Command::new(cargo)
-            .args(["build", "--quiet", "-p", name])
-            .current_dir(repo_root())
-            .output()
-            .expect("running cargo build");
-        assert!(out.status.success(), "building examples/{name} failed:\n{}", stderr(&out));
-    }
+        let mut command = Command::new(cargo);
+        command.args(["build", "--quiet", "-p", "autoscale", "-p", "helloworld"]).current_dir(repo_root());
+        if revgate_bin().parent().and_then(Path::file_name).is_some_and(|profile| profile == "release") {
+            command.arg("--release");
+        }
+        let out = command.output().expect("running cargo build");
+        assert!(out.status.success(), "building the example apps failed:\n{}", stderr(&out));
+    });
+    let path = revgate_bin().with_file_name(name);
     assert!(path.exists(), "examples/{name} was built but {} is missing", path.display());
     path
 }
@@ -632,10 +632,16 @@ impl Up {
             .expect("running the revgate CLI")
     }
 
+    /// Envoy's pid, from `revgate up`'s progress line.
+    pub fn envoy_pid(&self) -> i32 {
+        let log = self.log();
+        let pid = log.split("Envoy started (pid ").nth(1).and_then(|rest| rest.split(')').next());
+        pid.and_then(|pid| pid.parse().ok()).unwrap_or_else(|| panic!("no Envoy pid in the log:\n{log}"))
+    }
+
     /// Sends SIGINT, as Ctrl-C does, and waits for `revgate up` to exit.
     pub async fn interrupt(&mut self) -> std::process::ExitStatus {
-        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.process.child.id()).expect("pid"));
-        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).expect("sending SIGINT");
+        self.signal_interrupt();
         let started = Instant::now();
         loop {
             if let Some(status) = self.process.child.try_wait().expect("waiting for revgate up") {
@@ -643,6 +649,27 @@ impl Up {
             }
             assert!(started.elapsed() < Duration::from_secs(60), "revgate up did not stop within 60 s of Ctrl-C");
             tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn signal_interrupt(&self) {
+        if let Ok(pid) = i32::try_from(self.process.child.id()) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGINT);
+        }
+    }
+}
+
+impl Drop for Up {
+    /// A failed test still stops Envoy and the instances: Ctrl-C first, so
+    /// that revgate stops them, and a kill only if it does not exit in time.
+    fn drop(&mut self) {
+        if !self.process.is_running() {
+            return;
+        }
+        self.signal_interrupt();
+        let started = Instant::now();
+        while self.process.is_running() && started.elapsed() < Duration::from_secs(40) {
+            std::thread::sleep(Duration::from_millis(50));
         }
     }
 }

@@ -1,0 +1,1 @@
+//! Cluster mode: a Kubernetes controller (in progress).
