@@ -299,3 +299,118 @@ async fn the_process_runtime_reports_unmapped_images_and_autoscaling_annotations
     let yaml = stdout(&revgate.cli(&["get", "revision", "app-00001", "-o", "yaml"]));
     assert!(yaml.contains("example.com/app:v1") && yaml.contains("--images"), "the message says what to do:\n{yaml}");
 }
+
+/// The YAML documents of a stream, parsed.
+fn documents(yaml: &str) -> Vec<serde_json::Value> {
+    yaml.split("\n---")
+        .filter(|doc| doc.lines().any(|line| !line.trim().is_empty() && !line.trim_start().starts_with('#')))
+        .map(|doc| serde_yaml_ng::from_str(doc).unwrap_or_else(|e| panic!("not YAML ({e}):\n{doc}")))
+        .collect()
+}
+
+#[test]
+fn render_istio_prints_cluster_mode_objects_for_every_shared_sample() {
+    for sample in shared_samples() {
+        let out = Command::new(revgate_bin()).args(["render", "istio", "-f"]).arg(&sample).output().expect("render");
+        assert!(out.status.success(), "render istio {}: {}", sample.display(), stderr(&out));
+        let objects = documents(&stdout(&out));
+        let kinds: std::collections::BTreeSet<&str> = objects.iter().filter_map(|o| o["kind"].as_str()).collect();
+        for kind in ["Deployment", "Service", "WasmPlugin"] {
+            assert!(kinds.contains(kind), "{}: no {kind} in {kinds:?}", sample.display());
+        }
+    }
+    let out = Command::new(revgate_bin())
+        .args(["render", "istio", "--gateway", "not-namespaced", "-f"])
+        .arg(repo_root().join("examples/hello-split.yaml"))
+        .output()
+        .expect("render");
+    assert!(!out.status.success(), "a bad option is refused");
+    assert!(stderr(&out).contains("gateway"), "names the option: {}", stderr(&out));
+}
+
+#[test]
+fn istio_manifests_are_complete_and_their_wasm_plugin_is_what_revgate_renders() {
+    let dir = repo_root().join("istio-manifests");
+    let kustomization = documents(&std::fs::read_to_string(dir.join("kustomization.yaml")).expect("kustomization"));
+    let listed: Vec<String> = kustomization[0]["resources"]
+        .as_array()
+        .expect("resources")
+        .iter()
+        .map(|r| r.as_str().expect("a file").to_owned())
+        .collect();
+    let mut numbered: Vec<String> = std::fs::read_dir(&dir)
+        .expect("istio-manifests")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with(|c: char| c.is_ascii_digit()))
+        .collect();
+    numbered.sort();
+    assert_eq!(listed, numbered, "the kustomization applies every numbered file, in order");
+    let mut kinds = Vec::new();
+    for file in &numbered {
+        for object in documents(&std::fs::read_to_string(dir.join(file)).expect("manifest")) {
+            kinds.push(format!(
+                "{}/{}",
+                object["kind"].as_str().expect("kind"),
+                object["metadata"]["name"].as_str().expect("name")
+            ));
+        }
+    }
+    for expected in [
+        "CustomResourceDefinition/services.serving.knative.dev",
+        "CustomResourceDefinition/revisions.serving.knative.dev",
+        "ClusterRole/revgate-controller",
+        "Deployment/revgate",
+        "Service/revgate",
+        "Gateway/knative-ingress-gateway",
+        "WasmPlugin/revgate",
+    ] {
+        assert!(kinds.contains(&expected.to_owned()), "{expected} missing from istio-manifests: {kinds:?}");
+    }
+
+    let shipped = documents(&std::fs::read_to_string(dir.join("600-wasmplugin.yaml")).expect("wasmplugin"));
+    let out = Command::new(revgate_bin())
+        .args(["render", "istio", "-f"])
+        .arg(repo_root().join("examples/hello-split.yaml"))
+        .output()
+        .expect("render");
+    let rendered: Vec<serde_json::Value> =
+        documents(&stdout(&out)).into_iter().filter(|o| o["kind"] == "WasmPlugin").collect();
+    assert_eq!(shipped, rendered, "istio-manifests/600-wasmplugin.yaml is what `revgate render istio` prints");
+}
+
+#[test]
+fn the_filter_packs_into_an_oci_image_layout_istio_can_pull() {
+    use sha2::Digest;
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let layout = dir.path().join("oci");
+    let out = Command::new(repo_root().join("scripts/build-filter-oci.sh")).arg(&layout).output().expect("script");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let blob = |digest: &str| {
+        let hex = digest.strip_prefix("sha256:").expect("a sha256 digest");
+        let bytes = std::fs::read(layout.join("blobs/sha256").join(hex)).expect("the blob is in the layout");
+        let actual: String = sha2::Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(actual, hex, "blob content matches its digest");
+        bytes
+    };
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(layout.join("index.json")).expect("index.json")).expect("JSON");
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&blob(index["manifests"][0]["digest"].as_str().expect("digest"))).expect("JSON");
+    assert_eq!(manifest["annotations"]["module.wasm.image/variant"], "compat");
+    let layer = &manifest["layers"][0];
+    assert_eq!(layer["mediaType"], "application/vnd.oci.image.layer.v1.tar+gzip");
+    let gz = blob(layer["digest"].as_str().expect("digest"));
+    let tar = Command::new("sh")
+        .arg("-c")
+        .arg("gzip -dc | tar -tvf -")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            child.stdin.take().expect("stdin").write_all(&gz)?;
+            child.wait_with_output()
+        })
+        .expect("listing the layer");
+    assert!(stdout(&tar).contains("plugin.wasm"), "the layer holds plugin.wasm: {}", stdout(&tar));
+}

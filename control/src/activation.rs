@@ -5,7 +5,7 @@
 //! |---|---|
 //! | `POST /activation/v1/report` | keeps the reporter's latest metrics ([`crate::metrics::Aggregator`]) |
 //! | `POST /activation/v1/activate` | records the demand for a cold revision |
-//! | `GET /activation/v1/readiness?after=V&node=N` | long-poll: answers when the [`ReadinessTable`] version differs from `V` |
+//! | `GET /activation/v1/readiness?after=V&node=N[&gate=probe]` | long-poll: answers when the [`ReadinessTable`] version differs from `V`; `gate=probe` (a filter that confirms endpoints itself, e.g. in Istio) is told the registered endpoints instead of the ACKed ones |
 //!
 //! One task owns the readiness table: it follows the published gateway plan,
 //! the endpoint counts the control plane wants and the xDS ACKs, and
@@ -307,6 +307,16 @@ struct ReadinessQuery {
     node: String,
     #[serde(default)]
     reporter: String,
+    /// The filter's release gate ([`paths::READINESS_GATE_PARAM`]).
+    #[serde(default)]
+    gate: String,
+}
+
+impl ReadinessQuery {
+    /// The filter confirms endpoints in its own Envoy (`gate=probe`).
+    fn probes(&self) -> bool {
+        self.gate == paths::READINESS_GATE_PROBE
+    }
 }
 
 async fn readiness(State(service): State<ActivationService>, Query(query): Query<ReadinessQuery>) -> Response {
@@ -320,7 +330,7 @@ async fn readiness(State(service): State<ActivationService>, Query(query): Query
         let table = readiness.borrow_and_update().clone();
         if table.version() != query.after {
             service.answered_poller(&query, table.version());
-            return protobuf(table.update_for(&query.node).encode_to_vec());
+            return protobuf(table.update_for(&query.node, query.probes()).encode_to_vec());
         }
         tokio::select! {
             changed = readiness.changed() => {
@@ -330,7 +340,7 @@ async fn readiness(State(service): State<ActivationService>, Query(query): Query
             }
             () = &mut hold => {
                 service.answered_poller(&query, table.version());
-                return protobuf(table.update_for(&query.node).encode_to_vec());
+                return protobuf(table.update_for(&query.node, query.probes()).encode_to_vec());
             }
         }
     }

@@ -10,7 +10,7 @@ use revgate_autoscaler::WindowSpec;
 use revgate_autoscaler::simulate::{simulate as run_simulation, to_csv, to_svg};
 use revgate_model::autoscaling::{AUTOSCALER_CONFIG_MAP, AutoscalerConfig, RevisionScaling, validate_annotations};
 
-use crate::autoscaling::{algorithm, decider_spec, scaler_spec};
+use crate::autoscaling::{decider_spec, scaler_spec};
 use crate::cli::{DecideArgs, SimulateArgs, SimulateFormat};
 
 /// Exit code for input the decider cannot take.
@@ -95,11 +95,7 @@ pub fn simulate(args: SimulateArgs) -> anyhow::Result<ExitCode> {
 fn window_spec(scaling: &RevisionScaling) -> WindowSpec {
     let stable = scaling.stable_window.as_secs_f64();
     let panic_window_percentage = if stable > 0.0 { scaling.panic_window.as_secs_f64() / stable * 100.0 } else { 10.0 };
-    WindowSpec {
-        stable_window: scaling.stable_window,
-        panic_window_percentage,
-        algorithm: algorithm(scaling.aggregation),
-    }
+    WindowSpec { stable_window: scaling.stable_window, panic_window_percentage, algorithm: scaling.aggregation }
 }
 
 fn bad(message: &str) -> anyhow::Result<ExitCode> {

@@ -25,9 +25,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use revgate_autoscaler::{Algorithm, Decider, DeciderSpec, Recommendation, RevisionWindows, Scaler, ScalerSpec};
+use revgate_autoscaler::{Decider, DeciderSpec, Recommendation, RevisionWindows, Scaler, ScalerSpec};
 use revgate_model::World;
-use revgate_model::autoscaling::{Aggregation, KPA_CLASS, Metric, RevisionScaling};
+use revgate_model::autoscaling::{KPA_CLASS, RevisionScaling};
 use revgate_model::meta::ENDPOINTS_ANNOTATION;
 use revgate_model::plan::{GatewayPlan, ObjectKey};
 use revgate_runtime::{Runtime, Workload};
@@ -321,7 +321,7 @@ impl RevisionAutoscaler {
         let status = KpaStatus {
             configuration: workload.configuration.clone(),
             service: workload.service.clone(),
-            metric: metric_name(scaling.metric).to_owned(),
+            metric: scaling.metric.as_str().to_owned(),
             target: scaling.target,
             reachable,
             actual_scale: ready,
@@ -345,7 +345,7 @@ impl RevisionAutoscaler {
         }
         self.decider.set_spec(decider_spec(&scaling, reachable));
         self.scaler.set_spec(scaler_spec(&scaling, reachable));
-        self.status.metric = metric_name(scaling.metric).to_owned();
+        self.status.metric = scaling.metric.as_str().to_owned();
         self.status.target = scaling.target;
         self.status.reachable = reachable;
         self.scaling = scaling;
@@ -374,7 +374,7 @@ impl RevisionAutoscaler {
             self.status.actual_scale = ready;
             return;
         }
-        if let Some((stable, panic)) = self.windows.averages(now_ms, metric(self.scaling.metric)) {
+        if let Some((stable, panic)) = self.windows.averages(now_ms, self.scaling.metric) {
             self.status.observed_stable_value = stable;
             self.status.observed_panic_value = panic;
             self.recommendation = self.decider.scale(now_ms, ready, stable, panic);
@@ -402,35 +402,14 @@ impl RevisionAutoscaler {
     }
 }
 
-fn metric_name(metric: Metric) -> &'static str {
-    match metric {
-        Metric::Concurrency => "concurrency",
-        Metric::Rps => "rps",
-    }
-}
-
-fn metric(metric: Metric) -> revgate_autoscaler::Metric {
-    match metric {
-        Metric::Concurrency => revgate_autoscaler::Metric::Concurrency,
-        Metric::Rps => revgate_autoscaler::Metric::Rps,
-    }
-}
-
-pub fn algorithm(aggregation: Aggregation) -> Algorithm {
-    match aggregation {
-        Aggregation::Linear => Algorithm::Linear,
-        Aggregation::WeightedExponential => Algorithm::WeightedExponential,
-    }
-}
-
 fn windows(scaling: &RevisionScaling) -> RevisionWindows {
-    RevisionWindows::from_windows(scaling.stable_window, scaling.panic_window, algorithm(scaling.aggregation))
+    RevisionWindows::from_windows(scaling.stable_window, scaling.panic_window, scaling.aggregation)
 }
 
 /// The decider's spec for a revision (Knative's `MakeDecider`).
 pub fn decider_spec(scaling: &RevisionScaling, reachable: bool) -> DeciderSpec {
     DeciderSpec {
-        metric: metric(scaling.metric),
+        metric: scaling.metric,
         target_value: scaling.target,
         total_value: scaling.total_value,
         target_burst_capacity: scaling.target_burst_capacity,

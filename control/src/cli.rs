@@ -247,6 +247,26 @@ pub enum RenderCommand {
     /// An Envoy bootstrap: static resources for the given manifests, or an
     /// ADS bootstrap that connects Envoy to `revgate serve`.
     Envoy(RenderEnvoyArgs),
+    /// Every Kubernetes object cluster mode writes for the given manifests on
+    /// an Istio mesh: revision Deployments and Services, VirtualServices per
+    /// Route (net-istio's shape) and the gateway's WasmPlugin.
+    Istio(RenderIstioArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RenderIstioArgs {
+    /// Knative manifests (files or directories, applied in order).
+    #[arg(short = 'f', long = "filename", required = true, num_args = 1..)]
+    pub files: Vec<PathBuf>,
+    /// The Istio Gateway for external traffic, `namespace/name`.
+    #[arg(long, default_value = "knative-serving/knative-ingress-gateway")]
+    pub gateway: String,
+    /// Where the gateway pulls the filter from (see scripts/build-filter-oci.sh).
+    #[arg(long)]
+    pub wasm_url: Option<String>,
+    /// The filter's sha256, pinned in the WasmPlugin.
+    #[arg(long)]
+    pub wasm_sha256: Option<String>,
 }
 
 #[derive(Debug, Args)]

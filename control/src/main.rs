@@ -68,6 +68,7 @@ fn main() -> ExitCode {
             Command::Delete(args) => admin::client::apply(args, true).await,
             Command::Get(args) => admin::client::get(args).await,
             Command::Render(RenderCommand::Envoy(args)) => render::envoy(args),
+            Command::Render(RenderCommand::Istio(args)) => render::istio(args),
             Command::Autoscaler(AutoscalerCommand::Decide(args)) => autoscaler_cli::decide(args),
             Command::Autoscaler(AutoscalerCommand::Simulate(args)) => autoscaler_cli::simulate(args),
         }

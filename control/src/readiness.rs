@@ -9,6 +9,7 @@
 //! | revision's endpoints          | ready endpoints reported to node N           |
 //! |-------------------------------|----------------------------------------------|
 //! | IP addresses (EDS)            | endpoints in the assignment N last ACKed      |
+//! | IP addresses, N's filter probes (`gate=probe`) | the registered endpoints: N is not programmed by revgate (an Istio gateway) and never ACKs; its filter confirms them in its own Envoy before releasing |
 //! | host names (inlined, no EDS)  | the static endpoints (DNS resolves in Envoy) |
 //! | none yet                      | 0: the filter holds requests                 |
 //!
@@ -139,8 +140,10 @@ impl ReadinessTable {
     }
 
     /// The update for one node: every known revision with the endpoints that
-    /// node runs.
-    pub fn update_for(&self, node: &str) -> ReadinessUpdate {
+    /// node runs. A node whose filter `probes` (it confirms endpoints in its
+    /// own Envoy before releasing) gets the registered endpoints instead: it
+    /// is one revgate does not program, whose ACKs never come.
+    pub fn update_for(&self, node: &str, probes: bool) -> ReadinessUpdate {
         let acked = self.acked.get(node);
         let revisions = self
             .revisions
@@ -150,7 +153,13 @@ impl ReadinessTable {
                 revision: key.name.clone(),
                 ready_endpoints: facts
                     .inlined_endpoints
-                    .unwrap_or_else(|| acked.and_then(|a| a.get(key)).copied().unwrap_or(0))
+                    .unwrap_or_else(|| {
+                        if probes {
+                            self.desired(key).unwrap_or(0)
+                        } else {
+                            acked.and_then(|a| a.get(key)).copied().unwrap_or(0)
+                        }
+                    })
                     .min(self.desired(key).unwrap_or(u32::MAX)),
                 container_concurrency: facts.container_concurrency,
                 activation_timeout_ms: facts.activation_timeout_ms,
@@ -210,7 +219,7 @@ mod tests {
     }
 
     fn ready(table: &ReadinessTable, node: &str, revision: &str) -> u32 {
-        let update = table.update_for(node);
+        let update = table.update_for(node, false);
         update.revisions.iter().find(|r| r.revision == revision).map(|r| r.ready_endpoints).unwrap_or(u32::MAX)
     }
 
@@ -232,6 +241,20 @@ mod tests {
     }
 
     #[test]
+    fn a_node_whose_filter_probes_gets_the_registered_endpoints() {
+        let mut table = ReadinessTable::default();
+        table.set_plan(&plan(vec![revision("hello-00001", None)]));
+        let key = ObjectKey::new("default", "hello-00001");
+        let probed = |table: &ReadinessTable| table.update_for("istio-gw", true).revisions[0].ready_endpoints;
+        assert_eq!(probed(&table), 0, "nothing registered");
+        table.set_desired(&BTreeMap::from([(key.clone(), 2)]));
+        assert_eq!(probed(&table), 2, "registered, no ACK needed: the filter probes");
+        assert_eq!(ready(&table, "istio-gw", "hello-00001"), 0, "a filter that does not probe waits for an ACK");
+        table.set_desired(&BTreeMap::from([(key, 0)]));
+        assert_eq!(probed(&table), 0, "going to zero: cold at once");
+    }
+
+    #[test]
     fn endpoints_inlined_by_name_are_ready_without_eds() {
         let mut table = ReadinessTable::default();
         let by_name = vec![Endpoint { host: "localhost".into(), port: 8080 }];
@@ -243,7 +266,7 @@ mod tests {
     fn the_update_carries_concurrency_and_timeout_and_unknown_revisions_are_absent() {
         let mut table = ReadinessTable::default();
         table.set_plan(&plan(vec![revision("hello-00001", None)]));
-        let update = table.update_for("gw-1");
+        let update = table.update_for("gw-1", false);
         assert_eq!(update.revisions.len(), 1);
         assert_eq!(update.revisions[0].container_concurrency, 10);
         assert_eq!(update.revisions[0].activation_timeout_ms, 300_000);

@@ -1,4 +1,5 @@
-//! `revgate render envoy`: Envoy bootstraps printed without a control plane.
+//! `revgate render envoy|istio`: configuration printed without a control
+//! plane or a cluster, for reviews and GitOps.
 
 use std::process::ExitCode;
 
@@ -9,7 +10,7 @@ use revgate_xds::render::{AdsBootstrapOptions, BootstrapOptions, ads_bootstrap_y
 use revgate_xds::server::Api;
 use revgate_xds::translate::{XdsSettings, translate};
 
-use crate::cli::RenderEnvoyArgs;
+use crate::cli::{RenderEnvoyArgs, RenderIstioArgs};
 use crate::manifests;
 
 pub fn envoy(args: RenderEnvoyArgs) -> anyhow::Result<ExitCode> {
@@ -24,13 +25,9 @@ pub fn envoy(args: RenderEnvoyArgs) -> anyhow::Result<ExitCode> {
         print!("{yaml}");
         return Ok(ExitCode::SUCCESS);
     }
-    let mut documents = Vec::new();
-    for file in manifests::read_all(&args.files)? {
-        documents.extend(parse_documents(&file.name, &file.content)?);
-    }
     // Render exactly what `revgate serve` would publish for these manifests
     // applied to an empty control plane.
-    let (world, _) = World::default().apply(&documents, 0).context("the manifests are invalid")?;
+    let world = applied(&args.files)?;
     let plan = world.plan(&Observed::default());
     let settings = XdsSettings { listener_port: args.http_port, ..XdsSettings::default() };
     let resources = translate(&plan, &Default::default(), &settings);
@@ -42,4 +39,28 @@ pub fn envoy(args: RenderEnvoyArgs) -> anyhow::Result<ExitCode> {
         )?
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// `revgate render istio`: the objects cluster mode would write.
+pub fn istio(args: RenderIstioArgs) -> anyhow::Result<ExitCode> {
+    let world = applied(&args.files)?;
+    let mut options = revgate_istio::RenderOptions { ingress_gateway: args.gateway, ..Default::default() };
+    if let Some(url) = args.wasm_url {
+        options.wasm_url = url;
+    }
+    options.wasm_sha256 = args.wasm_sha256;
+    options.validate().context("invalid option")?;
+    print!("{}", revgate_istio::to_yaml_stream(&revgate_istio::render(&world, &options))?);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The manifests applied, in order, to an empty world (as `revgate apply`
+/// would to a fresh control plane).
+fn applied(files: &[std::path::PathBuf]) -> anyhow::Result<World> {
+    let mut documents = Vec::new();
+    for file in manifests::read_all(files)? {
+        documents.extend(parse_documents(&file.name, &file.content)?);
+    }
+    let (world, _) = World::default().apply(&documents, 0).context("the manifests are invalid")?;
+    Ok(world)
 }

@@ -64,6 +64,17 @@ pub mod paths {
     /// them have heard that a revision is cold before its endpoints go.
     pub const READINESS_REPORTER_PARAM: &str = "reporter";
 
+    /// Query parameter of [`READINESS`]: the caller's release gate, sent as
+    /// [`READINESS_GATE_PROBE`] by a filter that confirms a revision's
+    /// endpoints in its own Envoy with a probe before releasing (the
+    /// filter's `release_gate: probe`, for gateways revgate does not program,
+    /// such as Istio's). Such a caller is told the endpoints the control plane
+    /// has registered; any other only the endpoints its node ACKed.
+    pub const READINESS_GATE_PARAM: &str = "gate";
+
+    /// Value of [`READINESS_GATE_PARAM`] of a filter that probes.
+    pub const READINESS_GATE_PROBE: &str = "probe";
+
     /// Content type of every request and response body.
     pub const CONTENT_TYPE: &str = "application/x-protobuf";
 

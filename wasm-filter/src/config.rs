@@ -22,6 +22,41 @@ pub mod knobs {
     pub const READINESS_POLL_TIMEOUT_MS: &str = "readiness_poll_timeout_ms";
     pub const TICK_INTERVAL_MS: &str = "tick_interval_ms";
     pub const STARTUP_HOLD_MS: &str = "startup_hold_ms";
+    pub const RELEASE_GATE: &str = "release_gate";
+    pub const PROBE_PATH: &str = "probe_path";
+    pub const PROBE_TIMEOUT_MS: &str = "probe_timeout_ms";
+}
+
+/// What must be true before a held request for a ready revision is
+/// released (knob `release_gate`).
+///
+/// | gate | a held request is released when | use |
+/// |---|---|---|
+/// | `control-plane` | the control plane says the revision has ready endpoints in this node | revgate's own xDS: it counts an endpoint only once this Envoy ACKed it |
+/// | `probe` | that, and a probe through the request's own cluster got an answer from the revision in this VM | Istio gateways: istiod programs Envoy, revgate sees no ACKs |
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ReleaseGate {
+    #[default]
+    ControlPlane,
+    Probe,
+}
+
+impl ReleaseGate {
+    /// Every gate, as its knob value.
+    pub const ALL: [Self; 2] = [Self::ControlPlane, Self::Probe];
+
+    /// The knob's value for this gate.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ControlPlane => "control-plane",
+            Self::Probe => "probe",
+        }
+    }
+
+    /// The gate a knob value names, if any.
+    pub fn parse(value: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|gate| gate.as_str() == value)
+    }
 }
 
 /// The filter's settings. Knative names and defaults where Knative has them.
@@ -53,6 +88,17 @@ pub struct FilterConfig {
     /// sends requests to cold revisions nor fails them. Past this without an
     /// answer, requests pass.
     pub startup_hold_ms: u64,
+    /// What must hold before a request for a ready revision is released
+    /// (see [`ReleaseGate`]).
+    pub release_gate: ReleaseGate,
+    /// `:path` of the probe request (`release_gate: probe`). Any HTTP answer
+    /// from the revision counts, a 404 too, so a path the app answers
+    /// cheaply is best.
+    pub probe_path: String,
+    /// How long a probe may take before it counts as "not yet". A timeout
+    /// cannot tell a slow answer from a connection still pending, so the
+    /// app must answer `probe_path` within this.
+    pub probe_timeout_ms: u64,
 }
 
 impl Default for FilterConfig {
@@ -66,6 +112,9 @@ impl Default for FilterConfig {
             readiness_poll_timeout_ms: 30_000,
             tick_interval_ms: 100,
             startup_hold_ms: 3_000,
+            release_gate: ReleaseGate::ControlPlane,
+            probe_path: "/".to_owned(),
+            probe_timeout_ms: 1_000,
         }
     }
 }
@@ -101,6 +150,9 @@ const KNOWN: &[&str] = &[
     knobs::READINESS_POLL_TIMEOUT_MS,
     knobs::TICK_INTERVAL_MS,
     knobs::STARTUP_HOLD_MS,
+    knobs::RELEASE_GATE,
+    knobs::PROBE_PATH,
+    knobs::PROBE_TIMEOUT_MS,
 ];
 
 /// Parses the plugin configuration. Never fails: returns the configuration
@@ -151,6 +203,25 @@ pub fn parse(raw: &[u8]) -> (FilterConfig, Vec<ConfigError>) {
     }
     if let Some(v) = knob.whole(knobs::STARTUP_HOLD_MS, 0, 600_000) {
         config.startup_hold_ms = v;
+    }
+    if let Some(v) = knob.string(knobs::RELEASE_GATE) {
+        match ReleaseGate::parse(&v) {
+            Some(gate) => config.release_gate = gate,
+            None => {
+                let allowed: Vec<&str> = ReleaseGate::ALL.iter().map(|g| g.as_str()).collect();
+                knob.bad(knobs::RELEASE_GATE, format!("is {v:?}, not one of {}", allowed.join(", ")));
+            }
+        }
+    }
+    if let Some(v) = knob.string(knobs::PROBE_PATH) {
+        if v.starts_with('/') && !v.contains(char::is_whitespace) {
+            config.probe_path = v;
+        } else {
+            knob.bad(knobs::PROBE_PATH, format!("is {v:?}; it must start with `/` and hold no whitespace"));
+        }
+    }
+    if let Some(v) = knob.whole(knobs::PROBE_TIMEOUT_MS, 10, 60_000) {
+        config.probe_timeout_ms = v;
     }
     (config, errors)
 }
@@ -231,7 +302,10 @@ mod tests {
             "default_activation_timeout_ms": 60000,
             "readiness_poll_timeout_ms": 40000,
             "tick_interval_ms": 50,
-            "startup_hold_ms": 500
+            "startup_hold_ms": 500,
+            "release_gate": "probe",
+            "probe_path": "/healthz?probe=1",
+            "probe_timeout_ms": 250
         }"#;
         let (config, errors) = parse(raw);
         assert_eq!(errors, vec![]);
@@ -246,6 +320,9 @@ mod tests {
                 readiness_poll_timeout_ms: 40_000,
                 tick_interval_ms: 50,
                 startup_hold_ms: 500,
+                release_gate: ReleaseGate::Probe,
+                probe_path: "/healthz?probe=1".into(),
+                probe_timeout_ms: 250,
             }
         );
         assert_eq!(config.readiness_stale_after_ms(), 80_000);
@@ -269,6 +346,32 @@ mod tests {
             assert!(text.iter().any(|t| t.contains(&format!("`{knob}`"))), "{knob} not named in {text:?}");
         }
         assert_eq!(errors.len(), 5);
+    }
+
+    #[test]
+    fn release_gate_values_are_named_and_a_bad_one_keeps_the_default() {
+        assert_eq!(parse(br#"{"release_gate": "control-plane"}"#).0.release_gate, ReleaseGate::ControlPlane);
+        assert_eq!(parse(br#"{"release_gate": "probe"}"#).0.release_gate, ReleaseGate::Probe);
+        for raw in [&br#"{"release_gate": "Probe"}"#[..], br#"{"release_gate": true}"#, br#"{"release_gate": ""}"#] {
+            let (config, errors) = parse(raw);
+            assert_eq!(config.release_gate, ReleaseGate::ControlPlane);
+            let [error] = errors.as_slice() else { panic!("{errors:?}") };
+            assert!(error.to_string().contains("`release_gate`"), "{error}");
+        }
+        let (_, errors) = parse(br#"{"release_gate": "ack"}"#);
+        assert_eq!(
+            errors[0].to_string(),
+            "plugin configuration knob `release_gate` is \"ack\", not one of control-plane, probe; using its default"
+        );
+    }
+
+    #[test]
+    fn probe_knobs_are_checked() {
+        let (config, errors) = parse(br#"{"probe_path": "healthz", "probe_timeout_ms": 5}"#);
+        assert_eq!((config.probe_path.as_str(), config.probe_timeout_ms), ("/", 1_000));
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        let (_, errors) = parse(br#"{"probe_path": "/a b"}"#);
+        assert!(errors[0].to_string().contains("`probe_path`"), "{errors:?}");
     }
 
     #[test]

@@ -5,7 +5,7 @@
 use revgate_proto::paths;
 use revgate_proto::{ActivationRequest, MetricsReport};
 
-use crate::config::FilterConfig;
+use crate::config::{FilterConfig, ReleaseGate};
 use crate::readiness::{Decoded, ReadinessError, ReadinessTable};
 
 const NS_PER_MS: u64 = 1_000_000;
@@ -64,14 +64,17 @@ impl Call {
         }
     }
 
-    /// `GET /activation/v1/readiness?after=<version>&node=<node>&reporter=<reporter>`.
+    /// `GET /activation/v1/readiness?after=<version>&node=<node>&reporter=<reporter>`,
+    /// plus `&gate=probe` with `release_gate: probe`.
     pub fn readiness(config: &FilterConfig, after: u64, node_id: &str, reporter: &str) -> Self {
-        Self {
-            method: "GET",
-            path: paths::readiness_path(after, node_id, reporter),
-            body: None,
-            timeout_ms: config.readiness_poll_timeout_ms,
+        let mut path = paths::readiness_path(after, node_id, reporter);
+        if config.release_gate == ReleaseGate::Probe {
+            // This filter confirms endpoints in its own Envoy: the control
+            // plane tells it the endpoints it registered, not the ones this
+            // node ACKed (a gateway revgate does not program never ACKs).
+            path = format!("{path}&{}={}", paths::READINESS_GATE_PARAM, paths::READINESS_GATE_PROBE);
         }
+        Self { method: "GET", path, body: None, timeout_ms: config.readiness_poll_timeout_ms }
     }
 }
 
@@ -222,6 +225,13 @@ mod tests {
                 (":authority", "revgate-control"),
                 ("accept", "application/x-protobuf"),
             ]
+        );
+
+        let probing = FilterConfig { release_gate: ReleaseGate::Probe, ..FilterConfig::default() };
+        assert_eq!(
+            Call::readiness(&probing, 7, "gw-1", "r").path,
+            "/activation/v1/readiness?after=7&node=gw-1&reporter=r&gate=probe",
+            "a filter that probes says so"
         );
 
         let request = ActivationRequest { revision: "hello-00001".into(), held: 1, ..Default::default() };

@@ -8,16 +8,27 @@
 //!
 //! | phase | entered when | left when |
 //! |---|---|---|
-//! | waiting | cold revision, or its capacity is full, or others wait before it | released ([`Effect::Resume`]), expired ([`Effect::Reply`]) or aborted (`on_log`) |
+//! | waiting | cold revision, or not yet confirmed by a probe (`release_gate: probe`), or its capacity is full, or others wait before it | released ([`Effect::Resume`]), expired ([`Effect::Reply`]) or aborted (`on_log`) |
 //! | admitted | sent upstream, with or without a breaker slot | the stream ends (`on_log`), giving its slot back |
 //! | refused | its revision's queue was full, or it expired | the stream ends (`on_log`) |
+//!
+//! How the oldest waiting request of a revision may proceed, by the view and
+//! the release gate (every other waiting request queues behind it):
+//!
+//! | view of the revision | `control-plane` gate | `probe` gate, route's cluster not confirmed | `probe` gate, confirmed |
+//! |---|---|---|---|
+//! | no view (after the startup hold), or not listed | go, untracked | go, untracked | go, untracked |
+//! | cold (`ready_endpoints == 0`) | wait; activation | wait; activation | (cold forgets confirmations) |
+//! | ready, capacity left | go | wait; probe the cluster ([`probe`]) | go |
+//! | ready, at capacity | wait | wait; probe the cluster | wait |
 
 use std::collections::HashMap;
 
 use crate::breaker::{self, SharedStore};
-use crate::config::FilterConfig;
+use crate::config::{FilterConfig, ReleaseGate};
 use crate::hold::{Held, HoldQueue};
 use crate::metrics::Metrics;
+use crate::probe::{self, Confirmed, ProbeCall, Probes};
 use crate::readiness::{self, Readiness, ReadinessTable};
 use crate::reply::LocalReply;
 use crate::revision::{RevisionKey, Target};
@@ -62,6 +73,8 @@ enum Phase {
 #[derive(Debug, Clone)]
 struct Tracked {
     key: RevisionKey,
+    /// The cluster the route picked, which a probe goes through.
+    cluster: String,
     metadata_cc: Option<u32>,
     started_ns: u64,
     phase: Phase,
@@ -71,7 +84,7 @@ struct Tracked {
 enum Admission {
     /// No view, or the revision is not in it: pass it on.
     Untracked,
-    /// Cold, or at capacity: keep waiting.
+    /// Cold, at capacity, or not yet confirmed by a probe: keep waiting.
     Wait,
     /// Go, holding a breaker slot or not.
     Go { slot: bool },
@@ -94,6 +107,8 @@ pub struct Gate {
     pending_activations: Vec<Activation>,
     queue: HoldQueue,
     requests: HashMap<u32, Tracked>,
+    /// `release_gate: probe`: which clusters this VM confirmed.
+    probes: Probes,
     metrics: Metrics,
 }
 
@@ -109,13 +124,19 @@ impl Gate {
             pending_activations: Vec::new(),
             queue,
             requests: HashMap::new(),
+            probes: Probes::default(),
             metrics: Metrics::new(now_ns),
         }
     }
 
     /// Applies a new configuration, keeping held requests and the view.
+    /// Requests that waited only for a probe go at the next tick if the
+    /// gate is no longer `probe`.
     pub fn reconfigure(&mut self, config: FilterConfig) {
         self.queue.set_limit(config.max_held_per_revision);
+        if config.release_gate != ReleaseGate::Probe {
+            self.probes.clear();
+        }
         self.config = config;
     }
 
@@ -139,14 +160,14 @@ impl Gate {
 
     /// A request's headers arrived for `target` (HTTP context `id`).
     pub fn on_request(&mut self, id: u32, target: Target, now_ns: u64, store: &dyn SharedStore) -> Decision {
-        let Target { key, metadata_container_concurrency: metadata_cc } = target;
-        let mut tracked = Tracked { key, metadata_cc, started_ns: now_ns, phase: Phase::Waiting };
+        let Target { key, cluster, metadata_container_concurrency: metadata_cc } = target;
+        let mut tracked = Tracked { key, cluster, metadata_cc, started_ns: now_ns, phase: Phase::Waiting };
         let line = self.line(&tracked.key);
         // Nobody jumps the queue: with requests already waiting, a new one waits too.
         let admission = match line {
             _ if self.queue.len(&tracked.key) > 0 => Admission::Wait,
             None => self.unlisted(now_ns),
-            Some(line) => self.admission(&tracked.key, &line, metadata_cc, store),
+            Some(line) => self.admission(&tracked.key, &tracked.cluster, &line, metadata_cc, store),
         };
         let decision = match admission {
             Admission::Untracked => {
@@ -185,15 +206,23 @@ impl Gate {
         if self.view.is_none() && starting { Admission::Wait } else { Admission::Untracked }
     }
 
-    /// Whether a request for a listed revision may go now.
+    /// Whether requests through `cluster` may go on the control plane's word
+    /// alone, or were confirmed by a probe. A request whose cluster is
+    /// unknown cannot be probed and goes on the control plane's word.
+    fn confirmed(&self, cluster: &str) -> bool {
+        self.config.release_gate != ReleaseGate::Probe || cluster.is_empty() || self.probes.is_confirmed(cluster)
+    }
+
+    /// Whether a request for a listed revision, routed to `cluster`, may go now.
     fn admission(
         &self,
         key: &RevisionKey,
+        cluster: &str,
         line: &Readiness,
         metadata_cc: Option<u32>,
         store: &dyn SharedStore,
     ) -> Admission {
-        if !line.is_ready() {
+        if !line.is_ready() || !self.confirmed(cluster) {
             return Admission::Wait;
         }
         let Some(capacity) = line.capacity(metadata_cc) else { return Admission::Go { slot: false } };
@@ -212,10 +241,11 @@ impl Gate {
     fn pump(&mut self, key: &RevisionKey, now_ns: u64, store: &dyn SharedStore) -> Vec<Effect> {
         let mut effects = Vec::new();
         while let Some(front) = self.queue.front(key) {
-            let metadata_cc = self.requests.get(&front.id).and_then(|t| t.metadata_cc);
+            let (cluster, metadata_cc) =
+                self.requests.get(&front.id).map_or((String::new(), None), |t| (t.cluster.clone(), t.metadata_cc));
             let admission = match self.line(key) {
                 None => self.unlisted(now_ns),
-                Some(line) => self.admission(key, &line, metadata_cc, store),
+                Some(line) => self.admission(key, &cluster, &line, metadata_cc, store),
             };
             let slot = match admission {
                 Admission::Wait => break,
@@ -246,6 +276,9 @@ impl Gate {
                 self.pending_activations.push(Activation { key, held });
             }
         }
+        // A revision that went cold or left the view must be probed again
+        // before its next release: Envoy may lose its endpoints meanwhile.
+        self.probes.retain_revisions(|key| view.get(key).is_some_and(Readiness::is_ready));
         self.view = Some(view);
         self.view_at_ns = now_ns;
         let mut keys: Vec<RevisionKey> = changes.into_iter().map(|(key, _)| key).collect();
@@ -260,6 +293,68 @@ impl Gate {
     /// Activations to send that no request context carried.
     pub fn take_activations(&mut self) -> Vec<Activation> {
         std::mem::take(&mut self.pending_activations)
+    }
+
+    /// The probes to send now (`release_gate: probe`): for each revision
+    /// whose oldest waiting request waits only for its cluster to be
+    /// confirmed, one probe through that cluster unless one is in flight or
+    /// backing off. The glue dispatches each and reports the outcome with
+    /// [`Gate::probe_dispatched`] or [`Gate::probe_dispatch_failed`].
+    pub fn take_probes(&mut self, now_ns: u64) -> Vec<ProbeCall> {
+        if self.config.release_gate != ReleaseGate::Probe {
+            return Vec::new();
+        }
+        let mut waiting: Vec<(String, RevisionKey)> = Vec::new();
+        for key in self.queue.revisions() {
+            let Some(front) = self.queue.front(&key) else { continue };
+            let Some(tracked) = self.requests.get(&front.id) else { continue };
+            let ready = self.line(&key).is_some_and(|line| line.is_ready());
+            let blocked = ready && !self.confirmed(&tracked.cluster);
+            if blocked && !waiting.iter().any(|(cluster, _)| cluster == &tracked.cluster) {
+                waiting.push((tracked.cluster.clone(), key));
+            }
+        }
+        self.probes.due(&waiting, now_ns)
+    }
+
+    /// The probe through `cluster` was dispatched as call `token`.
+    pub fn probe_dispatched(&mut self, cluster: &str, token: u32) {
+        self.probes.dispatched(cluster, token);
+    }
+
+    /// The probe through `cluster` could not be dispatched; it is retried
+    /// after a backoff. Returns the consecutive failures of that cluster.
+    pub fn probe_dispatch_failed(&mut self, cluster: &str, now_ns: u64) -> u32 {
+        self.probes.dispatch_failed(cluster, now_ns);
+        self.probes.failures(cluster)
+    }
+
+    /// Whether call `token` is one of this VM's probes in flight.
+    pub fn is_probe(&self, token: u32) -> bool {
+        self.probes.is_probe(token)
+    }
+
+    /// A probe is backing off: the root should tick often enough to retry it.
+    pub fn probe_retry_pending(&self) -> bool {
+        self.probes.retry_pending()
+    }
+
+    /// The answer to probe `token`, classified with [`probe::classify`].
+    /// When it confirms the cluster, the requests waiting on it are released
+    /// (oldest first, through the breaker as usual).
+    pub fn on_probe_answer(
+        &mut self,
+        token: u32,
+        outcome: &probe::Outcome,
+        now_ns: u64,
+        store: &dyn SharedStore,
+    ) -> (Option<Confirmed>, Vec<Effect>) {
+        let confirmed = self.probes.answered(token, outcome, now_ns);
+        let effects = match &confirmed {
+            Some(confirmed) if self.queue.len(&confirmed.key) > 0 => self.pump(&confirmed.key.clone(), now_ns, store),
+            _ => Vec::new(),
+        };
+        (confirmed, effects)
     }
 
     fn release(
@@ -364,7 +459,7 @@ mod tests {
     const T0: u64 = 1_700_000_000_000 * MS;
 
     fn target(rev: &str) -> Target {
-        Target { key: RevisionKey::new("default", rev), metadata_container_concurrency: None }
+        Target { key: RevisionKey::new("default", rev), cluster: String::new(), metadata_container_concurrency: None }
     }
 
     fn key(rev: &str) -> RevisionKey {
@@ -509,7 +604,7 @@ mod tests {
     fn metadata_concurrency_applies_when_the_view_has_none() {
         let (mut g, store) = (gate(), FakeStore::default());
         g.on_view(view(1, &[("hello", 1, 0)]), T0, &store);
-        let limited = Target { key: key("hello"), metadata_container_concurrency: Some(1) };
+        let limited = Target { metadata_container_concurrency: Some(1), ..target("hello") };
         assert_eq!(g.on_request(1, limited.clone(), T0, &store), Decision::Continue);
         assert_eq!(g.on_request(2, limited, T0, &store), pause(None));
     }
@@ -596,6 +691,151 @@ mod tests {
         store.set_count(&key("hello"), 0);
         assert_eq!(g.on_request(3, target("hello"), T0, &store), pause(None));
         assert_eq!(g.on_tick(T0 + MS, &store), vec![Effect::Resume(2)]);
+    }
+
+    const ISTIO: &str = "outbound|80||hello.default.svc.cluster.local";
+
+    fn probe_gate() -> Gate {
+        let config =
+            FilterConfig { release_gate: ReleaseGate::Probe, max_held_per_revision: 3, ..FilterConfig::default() };
+        Gate::new(config, T0)
+    }
+
+    fn routed(rev: &str, cluster: &str) -> Target {
+        Target { cluster: cluster.to_owned(), ..target(rev) }
+    }
+
+    fn probe_call(rev: &str, cluster: &str) -> ProbeCall {
+        ProbeCall { cluster: cluster.to_owned(), key: key(rev) }
+    }
+
+    const NO_HEALTHY_UPSTREAM: (&str, &[u8]) = ("503", b"no healthy upstream");
+
+    fn answer(g: &mut Gate, token: u32, (status, body): (&str, &[u8]), now: u64, store: &FakeStore) -> Vec<Effect> {
+        g.on_probe_answer(token, &probe::classify(Some(status), body), now, store).1
+    }
+
+    #[test]
+    fn probe_gate_releases_a_cold_start_only_once_the_cluster_answers() {
+        let (mut g, store) = (probe_gate(), FakeStore::default());
+        g.on_view(view(1, &[("hello", 0, 0)]), T0, &store);
+        assert_eq!(g.on_request(1, routed("hello", ISTIO), T0, &store), pause(Some(("hello", 1))));
+        assert_eq!(g.on_request(2, routed("hello", ISTIO), T0, &store), pause(None));
+        assert_eq!(g.take_probes(T0), vec![], "cold: nothing to probe yet");
+
+        // The control plane says ready; this Envoy may not have the endpoints yet.
+        assert_eq!(g.on_view(view(2, &[("hello", 1, 0)]), T0 + MS, &store), vec![], "held until a probe answers");
+        assert_eq!(g.take_probes(T0 + MS), vec![probe_call("hello", ISTIO)]);
+        g.probe_dispatched(ISTIO, 100);
+        assert!(g.is_probe(100));
+        assert_eq!(g.take_probes(T0 + MS), vec![], "one probe in flight");
+        assert_eq!(g.on_tick(T0 + 2 * MS, &store), vec![], "ticks release nothing unconfirmed");
+
+        // Envoy answers for itself: not yet; retried after 10 ms.
+        assert_eq!(answer(&mut g, 100, NO_HEALTHY_UPSTREAM, T0 + 3 * MS, &store), vec![]);
+        assert!(g.probe_retry_pending());
+        assert_eq!(g.take_probes(T0 + 12 * MS), vec![]);
+        assert_eq!(g.take_probes(T0 + 13 * MS), vec![probe_call("hello", ISTIO)]);
+        g.probe_dispatched(ISTIO, 101);
+
+        // The app answers (anything): both go, oldest first.
+        assert_eq!(
+            answer(&mut g, 101, ("404", b"not found"), T0 + 14 * MS, &store),
+            vec![Effect::Resume(1), Effect::Resume(2)]
+        );
+        assert!(!g.probe_retry_pending());
+        assert_eq!(g.on_request(3, routed("hello", ISTIO), T0 + 15 * MS, &store), Decision::Continue);
+        assert_eq!(g.take_probes(T0 + 15 * MS), vec![]);
+    }
+
+    #[test]
+    fn probe_gate_probes_again_after_the_revision_went_cold() {
+        let (mut g, store) = (probe_gate(), FakeStore::default());
+        g.on_view(view(1, &[("hello", 1, 0)]), T0, &store);
+        // A ready revision this VM never confirmed: its first request waits for a probe.
+        assert_eq!(g.on_request(1, routed("hello", ISTIO), T0, &store), pause(None));
+        assert_eq!(g.take_probes(T0), vec![probe_call("hello", ISTIO)]);
+        g.probe_dispatched(ISTIO, 7);
+        assert_eq!(answer(&mut g, 7, ("200", b"hi"), T0 + MS, &store), vec![Effect::Resume(1)]);
+
+        g.on_view(view(2, &[("hello", 0, 0)]), T0 + 2 * MS, &store);
+        assert_eq!(g.on_request(2, routed("hello", ISTIO), T0 + 3 * MS, &store), pause(Some(("hello", 1))));
+        assert_eq!(g.on_view(view(3, &[("hello", 1, 0)]), T0 + 4 * MS, &store), vec![], "confirmation was forgotten");
+        assert_eq!(g.take_probes(T0 + 4 * MS), vec![probe_call("hello", ISTIO)]);
+        g.probe_dispatched(ISTIO, 8);
+        // Cold again while the probe is out: its answer counts for nothing.
+        g.on_view(view(4, &[("hello", 0, 0)]), T0 + 5 * MS, &store);
+        let (confirmed, effects) = g.on_probe_answer(8, &probe::classify(Some("200"), b""), T0 + 6 * MS, &store);
+        assert_eq!((confirmed, effects), (None, vec![]));
+        assert_eq!(g.held_total(), 1);
+    }
+
+    #[test]
+    fn probe_gate_stops_probing_when_nobody_waits_and_still_expires_held_requests() {
+        let (mut g, store) = (probe_gate(), FakeStore::default());
+        g.on_view(view(1, &[("hello", 1, 0)]), T0, &store);
+        g.on_request(1, routed("hello", ISTIO), T0, &store);
+        assert_eq!(g.take_probes(T0).len(), 1);
+        assert_eq!(g.probe_dispatch_failed(ISTIO, T0), 1, "e.g. the cluster is not in this Envoy");
+        assert_eq!(g.take_probes(T0 + 10 * MS).len(), 1, "retried");
+        g.probe_dispatch_failed(ISTIO, T0 + 10 * MS);
+        g.on_log(1, None, T0 + 11 * MS, &store);
+        assert_eq!(g.take_probes(T0 + 100 * MS), vec![], "the client left: no more probes");
+        assert!(!g.probe_retry_pending());
+
+        // Never confirmed: the request ends at its activation timeout.
+        g.on_request(2, routed("hello", ISTIO), T0 + 200 * MS, &store);
+        let timeout = g.config().default_activation_timeout_ms * MS;
+        let effects = g.on_tick(T0 + 200 * MS + timeout, &store);
+        assert!(
+            matches!(effects.as_slice(), [Effect::Reply(2, reply)] if reply.reason == ACTIVATION_TIMEOUT),
+            "{effects:?}"
+        );
+    }
+
+    #[test]
+    fn probe_gate_confirms_each_cluster_of_a_revision_and_respects_the_breaker() {
+        let (mut g, store) = (probe_gate(), FakeStore::default());
+        let h2c = "outbound|81||hello.default.svc.cluster.local";
+        g.on_view(view(1, &[("hello", 1, 1)]), T0, &store);
+        g.on_request(1, routed("hello", ISTIO), T0, &store);
+        g.on_request(2, routed("hello", h2c), T0, &store);
+        assert_eq!(g.take_probes(T0), vec![probe_call("hello", ISTIO)], "the oldest request's cluster");
+        g.probe_dispatched(ISTIO, 1);
+        assert_eq!(answer(&mut g, 1, ("200", b""), T0 + MS, &store), vec![Effect::Resume(1)]);
+        assert_eq!(store.count(&key("hello")), 1, "the released request holds the breaker's only slot");
+        assert_eq!(g.take_probes(T0 + MS), vec![probe_call("hello", h2c)], "the next request's own cluster");
+        g.probe_dispatched(h2c, 2);
+        assert_eq!(answer(&mut g, 2, ("200", b""), T0 + 2 * MS, &store), vec![], "confirmed, but at capacity");
+        assert_eq!(g.on_log(1, Some(200), T0 + 3 * MS, &store), vec![Effect::Resume(2)]);
+    }
+
+    #[test]
+    fn probe_gate_lets_unlisted_and_unprobeable_requests_go_on_the_control_planes_word() {
+        let (mut g, store) = (probe_gate(), FakeStore::default());
+        g.on_view(view(1, &[("hello", 1, 0)]), T0, &store);
+        assert_eq!(
+            g.on_request(1, routed("other", "outbound|80||other.default.svc.cluster.local"), T0, &store),
+            Decision::Continue
+        );
+        assert_eq!(g.on_request(2, target("hello"), T0, &store), Decision::Continue, "no cluster to probe through");
+        assert_eq!(g.take_probes(T0), vec![]);
+    }
+
+    #[test]
+    fn control_plane_gate_never_probes() {
+        let (mut g, store) = (gate(), FakeStore::default());
+        g.on_view(view(1, &[("hello", 0, 0)]), T0, &store);
+        g.on_request(1, routed("hello", ISTIO), T0, &store);
+        assert_eq!(g.on_view(view(2, &[("hello", 1, 0)]), T0 + MS, &store), vec![Effect::Resume(1)]);
+        assert_eq!(g.take_probes(T0 + MS), vec![]);
+
+        // Switching the gate off releases requests that waited only for a probe.
+        let (mut g, store) = (probe_gate(), FakeStore::default());
+        g.on_view(view(1, &[("hello", 1, 0)]), T0, &store);
+        g.on_request(1, routed("hello", ISTIO), T0, &store);
+        g.reconfigure(FilterConfig::default());
+        assert_eq!(g.on_tick(T0 + MS, &store), vec![Effect::Resume(1)]);
     }
 
     #[test]

@@ -43,6 +43,9 @@
 //!   announces readiness. The control plane announces a revision ready for a
 //!   node only once that node has ACKed the EDS version holding its
 //!   endpoints, so a released request never meets "no healthy upstream".
+//!   In an Istio gateway revgate sees no ACKs; there `release_gate: probe`
+//!   makes the filter confirm, through the request's own cluster, that this
+//!   Envoy reaches the revision before it releases ([`probe`]).
 //!
 //! # Layout
 //!
@@ -50,6 +53,8 @@
 //! - [`config`]: plugin configuration, parsed per knob, never failing.
 //! - [`revision`]: which revision a cluster is (both name forms, metadata).
 //! - [`readiness`]: the control plane's view and what changed between views.
+//! - [`probe`]: probe-gated release: what a probe's answer means, and the
+//!   per-cluster probe states with their backoff.
 //! - [`hold`]: [`hold::HoldQueue`], per-revision FIFOs of held requests.
 //! - [`breaker`]: in-flight accounting in shared data by compare-and-swap.
 //! - [`averager`], [`histogram`], [`metrics`]: what goes in a report.
@@ -77,6 +82,7 @@ pub mod gate;
 pub mod histogram;
 pub mod hold;
 pub mod metrics;
+pub mod probe;
 pub mod readiness;
 pub mod reply;
 pub mod revision;

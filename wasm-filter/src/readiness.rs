@@ -8,6 +8,7 @@
 //! | no view yet (the control plane never answered) | passes |
 //! | not listed (unknown to the control plane) | passes |
 //! | `ready_endpoints == 0` | held; the first one held in the VM sends an activation |
+//! | ready, `release_gate: probe`, its cluster not yet confirmed in this VM | held until a probe through the cluster reaches the revision ([`crate::probe`]) |
 //! | ready, `container_concurrency == 0` | passes |
 //! | ready, `container_concurrency > 0` | admitted while fewer than `cc × ready` are in flight across the VMs, else queued |
 

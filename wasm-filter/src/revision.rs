@@ -56,6 +56,9 @@ impl fmt::Display for RevisionKey {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
     pub key: RevisionKey,
+    /// The Envoy cluster the route picked (empty when unknown): a probe
+    /// (`release_gate: probe`) goes through exactly this cluster.
+    pub cluster: String,
     /// containerConcurrency from the cluster metadata, when present. The
     /// readiness update's value, when non-zero, takes precedence.
     pub metadata_container_concurrency: Option<u32>,
@@ -88,7 +91,22 @@ pub fn resolve(cluster_name: Option<&str>, metadata: &ClusterMetadata) -> Option
         _ => None,
     };
     let key = from_metadata.or_else(|| cluster_name.and_then(parse_cluster_name))?;
-    Some(Target { key, metadata_container_concurrency: metadata.container_concurrency })
+    Some(Target {
+        key,
+        cluster: cluster_name.unwrap_or_default().to_owned(),
+        metadata_container_concurrency: metadata.container_concurrency,
+    })
+}
+
+/// The `:authority` of a probe through `cluster` to `key`: the Service host
+/// of an Istio cluster name (`<revision>.<namespace>.svc.<domain>`), else
+/// `<revision>.<namespace>`.
+pub fn probe_authority(cluster: &str, key: &RevisionKey) -> String {
+    let mut parts = cluster.split(SEPARATOR);
+    match (parts.next(), parts.nth(2)) {
+        (Some(ISTIO_OUTBOUND_PREFIX), Some(host)) if parse_service_host(host).as_ref() == Some(key) => host.to_owned(),
+        _ => format!("{}.{}", key.revision, key.namespace),
+    }
 }
 
 /// Parses either cluster naming scheme (see the module docs).
@@ -227,6 +245,7 @@ mod tests {
         let meta = ClusterMetadata::from_raw(Some(b"prod"), Some(b"api-00003"), Some(&4.0f64.to_le_bytes()));
         let target = resolve(Some("rev|default|hello-00001"), &meta).unwrap();
         assert_eq!(target.key, RevisionKey::new("prod", "api-00003"));
+        assert_eq!(target.cluster, "rev|default|hello-00001", "the probe goes through the route's cluster");
         assert_eq!(target.metadata_container_concurrency, Some(4));
 
         let partial = ClusterMetadata::from_raw(Some(b"prod"), None, Some(b"2"));
@@ -236,6 +255,21 @@ mod tests {
 
         assert_eq!(resolve(Some("static-backend"), &ClusterMetadata::default()), None);
         assert_eq!(resolve(None, &ClusterMetadata::default()), None);
+    }
+
+    #[test]
+    fn istio_cluster_names_resolve_and_probe_their_service_host() {
+        let cluster = "outbound|80||hello-00001.default.svc.cluster.local";
+        let target = resolve(Some(cluster), &ClusterMetadata::default()).unwrap();
+        assert_eq!(
+            (target.key.clone(), target.cluster.as_str()),
+            (RevisionKey::new("default", "hello-00001"), cluster)
+        );
+        assert_eq!(probe_authority(cluster, &target.key), "hello-00001.default.svc.cluster.local");
+        assert_eq!(probe_authority("rev|default|hello-00001", &target.key), "hello-00001.default");
+        // Metadata naming another revision than the host: the host is not used.
+        assert_eq!(probe_authority(cluster, &RevisionKey::new("prod", "api-00003")), "api-00003.prod");
+        assert_eq!(probe_authority("outbound|80|", &target.key), "hello-00001.default");
     }
 
     proptest! {

@@ -36,24 +36,14 @@
 
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-
 use crate::window::MaxWindow;
 
 /// How often the decider runs (Knative's `tickInterval`); also the slot width
 /// of the scale-down-delay window.
 pub const TICK_INTERVAL: Duration = Duration::from_secs(2);
 
-/// The metric a revision scales on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Metric {
-    /// Requests in flight.
-    #[default]
-    Concurrency,
-    /// Requests per second.
-    Rps,
-}
+/// The metric a revision scales on: the model's, named as in Knative's annotations.
+pub use revgate_model::autoscaling::Metric;
 
 /// The parameters of one revision's decider (Knative's `DeciderSpec`), already
 /// resolved from annotations and `config-autoscaler`.

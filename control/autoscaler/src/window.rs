@@ -15,8 +15,6 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-
 use crate::decider::Metric;
 
 /// Width of one metric bucket. Knative's collector scrapes every second and
@@ -38,16 +36,9 @@ const MIN_SMOOTHING: f64 = 0.2;
 /// (`3.6e-17` instead of 0) cannot turn into an extra pod through `ceil`.
 const AVERAGE_DECIMALS: i32 = 6;
 
-/// How a window's buckets become one number (`metric-aggregation-algorithm`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Algorithm {
-    /// The mean of the buckets written so far in the window.
-    #[default]
-    Linear,
-    /// A weighted sum in which each older second counts `1 − α` times less.
-    WeightedExponential,
-}
+/// How a window's buckets become one number (`metric-aggregation-algorithm`):
+/// the model's `Aggregation`, under the name the windows use for it.
+pub use revgate_model::autoscaling::Aggregation as Algorithm;
 
 /// Whole milliseconds of a duration, saturating far beyond any real window.
 pub(crate) fn duration_ms(d: Duration) -> u64 {

@@ -17,8 +17,10 @@ use proxy_wasm::types::{BufferType, MapType, Status};
 use crate::breaker::{SharedStore, StoreError};
 use crate::control::Call;
 use crate::gate::Effect;
+use crate::probe::{PROBE_BODY_PREFIX, PROBE_HEADER, PROBE_USER_AGENT};
 use crate::revision::{
     ClusterMetadata, METADATA_CONTAINER_CONCURRENCY, METADATA_FILTER, METADATA_NAMESPACE, METADATA_REVISION,
+    RevisionKey, probe_authority,
 };
 
 /// Host clock, ns since the Unix epoch; `None` if the host failed.
@@ -96,11 +98,33 @@ pub fn dispatch(cluster: &str, authority: &str, call: &Call) -> Result<u32, Stat
     )
 }
 
+/// Dispatches a probe (`release_gate: probe`) through `cluster`, the one
+/// the held request's route picked: `GET <path>` with no body. Returns its
+/// token.
+pub fn dispatch_probe(cluster: &str, key: &RevisionKey, path: &str, timeout_ms: u64) -> Result<u32, Status> {
+    let authority = probe_authority(cluster, key);
+    let revision = key.to_string();
+    let headers = vec![
+        (":method", "GET"),
+        (":path", path),
+        (":authority", authority.as_str()),
+        ("user-agent", PROBE_USER_AGENT),
+        (PROBE_HEADER, revision.as_str()),
+    ];
+    hostcalls::dispatch_http_call(cluster, headers, None, vec![], Duration::from_millis(timeout_ms))
+}
+
 /// `:status` and body of the call response being delivered.
 pub fn call_response(body_size: usize) -> (Option<String>, Vec<u8>) {
     let status = hostcalls::get_map_value(MapType::HttpCallResponseHeaders, ":status").ok().flatten();
     let body = hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size).ok().flatten();
     (status, body.unwrap_or_default())
+}
+
+/// `:status` and the start of the body of a probe's answer (an app's page
+/// may be large; only its first bytes tell Envoy's answers apart).
+pub fn probe_response(body_size: usize) -> (Option<String>, Vec<u8>) {
+    call_response(body_size.min(PROBE_BODY_PREFIX))
 }
 
 /// Carries out the gate's effects on other HTTP contexts, then makes

@@ -3,12 +3,12 @@
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
-use proxy_wasm::types::Action;
+use proxy_wasm::types::{Action, Status};
 
 use revgate_proto::ActivationRequest;
 
 use super::host::{self, HostStore};
-use super::{Shared, with_state};
+use super::{Shared, retime, with_state};
 use crate::control::Call;
 use crate::gate::{Activation, Decision, Effect};
 use crate::revision::{self, Target};
@@ -59,6 +59,8 @@ impl HttpContext for Http {
                 if let Some(activation) = activate {
                     send_activation(&self.shared, activation, self.id);
                 }
+                // Held for a ready revision not yet confirmed here: probe now.
+                send_probes(&self.shared, self.id, now_ns);
                 Action::Pause
             }
             Decision::Refuse(reply) => {
@@ -101,6 +103,66 @@ pub(super) fn settle(shared: &Shared, mut effects: Vec<Effect>, current: u32, no
             gone.into_iter().flat_map(|id| s.gate.on_log(id, None, now_ns, &HostStore)).collect()
         })
         .unwrap_or_default();
+    }
+}
+
+/// Dispatches the probes the gate wants now (`release_gate: probe`), from
+/// the root context so their answers reach the root whatever becomes of the
+/// request that caused them; `current` is made effective again afterwards.
+pub fn send_probes(shared: &Shared, current: u32, now_ns: u64) {
+    let Some((probes, root_id, path, timeout_ms)) = with_state(shared, "probing", |s| {
+        let config = s.gate.config();
+        let (path, timeout_ms) = (config.probe_path.clone(), config.probe_timeout_ms);
+        (s.gate.take_probes(now_ns), s.root_id, path, timeout_ms)
+    }) else {
+        return;
+    };
+    if probes.is_empty() {
+        return;
+    }
+    let as_root = root_id == current || hostcalls::set_effective_context(root_id).is_ok();
+    for call in probes {
+        let sent = if as_root { Some(host::dispatch_probe(&call.cluster, &call.key, &path, timeout_ms)) } else { None };
+        with_state(shared, "recording a probe", |s| match sent {
+            Some(Ok(token)) => {
+                log::debug!("revgate: probing {} through `{}` (call {token})", call.key, call.cluster);
+                s.gate.probe_dispatched(&call.cluster, token);
+            }
+            // Envoy fails a call it cannot route at once, inline: no host in
+            // the cluster, or none healthy. Not yet; retried after a backoff.
+            Some(Err(Status::InternalFailure)) => {
+                s.gate.probe_dispatch_failed(&call.cluster, now_ns);
+                log::debug!(
+                    "revgate: probe of {} through `{}` failed at once (no healthy upstream?)",
+                    call.key,
+                    call.cluster
+                );
+            }
+            Some(Err(status)) => {
+                if s.gate.probe_dispatch_failed(&call.cluster, now_ns) == 1 {
+                    log::warn!(
+                        "revgate: cannot probe {} through cluster `{}` ({status:?}): this Envoy has no such cluster? \
+                         Held requests wait until a probe gets through or their activation timeout",
+                        call.key,
+                        call.cluster
+                    );
+                }
+            }
+            None => {
+                s.gate.probe_dispatch_failed(&call.cluster, now_ns);
+                log::warn!("revgate: cannot switch to the root context to probe {}; retrying", call.key);
+            }
+        });
+    }
+    if as_root {
+        // A probe that failed at once backs off: tick fast enough to retry it.
+        retime(shared);
+    }
+    if as_root
+        && root_id != current
+        && let Err(status) = hostcalls::set_effective_context(current)
+    {
+        log::warn!("revgate: could not restore context {current} after probing: {status:?}");
     }
 }
 

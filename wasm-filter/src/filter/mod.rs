@@ -1,6 +1,6 @@
 //! The proxy-wasm glue: a root context per VM (configuration, timer, calls
 //! to the control plane) and an HTTP context per request, both thin over
-//! [`Gate`](crate::gate::Gate). Host calls live in [`host`].
+//! [`Gate`]. Host calls live in [`host`].
 //!
 //! The root and the HTTP contexts of one VM share its state through an
 //! `Rc<RefCell<_>>` (a VM is single-threaded). The state is only ever
@@ -15,9 +15,11 @@ mod root;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
+use std::time::Duration;
 
 use crate::config::FilterConfig;
 use crate::gate::Gate;
+use crate::probe::PROBE_BACKOFF_INITIAL_MS;
 use crate::revision::Target;
 
 pub use root::Root;
@@ -34,6 +36,8 @@ struct VmState {
     node_id: String,
     reporter: String,
     targets: HashMap<String, Option<Target>>,
+    /// The root timer's current period (0: not set yet).
+    tick_ms: u64,
 }
 
 impl VmState {
@@ -44,6 +48,7 @@ impl VmState {
             node_id: String::new(),
             reporter: String::new(),
             targets: HashMap::new(),
+            tick_ms: 0,
         }
     }
 
@@ -62,6 +67,28 @@ impl VmState {
 }
 
 type Shared = Rc<RefCell<VmState>>;
+
+/// Sets the root timer's period: `tick_interval_ms`, or the probes' retry
+/// step while a probe backs off (only then, so an idle gateway does not wake
+/// up every few milliseconds). Call with the root context effective.
+fn retime(shared: &Shared) {
+    let Some((period_ms, current_ms)) = with_state(shared, "timing", |s| {
+        let normal = s.gate.config().tick_interval_ms;
+        let period = if s.gate.probe_retry_pending() { normal.min(PROBE_BACKOFF_INITIAL_MS) } else { normal };
+        (period, s.tick_ms)
+    }) else {
+        return;
+    };
+    if period_ms == current_ms {
+        return;
+    }
+    match proxy_wasm::hostcalls::set_tick_period(Duration::from_millis(period_ms)) {
+        Ok(()) => {
+            with_state(shared, "timing", |s| s.tick_ms = period_ms);
+        }
+        Err(status) => log::error!("revgate: cannot set the timer ({status:?}); held requests may not expire"),
+    }
+}
 
 /// Runs `f` on the VM state, or logs and returns `None` if it is borrowed.
 fn with_state<R>(shared: &Shared, what: &str, f: impl FnOnce(&mut VmState) -> R) -> Option<R> {

@@ -1,19 +1,20 @@
 //! The root context of one VM: parses the configuration, runs the timer,
-//! keeps one readiness long-poll outstanding and posts metrics reports.
+//! keeps one readiness long-poll outstanding, posts metrics reports and
+//! takes the answers of probes (`release_gate: probe`).
 
 use std::cell::RefCell;
 use std::rc::Rc;
-use std::time::Duration;
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{BufferType, ContextType};
 
 use super::host::{self, HostStore};
-use super::http::Http;
-use super::{Shared, VmState, with_state};
+use super::http::{Http, send_probes};
+use super::{Shared, VmState, retime, with_state};
 use crate::config;
 use crate::control::{self, Call, Poller};
+use crate::probe;
 
 /// The root context of one VM.
 #[derive(Debug)]
@@ -28,6 +29,29 @@ impl Root {
     pub fn new(id: u32) -> Self {
         let start_ns = host::now_ns().unwrap_or(0);
         Self { id, shared: Rc::new(RefCell::new(VmState::new(id, start_ns))), poller: Poller::new(), start_ns }
+    }
+
+    /// The answer to probe `token`: releases the requests it confirms.
+    fn on_probe_answer(&mut self, token: u32, body_size: usize, now_ns: u64) {
+        let (status, body) = host::probe_response(body_size);
+        let outcome = probe::classify(status.as_deref(), &body);
+        let Some((confirmed, effects)) = with_state(&self.shared, "taking a probe answer", |s| {
+            s.gate.on_probe_answer(token, &outcome, now_ns, &HostStore)
+        }) else {
+            return;
+        };
+        match (&confirmed, &outcome) {
+            (Some(c), _) => log::info!(
+                "revgate: {} answered {} through `{}` after {} probe(s); releasing its held requests",
+                c.key,
+                c.status,
+                c.cluster,
+                c.attempts
+            ),
+            (None, probe::Outcome::NotYet { why }) => log::debug!("revgate: probe {token} not through yet: {why}"),
+            (None, probe::Outcome::Reached { .. }) => {}
+        }
+        super::http::settle(&self.shared, effects, self.id, now_ns);
     }
 
     /// Learns the node id and settles the reporter id, once. Envoy without
@@ -111,6 +135,8 @@ impl Root {
                 for activation in activations {
                     super::http::send_activation(&self.shared, activation, self.id);
                 }
+                // Revisions the view made ready wait for a probe here first.
+                send_probes(&self.shared, self.id, now_ns);
                 self.poller.succeeded(now_ns, version);
             }
             Err(e) => {
@@ -128,17 +154,21 @@ impl Root {
 impl Context for Root {
     fn on_http_call_response(&mut self, token_id: u32, _num_headers: usize, body_size: usize, _num_trailers: usize) {
         let now_ns = host::now_ns().unwrap_or(0);
+        let is_probe = with_state(&self.shared, "matching a call", |s| s.gate.is_probe(token_id)).unwrap_or(false);
         if self.poller.take(token_id) {
             self.on_readiness_answer(body_size, now_ns);
             // Re-issue at once: a ready revision is released as soon as the
             // control plane says so, not at the next tick.
             self.poll_if_due(now_ns);
+        } else if is_probe {
+            self.on_probe_answer(token_id, body_size, now_ns);
         } else {
             let (status, _) = host::call_response(0);
             if status.as_deref() != Some("200") {
                 log::debug!("revgate: control plane call {token_id} answered {status:?}");
             }
         }
+        retime(&self.shared);
     }
 }
 
@@ -156,11 +186,12 @@ impl RootContext for Root {
         for error in &errors {
             log::warn!("revgate: {error}");
         }
-        let tick = Duration::from_millis(config.tick_interval_ms);
-        with_state(&self.shared, "configuring", |s| s.gate.reconfigure(config));
-        if let Err(status) = hostcalls::set_tick_period(tick) {
-            log::error!("revgate: cannot start the timer ({status:?}); held requests will not expire");
-        }
+        log::info!("revgate: release gate {}", config.release_gate.as_str());
+        with_state(&self.shared, "configuring", |s| {
+            s.gate.reconfigure(config);
+            s.tick_ms = 0;
+        });
+        retime(&self.shared);
         // Never refuse the configuration: a filter that fails to configure
         // fails Envoy's listener, and defaults are always usable.
         true
@@ -171,8 +202,10 @@ impl RootContext for Root {
         self.ensure_identity();
         let effects = with_state(&self.shared, "ticking", |s| s.gate.on_tick(now_ns, &HostStore)).unwrap_or_default();
         super::http::settle(&self.shared, effects, self.id, now_ns);
+        send_probes(&self.shared, self.id, now_ns);
         self.poll_if_due(now_ns);
         self.report_if_due(now_ns);
+        retime(&self.shared);
     }
 
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
