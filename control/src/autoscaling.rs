@@ -36,7 +36,7 @@ use tokio::sync::{broadcast, watch};
 use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::activation::{Activation, ActivationService};
-use crate::control::{Handle, replace_if_changed};
+use crate::control::replace_if_changed;
 
 /// Knative's bucket size: the collector records one stat per second.
 const COLLECT_INTERVAL: Duration = Duration::from_secs(1);
@@ -93,7 +93,8 @@ struct RevisionAutoscaler {
 /// The task that owns every revision's KPA.
 #[derive(Debug)]
 pub struct Autoscaler {
-    control: Handle,
+    world: watch::Receiver<Arc<World>>,
+    plan: watch::Receiver<Arc<GatewayPlan>>,
     activation: ActivationService,
     runtime: Arc<dyn Runtime>,
     revisions: BTreeMap<ObjectKey, RevisionAutoscaler>,
@@ -107,11 +108,19 @@ pub struct Autoscaler {
 }
 
 impl Autoscaler {
-    pub fn new(control: Handle, activation: ActivationService, runtime: Arc<dyn Runtime>) -> (Self, KpaStatuses) {
+    /// An autoscaler for the revisions of `world` (routed as `plan` says),
+    /// fed by `activation`, scaling through `runtime`.
+    pub fn new(
+        world: watch::Receiver<Arc<World>>,
+        plan: watch::Receiver<Arc<GatewayPlan>>,
+        activation: ActivationService,
+        runtime: Arc<dyn Runtime>,
+    ) -> (Self, KpaStatuses) {
         let (statuses, readers) = watch::channel(Arc::new(BTreeMap::new()));
         let activations = activation.subscribe_activations();
         let autoscaler = Self {
-            control,
+            world,
+            plan,
             activation,
             runtime,
             revisions: BTreeMap::new(),
@@ -129,8 +138,8 @@ impl Autoscaler {
     }
 
     pub async fn run(mut self) {
-        let mut world = self.control.world_updates();
-        let mut plan = self.control.plan();
+        let mut world = self.world.clone();
+        let mut plan = self.plan.clone();
         let mut states = self.runtime.states();
         let Some(mut activations) = self.activations.take() else { return };
         let mut collect = tokio::time::interval(COLLECT_INTERVAL);

@@ -26,6 +26,9 @@ pub enum Command {
     /// Run the control plane alone: the admin API, the xDS server, the
     /// activation service and the autoscaler.
     Serve(ServeArgs),
+    /// Cluster mode on an Istio mesh: the Kubernetes controller, the
+    /// activation API and the autoscaler (see istio-manifests/).
+    Controller(ControllerArgs),
     /// Apply Knative manifests (files or directories), in order, like `kubectl apply -f`.
     Apply(ManifestArgs),
     /// Delete the objects named in manifests.
@@ -78,6 +81,28 @@ pub struct ServeArgs {
     /// Enable the admin API's fault-injection endpoints (tests only).
     #[arg(long, hide = true, env = "REVGATE_TEST_HOOKS")]
     pub test_hooks: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ControllerArgs {
+    /// Namespaces whose Knative objects to serve (repeatable); all when absent.
+    #[arg(short = 'n', long = "namespace")]
+    pub namespaces: Vec<String>,
+    /// Address of the activation API the gateway filters call.
+    #[arg(long, default_value = "0.0.0.0:9091")]
+    pub activation_addr: SocketAddr,
+    /// Address of the health endpoint (`/healthz`).
+    #[arg(long, default_value = "0.0.0.0:9090")]
+    pub admin_addr: SocketAddr,
+    /// This replica's name in the leader Lease (default: the host name).
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
+    /// The Istio Gateway for external traffic, `namespace/name`.
+    #[arg(long, default_value = "knative-serving/knative-ingress-gateway")]
+    pub gateway: String,
+    /// Where the gateway pulls the filter from (the WasmPlugin's url).
+    #[arg(long)]
+    pub wasm_url: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -6,6 +6,8 @@
 //!   runtime, and an Envoy gateway (`gateway`) with the filter.
 //! - `serve`: starts the admin API, the xDS server, the activation service and
 //!   the autoscaler around one [`control::ControlPlane`].
+//! - `controller`: cluster mode (`revgate controller`): the Kubernetes
+//!   controller of `revgate-kube` with the activation API and the autoscaler.
 //! - `control`: the single owner of the applied world; turns every change into
 //!   a gateway plan, Envoy resources and an xDS snapshot.
 //! - `store`: the world persisted in an embedded database (redb).
@@ -32,6 +34,7 @@ mod autoscaler_cli;
 mod autoscaling;
 mod cli;
 mod control;
+mod controller;
 mod faults;
 mod gateway;
 mod manifests;
@@ -64,6 +67,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Up(args) => up::run(args).await,
             Command::Serve(args) => serve::run(args).await,
+            Command::Controller(args) => controller::run(args).await,
             Command::Apply(args) => admin::client::apply(args, false).await,
             Command::Delete(args) => admin::client::apply(args, true).await,
             Command::Get(args) => admin::client::get(args).await,
@@ -85,7 +89,7 @@ fn main() -> ExitCode {
 fn init_tracing(command: &Command) {
     // `up` talks to a person through its progress lines; its log is for problems.
     let default = match command {
-        Command::Serve(_) => "info",
+        Command::Serve(_) | Command::Controller(_) => "info",
         _ => "warn",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("REVGATE_LOG")

@@ -160,7 +160,8 @@ impl Server {
 
         let (autoscaler, kpa) = match &runtime {
             Some(runtime) => {
-                let (autoscaler, statuses) = Autoscaler::new(handle.clone(), activation.clone(), runtime.clone());
+                let (autoscaler, statuses) =
+                    Autoscaler::new(handle.world_updates(), handle.plan(), activation.clone(), runtime.clone());
                 (Some(tokio::spawn(autoscaler.run())), Some(statuses))
             }
             None => (None, None),

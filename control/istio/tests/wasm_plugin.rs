@@ -27,7 +27,8 @@ fn the_default_plugin() {
                 "type": "HTTP",
                 "pluginConfig": {
                     "control_cluster": "outbound|9091||revgate.revgate-system.svc.cluster.local",
-                    "control_authority": "revgate.revgate-system.svc.cluster.local:9091"
+                    "control_authority": "revgate.revgate-system.svc.cluster.local:9091",
+                    "release_gate": "probe"
                 }
             }
         })
@@ -66,7 +67,9 @@ fn plugin_config_uses_only_the_filters_knobs() {
     let text = std::fs::read_to_string(&source).expect("the filter's config.rs is readable");
     let knobs_module = text.split("pub mod knobs {").nth(1).and_then(|rest| rest.split('}').next()).expect("mod knobs");
     let known: Vec<&str> = knobs_module.split('"').skip(1).step_by(2).collect();
-    assert!(known.contains(&"control_cluster") && known.contains(&"control_authority"), "{known:?}");
+    for knob in ["control_cluster", "control_authority", "release_gate"] {
+        assert!(known.contains(&knob), "{knob} is not one of the filter's knobs: {known:?}");
+    }
     let plugin = wasm_plugin(&RenderOptions::default());
     for knob in plugin.spec.plugin_config.keys() {
         assert!(known.contains(&knob.as_str()), "{knob} is not one of the filter's knobs {known:?}");

@@ -1,0 +1,273 @@
+//! [`KubeRuntime`]: revgate's [`Runtime`] on Kubernetes. The KPA asks for
+//! N pods of a revision; the runtime sets the revision Deployment's
+//! `replicas` through the scale subresource, and reports the ready pods
+//! Kubernetes lists in the revision Service's EndpointSlices.
+//!
+//! ```text
+//! Runtime::scale ──Command──▶ actor (owns the wishes) ──PATCH …/deployments/<rev>-deployment/scale──▶ API server
+//! controller's stores ──observe(states)──┘   └──watch<Arc<RevisionStates>> (ready endpoints, desired)──▶ readers
+//! ```
+//!
+//! Only the leader writes. Every replica records the wishes of its
+//! autoscaler; a follower writes none of them, and when it becomes leader
+//! it writes every wish the Deployments do not already match, so a change
+//! of leader never leaves a revision at the old leader's last count. A
+//! failed write is retried with a growing delay (and the newest wish wins).
+//!
+//! The reconciler reads the wishes too ([`KubeRuntime::wishes`]): a
+//! Deployment it applies carries the wished count, so an apply can never
+//! undo a scale that its stale snapshot has not seen yet.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::Client;
+use kube::api::{Api, Patch, PatchParams};
+use revgate_model::plan::ObjectKey;
+use revgate_runtime::{RevisionStates, Runtime, Workload};
+use serde_json::json;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+use crate::kinds::FIELD_MANAGER;
+
+/// First retry delay of a failed scale write; doubles up to [`MAX_RETRY`].
+const FIRST_RETRY: Duration = Duration::from_millis(500);
+const MAX_RETRY: Duration = Duration::from_secs(30);
+
+/// Scales revision Deployments; see the module docs.
+#[derive(Debug, Clone)]
+pub struct KubeRuntime {
+    commands: mpsc::UnboundedSender<Command>,
+    states: watch::Receiver<Arc<RevisionStates>>,
+    wishes: watch::Receiver<Arc<BTreeMap<ObjectKey, u32>>>,
+}
+
+#[derive(Debug)]
+enum Command {
+    Scale {
+        key: ObjectKey,
+        replicas: u32,
+    },
+    Remove(ObjectKey),
+    /// What the cluster shows now (from the controller's stores).
+    Observed(RevisionStates),
+}
+
+impl KubeRuntime {
+    /// Starts the actor. `leading` says whether this replica may write.
+    pub fn start(client: Client, leading: watch::Receiver<bool>) -> Self {
+        let (commands, inbox) = mpsc::unbounded_channel();
+        let (states_tx, states) = watch::channel(Arc::new(RevisionStates::new()));
+        let (wishes_tx, wishes) = watch::channel(Arc::new(BTreeMap::new()));
+        let actor = Actor {
+            client,
+            leading,
+            inbox,
+            states: states_tx,
+            wishes: wishes_tx,
+            observed: RevisionStates::new(),
+            pending: BTreeSet::new(),
+            failures: 0,
+            retry_at: None,
+        };
+        tokio::spawn(actor.run());
+        Self { commands, states, wishes }
+    }
+
+    /// Hands the runtime what the cluster shows now: ready endpoints and
+    /// the replicas of every Deployment.
+    pub fn observe(&self, states: RevisionStates) {
+        let _ = self.commands.send(Command::Observed(states));
+    }
+
+    /// The latest count the autoscaler asked for, per revision.
+    pub fn wishes(&self) -> Arc<BTreeMap<ObjectKey, u32>> {
+        self.wishes.borrow().clone()
+    }
+}
+
+impl Runtime for KubeRuntime {
+    fn scale(&self, workload: &Workload, replicas: u32) {
+        let _ = self.commands.send(Command::Scale { key: workload.key.clone(), replicas });
+    }
+
+    /// The Deployment goes with its Revision (owner references); only the wish is forgotten.
+    fn remove(&self, key: &ObjectKey) {
+        let _ = self.commands.send(Command::Remove(key.clone()));
+    }
+
+    fn states(&self) -> watch::Receiver<Arc<RevisionStates>> {
+        self.states.clone()
+    }
+
+    /// Pods belong to the cluster and outlive the controller: nothing to stop.
+    fn shutdown(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        Box::pin(async {})
+    }
+}
+
+/// The one owner of the wishes.
+struct Actor {
+    client: Client,
+    leading: watch::Receiver<bool>,
+    inbox: mpsc::UnboundedReceiver<Command>,
+    states: watch::Sender<Arc<RevisionStates>>,
+    wishes: watch::Sender<Arc<BTreeMap<ObjectKey, u32>>>,
+    observed: RevisionStates,
+    /// Wishes not yet written.
+    pending: BTreeSet<ObjectKey>,
+    /// Consecutive failed writes, for the retry delay.
+    failures: u32,
+    retry_at: Option<Instant>,
+}
+
+impl Actor {
+    async fn run(mut self) {
+        loop {
+            let retry = self.retry_at;
+            tokio::select! {
+                command = self.inbox.recv() => match command {
+                    None => return,
+                    Some(command) => self.handle(command),
+                },
+                changed = self.leading.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    if *self.leading.borrow_and_update() {
+                        // A new leader writes every wish the cluster does not show.
+                        let wishes = self.wishes.borrow().clone();
+                        let stale = wishes
+                            .iter()
+                            .filter(|(key, n)| self.observed.get(*key).map(|s| s.desired) != Some(**n))
+                            .map(|(key, _)| key.clone());
+                        self.pending.extend(stale);
+                        self.retry_at = None;
+                    }
+                }
+                () = sleep_until(retry), if retry.is_some() => self.retry_at = None,
+            }
+            if *self.leading.borrow() && self.retry_at.is_none() {
+                self.write_pending().await;
+            }
+        }
+    }
+
+    fn handle(&mut self, command: Command) {
+        match command {
+            Command::Scale { key, replicas } => {
+                self.wishes.send_modify(|w| {
+                    Arc::make_mut(w).insert(key.clone(), replicas);
+                });
+                self.pending.insert(key);
+            }
+            Command::Remove(key) => {
+                self.wishes.send_modify(|w| {
+                    Arc::make_mut(w).remove(&key);
+                });
+                self.pending.remove(&key);
+            }
+            Command::Observed(states) => self.observed = states,
+        }
+        self.publish();
+    }
+
+    /// Writes every pending wish the cluster does not show yet.
+    async fn write_pending(&mut self) {
+        let wishes = self.wishes.borrow().clone();
+        let keys: Vec<ObjectKey> = self.pending.iter().cloned().collect();
+        for key in keys {
+            let Some(&replicas) = wishes.get(&key) else {
+                self.pending.remove(&key);
+                continue;
+            };
+            match scale(&self.client, &key, replicas).await {
+                Ok(()) => {
+                    self.pending.remove(&key);
+                    self.failures = 0;
+                }
+                Err(e) => {
+                    let delay = retry_delay(self.failures);
+                    self.failures = self.failures.saturating_add(1);
+                    tracing::warn!(revision = %key, replicas, error = %e, retry_in = ?delay, "scaling failed");
+                    self.retry_at = Some(Instant::now() + delay);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// The cluster's states with the wishes as `desired`.
+    fn publish(&self) {
+        let wishes = self.wishes.borrow().clone();
+        let mut states = self.observed.clone();
+        for (key, replicas) in wishes.iter() {
+            states.entry(key.clone()).or_default().desired = *replicas;
+        }
+        self.states.send_if_modified(|current| {
+            let changed = **current != states;
+            if changed {
+                *current = Arc::new(states);
+            }
+            changed
+        });
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// 500 ms × 2^failures, at most 30 s.
+pub fn retry_delay(failures: u32) -> Duration {
+    FIRST_RETRY.saturating_mul(1u32.checked_shl(failures.min(16)).unwrap_or(u32::MAX)).min(MAX_RETRY)
+}
+
+/// Sets a revision Deployment's replicas through the scale subresource (a
+/// merge patch, as `kubectl scale` does, under revgate's field manager).
+pub async fn scale(client: &Client, revision: &ObjectKey, replicas: u32) -> Result<(), ScaleError> {
+    let api: Api<Deployment> = Api::namespaced(client.clone(), &revision.namespace);
+    let name = revgate_istio::names::deployment(&revision.name);
+    let params = PatchParams { field_manager: Some(FIELD_MANAGER.to_string()), ..PatchParams::default() };
+    let patch = json!({ "spec": { "replicas": replicas } });
+    api.patch_scale(&name, &params, &Patch::Merge(&patch)).await.map(drop).map_err(|source| ScaleError {
+        namespace: revision.namespace.clone(),
+        deployment: name,
+        replicas,
+        source,
+    })
+}
+
+/// A scale write the API server refused.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "scaling Deployment {namespace}/{deployment} to {replicas}: {source}; the controller needs `patch` on \
+     deployments/scale, and the Deployment must exist (the reconciler creates it with the Revision)"
+)]
+pub struct ScaleError {
+    pub namespace: String,
+    pub deployment: String,
+    pub replicas: u32,
+    #[source]
+    pub source: kube::Error,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_back_off_to_a_ceiling() {
+        let delays: Vec<u64> = (0..8).map(|n| retry_delay(n).as_millis() as u64).collect();
+        assert_eq!(delays, [500, 1000, 2000, 4000, 8000, 16000, 30000, 30000]);
+        assert_eq!(retry_delay(u32::MAX), MAX_RETRY);
+    }
+}

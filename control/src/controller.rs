@@ -1,0 +1,116 @@
+//! `revgate controller`: cluster mode on an Istio mesh. The Kubernetes
+//! controller (`revgate-kube`) writes Revisions, Deployments, Services and
+//! VirtualServices; around it this replica serves the activation API the
+//! gateway filters call and runs the KPA, which scales Deployments through
+//! the controller's runtime (only the leader writes).
+//!
+//! ```text
+//! Kubernetes API ◀──▶ revgate-kube (watches, reconcile, Lease) ──view──▶ Autoscaler ──scale──▶ KubeRuntime
+//!                                                   │ plan, ready endpoints               ▲
+//!                                                   ▼                                      │ reports, activations
+//!                                          activation service ◀──────── filter in istio-ingressgateway
+//! ```
+
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use axum::Router;
+use axum::routing::get;
+use revgate_kube::{ClusterView, ControllerConfig};
+use revgate_model::World;
+use revgate_model::plan::{GatewayPlan, ObjectKey};
+use revgate_runtime::{RevisionStates, Runtime};
+use tokio::net::TcpListener;
+use tokio::sync::{broadcast, watch};
+
+use crate::activation::ActivationService;
+use crate::autoscaling::Autoscaler;
+use crate::cli::ControllerArgs;
+use crate::control::replace_if_changed;
+use crate::serve::Shutdown;
+
+pub async fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
+    let mut shutdown = Shutdown::install()?;
+    let identity = args
+        .identity
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok().map(|h| h.trim().to_owned()))
+        .filter(|identity| !identity.is_empty())
+        .unwrap_or_else(|| "revgate".to_owned());
+    let mut config = ControllerConfig::new(identity);
+    config.namespaces = args.namespaces;
+    config.render.ingress_gateway = args.gateway;
+    if let Some(url) = args.wasm_url {
+        config.render.wasm_url = url;
+    }
+    config.validate().context("invalid controller settings")?;
+
+    let activation_listener = TcpListener::bind(args.activation_addr)
+        .await
+        .with_context(|| format!("binding the activation API to {} (see --activation-addr)", args.activation_addr))?;
+    let admin_listener = TcpListener::bind(args.admin_addr)
+        .await
+        .with_context(|| format!("binding the health endpoint to {} (see --admin-addr)", args.admin_addr))?;
+    let client = kube::Client::try_default()
+        .await
+        .context("connecting to the Kubernetes API (in a pod, or with the KUBECONFIG context)")?;
+    let controller = revgate_kube::start(client, config)?;
+
+    let (world, plan) = follow_view(controller.view.clone());
+    let runtime: Arc<dyn Runtime> = Arc::new(controller.runtime.clone());
+    let desired = follow_ready_counts(runtime.states());
+    // Istio programs the gateways, so no xDS ACK ever arrives here; the
+    // filters confirm endpoints with probes (`release_gate: probe`).
+    let (acks, _) = broadcast::channel(1);
+    let activation = ActivationService::start(plan.clone(), desired, acks.subscribe());
+    let (autoscaler, _) = Autoscaler::new(world, plan, activation.clone(), runtime);
+    let autoscaler = tokio::spawn(autoscaler.run());
+    let health = Router::new().route("/healthz", get(|| async { "ok" }));
+    tracing::info!(activation = %args.activation_addr, admin = %args.admin_addr, "revgate controller serving");
+
+    let result = tokio::select! {
+        () = shutdown.wait() => Ok(()),
+        result = axum::serve(activation_listener, activation.router()) => result.context("the activation API stopped"),
+        result = axum::serve(admin_listener, health) => result.context("the health endpoint stopped"),
+    };
+    autoscaler.abort();
+    controller.shutdown().await;
+    drop(acks);
+    result.map(|()| ExitCode::SUCCESS)
+}
+
+/// The controller's world and plan, as the autoscaler and the activation
+/// service follow them.
+fn follow_view(
+    mut view: watch::Receiver<Arc<ClusterView>>,
+) -> (watch::Receiver<Arc<World>>, watch::Receiver<Arc<GatewayPlan>>) {
+    let current = view.borrow_and_update().clone();
+    let (world_tx, world) = watch::channel(Arc::new(current.world.clone()));
+    let (plan_tx, plan) = watch::channel(Arc::new(current.plan.clone()));
+    tokio::spawn(async move {
+        while view.changed().await.is_ok() {
+            let current = view.borrow_and_update().clone();
+            replace_if_changed(&world_tx, current.world.clone());
+            replace_if_changed(&plan_tx, current.plan.clone());
+        }
+    });
+    (world, plan)
+}
+
+/// Ready endpoints per revision, the count the filters' readiness carries.
+fn follow_ready_counts(
+    mut states: watch::Receiver<Arc<RevisionStates>>,
+) -> watch::Receiver<Arc<BTreeMap<ObjectKey, u32>>> {
+    let counts = |states: &RevisionStates| -> BTreeMap<ObjectKey, u32> {
+        states.iter().map(|(key, state)| (key.clone(), u32::try_from(state.ready.len()).unwrap_or(u32::MAX))).collect()
+    };
+    let (tx, rx) = watch::channel(Arc::new(counts(&states.borrow_and_update())));
+    tokio::spawn(async move {
+        while states.changed().await.is_ok() {
+            let current = counts(&states.borrow_and_update());
+            replace_if_changed(&tx, current);
+        }
+    });
+    rx
+}
