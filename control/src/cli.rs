@@ -94,9 +94,13 @@ pub struct ControllerArgs {
     /// Address of the health endpoint (`/healthz`).
     #[arg(long, default_value = "0.0.0.0:9090")]
     pub admin_addr: SocketAddr,
-    /// This replica's name in the leader Lease (default: the host name).
+    /// This replica's pod: its name in the leader Lease (default: the host
+    /// name), and the pod the leader labels so that the activation Service
+    /// reaches it.
     #[arg(long, env = "POD_NAME")]
-    pub identity: Option<String>,
+    pub pod_name: Option<String>,
+    #[arg(long, env = "POD_NAMESPACE")]
+    pub pod_namespace: Option<String>,
     /// The Istio Gateway for external traffic, `namespace/name`.
     #[arg(long, default_value = "knative-serving/knative-ingress-gateway")]
     pub gateway: String,

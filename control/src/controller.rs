@@ -10,6 +10,12 @@
 //!                                                   ▼                                      │ reports, activations
 //!                                          activation service ◀──────── filter in istio-ingressgateway
 //! ```
+//!
+//! Only the leader scales, so only the leader's autoscaler may count the
+//! gateways' reports: the leader labels its own pod `revgate.dev/leader`,
+//! and the activation Service selects that label, so every filter reaches
+//! the leader. On a change of leader the label moves; the filters' next
+//! poll (within a second) reaches the new one.
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
@@ -34,7 +40,8 @@ use crate::serve::Shutdown;
 pub async fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
     let mut shutdown = Shutdown::install()?;
     let identity = args
-        .identity
+        .pod_name
+        .clone()
         .or_else(|| std::fs::read_to_string("/etc/hostname").ok().map(|h| h.trim().to_owned()))
         .filter(|identity| !identity.is_empty())
         .unwrap_or_else(|| "revgate".to_owned());
@@ -55,7 +62,12 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
     let client = kube::Client::try_default()
         .await
         .context("connecting to the Kubernetes API (in a pod, or with the KUBECONFIG context)")?;
-    let controller = revgate_kube::start(client, config)?;
+    let controller = revgate_kube::start(client.clone(), config)?;
+    let pod = args.pod_namespace.clone().zip(args.pod_name.clone());
+    if pod.is_none() {
+        tracing::warn!("POD_NAME or POD_NAMESPACE unset: this replica cannot label itself leader (run one replica)");
+    }
+    let labeller = tokio::spawn(label_while_leading(client.clone(), pod.clone(), controller.leading.clone()));
 
     let (world, plan) = follow_view(controller.view.clone());
     let runtime: Arc<dyn Runtime> = Arc::new(controller.runtime.clone());
@@ -75,6 +87,10 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
         result = axum::serve(admin_listener, health) => result.context("the health endpoint stopped"),
     };
     autoscaler.abort();
+    labeller.abort();
+    if let Some((namespace, name)) = &pod {
+        set_leader_label(&client, namespace, name, false).await;
+    }
     controller.shutdown().await;
     drop(acks);
     result.map(|()| ExitCode::SUCCESS)
@@ -113,4 +129,34 @@ fn follow_ready_counts(
         }
     });
     rx
+}
+
+/// The label the activation Service selects: the pod of the leading replica.
+pub const LEADER_LABEL: &str = "revgate.dev/leader";
+
+/// Keeps this replica's pod labelled [`LEADER_LABEL`] exactly while it leads.
+async fn label_while_leading(client: kube::Client, pod: Option<(String, String)>, mut leading: watch::Receiver<bool>) {
+    let Some((namespace, name)) = pod else { return };
+    loop {
+        let lead = *leading.borrow_and_update();
+        set_leader_label(&client, &namespace, &name, lead).await;
+        if leading.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Sets or removes the leader label on pod `namespace/name`; a failure is
+/// logged (the filters then keep reaching the previous replica until the
+/// next change).
+async fn set_leader_label(client: &kube::Client, namespace: &str, name: &str, lead: bool) {
+    use k8s_openapi::api::core::v1::Pod;
+    use kube::api::{Api, Patch, PatchParams};
+    let value = if lead { serde_json::json!("true") } else { serde_json::Value::Null };
+    let patch = serde_json::json!({ "metadata": { "labels": { LEADER_LABEL: value } } });
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    match pods.patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+        Ok(_) => tracing::info!(pod = name, lead, "leader label updated"),
+        Err(e) => tracing::warn!(pod = name, lead, error = %e, "cannot update the leader label (RBAC: patch pods)"),
+    }
 }
