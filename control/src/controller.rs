@@ -17,7 +17,7 @@
 //! the leader. On a change of leader the label moves; the filters' next
 //! poll (within a second) reaches the new one.
 
-use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -26,14 +26,15 @@ use axum::Router;
 use axum::routing::get;
 use revgate_kube::{ClusterView, ControllerConfig};
 use revgate_model::World;
-use revgate_model::plan::{GatewayPlan, ObjectKey};
-use revgate_runtime::{RevisionStates, Runtime};
+use revgate_model::plan::GatewayPlan;
+use revgate_runtime::Runtime;
 use tokio::net::TcpListener;
 use tokio::sync::{broadcast, watch};
 
 use crate::activation::ActivationService;
 use crate::autoscaling::Autoscaler;
 use crate::cli::ControllerArgs;
+use crate::cold_first::{ColdFirst, ColdNotice, desired_counts};
 use crate::control::replace_if_changed;
 use crate::serve::Shutdown;
 
@@ -70,12 +71,18 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
     let labeller = tokio::spawn(label_while_leading(client.clone(), pod.clone(), controller.leading.clone()));
 
     let (world, plan) = follow_view(controller.view.clone());
-    let runtime: Arc<dyn Runtime> = Arc::new(controller.runtime.clone());
-    let desired = follow_ready_counts(runtime.states());
+    let (cold_tx, cold) = watch::channel(BTreeSet::new());
+    let desired = desired_counts(controller.runtime.states(), cold);
     // Istio programs the gateways, so no xDS ACK ever arrives here; the
     // filters confirm endpoints with probes (`release_gate: probe`).
     let (acks, _) = broadcast::channel(1);
     let activation = ActivationService::start(plan.clone(), desired, acks.subscribe());
+    let notice_from = activation.clone();
+    let notice: ColdNotice = Arc::new(move |key| {
+        let activation = notice_from.clone();
+        Box::pin(async move { activation.until_cold_everywhere(&key).await })
+    });
+    let runtime: Arc<dyn Runtime> = Arc::new(ColdFirst::new(controller.runtime.clone(), notice, cold_tx));
     let (autoscaler, _) = Autoscaler::new(world, plan, activation.clone(), runtime);
     let autoscaler = tokio::spawn(autoscaler.run());
     let health = Router::new().route("/healthz", get(|| async { "ok" }));
@@ -112,23 +119,6 @@ fn follow_view(
         }
     });
     (world, plan)
-}
-
-/// Ready endpoints per revision, the count the filters' readiness carries.
-fn follow_ready_counts(
-    mut states: watch::Receiver<Arc<RevisionStates>>,
-) -> watch::Receiver<Arc<BTreeMap<ObjectKey, u32>>> {
-    let counts = |states: &RevisionStates| -> BTreeMap<ObjectKey, u32> {
-        states.iter().map(|(key, state)| (key.clone(), u32::try_from(state.ready.len()).unwrap_or(u32::MAX))).collect()
-    };
-    let (tx, rx) = watch::channel(Arc::new(counts(&states.borrow_and_update())));
-    tokio::spawn(async move {
-        while states.changed().await.is_ok() {
-            let current = counts(&states.borrow_and_update());
-            replace_if_changed(&tx, current);
-        }
-    });
-    rx
 }
 
 /// The label the activation Service selects: the pod of the leading replica.

@@ -7,7 +7,8 @@
 //! - `serve`: starts the admin API, the xDS server, the activation service and
 //!   the autoscaler around one [`control::ControlPlane`].
 //! - `controller`: cluster mode (`revgate controller`): the Kubernetes
-//!   controller of `revgate-kube` with the activation API and the autoscaler.
+//!   controller of `revgate-kube` with the activation API and the autoscaler;
+//!   `cold_first` makes its runtime go to zero only once the filters know.
 //! - `control`: the single owner of the applied world; turns every change into
 //!   a gateway plan, Envoy resources and an xDS snapshot.
 //! - `store`: the world persisted in an embedded database (redb).
@@ -33,6 +34,7 @@ mod admin;
 mod autoscaler_cli;
 mod autoscaling;
 mod cli;
+mod cold_first;
 mod control;
 mod controller;
 mod faults;
