@@ -18,7 +18,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::time::Duration;
 
-use envoy_types::pb::envoy::config::cluster::v3::{Cluster, cluster};
+use envoy_types::pb::envoy::config::cluster::v3::{CircuitBreakers, Cluster, cluster};
 use envoy_types::pb::envoy::config::core::v3::{
     Address, AggregatedConfigSource, ApiVersion, ConfigSource, HeaderValue, HeaderValueOption, Http2ProtocolOptions,
     Locality, Metadata, SocketAddress, address, config_source, header_value_option::HeaderAppendAction, socket_address,
@@ -364,9 +364,33 @@ fn base_cluster(revision: &RevisionBackend) -> Cluster {
         connect_timeout: Some(pb_duration(CONNECT_TIMEOUT)),
         metadata: Some(metadata),
         typed_extension_protocol_options,
+        circuit_breakers: Some(revision_circuit_breakers()),
         ..Default::default()
     }
 }
+
+/// Envoy's own limits on a revision cluster, raised out of the way. Its
+/// defaults (1024 connections, pending and active requests) would answer
+/// 503 to most of a burst the gateway filter releases at once (Knative's
+/// activator queues up to 10,000 requests per revision); the filter is what
+/// limits a revision: it holds, caps held requests and throttles to
+/// `containerConcurrency`.
+fn revision_circuit_breakers() -> CircuitBreakers {
+    use envoy_types::pb::envoy::config::cluster::v3::circuit_breakers::Thresholds;
+    let unlimited = Some(UInt32Value { value: REVISION_CIRCUIT_BREAKER_LIMIT });
+    CircuitBreakers {
+        thresholds: vec![Thresholds {
+            max_connections: unlimited,
+            max_pending_requests: unlimited,
+            max_requests: unlimited,
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+/// Far above what any held burst reaches (10,000 per revision per worker).
+const REVISION_CIRCUIT_BREAKER_LIMIT: u32 = 1_000_000;
 
 /// Upstream options that make a cluster speak HTTP/2 (cleartext unless the
 /// cluster has TLS), keyed by [`HTTP_PROTOCOL_OPTIONS`] in
@@ -593,6 +617,19 @@ pub(crate) mod tests {
         assert_eq!(facts["namespace"], string_value("default"));
         assert_eq!(facts["configuration"], string_value("hello"));
         assert_eq!(facts["container_concurrency"].kind, Some(value::Kind::NumberValue(10.0)));
+    }
+
+    #[test]
+    fn envoy_limits_do_not_cut_a_released_burst() {
+        // The filter holds up to 10,000 requests per revision per worker and
+        // releases them together; Envoy's default breakers (1024) would 503 most.
+        let r = translate(&plan(), &endpoints(), &XdsSettings::default());
+        for c in &r.clusters {
+            let thresholds = &c.circuit_breakers.as_ref().expect("circuit breakers").thresholds[0];
+            for limit in [thresholds.max_connections, thresholds.max_pending_requests, thresholds.max_requests] {
+                assert!(limit.is_some_and(|l| l.value >= 2 * 10_000), "{}: {limit:?}", c.name);
+            }
+        }
     }
 
     #[test]
