@@ -1,0 +1,137 @@
+//! Scenario 5, autoscaler tick: one decision pass over 10,000 revisions with live
+//! metrics, in-process, with the same crate and the same per-revision
+//! steps as the control plane's tick (`control/src/autoscaling.rs`): the
+//! windows' averages, [`Decider::scale`], then [`Scaler::step`].
+//!
+//! Each revision has Knative's default windows (60 s stable, 6 s panic)
+//! filled with a minute of per-second samples that differ between
+//! revisions, so the pass reads full windows as it would in production.
+//! Between timed passes, two seconds of samples are recorded (the
+//! collector's work, timed separately), as the control plane does between
+//! ticks. There is no other implementation to run here: the baseline is
+//! the goal itself.
+
+use std::time::{Duration, Instant};
+
+use revgate_autoscaler::{
+    Decider, DeciderSpec, Metric, Recommendation, RevisionWindows, Scaler, ScalerSpec, TICK_INTERVAL, WindowSpec,
+};
+use serde_json::json;
+
+use super::{Outcome, Size};
+use crate::report::{Figure, Goal, Row};
+use crate::stats::Samples;
+
+/// Knative's per-revision target in these revisions (`autoscaling.knative.dev/target: 10`).
+const TARGET: f64 = 10.0;
+
+struct Revision {
+    windows: RevisionWindows,
+    decider: Decider,
+    scaler: Scaler,
+    recommendation: Recommendation,
+    ready: u32,
+}
+
+/// A small deterministic generator: the same load in every run, no dependency.
+struct Lcg(u64);
+
+impl Lcg {
+    fn next(&mut self) -> f64 {
+        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (self.0 >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+pub fn run(size: Size) -> anyhow::Result<Outcome> {
+    let revisions_count = 10_000;
+    let passes = size.pick(30, 300);
+    let windows = WindowSpec::default();
+    let decider_spec = DeciderSpec { target_value: TARGET, total_value: TARGET / 0.7, ..DeciderSpec::default() };
+    let scaler_spec = ScalerSpec::default();
+    let mut random = Lcg(7);
+    let mut revisions: Vec<Revision> = (0..revisions_count)
+        .map(|i| {
+            let ready = (i % 8) as u32 + 1;
+            Revision {
+                windows: RevisionWindows::new(&windows),
+                decider: Decider::new(decider_spec.clone(), ready, 0),
+                scaler: Scaler::new(scaler_spec.clone(), 0),
+                recommendation: Recommendation::before_first_tick(&decider_spec, 1),
+                ready,
+            }
+        })
+        .collect();
+
+    // Per revision, concurrency around its ready instances × target.
+    let mut collect = |revisions: &mut [Revision], now_ms: u64| {
+        for revision in revisions.iter_mut() {
+            let concurrency = f64::from(revision.ready) * TARGET * (0.5 + random.next());
+            revision.windows.record(now_ms, concurrency, concurrency * 10.0);
+        }
+    };
+
+    let stable_s = windows.stable_window.as_secs();
+    for second in 0..stable_s {
+        collect(&mut revisions, second * 1000);
+    }
+
+    let tick_s = TICK_INTERVAL.as_secs();
+    let mut now_ms = stable_s * 1000;
+    let mut pass_ms = Vec::with_capacity(passes);
+    let mut collect_ms = Vec::new();
+    let mut scaled = 0u64;
+    for _ in 0..passes {
+        let started = Instant::now();
+        for revision in &mut revisions {
+            if let Some((stable, panic)) = revision.windows.averages(now_ms, Metric::Concurrency) {
+                revision.recommendation = revision.decider.scale(now_ms, revision.ready, stable, panic);
+            }
+            let decision = revision.scaler.step(now_ms, &revision.recommendation, revision.ready, false);
+            scaled += u64::from(decision.apply.is_some());
+        }
+        pass_ms.push(started.elapsed().as_secs_f64() * 1e3);
+
+        for _ in 0..tick_s {
+            now_ms += 1000;
+            let started = Instant::now();
+            collect(&mut revisions, now_ms);
+            collect_ms.push(started.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    std::hint::black_box(scaled);
+
+    let pass = Samples::new(pass_ms);
+    let record = Samples::new(collect_ms);
+    let goal = "≤ 10 ms (the goal is the baseline)";
+    let rows = vec![
+        Row::new(format!("decision pass over {revisions_count} revisions, p50"), Figure::millis(pass.median()))
+            .goal(Goal::at_most(goal, Figure::millis(pass.median()), "", 10.0)),
+        Row::new(format!("decision pass over {revisions_count} revisions, p99"), Figure::millis(pass.percentile(99.0)))
+            .goal(Goal::at_most(goal, Figure::millis(pass.percentile(99.0)), "", 10.0)),
+        Row::new(
+            format!("recording one second of metrics for {revisions_count} revisions, p50"),
+            Figure::millis(record.median()),
+        ),
+    ];
+    let notes = vec![
+        format!(
+            "In-process, one thread: {passes} timed passes, each preceded by {tick_s} s of samples; windows of \
+             {} s (stable) and {} s (panic), filled before the first pass.",
+            stable_s,
+            windows.panic_window().as_secs()
+        ),
+        "The control plane's tick also clones each revision's PodAutoscaler status to publish it; that copy is \
+         not part of the decision and is not timed here."
+            .to_owned(),
+        "No other implementation runs here, so the baseline is the goal itself.".to_owned(),
+    ];
+    let raw = json!({
+        "revisions": revisions_count,
+        "passes": passes,
+        "pass_ms": { "p50": pass.median(), "p99": pass.percentile(99.0), "max": pass.max(), "mean": pass.mean() },
+        "collect_ms": { "p50": record.median(), "p99": record.percentile(99.0) },
+        "tick_interval_s": Duration::from_secs(tick_s).as_secs(),
+    });
+    Ok(Outcome { rows, load_commands: Vec::new(), notes, raw })
+}

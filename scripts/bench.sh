@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# revgate's benchmark suite, from a fresh clone: installs what it needs
+# (Envoy and the wasm32 targets through scripts/install-tools.sh; the HTTP
+# load generator `oha` with cargo into .tools/cargo), builds release
+# binaries (revgate, the autoscale sample, revgate-bench) and the gateway
+# filter, runs the scenarios, writes bench/results.json and regenerates the
+# table in BENCHMARKS.md.
+#
+#   scripts/bench.sh                  # every scenario at its published size
+#   scripts/bench.sh --quick          # every scenario at its smoke size (CI)
+#   scripts/bench.sh overhead burst   # some scenarios; the others' results are kept
+#
+# Scenarios: overhead, cold-start, burst, xds, tick, step (see BENCHMARKS.md).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+
+oha_version="1.16.0"
+log() { echo "bench: $*" >&2; }
+
+quick=()
+scenarios=()
+for arg in "$@"; do
+  case "$arg" in
+    --quick) quick=(--quick) ;;
+    -h | --help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -*) log "unknown option $arg (try --help)"; exit 2 ;;
+    *) scenarios+=("$arg") ;;
+  esac
+done
+
+envoy=$(scripts/install-tools.sh | tail -n 1)
+
+# oha: the pinned version from PATH if there is one, else the project-local install.
+oha_ok() { [ -x "$1" ] && "$1" --version 2>/dev/null | grep -qx "oha $oha_version"; }
+oha=$(command -v oha || true)
+if ! oha_ok "$oha"; then
+  oha="$root/.tools/cargo/bin/oha"
+  if ! oha_ok "$oha"; then
+    log "installing oha $oha_version into .tools/cargo (a few minutes, once)"
+    cargo install --locked --quiet --root "$root/.tools/cargo" "oha@$oha_version"
+  fi
+fi
+
+log "building release binaries and the gateway filter"
+cargo build --release --locked --quiet -p revgate -p autoscale -p revgate-bench
+wasm=$(scripts/build-filter.sh --locked --quiet | tail -n 1)
+target_dir=$(cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
+
+# The burst scenario holds 10,000 connections open at once.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
+exec "$target_dir/release/revgate-bench" run "${quick[@]}" "${scenarios[@]}" \
+  --revgate "$target_dir/release/revgate" \
+  --autoscale "$target_dir/release/autoscale" \
+  --envoy "$envoy" \
+  --filter "$wasm" \
+  --oha "$oha" \
+  --run-dir "$target_dir/bench-run" \
+  --results bench/results.json \
+  --markdown BENCHMARKS.md
