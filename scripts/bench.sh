@@ -11,6 +11,8 @@
 #   scripts/bench.sh overhead burst   # some scenarios; the others' results are kept
 #
 # Scenarios: overhead, cold-start, burst, xds, tick, step (see BENCHMARKS.md).
+# REVGATE_BENCH_RESULTS and REVGATE_BENCH_MARKDOWN write the results
+# elsewhere (scripts/test.sh's smoke run keeps the published ones).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -57,5 +59,5 @@ exec "$target_dir/release/revgate-bench" run "${quick[@]}" "${scenarios[@]}" \
   --filter "$wasm" \
   --oha "$oha" \
   --run-dir "$target_dir/bench-run" \
-  --results bench/results.json \
-  --markdown BENCHMARKS.md
+  --results "${REVGATE_BENCH_RESULTS:-bench/results.json}" \
+  --markdown "${REVGATE_BENCH_MARKDOWN:-BENCHMARKS.md}"
