@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Sets up a fresh machine and runs every revgate test: unit, integration and
-# end-to-end (real Envoy, real processes). See tests/README.md for the tiers.
+# end-to-end (real Envoy, real processes), then the benchmark suite's smoke
+# run (scripts/bench.sh --quick). See tests/README.md for the tiers.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,6 +22,21 @@ log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 status=0
 cargo test --workspace --locked "$@" 2>&1 | tee "$log" || status=$?
+
+# The benchmark suite's smoke run: every scenario runs and yields numbers
+# (timings are reported, never asserted); the published results stay as they are.
+bench_out=$(mktemp -d)
+trap 'rm -f "$log"; rm -rf "$bench_out"' EXIT
+cp BENCHMARKS.md "$bench_out/BENCHMARKS.md"
+if REVGATE_BENCH_RESULTS="$bench_out/results.json" REVGATE_BENCH_MARKDOWN="$bench_out/BENCHMARKS.md" \
+  scripts/bench.sh --quick &&
+  python3 -c 'import json, sys; s = json.load(open(sys.argv[1]))["scenarios"]; sys.exit(not (len(s) == 6 and all(x["rows"] for x in s)))' \
+    "$bench_out/results.json"; then
+  echo "test result: ok. 1 passed; 0 failed (benchmark smoke run)" >>"$log"
+else
+  echo "test result: FAILED. 0 passed; 1 failed (benchmark smoke run)" >>"$log"
+  status=1
+fi
 totals=$(awk '/^test result: / { for (i = 1; i <= NF; i++) { if ($i ~ /^passed;?$/) p += $(i-1); if ($i ~ /^failed;?$/) f += $(i-1) } } END { printf "%d passed, %d failed", p, f }' "$log")
 echo
 echo "$totals"
