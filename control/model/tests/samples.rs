@@ -10,29 +10,6 @@ use revgate_model::plan::UpstreamProtocol;
 use revgate_model::{ChangeKind, Observed, World, parse_documents};
 use serde_json::Value;
 
-fn samples() -> Vec<(String, String)> {
-    let dir = shared_dir("knative-samples");
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .expect("samples folder readable")
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
-        .collect();
-    files.sort();
-    assert!(files.len() >= 5, "expected Knative samples in {}", dir.display());
-    files
-        .into_iter()
-        .map(|p| {
-            let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-            (name, std::fs::read_to_string(&p).expect("sample readable"))
-        })
-        .collect()
-}
-
-fn sample(name: &str) -> String {
-    samples().into_iter().find(|(n, _)| n == name).map(|(_, text)| text).expect(name)
-}
-
 /// Knative's CRD schemas by kind, made strict: where a schema lists
 /// properties and does not keep unknown fields, no other field may appear,
 /// so views that invent fields fail.

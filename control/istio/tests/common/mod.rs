@@ -3,56 +3,21 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 
 use revgate_istio::{Object, RenderOptions, render};
-use revgate_model::{Document, World, parse_documents};
+use revgate_model::World;
 use serde_json::{Value, json};
 
-/// 2024-05-01T12:00:00Z.
-pub const NOW: u64 = 1_714_564_800;
+/// The model's fixtures: the shared folder, Knative's samples, parsing.
+#[path = "../../../model/tests/common/mod.rs"]
+mod model;
 
-/// The shared folder sits beside the repository.
-pub fn shared_dir(sub: &str) -> PathBuf {
-    let dir = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared")).join(sub);
-    assert!(
-        dir.is_dir(),
-        "{} is missing: these tests read Knative's samples and Istio's CRDs from the shared folder beside the repository",
-        dir.display()
-    );
-    dir
-}
-
-pub fn parse(yaml: &str) -> Vec<Document> {
-    parse_documents("test.yaml", yaml).unwrap_or_else(|e| panic!("parse failed:\n{e}"))
-}
+// Each test binary uses some of these.
+#[allow(unused_imports)]
+pub use model::{NOW, parse, sample, samples, shared_dir};
 
 pub fn apply(world: &World, yaml: &str) -> World {
     world.apply(&parse(yaml), NOW).unwrap_or_else(|e| panic!("apply failed:\n{e}")).0
-}
-
-/// Every Knative sample, `(file name, text)`, sorted by name.
-pub fn samples() -> Vec<(String, String)> {
-    let dir = shared_dir("knative-samples");
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .expect("samples folder readable")
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
-        .collect();
-    files.sort();
-    assert!(files.len() >= 7, "expected Knative samples in {}", dir.display());
-    files
-        .into_iter()
-        .map(|p| {
-            let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-            (name, std::fs::read_to_string(&p).expect("sample readable"))
-        })
-        .collect()
-}
-
-pub fn sample(name: &str) -> String {
-    samples().into_iter().find(|(n, _)| n == name).map(|(_, text)| text).expect(name)
 }
 
 pub fn sample_world(name: &str) -> World {

@@ -13,10 +13,35 @@ pub fn shared_dir(sub: &str) -> PathBuf {
     let dir = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared")).join(sub);
     assert!(
         dir.is_dir(),
-        "{} is missing: these tests read Knative's samples and CRDs from the shared folder beside the repository",
+        "{} is missing: these tests read Knative's samples and the CRDs from the shared folder beside the repository",
         dir.display()
     );
     dir
+}
+
+/// Every Knative sample in the shared folder, `(file name, text)`, sorted by name.
+pub fn samples() -> Vec<(String, String)> {
+    let dir = shared_dir("knative-samples");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .expect("samples folder readable")
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 7, "expected Knative samples in {}", dir.display());
+    files
+        .into_iter()
+        .map(|p| {
+            let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            (name, std::fs::read_to_string(&p).expect("sample readable"))
+        })
+        .collect()
+}
+
+/// One sample's text, by file name.
+pub fn sample(name: &str) -> String {
+    samples().into_iter().find(|(n, _)| n == name).map(|(_, text)| text).expect(name)
 }
 
 pub fn parse(yaml: &str) -> Vec<Document> {
