@@ -253,7 +253,6 @@ pub async fn reap(leftovers: Vec<RecordedProcess>, grace: Duration) -> Vec<Recor
         // The group was verified at SIGTERM: its leader was the recorded process.
         signal_group(process.pgid, Signal::SIGKILL);
         tracing::warn!(
-            pid = process.pid,
             "stopped {} (pid {}) with {how}: an earlier revgate on this state directory ended without stopping it",
             process.what,
             process.pid,
