@@ -109,6 +109,9 @@ async fn the_next_up_stops_what_a_killed_up_left_running() {
     })
     .await;
     let log = up.log();
+    for line in log.lines().filter(|line| line.contains("an earlier revgate")) {
+        println!("{line}");
+    }
     for seen in &orphans.0 {
         let line = format!("(pid {}) with SIGTERM", seen.pid);
         assert!(log.contains(&line), "one line for the stopped process {}:\n{log}", seen.pid);
