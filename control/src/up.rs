@@ -2,6 +2,11 @@
 //! plane with the local process runtime, finds or builds the gateway filter,
 //! starts Envoy connected over ADS, applies the manifests and prints each
 //! service's URL. Ctrl-C stops Envoy, then every revision instance.
+//!
+//! An `up` killed without the chance to stop them (SIGKILL) leaves Envoy and
+//! the instances running; each is in a runtime record in the state directory
+//! (Envoy in `envoy-process.json`, the instances in the process runtime's),
+//! and the next `up` on that directory stops them before it starts its own.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
@@ -11,6 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use revgate_model::world::IngressState;
 use revgate_runtime::ImageMap;
+use revgate_runtime::record::{self, ProcessRecord, RecordedProcess};
 use revgate_xds::render::{AdsBootstrapOptions, ads_bootstrap_yaml};
 use revgate_xds::server::Api;
 
@@ -23,6 +29,9 @@ use crate::serve::{AddressFlags, LOG_DIR, Server, ServerConfig, Shutdown};
 
 /// The node id of the gateway `revgate up` starts.
 const NODE_ID: &str = "revgate-gateway";
+
+/// The runtime record of the Envoy `up` starts, in the state directory.
+const ENVOY_RECORD: &str = "envoy-process.json";
 
 /// How long Envoy may take to connect and accept its first configuration.
 const GATEWAY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -63,6 +72,13 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     };
     step(format_args!("gateway filter {} ({how})", filter.display()));
 
+    // A killed `up` on this state directory may have left its Envoy running,
+    // holding the ports this one needs: stop it first. (Its instances are
+    // the process runtime's, which stops them as it starts.)
+    let (mut envoy_record, leftovers) = ProcessRecord::open(&args.state_dir.join(ENVOY_RECORD))?;
+    record::reap(leftovers, record::REAP_GRACE).await;
+    envoy_record.clear();
+
     let mut server = Server::start(ServerConfig {
         xds_addr: loopback(args.xds_port),
         admin_addr: loopback(args.admin_port),
@@ -94,7 +110,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         xds_addr: server.xds_addr,
     };
     let result = tokio::select! {
-        result = serve(&platform, &args, &envoy_bin, files, started, &mut shutdown) => result,
+        result = serve(&platform, &args, &envoy_bin, files, started, &mut shutdown, &mut envoy_record) => result,
         e = server.failed() => Err(e),
     };
     step("stopping every revision instance");
@@ -120,6 +136,7 @@ async fn serve(
     files: Vec<ManifestFile>,
     started: Instant,
     shutdown: &mut Shutdown,
+    envoy_record: &mut ProcessRecord,
 ) -> anyhow::Result<()> {
     let handle = &platform.handle;
     let applied = match handle.apply(files, false).await {
@@ -153,6 +170,9 @@ async fn serve(
         std::thread::available_parallelism().map_or(1, |n| u16::try_from(n.get()).unwrap_or(u16::MAX))
     });
     let mut envoy = Envoy::start(envoy_bin, &bootstrap, logs.join("envoy.log"), workers)?;
+    if let Some(process) = envoy.pid().and_then(|pid| RecordedProcess::observe(pid, "Envoy")) {
+        envoy_record.insert(process);
+    }
     step(format_args!("Envoy started (pid {}), log {}", envoy.pid().unwrap_or(0), envoy.log.display()));
 
     let result = async {
@@ -174,6 +194,7 @@ async fn serve(
     .await;
     step("stopping Envoy");
     envoy.stop(Duration::from_secs(5)).await;
+    envoy_record.clear();
     result
 }
 

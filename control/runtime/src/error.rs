@@ -40,6 +40,20 @@ pub enum RuntimeError {
         source: std::io::Error,
     },
 
+    #[error(
+        "the runtime record {} is held by another running revgate on the same state directory; stop that one, \
+         or give this one another --state-dir",
+        path.display()
+    )]
+    RecordInUse { path: PathBuf },
+
+    #[error("opening the runtime record {}: {source}; the state directory must be writable", path.display())]
+    RecordOpen {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
     #[error("starting the process runtime outside a Tokio runtime; call ProcessRuntime::start from async code")]
     NoAsyncRuntime,
 }

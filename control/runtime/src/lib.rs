@@ -32,10 +32,14 @@
 //! - `backoff`: crash-restart delays, with time as a parameter; pure.
 //! - `process`: [`ProcessRuntime`]: the actor that owns the instances and the
 //!   supervisor task of each process.
+//! - [`record`]: the runtime record of the processes started and not yet
+//!   seen exit, so that the next start stops those a killed revgate left
+//!   running.
 //! - [`error`]: the [`RuntimeError`]s of setting a runtime up.
 
 pub mod error;
 pub mod images;
+pub mod record;
 
 mod backoff;
 mod launch;
@@ -55,7 +59,7 @@ use tokio::sync::watch;
 
 pub use error::RuntimeError;
 pub use images::ImageMap;
-pub use process::{ProcessConfig, ProcessRuntime};
+pub use process::{ProcessConfig, ProcessRuntime, RECORD_FILE};
 
 /// What a runtime needs to run one revision.
 #[derive(Debug, Clone, PartialEq)]

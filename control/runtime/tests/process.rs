@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,8 +13,10 @@ use nix::sys::signal::kill;
 use nix::unistd::Pid;
 use revgate_model::plan::{Endpoint, ObjectKey};
 use revgate_model::resources::{Container, ContainerPort, EnvVar, RevisionSpec};
+use revgate_runtime::record::{ProcessRecord, RecordedProcess};
 use revgate_runtime::{
-    ImageMap, InstanceStatus, Phase, ProcessConfig, ProcessRuntime, RevisionState, RevisionStates, Runtime, Workload,
+    ImageMap, InstanceStatus, Phase, ProcessConfig, ProcessRuntime, RECORD_FILE, RevisionState, RevisionStates,
+    Runtime, Workload,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
@@ -473,4 +476,57 @@ async fn shutdown_skips_the_drain_and_leaves_no_process() {
     // After shutdown, nothing starts any more and a second shutdown returns at once.
     runtime.scale(&workload("late-00001", http_server()), 1);
     runtime.shutdown().await;
+}
+
+/// The pids the runtime record in `logs` lists.
+fn recorded_pids(logs: &Path) -> Vec<u32> {
+    let text = std::fs::read_to_string(logs.join(RECORD_FILE)).expect("the runtime record");
+    let record: serde_json::Value = serde_json::from_str(&text).expect("the runtime record is JSON");
+    record["processes"].as_array().into_iter().flatten().filter_map(|p| p["pid"].as_u64()).map(|p| p as u32).collect()
+}
+
+#[tokio::test]
+async fn a_new_runtime_stops_what_a_killed_one_left_running_and_records_its_own() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let logs = dir.path().join("logs");
+    // What a runtime killed with SIGKILL leaves: a recorded instance still
+    // running in its own process group, and a recorded pid since taken by
+    // another process (modelled by a wrong start time).
+    let mut left = std::process::Command::new("sleep").arg("300").process_group(0).spawn().expect("sleep");
+    let mut unrelated = std::process::Command::new("sleep").arg("300").process_group(0).spawn().expect("sleep");
+    {
+        let (mut record, _) = ProcessRecord::open(&logs.join(RECORD_FILE)).expect("record");
+        record
+            .insert(RecordedProcess::observe(left.id(), "instance old-00001-1 of default/old-00001").expect("running"));
+        let mut recycled =
+            RecordedProcess::observe(unrelated.id(), "instance old-00001-2 of default/old-00001").expect("running");
+        recycled.start_time += 1;
+        record.insert(recycled);
+    }
+
+    let runtime = ProcessRuntime::start(config(dir.path(), ImageMap::empty())).expect("start");
+    let second = ProcessRuntime::start(config(dir.path(), ImageMap::empty())).expect_err("one runtime per directory");
+    assert!(second.to_string().contains("--state-dir"), "{second}");
+
+    let mut states = runtime.states();
+    runtime.scale(&workload("a-00001", http_server()), 1);
+    let ready = wait_for_revision(&mut states, "a-00001", "ready", |r| r.ready.len() == 1).await;
+    let left_status = tokio::time::timeout(DEADLINE, async {
+        loop {
+            if let Some(status) = left.try_wait().expect("waiting for sleep") {
+                return status;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the recorded instance was stopped");
+    assert_eq!(left_status.signal(), Some(15), "stopped with SIGTERM: {left_status:?}");
+    assert!(unrelated.try_wait().expect("waiting for sleep").is_none(), "a recycled pid is never signalled");
+    let _ = unrelated.kill();
+    let _ = unrelated.wait();
+
+    assert_eq!(recorded_pids(&logs), pids(&ready), "the record lists exactly the running instance");
+    runtime.shutdown().await;
+    assert!(recorded_pids(&logs).is_empty(), "nothing is recorded once every instance stopped");
 }

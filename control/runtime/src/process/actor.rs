@@ -7,6 +7,10 @@
 //! the slow parts (spawning, probing, signalling, waiting) belong to the
 //! supervisors.
 //!
+//! The actor also keeps the runtime record: a process is recorded when its
+//! supervisor reports it spawned and forgotten when it reports it reaped,
+//! so that the record lists exactly the processes that may run.
+//!
 //! Events carry a [`ProcessId`]: an instance's `run` grows with every
 //! process it starts, so an event of a process that was replaced meanwhile
 //! cannot touch its successor.
@@ -26,6 +30,7 @@ use super::supervisor::{self, Exit, Stop, Supervised, seconds};
 use crate::backoff::Backoff;
 use crate::images::ImageMap;
 use crate::launch::{self, Launch, NotRunnable};
+use crate::record::{self, ProcessRecord, RecordedProcess};
 use crate::{InstanceStatus, Phase, RevisionState, RevisionStates, Workload, reason};
 
 /// What the handle asks for.
@@ -44,10 +49,11 @@ pub(super) struct ProcessId {
     pub(super) run: u64,
 }
 
-/// What supervisors and timers report.
+/// What supervisors and timers report. `start_time` in `Spawned` tells the
+/// process apart in the runtime record (`None` if it exited before it could be read).
 #[derive(Debug)]
 pub(super) enum Event {
-    Spawned { process: ProcessId, pid: Option<u32>, at_unix_ms: u64 },
+    Spawned { process: ProcessId, pid: Option<u32>, start_time: Option<u64>, at_unix_ms: u64 },
     Readiness { process: ProcessId, ready: bool, at_unix_ms: u64 },
     Exited { process: ProcessId, exit: Exit },
     RestartDue { process: ProcessId },
@@ -70,6 +76,8 @@ struct Context {
     /// free between our probe bind and the process's own bind, so without this
     /// two instances started together could be handed the same one.
     ports: BTreeSet<u16>,
+    /// Every process that may run, for the next start should this one be killed.
+    record: ProcessRecord,
 }
 
 struct Revision {
@@ -105,16 +113,30 @@ struct Instance {
     failure: Option<(&'static str, String)>,
 }
 
-/// Owns every instance until shutdown completes (or every handle is dropped
-/// and every process has stopped).
+/// Stops what `leftovers` lists (processes a killed runtime left running),
+/// then owns every instance until shutdown completes (or every handle is
+/// dropped and every process has stopped).
 pub(super) async fn run(
     config: ProcessConfig,
+    mut record: ProcessRecord,
+    leftovers: Vec<RecordedProcess>,
     states: watch::Sender<Arc<RevisionStates>>,
     commands: mpsc::UnboundedReceiver<Command>,
 ) {
+    // Before anything starts: a new instance must not be mistaken for an old one,
+    // and the old ones must not keep running next to it.
+    if !leftovers.is_empty() {
+        let reaped = record::reap(leftovers, record::REAP_GRACE).await;
+        tracing::info!(
+            record = %record.path().display(),
+            reaped = reaped.len(),
+            "process runtime: stopped the instances a killed revgate left running"
+        );
+    }
+    record.clear();
     let (events, events_rx) = mpsc::unbounded_channel();
     let actor = Actor {
-        ctx: Context { config, events, ports: BTreeSet::new() },
+        ctx: Context { config, events, ports: BTreeSet::new(), record },
         revisions: BTreeMap::new(),
         states,
         shutting_down: false,
@@ -141,6 +163,7 @@ impl Actor {
             }
             self.publish();
             if self.shutting_down && self.revisions.values().all(|r| r.instances.is_empty()) {
+                self.ctx.record.clear();
                 for waiter in self.shutdown_waiters.drain(..) {
                     let _ = waiter.send(());
                 }
@@ -216,7 +239,11 @@ impl Actor {
             return;
         };
         match event {
-            Event::Spawned { pid, at_unix_ms, .. } => {
+            Event::Spawned { pid, start_time, at_unix_ms, .. } => {
+                if let (Some(pid), Some(start_time)) = (pid, start_time) {
+                    let what = format!("instance {} of {key}", instance.id);
+                    self.ctx.record.insert(RecordedProcess { what, pid, pgid: pid, start_time });
+                }
                 instance.pid = pid;
                 instance.started_unix_ms = Some(at_unix_ms);
             }
@@ -243,6 +270,9 @@ impl Actor {
             }
             Event::Exited { exit, .. } => {
                 self.ctx.ports.remove(&instance.port);
+                if let Some(pid) = instance.pid {
+                    self.ctx.record.remove(pid);
+                }
                 instance.stop = None;
                 instance.pid = None;
                 if instance.phase == Phase::Draining || self.shutting_down {

@@ -7,6 +7,11 @@
 //! (`supervisor`) that spawns it, probes its readiness, signals and reaps
 //! it, and reports back to the actor as events; it owns the OS process
 //! handle and nothing else.
+//!
+//! The actor keeps the runtime record (`<log_dir>/instances.json`, see
+//! [`crate::record`]) in step with the processes that run, and its first
+//! act is to stop whatever an earlier runtime on the same directory left
+//! running when it was killed.
 
 mod actor;
 mod supervisor;
@@ -23,12 +28,17 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::error::RuntimeError;
 use crate::images::ImageMap;
+use crate::record::ProcessRecord;
 use crate::{RevisionStates, Runtime, Workload};
 
 use actor::Command;
 
 /// How long a stopping instance keeps running, out of rotation, before SIGTERM.
 pub const DEFAULT_DRAIN: Duration = Duration::from_secs(2);
+/// The runtime record's file name in the log directory. Namespaces are DNS
+/// labels, without dots, so it never meets a namespace's log directory.
+pub const RECORD_FILE: &str = "instances.json";
+
 /// How long a process may take to exit after SIGTERM before SIGKILL
 /// (Kubernetes' `terminationGracePeriodSeconds` default).
 pub const DEFAULT_TERMINATION_GRACE: Duration = Duration::from_secs(30);
@@ -38,7 +48,8 @@ pub const DEFAULT_TERMINATION_GRACE: Duration = Duration::from_secs(30);
 pub struct ProcessConfig {
     /// Which program stands for which image.
     pub images: ImageMap,
-    /// Instance logs go to `<log_dir>/<namespace>/<revision>/<instance>.log`.
+    /// Instance logs go to `<log_dir>/<namespace>/<revision>/<instance>.log`,
+    /// and the runtime record to `<log_dir>/instances.json` ([`RECORD_FILE`]).
     pub log_dir: PathBuf,
     /// Time between leaving the ready endpoints and SIGTERM, for the gateway to
     /// stop sending (skipped at shutdown).
@@ -76,6 +87,9 @@ impl Default for ProcessConfig {
 /// Dropping the handle without [`Runtime::shutdown`] still stops every
 /// process gracefully in the background, as long as the Tokio runtime lives;
 /// if it does not, each process is killed when its supervisor is dropped.
+/// If revgate itself is killed (SIGKILL), nothing of it runs to stop them:
+/// the next runtime started on the same log directory stops them first,
+/// from the runtime record.
 #[derive(Debug)]
 pub struct ProcessRuntime {
     commands: mpsc::UnboundedSender<Command>,
@@ -83,18 +97,24 @@ pub struct ProcessRuntime {
 }
 
 impl ProcessRuntime {
-    /// Starts the actor on the current Tokio runtime.
+    /// Starts the actor on the current Tokio runtime. It first stops what a
+    /// killed runtime on the same log directory left running; commands sent
+    /// meanwhile wait for it.
+    ///
+    /// Fails if another runtime, in this process or another, uses the same
+    /// log directory.
     pub fn start(mut config: ProcessConfig) -> Result<Self, RuntimeError> {
         let tokio = tokio::runtime::Handle::try_current().map_err(|_| RuntimeError::NoAsyncRuntime)?;
         let log_dir_error = |source| RuntimeError::LogDir { path: config.log_dir.clone(), source };
         // Absolute, so that the log paths in states and messages can be opened from anywhere.
         let log_dir = std::path::absolute(&config.log_dir).map_err(log_dir_error)?;
         std::fs::create_dir_all(&log_dir).map_err(log_dir_error)?;
+        let (record, leftovers) = ProcessRecord::open(&log_dir.join(RECORD_FILE))?;
         config.log_dir = log_dir;
 
         let (commands, commands_rx) = mpsc::unbounded_channel();
         let (states_tx, states) = watch::channel(Arc::default());
-        tokio.spawn(actor::run(config, states_tx, commands_rx));
+        tokio.spawn(actor::run(config, record, leftovers, states_tx, commands_rx));
         Ok(Self { commands, states })
     }
 

@@ -24,6 +24,7 @@ use tokio::sync::{mpsc, watch};
 use super::actor::{Event, ProcessId};
 use crate::launch::Launch;
 use crate::probe::{self, Readiness};
+use crate::record;
 
 /// The grace period when the actor is gone (the runtime is going away) and
 /// nobody will wait for the configured one.
@@ -123,7 +124,10 @@ async fn run(s: &mut Supervised) -> Exit {
         }
     };
     let pid = child.id();
-    let _ = s.events.send(Event::Spawned { process: s.process.clone(), pid, at_unix_ms: unix_ms() });
+    // Read now, while the process surely is the one just started (it is our
+    // child and not yet reaped, so its pid cannot be reused).
+    let start_time = pid.and_then(record::start_time);
+    let _ = s.events.send(Event::Spawned { process: s.process.clone(), pid, start_time, at_unix_ms: unix_ms() });
 
     let status = match watch(s, &mut child).await {
         Watched::Exited(status) => status,
