@@ -378,13 +378,12 @@ pub fn cluster_view(reader: &dyn ClusterReader, scope: &Store<Namespace>) -> (Cl
         let observed = desired::observe(&snapshot, &world, &Problems::default());
         states.extend(readiness::revision_states(&snapshot));
         view.observed.revisions.extend(observed.revisions);
-        let World { services, configurations, routes, revisions, config_maps, assigned_traffic } = world;
+        let World { services, configurations, routes, revisions, config_maps } = world;
         view.world.services.extend(services);
         view.world.configurations.extend(configurations);
         view.world.routes.extend(routes);
         view.world.revisions.extend(revisions);
         view.world.config_maps = config_maps;
-        view.world.assigned_traffic.extend(assigned_traffic);
     }
     view.plan = view.world.plan(&view.observed);
     (view, states)

@@ -203,26 +203,33 @@ impl World {
         if missing_targets(self, &route.metadata.namespace, &route.spec.traffic).is_empty() {
             Some(&route.spec.traffic)
         } else {
-            self.assigned_traffic.get(&route.metadata.key()).map(Vec::as_slice)
+            route.status.as_ref().map(|s| s.traffic.as_slice()).filter(|t| !t.is_empty())
         }
     }
 
-    /// Remembers, for every Route whose targets all exist, its traffic as
-    /// the one to keep serving should a later change name a missing target;
-    /// forgets deleted Routes. Run after every apply and delete.
+    /// Keeps, for every Route whose targets all exist, its traffic as the
+    /// one to go on serving should a later change name a missing target.
+    /// It is kept in the stored Route's `status.traffic` — where Knative,
+    /// too, leaves the last assigned traffic while a target is missing — so
+    /// that it is persisted with the Route and survives a restart. (Status
+    /// shown to users is always recomputed; routes stored without it serve
+    /// their own traffic whenever its targets exist.) Run after every apply
+    /// and delete.
     pub(crate) fn record_assigned_traffic(&mut self) {
-        let routes = &self.routes;
-        self.assigned_traffic.retain(|key, _| routes.contains_key(key));
-        let assigned: Vec<(ObjectKey, Vec<TrafficTarget>)> = self
+        let assigned: Vec<ObjectKey> = self
             .routes
             .iter()
             .filter(|(key, route)| {
-                self.assigned_traffic.get(*key) != Some(&route.spec.traffic)
+                route.status.as_ref().map(|s| &s.traffic) != Some(&route.spec.traffic)
                     && missing_targets(self, &key.namespace, &route.spec.traffic).is_empty()
             })
-            .map(|(key, route)| (key.clone(), route.spec.traffic.clone()))
+            .map(|(key, _)| key.clone())
             .collect();
-        self.assigned_traffic.extend(assigned);
+        for key in assigned {
+            if let Some(route) = self.routes.get_mut(&key) {
+                route.status = Some(RouteStatus { traffic: route.spec.traffic.clone(), ..Default::default() });
+            }
+        }
     }
 
     /// Warnings for an apply of `docs` (already applied to `self`): every
@@ -243,7 +250,7 @@ impl World {
             if missing.is_empty() {
                 continue;
             }
-            let serving = if self.assigned_traffic.contains_key(&route_key) {
+            let serving = if self.traffic_in_effect(route).is_some() {
                 "the route keeps serving its last traffic whose targets all existed"
             } else {
                 "the route serves nothing until they exist"

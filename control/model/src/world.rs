@@ -43,15 +43,6 @@ pub struct World {
     pub revisions: BTreeMap<ObjectKey, Revision>,
     #[serde(with = "keyed_list")]
     pub config_maps: BTreeMap<ObjectKey, ConfigMap>,
-    /// Per Route, its traffic as it was the last time every target it names
-    /// existed. A Route whose traffic names a revision or configuration that
-    /// does not exist keeps serving this, as Knative's route reconciler
-    /// leaves the last good ingress in place; it is part of the world so
-    /// that a restart keeps it too. (Stores written before this field
-    /// existed read as empty, and every Route whose targets exist serves its
-    /// own traffic regardless.)
-    #[serde(default, with = "keyed_list", skip_serializing_if = "BTreeMap::is_empty")]
-    pub assigned_traffic: BTreeMap<ObjectKey, Vec<TrafficTarget>>,
 }
 
 /// JSON objects need string keys; a world is stored as lists of `[key, object]` pairs.
@@ -497,6 +488,9 @@ impl World {
     fn upsert_route(&mut self, mut route: Route, now: &str) -> ChangeKind {
         let key = route.metadata.key();
         let existing = self.routes.get(&key);
+        // The stored status holds the last assigned traffic (see
+        // `record_assigned_traffic`), which a new spec does not replace.
+        route.status = existing.and_then(|r| r.status.clone());
         let kind = stamp(&mut route.metadata, existing.map(|r| (&r.metadata, r.spec == route.spec)), now);
         let unchanged = existing == Some(&route);
         self.routes.insert(key, route);

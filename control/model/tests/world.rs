@@ -568,9 +568,10 @@ fn traffic_naming_a_missing_target_keeps_the_last_assigned_traffic() {
     let (typo, _) = apply(&route_world, &bare_route("hello-00009"));
     let (fixed, _) = apply(&typo, &bare_route("hello-00002"));
     assert_eq!(splits_of(&fixed, "web"), Some(vec![("hello-00002".to_string(), 100)]));
-    // Deleting the route forgets what it served.
+    // Deleting the route and applying it again starts afresh: nothing to keep.
     let (gone, _) = typo.delete(&references(&bare_route("x"))).expect("deletes");
-    assert!(gone.assigned_traffic.is_empty() || !gone.assigned_traffic.contains_key(&key("web")));
+    let (again, _) = apply(&gone, &bare_route("hello-00009"));
+    assert_eq!(splits_of(&again, "web"), None);
 }
 
 #[test]
