@@ -3,6 +3,12 @@
 //! A manifest that works with `kubectl apply` against Knative must work here
 //! unchanged. Fields the CRD schema does not declare are rejected (see
 //! `schema`), except in the parts the schema leaves open, which are kept.
+//!
+//! Text is read through [`crate::decode`], so that depth, expanded size and
+//! duplicate keys are checked before anything else; every object's identity
+//! (kind, name, namespace) is checked as Kubernetes checks it. `delete -f`
+//! reads only that identity ([`parse_references`]), as `kubectl` deletes by
+//! reference.
 
 use std::fmt;
 

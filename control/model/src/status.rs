@@ -250,14 +250,15 @@ impl World {
             if missing.is_empty() {
                 continue;
             }
+            let until = if missing.len() == 1 { "Until it exists" } else { "Until they exist" };
             let serving = if self.traffic_in_effect(route).is_some() {
                 "the route keeps serving its last traffic whose targets all existed"
             } else {
-                "the route serves nothing until they exist"
+                "the route serves nothing"
             };
             let found: Vec<String> = missing.iter().map(MissingTarget::message).collect();
             warnings.push(format!(
-                "{}/{} in namespace {}: {} {serving}; status: AllTrafficAssigned=False ({})",
+                "{}/{} (namespace {}): {} {until}, {serving} (AllTrafficAssigned=False, reason {}).",
                 crate::world::ROUTE_RESOURCE,
                 route_key.name,
                 route_key.namespace,

@@ -547,6 +547,15 @@ fn traffic_naming_a_missing_target_keeps_the_last_assigned_traffic() {
         assert_eq!(splits_of(&back, route), want_splits, "{case}: after a restart");
     }
 
+    let docs = parse(&split("hello-00009"));
+    let (typo, _) = split_world.apply(&docs, NOW).expect("applies");
+    assert_eq!(
+        typo.traffic_warnings(&docs),
+        ["route.serving.knative.dev/hello (namespace default): Revision \"hello-00009\" referenced in traffic not \
+             found. Until it exists, the route keeps serving its last traffic whose targets all existed \
+             (AllTrafficAssigned=False, reason RevisionMissing)."]
+    );
+
     // The kept split shows in status.traffic; the new one takes effect once
     // the missing revision appears (a new template creates it)…
     let (typo, _) = apply(&split_world, &split("hello-00003"));
