@@ -17,9 +17,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use revgate_model::decode::Budget;
 use revgate_model::plan::{Endpoint, EndpointMap, GatewayPlan, ObjectKey};
 use revgate_model::{
-    ApplyError, Document, ManifestError, RevisionReadiness, World, parse_documents,
+    ApplyError, Document, ManifestError, Reference, RevisionReadiness, World, parse_documents_within, parse_references,
     world::{Change, IngressState, Observed},
 };
 use revgate_runtime::RevisionState;
@@ -47,6 +48,9 @@ pub enum ControlError {
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
+    /// The files held no object at all (only comments, or nothing).
+    #[error("no objects passed to {verb}")]
+    NoObjects { verb: &'static str },
     #[error("the control plane is shutting down")]
     ShuttingDown,
 }
@@ -65,12 +69,52 @@ pub struct Published {
 pub struct Applied {
     pub changes: Vec<String>,
     pub published: Published,
+    /// What was accepted but is not (yet) in effect, one line each, such as
+    /// traffic naming a revision that does not exist. The CLI prints them
+    /// as `kubectl` prints an API server's warnings.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+}
+
+/// Manifests read and checked, ready for the owner task to apply: parsing
+/// happens before the command is sent, so that a large (or hostile) file
+/// never holds up the owner and the applies queued behind it.
+#[derive(Debug)]
+pub enum Parsed {
+    Apply(Vec<Document>),
+    /// `delete -f` reads only what identifies each object.
+    Delete(Vec<Reference>),
+}
+
+/// Reads every file of one apply (or delete), charging what all of them
+/// expand to against one [`Budget`]. Pure CPU work: callers run it on a
+/// blocking thread. Files without any object are an error, as in `kubectl`.
+pub fn parse_manifests(files: &[ManifestFile], delete: bool) -> Result<Parsed, ControlError> {
+    let mut budget = Budget::default();
+    if delete {
+        let mut references = Vec::new();
+        for file in files {
+            references.extend(parse_references(&file.name, &file.content, &mut budget)?);
+        }
+        if references.is_empty() {
+            return Err(ControlError::NoObjects { verb: "delete" });
+        }
+        Ok(Parsed::Delete(references))
+    } else {
+        let mut documents = Vec::new();
+        for file in files {
+            documents.extend(parse_documents_within(&file.name, &file.content, &mut budget)?);
+        }
+        if documents.is_empty() {
+            return Err(ControlError::NoObjects { verb: "apply" });
+        }
+        Ok(Parsed::Apply(documents))
+    }
 }
 
 enum Command {
     Apply {
-        files: Vec<ManifestFile>,
-        delete: bool,
+        parsed: Parsed,
         reply: oneshot::Sender<Result<Applied, ControlError>>,
     },
     SetFault {
@@ -110,9 +154,10 @@ pub struct Handle {
 impl std::fmt::Debug for Command {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Command::Apply { files, delete, .. } => {
-                f.debug_struct("Apply").field("files", &files.len()).field("delete", delete).finish()
-            }
+            Command::Apply { parsed, .. } => match parsed {
+                Parsed::Apply(documents) => f.debug_struct("Apply").field("documents", &documents.len()).finish(),
+                Parsed::Delete(references) => f.debug_struct("Delete").field("references", &references.len()).finish(),
+            },
             Command::SetFault { fault, .. } => f.debug_struct("SetFault").field("fault", fault).finish(),
             Command::SetEndpoints { revision, endpoints, .. } => {
                 f.debug_struct("SetEndpoints").field("revision", revision).field("endpoints", endpoints).finish()
@@ -125,10 +170,14 @@ impl std::fmt::Debug for Command {
 }
 
 impl Handle {
-    /// Applies (or deletes) manifests; all-or-nothing.
+    /// Applies (or deletes) manifests; all-or-nothing. The files are parsed
+    /// here, on a blocking thread, and only parsed documents reach the owner.
     pub async fn apply(&self, files: Vec<ManifestFile>, delete: bool) -> Result<Applied, ControlError> {
+        let parsed = tokio::task::spawn_blocking(move || parse_manifests(&files, delete))
+            .await
+            .map_err(|_| ControlError::ShuttingDown)??;
         let (reply, answer) = oneshot::channel();
-        self.commands.send(Command::Apply { files, delete, reply }).await.map_err(|_| ControlError::ShuttingDown)?;
+        self.commands.send(Command::Apply { parsed, reply }).await.map_err(|_| ControlError::ShuttingDown)?;
         answer.await.map_err(|_| ControlError::ShuttingDown)?
     }
 
@@ -297,8 +346,8 @@ impl ControlPlane {
 
     fn serve(&mut self, command: Command, activation: &ActivationService) {
         match command {
-            Command::Apply { files, delete, reply } => {
-                let result = self.apply(&files, delete);
+            Command::Apply { parsed, reply } => {
+                let result = self.apply(&parsed);
                 if result.is_ok() {
                     self.publish_verdicts();
                 }
@@ -420,13 +469,18 @@ impl ControlPlane {
         });
     }
 
-    fn apply(&mut self, files: &[ManifestFile], delete: bool) -> Result<Applied, ControlError> {
-        let mut documents: Vec<Document> = Vec::new();
-        for file in files {
-            documents.extend(parse_documents(&file.name, &file.content)?);
-        }
-        let (next, changes) =
-            if delete { self.world.delete(&documents)? } else { self.world.apply(&documents, unix_now())? };
+    fn apply(&mut self, parsed: &Parsed) -> Result<Applied, ControlError> {
+        let (next, changes, warnings) = match parsed {
+            Parsed::Delete(references) => {
+                let (next, changes) = self.world.delete(references)?;
+                (next, changes, Vec::new())
+            }
+            Parsed::Apply(documents) => {
+                let (next, changes) = self.world.apply(documents, unix_now())?;
+                let warnings = next.traffic_warnings(documents);
+                (next, changes, warnings)
+            }
+        };
         self.store.save(&self.world, &next)?;
         let changed = *self.world != next;
         self.world = Arc::new(next);
@@ -436,7 +490,7 @@ impl ControlPlane {
         } else {
             self.published_tx.borrow().clone()
         };
-        Ok(Applied { changes: changes.iter().map(Change::to_string).collect(), published })
+        Ok(Applied { changes: changes.iter().map(Change::to_string).collect(), published, warnings })
     }
 
     /// Builds and publishes the snapshot for the current world.

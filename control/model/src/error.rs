@@ -72,6 +72,14 @@ pub enum ManifestError {
         at.document
     )]
     UnsupportedKind { at: SourceRef, api_version: String, kind: String },
+    /// The documents expand (through YAML aliases, or by sheer size) past
+    /// what one apply may build; reading stopped at this document.
+    #[error(
+        "{file}: document {document}: the manifests expand to more than {limit} bytes (the limit on what the \
+         documents of one apply may expand to, YAML aliases included); apply fewer or smaller objects, or \
+         write the repeated parts out instead of referencing anchors"
+    )]
+    TooLarge { file: String, document: usize, limit: usize },
     /// Documents that are objects of a known kind, but with unknown or mistyped fields.
     #[error("{}", join_lines(.0))]
     Fields(Vec<FieldError>),

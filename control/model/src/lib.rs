@@ -7,6 +7,8 @@
 //! # Layout
 //! - [`manifest`]: YAML/JSON documents into typed [`manifest::Resource`]s (with `schema`, the
 //!   fields each kind declares, so unknown fields are rejected).
+//! - [`decode`]: YAML text into JSON values within limits (expanded size, nesting depth,
+//!   no duplicate keys), so that no manifest can exhaust memory or be stored unreadable.
 //! - [`resources`], [`meta`]: the Knative object types.
 //! - [`config`]: the `knative-serving` ConfigMaps as typed [`config::Settings`].
 //! - [`autoscaling`]: `config-autoscaler` and the `autoscaling.knative.dev/*` annotations,
@@ -20,6 +22,7 @@
 
 pub mod autoscaling;
 pub mod config;
+pub mod decode;
 pub mod error;
 pub mod manifest;
 pub mod meta;
@@ -33,7 +36,9 @@ pub mod world;
 
 pub use config::Settings;
 pub use error::{ApplyError, FieldError, ManifestError};
-pub use manifest::{Document, Resource, SourceRef, parse_documents};
+pub use manifest::{
+    Document, Reference, Resource, ResourceKind, SourceRef, parse_documents, parse_documents_within, parse_references,
+};
 pub use plan::{GatewayPlan, ObjectKey};
 pub use resources::{ConfigMap, Configuration, Revision, Route, Service};
 pub use world::{Change, ChangeKind, IngressState, Observed, RevisionReadiness, World};

@@ -3,6 +3,12 @@
 //! A manifest that works with `kubectl apply` against Knative must work here
 //! unchanged. Fields the CRD schema does not declare are rejected (see
 //! `schema`), except in the parts the schema leaves open, which are kept.
+//!
+//! Text is read through [`crate::decode`], so that depth, expanded size and
+//! duplicate keys are checked before anything else; every object's identity
+//! (kind, name, namespace) is checked as Kubernetes checks it. `delete -f`
+//! reads only that identity ([`parse_references`]), as `kubectl` deletes by
+//! reference.
 
 use std::fmt;
 
@@ -10,11 +16,13 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::decode::{self, Budget, DecodeError};
 use crate::error::{FieldError, ManifestError};
 use crate::meta::{DEFAULT_NAMESPACE, SERVING_API_VERSION};
 use crate::plan::ObjectKey;
 use crate::resources::{ConfigMap, Configuration, Route, Service};
 use crate::schema::{self, Shape};
+use crate::validation;
 
 /// Where a document came from: a file and the 0-based index of the document in it.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -66,11 +74,64 @@ impl Resource {
     }
 }
 
+/// The four kinds of object revgate accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum ResourceKind {
+    Service,
+    Configuration,
+    Route,
+    ConfigMap,
+}
+
+impl ResourceKind {
+    /// The kind as written in manifests.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ResourceKind::Service => "Service",
+            ResourceKind::Configuration => "Configuration",
+            ResourceKind::Route => "Route",
+            ResourceKind::ConfigMap => "ConfigMap",
+        }
+    }
+
+    fn shape(self) -> &'static Shape {
+        match self {
+            ResourceKind::Service => &schema::SERVICE,
+            ResourceKind::Configuration => &schema::CONFIGURATION,
+            ResourceKind::Route => &schema::ROUTE,
+            ResourceKind::ConfigMap => &schema::CONFIG_MAP,
+        }
+    }
+}
+
 /// One parsed document of a manifest file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Document {
     pub source: SourceRef,
     pub resource: Resource,
+}
+
+impl Document {
+    /// What identifies the object, as `delete` needs it.
+    pub fn reference(&self) -> Reference {
+        let kind = match &self.resource {
+            Resource::Service(_) => ResourceKind::Service,
+            Resource::Configuration(_) => ResourceKind::Configuration,
+            Resource::Route(_) => ResourceKind::Route,
+            Resource::ConfigMap(_) => ResourceKind::ConfigMap,
+        };
+        Reference { source: self.source.clone(), kind, key: self.resource.key() }
+    }
+}
+
+/// A document read only for what identifies its object (`apiVersion`,
+/// `kind`, `metadata.name` and `metadata.namespace`), as `kubectl delete -f`
+/// reads it: the rest of the document does not matter to a delete.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reference {
+    pub source: SourceRef,
+    pub kind: ResourceKind,
+    pub key: ObjectKey,
 }
 
 /// Parses every document of a manifest file. Empty documents (comments only,
@@ -79,25 +140,87 @@ pub struct Document {
 /// Problems with fields are collected over all documents; a document that is
 /// not YAML, or of a kind revgate does not serve, stops parsing.
 pub fn parse_documents(file: &str, text: &str) -> Result<Vec<Document>, ManifestError> {
-    let mut docs = Vec::new();
+    parse_documents_within(file, text, &mut Budget::default())
+}
+
+/// [`parse_documents`], charging what the documents expand to against
+/// `budget`, which the caller shares between every file of one apply.
+pub fn parse_documents_within(file: &str, text: &str, budget: &mut Budget) -> Result<Vec<Document>, ManifestError> {
+    read_objects(file, text, budget, |source, id, value| {
+        parse_object(source, id, value).map(|resource| Document { source: source.clone(), resource })
+    })
+}
+
+/// Reads every document of a manifest file for what identifies its object
+/// only (see [`Reference`]); the rest of each document is not validated.
+/// Kinds revgate does not serve are still an error.
+pub fn parse_references(file: &str, text: &str, budget: &mut Budget) -> Result<Vec<Reference>, ManifestError> {
+    read_objects(file, text, budget, |source, id, _| {
+        Ok(Reference { source: source.clone(), kind: id.kind, key: id.key.clone() })
+    })
+}
+
+/// What every document is identified by, read before anything else.
+struct Identity {
+    kind: ResourceKind,
+    key: ObjectKey,
+}
+
+/// The loop shared by [`parse_documents_within`] and [`parse_references`]:
+/// each document is read within the budget, identified, checked for what
+/// reading found (depth, duplicate keys) and the identity's own fields, then
+/// handed to `each`.
+fn read_objects<T>(
+    file: &str,
+    text: &str,
+    budget: &mut Budget,
+    mut each: impl FnMut(&SourceRef, &Identity, Value) -> Result<T, ParseFailure>,
+) -> Result<Vec<T>, ManifestError> {
+    let mut objects = Vec::new();
     let mut field_errors = Vec::new();
     for (index, de) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
         let source = SourceRef::new(file, index);
-        let value = Value::deserialize(de).map_err(|e| ManifestError::Syntax {
-            file: file.to_string(),
-            document: index,
-            message: e.to_string(),
+        let (value, violations) = decode::read_document(de, budget).map_err(|e| match e {
+            DecodeError::Budget => {
+                ManifestError::TooLarge { file: file.to_string(), document: index, limit: budget.limit() }
+            }
+            DecodeError::Syntax(message) => ManifestError::Syntax { file: file.to_string(), document: index, message },
         })?;
-        if value.is_null() {
+        if value.is_null() && violations.is_empty() {
             continue;
         }
-        match parse_object(&source, value) {
-            Ok(resource) => docs.push(Document { source, resource }),
+        let id = match identify(&source, &value) {
+            Ok(id) => id,
             Err(ParseFailure::Fatal(e)) => return Err(e),
-            Err(ParseFailure::Fields(errors)) => field_errors.extend(errors),
+            Err(ParseFailure::Fields(errors)) => {
+                field_errors.extend(errors);
+                continue;
+            }
+        };
+        let fail = |path: String, message: String| FieldError {
+            source: Some(source.clone()),
+            kind: id.kind.as_str().to_string(),
+            key: id.key.clone(),
+            path,
+            message,
+        };
+        if !violations.is_empty() {
+            // What was read is incomplete; nothing more can be said about it.
+            field_errors.extend(violations.into_iter().map(|v| fail(v.path, v.message)));
+            continue;
+        }
+        let problems: Vec<FieldError> = identity_problems(&id).into_iter().map(|(p, m)| fail(p, m)).collect();
+        match each(&source, &id, value) {
+            Ok(object) if problems.is_empty() => objects.push(object),
+            Ok(_) => field_errors.extend(problems),
+            Err(ParseFailure::Fatal(e)) => return Err(e),
+            Err(ParseFailure::Fields(errors)) => {
+                field_errors.extend(errors);
+                field_errors.extend(problems);
+            }
         }
     }
-    if field_errors.is_empty() { Ok(docs) } else { Err(ManifestError::Fields(field_errors)) }
+    if field_errors.is_empty() { Ok(objects) } else { Err(ManifestError::Fields(field_errors)) }
 }
 
 enum ParseFailure {
@@ -105,7 +228,8 @@ enum ParseFailure {
     Fields(Vec<FieldError>),
 }
 
-fn parse_object(source: &SourceRef, mut value: Value) -> Result<Resource, ParseFailure> {
+/// The kind and key of a document; an unknown kind stops parsing.
+fn identify(source: &SourceRef, value: &Value) -> Result<Identity, ParseFailure> {
     let Some(object) = value.as_object() else {
         return Err(ParseFailure::Fatal(ManifestError::Syntax {
             file: source.file.clone(),
@@ -121,30 +245,49 @@ fn parse_object(source: &SourceRef, mut value: Value) -> Result<Resource, ParseF
     if namespace.is_empty() {
         namespace = DEFAULT_NAMESPACE.to_string();
     }
-    let key = ObjectKey::new(namespace.clone(), meta_text("name"));
-
-    let shape: &Shape = match (api_version.as_str(), kind.as_str()) {
-        (SERVING_API_VERSION, "Service") => &schema::SERVICE,
-        (SERVING_API_VERSION, "Configuration") => &schema::CONFIGURATION,
-        (SERVING_API_VERSION, "Route") => &schema::ROUTE,
-        ("v1", "ConfigMap") => &schema::CONFIG_MAP,
+    let key = ObjectKey::new(namespace, meta_text("name"));
+    let kind = match (api_version.as_str(), kind.as_str()) {
+        (SERVING_API_VERSION, "Service") => ResourceKind::Service,
+        (SERVING_API_VERSION, "Configuration") => ResourceKind::Configuration,
+        (SERVING_API_VERSION, "Route") => ResourceKind::Route,
+        ("v1", "ConfigMap") => ResourceKind::ConfigMap,
         _ => {
             return Err(ParseFailure::Fatal(ManifestError::UnsupportedKind { at: source.clone(), api_version, kind }));
         }
     };
+    Ok(Identity { kind, key })
+}
+
+/// What Kubernetes requires of every object's identity: a name, a namespace
+/// that is a DNS-1123 label, and for a ConfigMap a name that is a DNS-1123
+/// subdomain. (Knative's kinds have stricter names, checked with the rest of
+/// their metadata when applied.)
+fn identity_problems(id: &Identity) -> Vec<(String, String)> {
+    let mut problems = Vec::new();
+    if id.key.name.is_empty() {
+        problems.push(("metadata.name".to_string(), "missing field: every object needs a name".to_string()));
+    } else if id.kind == ResourceKind::ConfigMap
+        && let Err(e) = validation::check_dns1123_subdomain(&id.key.name)
+    {
+        problems.push(("metadata.name".to_string(), e));
+    }
+    if let Err(e) = validation::check_dns1123(&id.key.namespace) {
+        problems.push(("metadata.namespace".to_string(), e));
+    }
+    problems
+}
+
+fn parse_object(source: &SourceRef, id: &Identity, mut value: Value) -> Result<Resource, ParseFailure> {
     let fail = |path: &str, message: String| FieldError {
         source: Some(source.clone()),
-        kind: kind.clone(),
-        key: key.clone(),
+        kind: id.kind.as_str().to_string(),
+        key: id.key.clone(),
         path: path.to_string(),
         message,
     };
 
     let mut problems = Vec::new();
-    schema::check(shape, &value, "", &mut problems);
-    if key.name.is_empty() {
-        problems.push(("metadata.name".to_string(), "missing field: every object needs a name".to_string()));
-    }
+    schema::check(id.kind.shape(), &value, "", &mut problems);
     if !problems.is_empty() {
         return Err(ParseFailure::Fields(problems.into_iter().map(|(p, m)| fail(&p, m)).collect()));
     }
@@ -155,11 +298,11 @@ fn parse_object(source: &SourceRef, mut value: Value) -> Result<Resource, ParseF
         object.remove("status");
     }
     let typed = |e: serde_json::Error| ParseFailure::Fields(vec![fail("", e.to_string())]);
-    let mut resource = match kind.as_str() {
-        "Service" => Resource::Service(from_value(value).map_err(typed)?),
-        "Configuration" => Resource::Configuration(from_value(value).map_err(typed)?),
-        "Route" => Resource::Route(from_value(value).map_err(typed)?),
-        _ => Resource::ConfigMap(from_value(value).map_err(typed)?),
+    let mut resource = match id.kind {
+        ResourceKind::Service => Resource::Service(from_value(value).map_err(typed)?),
+        ResourceKind::Configuration => Resource::Configuration(from_value(value).map_err(typed)?),
+        ResourceKind::Route => Resource::Route(from_value(value).map_err(typed)?),
+        ResourceKind::ConfigMap => Resource::ConfigMap(from_value(value).map_err(typed)?),
     };
     let metadata = match &mut resource {
         Resource::Service(o) => &mut o.metadata,
@@ -167,7 +310,7 @@ fn parse_object(source: &SourceRef, mut value: Value) -> Result<Resource, ParseF
         Resource::Route(o) => &mut o.metadata,
         Resource::ConfigMap(o) => &mut o.metadata,
     };
-    metadata.namespace = namespace;
+    metadata.namespace.clone_from(&id.key.namespace);
     // Server-managed fields are the server's (revgate's) to set.
     metadata.generation = None;
     metadata.creation_timestamp = None;

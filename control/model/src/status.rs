@@ -9,8 +9,15 @@
 //! | True  | True (gateway accepted)            | True |
 //! | True  | Unknown `IngressNotConfigured`      | Unknown |
 //! | True  | False `GatewayRejected`             | False |
-//! | False `RevisionMissing` / `ConfigurationMissing` (target absent) | Unknown | False |
+//! | False `RevisionMissing` / `ConfigurationMissing` (target absent), never assigned before | Unknown | False |
+//! | False `RevisionMissing` / `ConfigurationMissing` (target absent), earlier traffic kept | as for that traffic | False |
 //! | Unknown `RevisionMissing` (target exists, nothing ready yet)      | Unknown | Unknown |
+//!
+//! A Route whose traffic names a revision or configuration that does not
+//! exist keeps its last traffic whose targets all existed (see
+//! [`World::traffic_in_effect`]): the gateway goes on serving it and
+//! `status.traffic` shows it, while `AllTrafficAssigned` says why the new
+//! traffic is not in effect, with Knative's reason and message.
 //!
 //! A Service's `ConfigurationsReady` and `RoutesReady` mirror its children's
 //! `Ready`; its `Ready` is True when both are, else the first False (or Unknown).
@@ -18,6 +25,7 @@
 use std::collections::BTreeMap;
 
 use crate::config::Settings;
+use crate::manifest::{Document, Resource};
 use crate::meta::{CONFIGURATION_LABEL, Condition, ConditionStatus, ENDPOINTS_ANNOTATION, SERVICE_LABEL};
 use crate::names::{self, RouteNaming};
 use crate::plan::{
@@ -62,13 +70,53 @@ pub(crate) struct TrafficFailure {
     pub message: String,
 }
 
+/// A traffic target naming an object that does not exist.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MissingTarget {
+    /// `Revision` or `Configuration`.
+    pub kind: &'static str,
+    pub name: String,
+}
+
+impl MissingTarget {
+    /// Knative's reason: `RevisionMissing` or `ConfigurationMissing`.
+    pub fn reason(&self) -> &'static str {
+        if self.kind == "Revision" { reason::REVISION_MISSING } else { reason::CONFIGURATION_MISSING }
+    }
+
+    /// Knative's message (`MarkMissingTrafficTarget`).
+    pub fn message(&self) -> String {
+        format!("{} {:?} referenced in traffic not found.", self.kind, self.name)
+    }
+}
+
+/// The targets of `traffic` (in `namespace`) that name a revision or
+/// configuration that does not exist, in order.
+pub(crate) fn missing_targets(world: &World, namespace: &str, traffic: &[TrafficTarget]) -> Vec<MissingTarget> {
+    traffic
+        .iter()
+        .filter_map(|t| match (&t.revision_name, &t.configuration_name) {
+            (Some(name), _) if !world.revisions.contains_key(&ObjectKey::new(namespace, name.clone())) => {
+                Some(MissingTarget { kind: "Revision", name: name.clone() })
+            }
+            (None, Some(name)) if !world.configurations.contains_key(&ObjectKey::new(namespace, name.clone())) => {
+                Some(MissingTarget { kind: "Configuration", name: name.clone() })
+            }
+            _ => None,
+        })
+        .collect()
+}
+
 /// Resolves each of a route's targets, in order.
-fn resolve(world: &World, route: &Route, observed: &Observed) -> Vec<Result<ResolvedTarget, TrafficFailure>> {
-    let namespace = &route.metadata.namespace;
+fn resolve(
+    world: &World,
+    namespace: &str,
+    traffic: &[TrafficTarget],
+    observed: &Observed,
+) -> Vec<Result<ResolvedTarget, TrafficFailure>> {
+    let namespace = namespace.to_string();
     let fail = |status, reason, message| Err(TrafficFailure { status, reason, message });
-    route
-        .spec
-        .traffic
+    traffic
         .iter()
         .enumerate()
         .map(|(i, t)| {
@@ -76,11 +124,8 @@ fn resolve(world: &World, route: &Route, observed: &Observed) -> Vec<Result<Reso
                 (Some(name), _) => {
                     let key = ObjectKey::new(namespace.clone(), name.clone());
                     if !world.revisions.contains_key(&key) {
-                        return fail(
-                            ConditionStatus::False,
-                            reason::REVISION_MISSING,
-                            format!("revision {name:?} named in spec.traffic[{i}] does not exist"),
-                        );
+                        let missing = MissingTarget { kind: "Revision", name: name.clone() };
+                        return fail(ConditionStatus::False, missing.reason(), missing.message());
                     }
                     if !observed.is_ready(&key) {
                         return fail(
@@ -94,11 +139,8 @@ fn resolve(world: &World, route: &Route, observed: &Observed) -> Vec<Result<Reso
                 (None, Some(name)) => {
                     let key = ObjectKey::new(namespace.clone(), name.clone());
                     if !world.configurations.contains_key(&key) {
-                        return fail(
-                            ConditionStatus::False,
-                            reason::CONFIGURATION_MISSING,
-                            format!("configuration {name:?} named in spec.traffic[{i}] does not exist"),
-                        );
+                        let missing = MissingTarget { kind: "Configuration", name: name.clone() };
+                        return fail(ConditionStatus::False, missing.reason(), missing.message());
                     }
                     match world.latest_ready_revision(&key, observed) {
                         Some(r) => r.metadata.key(),
@@ -124,9 +166,9 @@ fn resolve(world: &World, route: &Route, observed: &Observed) -> Vec<Result<Reso
         .collect()
 }
 
-/// The gateway serves a route once every target that carries traffic resolves.
-fn serves(resolution: &[Result<ResolvedTarget, TrafficFailure>], route: &Route) -> bool {
-    resolution.iter().zip(&route.spec.traffic).all(|(r, t)| r.is_ok() || t.percent.unwrap_or(0) == 0)
+/// The gateway serves traffic once every target that carries some resolves.
+fn serves(resolution: &[Result<ResolvedTarget, TrafficFailure>], traffic: &[TrafficTarget]) -> bool {
+    resolution.iter().zip(traffic).all(|(r, t)| r.is_ok() || t.percent.unwrap_or(0) == 0)
 }
 
 fn route_naming<'a>(route: &'a Route, key: &'a ObjectKey) -> RouteNaming<'a> {
@@ -153,14 +195,90 @@ fn unknown(type_: &str, reason: &str, message: &str) -> Condition {
 }
 
 impl World {
-    /// What the gateway must do: every route whose traffic-carrying targets
-    /// all resolve, and every revision.
+    /// The traffic the gateway programs for a Route: its own while every
+    /// target it names exists; otherwise the last traffic of it whose
+    /// targets all existed (none if there never was any), as Knative's route
+    /// reconciler returns before touching the ingress when a target is missing.
+    pub fn traffic_in_effect<'a>(&'a self, route: &'a Route) -> Option<&'a [TrafficTarget]> {
+        if missing_targets(self, &route.metadata.namespace, &route.spec.traffic).is_empty() {
+            Some(&route.spec.traffic)
+        } else {
+            route.status.as_ref().map(|s| s.traffic.as_slice()).filter(|t| !t.is_empty())
+        }
+    }
+
+    /// Keeps, for every Route whose targets all exist, its traffic as the
+    /// one to go on serving should a later change name a missing target.
+    /// It is kept in the stored Route's `status.traffic` — where Knative,
+    /// too, leaves the last assigned traffic while a target is missing — so
+    /// that it is persisted with the Route and survives a restart. (Status
+    /// shown to users is always recomputed; routes stored without it serve
+    /// their own traffic whenever its targets exist.) Run after every apply
+    /// and delete.
+    pub(crate) fn record_assigned_traffic(&mut self) {
+        let assigned: Vec<ObjectKey> = self
+            .routes
+            .iter()
+            .filter(|(key, route)| {
+                route.status.as_ref().map(|s| &s.traffic) != Some(&route.spec.traffic)
+                    && missing_targets(self, &key.namespace, &route.spec.traffic).is_empty()
+            })
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in assigned {
+            if let Some(route) = self.routes.get_mut(&key) {
+                route.status = Some(RouteStatus { traffic: route.spec.traffic.clone(), ..Default::default() });
+            }
+        }
+    }
+
+    /// Warnings for an apply of `docs` (already applied to `self`): every
+    /// Route they wrote, directly or through a Service, whose traffic names
+    /// a revision or configuration that does not exist, and what the gateway
+    /// serves for it meanwhile. Shown as `kubectl` shows server warnings.
+    pub fn traffic_warnings(&self, docs: &[Document]) -> Vec<String> {
+        let mut warnings = Vec::new();
+        for doc in docs {
+            let key = doc.resource.key();
+            let route_key = match &doc.resource {
+                Resource::Service(_) => ObjectKey::new(key.namespace.clone(), names::service_route(&key.name)),
+                Resource::Route(_) => key,
+                Resource::Configuration(_) | Resource::ConfigMap(_) => continue,
+            };
+            let Some(route) = self.routes.get(&route_key) else { continue };
+            let missing = missing_targets(self, &route_key.namespace, &route.spec.traffic);
+            if missing.is_empty() {
+                continue;
+            }
+            let until = if missing.len() == 1 { "Until it exists" } else { "Until they exist" };
+            let serving = if self.traffic_in_effect(route).is_some() {
+                "the route keeps serving its last traffic whose targets all existed"
+            } else {
+                "the route serves nothing"
+            };
+            let found: Vec<String> = missing.iter().map(MissingTarget::message).collect();
+            warnings.push(format!(
+                "{}/{} (namespace {}): {} {until}, {serving} (AllTrafficAssigned=False, reason {}).",
+                crate::world::ROUTE_RESOURCE,
+                route_key.name,
+                route_key.namespace,
+                found.join(" "),
+                missing[0].reason(),
+            ));
+        }
+        warnings
+    }
+
+    /// What the gateway must do: every route whose traffic in effect (see
+    /// [`World::traffic_in_effect`]) has all its traffic-carrying targets
+    /// resolved, and every revision.
     pub fn plan(&self, observed: &Observed) -> GatewayPlan {
         let settings = self.settings();
         let mut routes = Vec::new();
         for route in self.routes.values() {
-            let resolution = resolve(self, route, observed);
-            if !serves(&resolution, route) {
+            let Some(traffic) = self.traffic_in_effect(route) else { continue };
+            let resolution = resolve(self, &route.metadata.namespace, traffic, observed);
+            if !serves(&resolution, traffic) {
                 continue;
             }
             let key = route.metadata.key();
@@ -253,15 +371,22 @@ impl World {
     fn route_status(&self, route: &Route, settings: &Settings, observed: &Observed) -> RouteStatus {
         let key = route.metadata.key();
         let naming = route_naming(route, &key);
-        let resolution = resolve(self, route, observed);
+        let resolution = resolve(self, &key.namespace, &route.spec.traffic, observed);
         let failure =
             resolution.iter().filter_map(|r| r.as_ref().err()).min_by_key(|f| f.status != ConditionStatus::False);
+        // What the gateway serves: the route's own traffic, or while a target
+        // is missing the last traffic whose targets all existed. Ingress
+        // readiness and `status.traffic` describe that, as in Knative, where
+        // the ingress and the traffic status stay as they were.
+        let in_effect = self.traffic_in_effect(route).unwrap_or_default();
+        let effective = resolve(self, &key.namespace, in_effect, observed);
+        let effective_failed = effective.iter().any(Result::is_err);
         let assigned = match failure {
             None => Condition::new(reason::ALL_TRAFFIC_ASSIGNED, ConditionStatus::True, None, None),
             Some(f) => Condition::new(reason::ALL_TRAFFIC_ASSIGNED, f.status, Some(f.reason), Some(f.message.clone())),
         };
         let not_configured = |message: &str| unknown(reason::INGRESS_READY, reason::INGRESS_NOT_CONFIGURED, message);
-        let ingress = if !serves(&resolution, route) {
+        let ingress = if in_effect.is_empty() || !serves(&effective, in_effect) {
             not_configured("the gateway is not programmed until all traffic is assigned")
         } else {
             match observed.ingress.get(&key) {
@@ -275,11 +400,11 @@ impl World {
                 Some(IngressState::NotConfigured) | None => not_configured("the gateway has not been programmed yet"),
             }
         };
-        let traffic = if failure.is_none() {
-            resolution
+        let traffic = if !in_effect.is_empty() && !effective_failed {
+            effective
                 .iter()
                 .flatten()
-                .zip(&route.spec.traffic)
+                .zip(in_effect)
                 .map(|(resolved, spec)| TrafficTarget {
                     tag: resolved.tag.clone(),
                     revision_name: Some(resolved.revision.name.clone()),

@@ -99,6 +99,27 @@ pub fn check_dns1123(value: &str) -> Result<(), String> {
     }
 }
 
+/// A DNS-1123 subdomain: what Kubernetes requires of most object names,
+/// ConfigMaps' among them: at most 253 characters, dot-separated DNS-1123 labels.
+pub fn check_dns1123_subdomain(value: &str) -> Result<(), String> {
+    let ok = !value.is_empty()
+        && value.len() <= 253
+        && value.split('.').all(|label| {
+            !label.is_empty()
+                && label.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{value:?} is not a DNS-1123 subdomain: at most 253 lowercase letters, digits, '-' or '.', \
+             starting and ending with a letter or digit"
+        ))
+    }
+}
+
 /// `metadata` of a Service, Configuration or Route: the name, the
 /// namespace, and no autoscaling annotations (they belong on the template).
 pub fn validate_metadata(meta: &ObjectMeta, problems: &mut Problems) {

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use crate::autoscaling::RevisionScaling;
 use crate::config::Settings;
 use crate::error::{ApplyError, FieldError};
-use crate::manifest::{Document, Resource, SourceRef};
+use crate::manifest::{Document, Reference, Resource, ResourceKind, SourceRef};
 use crate::meta::{
     CONFIGURATION_GENERATION_LABEL, CONFIGURATION_LABEL, LAST_APPLIED_ANNOTATION, ObjectMeta, OwnerReference,
     SERVICE_LABEL, SERVING_API_VERSION, rfc3339,
@@ -176,23 +176,27 @@ impl World {
                 Err(problems) => errors.extend(field_errors(&doc.source, &doc.resource, problems)),
             }
         }
-        if errors.is_empty() { Ok((world, changes)) } else { Err(ApplyError { errors }) }
+        if !errors.is_empty() {
+            return Err(ApplyError { errors });
+        }
+        world.record_assigned_traffic();
+        Ok((world, changes))
     }
 
     /// Deletes the named objects. A Service takes its Configuration, Route
     /// and Revisions with it; a Configuration its Revisions. All or nothing:
     /// an object that does not exist is an error.
-    pub fn delete(&self, docs: &[Document]) -> Result<(World, Vec<Change>), ApplyError> {
+    pub fn delete(&self, references: &[Reference]) -> Result<(World, Vec<Change>), ApplyError> {
         let mut world = self.clone();
         let mut changes = Vec::new();
         let mut errors = Vec::new();
-        for doc in docs {
-            let key = doc.resource.key();
-            let result = match &doc.resource {
-                Resource::Service(_) => world.delete_service(&key, &mut changes),
-                Resource::Configuration(_) => world.delete_configuration(&key, &mut changes),
-                Resource::Route(_) => world.delete_route(&key, &mut changes),
-                Resource::ConfigMap(_) => match world.config_maps.remove(&key) {
+        for reference in references {
+            let key = &reference.key;
+            let result = match reference.kind {
+                ResourceKind::Service => world.delete_service(key, &mut changes),
+                ResourceKind::Configuration => world.delete_configuration(key, &mut changes),
+                ResourceKind::Route => world.delete_route(key, &mut changes),
+                ResourceKind::ConfigMap => match world.config_maps.remove(key) {
                     Some(_) => {
                         changes.push(change(CONFIG_MAP_RESOURCE, key.clone(), ChangeKind::Deleted));
                         Ok(())
@@ -201,10 +205,16 @@ impl World {
                 },
             };
             if let Err(problems) = result {
-                errors.extend(field_errors(&doc.source, &doc.resource, problems));
+                errors.extend(problems.into_iter().map(|(path, message)| {
+                    FieldError::new(reference.kind.as_str(), key, path, message).with_source(Some(&reference.source))
+                }));
             }
         }
-        if errors.is_empty() { Ok((world, changes)) } else { Err(ApplyError { errors }) }
+        if !errors.is_empty() {
+            return Err(ApplyError { errors });
+        }
+        world.record_assigned_traffic();
+        Ok((world, changes))
     }
 
     /// Settings from the `knative-serving` ConfigMaps, with Knative's defaults.
@@ -478,6 +488,9 @@ impl World {
     fn upsert_route(&mut self, mut route: Route, now: &str) -> ChangeKind {
         let key = route.metadata.key();
         let existing = self.routes.get(&key);
+        // The stored status holds the last assigned traffic (see
+        // `record_assigned_traffic`), which a new spec does not replace.
+        route.status = existing.and_then(|r| r.status.clone());
         let kind = stamp(&mut route.metadata, existing.map(|r| (&r.metadata, r.spec == route.spec)), now);
         let unchanged = existing == Some(&route);
         self.routes.insert(key, route);

@@ -131,7 +131,7 @@ fn traffic_splitting_sample_waits_for_its_missing_revision() {
     assert_eq!((ready.status.as_str(), ready.reason.as_deref()), ("False", Some("RevisionMissing")));
     assert_eq!(
         ready.message.as_deref(),
-        Some("revision \"stock-service-example-first\" named in spec.traffic[0] does not exist")
+        Some("Revision \"stock-service-example-first\" referenced in traffic not found.")
     );
     assert_eq!(status.latest_created_revision_name.as_deref(), Some("stock-service-example-second"));
     assert!(status.traffic.is_empty());

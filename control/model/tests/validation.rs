@@ -308,6 +308,54 @@ fn bad_inputs_are_rejected_with_path_and_message() {
                 "\"Example_Com\" is not a valid domain name (lowercase DNS labels separated by dots)".into(),
             )],
         ),
+        (
+            "ConfigMap namespace with a slash",
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: settings, namespace: a/b}\ndata: {}\n".to_string(),
+            vec![(
+                "metadata.namespace",
+                "\"a/b\" is not a DNS-1123 label: at most 63 lowercase letters, digits or '-', not starting or ending with '-'"
+                    .into(),
+            )],
+        ),
+        (
+            "ConfigMap name that is no DNS-1123 subdomain",
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: My_Settings}\ndata: {}\n".to_string(),
+            vec![(
+                "metadata.name",
+                "\"My_Settings\" is not a DNS-1123 subdomain: at most 253 lowercase letters, digits, '-' or '.', \
+                 starting and ending with a letter or digit"
+                    .into(),
+            )],
+        ),
+        (
+            "Route namespace with a slash",
+            "apiVersion: serving.knative.dev/v1\nkind: Route\nmetadata: {name: web, namespace: a/b}\nspec: {}\n"
+                .to_string(),
+            vec![(
+                "metadata.namespace",
+                "\"a/b\" is not a DNS-1123 label: at most 63 lowercase letters, digits or '-', not starting or ending with '-'"
+                    .into(),
+            )],
+        ),
+        (
+            "duplicate key",
+            "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata: {name: dup}\nspec:\n  template:\n    spec:\n      containers:\n      - image: a\n        image: b\n".to_string(),
+            vec![("spec.template.spec.containers[0].image", "duplicate key: \"image\" is already set in this map".into())],
+        ),
+        (
+            "nested too deep",
+            format!(
+                "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata: {{name: deep}}\nspec:\n  template:\n    spec:\n      containers: [{{image: a}}]\n      affinity: {}\n",
+                "{x: ".repeat(70) + "1" + &"}".repeat(70)
+            ),
+            vec![(
+                format!("spec.template.spec.affinity{}", ".x".repeat(60)).leak(),
+                format!(
+                    "nested more than {0} levels deep; revgate accepts at most {0} levels of nesting (whatever is stored must stay readable)",
+                    revgate_model::decode::MAX_DEPTH
+                ),
+            )],
+        ),
     ];
     assert!(cases.len() >= 25);
 
@@ -347,6 +395,7 @@ fn every_problem_of_an_apply_is_reported_with_file_and_object() {
 #[test]
 fn deleting_what_does_not_exist_is_an_error() {
     let docs = revgate_model::parse_documents("gone.yaml", &service("gone", "x")).expect("parses");
-    let err = World::default().delete(&docs).expect_err("not found");
+    let references: Vec<_> = docs.iter().map(revgate_model::Document::reference).collect();
+    let err = World::default().delete(&references).expect_err("not found");
     assert_eq!(err.to_string(), "gone.yaml: service/default/gone: not found");
 }

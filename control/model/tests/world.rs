@@ -153,7 +153,7 @@ fn two_documents_for_one_service_make_two_revisions() {
 fn deleting_a_service_removes_its_children() {
     let yaml = format!("{}---\n{}---\n{}", service("hello", "img:1"), service("hello", "img:2"), service("other", "x"));
     let (world, _) = apply(&World::default(), &yaml);
-    let (after, changes) = world.delete(&parse(&service("hello", "ignored"))).expect("deletes");
+    let (after, changes) = world.delete(&references(&service("hello", "ignored"))).expect("deletes");
     assert_eq!(
         lines(&changes),
         [
@@ -171,7 +171,7 @@ fn deleting_a_service_removes_its_children() {
 
     // A Service's children are not deleted on their own.
     let route = "apiVersion: serving.knative.dev/v1\nkind: Route\nmetadata: {name: other}\nspec: {}\n";
-    let err = after.delete(&parse(route)).expect_err("owned");
+    let err = after.delete(&references(route)).expect_err("owned");
     assert_eq!(
         err.to_string(),
         "test.yaml: route/default/other: owned by service \"other\"; change or delete the Service instead"
@@ -183,7 +183,7 @@ fn deleting_a_configuration_removes_its_revisions() {
     let yaml = "apiVersion: serving.knative.dev/v1\nkind: Configuration\nmetadata: {name: cfg}\nspec:\n  template:\n    spec:\n      containers: [{image: a}]\n---\napiVersion: serving.knative.dev/v1\nkind: Route\nmetadata: {name: web}\nspec:\n  traffic: [{configurationName: cfg, percent: 100}]\n";
     let (world, _) = apply(&World::default(), yaml);
     let config_only: String = yaml.split("---\n").next().unwrap_or_default().to_string();
-    let (after, changes) = world.delete(&parse(&config_only)).expect("deletes");
+    let (after, changes) = world.delete(&references(&config_only)).expect("deletes");
     assert_eq!(
         lines(&changes),
         ["configuration.serving.knative.dev/cfg deleted", "revision.serving.knative.dev/cfg-00001 deleted"]
@@ -454,4 +454,149 @@ fn config_defaults_fill_new_revisions() {
     // The raised maximum admits a longer timeout than Knative's default 600.
     let long = service("slow", "x").replace("      containers:", "      timeoutSeconds: 800\n      containers:");
     apply(&world, &long);
+}
+
+/// Knative's route reconciler returns before touching the ingress when a
+/// traffic target is missing: the gateway keeps the last traffic whose
+/// targets all existed, and status says why the new traffic is not in effect.
+#[test]
+fn traffic_naming_a_missing_target_keeps_the_last_assigned_traffic() {
+    let split = |revision: &str| {
+        format!(
+            "{}  traffic:\n  - revisionName: hello-00001\n    percent: 50\n  - revisionName: {revision}\n    percent: 50\n    tag: next\n",
+            service("hello", "img:2")
+        )
+    };
+    let bare_route = |revision: &str| {
+        format!(
+            "apiVersion: serving.knative.dev/v1\nkind: Route\nmetadata: {{name: web}}\nspec:\n  traffic:\n  - revisionName: {revision}\n    percent: 100\n"
+        )
+    };
+    let splits_of = |world: &World, route: &str| -> Option<Vec<(String, u32)>> {
+        world
+            .plan(&Observed::default())
+            .routes
+            .iter()
+            .find(|r| r.key == key(route))
+            .map(|r| r.splits.iter().map(|s| (s.revision.name.clone(), s.percent)).collect())
+    };
+    let (base, _) = apply(&World::default(), &service("hello", "img:1"));
+    let (base, _) = apply(&base, &service("hello", "img:2"));
+    let good_split = Some(vec![("hello-00001".to_string(), 50), ("hello-00002".to_string(), 50)]);
+
+    // (case, world before, manifest, route, splits served, AllTrafficAssigned, its message, warned)
+    type Case<'a> = (&'a str, World, String, &'a str, Option<Vec<(String, u32)>>, Cond, Option<&'a str>, bool);
+    type Cond = (&'static str, Option<&'static str>);
+    let (split_world, _) = apply(&base, &split("hello-00002"));
+    let (route_world, _) = apply(&base, &bare_route("hello-00001"));
+    let cases: Vec<Case> = vec![
+        ("a good split", base.clone(), split("hello-00002"), "hello", good_split.clone(), ("True", None), None, false),
+        (
+            "a typo in a Service's split keeps the split",
+            split_world.clone(),
+            split("hello-00009"),
+            "hello",
+            good_split.clone(),
+            ("False", Some("RevisionMissing")),
+            Some("Revision \"hello-00009\" referenced in traffic not found."),
+            true,
+        ),
+        (
+            "a typo in a bare Route keeps its traffic",
+            route_world.clone(),
+            bare_route("hello-00009"),
+            "web",
+            Some(vec![("hello-00001".to_string(), 100)]),
+            ("False", Some("RevisionMissing")),
+            Some("Revision \"hello-00009\" referenced in traffic not found."),
+            true,
+        ),
+        (
+            "a Route that never had good traffic serves nothing",
+            base.clone(),
+            bare_route("hello-00009"),
+            "web",
+            None,
+            ("False", Some("RevisionMissing")),
+            Some("Revision \"hello-00009\" referenced in traffic not found."),
+            true,
+        ),
+    ];
+    for (case, before, manifest, route, want_splits, want_assigned, want_message, warned) in cases {
+        let docs = parse(&manifest);
+        let (world, _) = before.apply(&docs, NOW).unwrap_or_else(|e| panic!("{case}: {e}"));
+        assert_eq!(splits_of(&world, route), want_splits, "{case}: what the gateway serves");
+        let view = world.route_views(&Observed::default()).into_iter().find(|r| r.metadata.key() == key(route));
+        let status = view.and_then(|r| r.status).unwrap_or_else(|| panic!("{case}: no route status"));
+        assert_eq!(
+            condition(&status.conditions, "AllTrafficAssigned"),
+            (want_assigned.0.to_string(), want_assigned.1.map(str::to_string)),
+            "{case}"
+        );
+        let message =
+            revgate_model::meta::condition(&status.conditions, "AllTrafficAssigned").and_then(|c| c.message.clone());
+        assert_eq!(message.as_deref(), want_message, "{case}");
+        let warnings = world.traffic_warnings(&docs);
+        assert_eq!(!warnings.is_empty(), warned, "{case}: {warnings:?}");
+        for warning in &warnings {
+            assert!(warning.contains("hello-00009") && warning.contains(route), "{case}: {warning}");
+        }
+        // The kept traffic survives the store: the world is what is persisted.
+        let stored = serde_json::to_string(&world).expect("serializes");
+        let back: World = serde_json::from_str(&stored).expect("deserializes");
+        assert_eq!(splits_of(&back, route), want_splits, "{case}: after a restart");
+    }
+
+    let docs = parse(&split("hello-00009"));
+    let (typo, _) = split_world.apply(&docs, NOW).expect("applies");
+    assert_eq!(
+        typo.traffic_warnings(&docs),
+        ["route.serving.knative.dev/hello (namespace default): Revision \"hello-00009\" referenced in traffic not \
+             found. Until it exists, the route keeps serving its last traffic whose targets all existed \
+             (AllTrafficAssigned=False, reason RevisionMissing)."]
+    );
+
+    // The kept split shows in status.traffic; the new one takes effect once
+    // the missing revision appears (a new template creates it)…
+    let (typo, _) = apply(&split_world, &split("hello-00003"));
+    let status = typo.service_views(&Observed::default())[0].status.clone().expect("status");
+    let shown: Vec<_> = status.traffic.iter().map(|t| t.revision_name.clone().unwrap_or_default()).collect();
+    assert_eq!(shown, ["hello-00001", "hello-00002"]);
+    let (fixed, _) = apply(
+        &typo,
+        &format!(
+            "{}  traffic:\n  - revisionName: hello-00001\n    percent: 50\n  - revisionName: hello-00003\n    percent: 50\n    tag: next\n",
+            service("hello", "img:3")
+        ),
+    );
+    assert_eq!(
+        splits_of(&fixed, "hello"),
+        Some(vec![("hello-00001".to_string(), 50), ("hello-00003".to_string(), 50)])
+    );
+    // …or the manifest is fixed.
+    let (typo, _) = apply(&route_world, &bare_route("hello-00009"));
+    let (fixed, _) = apply(&typo, &bare_route("hello-00002"));
+    assert_eq!(splits_of(&fixed, "web"), Some(vec![("hello-00002".to_string(), 100)]));
+    // Deleting the route and applying it again starts afresh: nothing to keep.
+    let (gone, _) = typo.delete(&references(&bare_route("x"))).expect("deletes");
+    let (again, _) = apply(&gone, &bare_route("hello-00009"));
+    assert_eq!(splits_of(&again, "web"), None);
+}
+
+#[test]
+fn delete_needs_only_what_identifies_an_object() {
+    let (world, _) = apply(&World::default(), &service("hello", "img:1"));
+    // No spec at all, and a spec that would not validate: both delete by reference.
+    for manifest in [
+        "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata: {name: hello}\n",
+        "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata: {name: hello}\nspec: {template: {spec: {containers: [{imagee: x}]}}}\n",
+    ] {
+        let (after, changes) = world.delete(&references(manifest)).expect("deletes by reference");
+        assert!(after.services.is_empty(), "{manifest}");
+        assert_eq!(lines(&changes)[0], "service.serving.knative.dev/hello deleted");
+    }
+    let unknown = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: hello}\n";
+    let err = revgate_model::parse_references("d.yaml", unknown, &mut revgate_model::decode::Budget::default())
+        .expect_err("unknown kinds are still an error");
+    assert!(err.to_string().starts_with("d.yaml: document 0: unsupported kind \"Deployment\""), "{err}");
 }

@@ -72,6 +72,10 @@ pub async fn apply(args: ManifestArgs, delete: bool) -> anyhow::Result<ExitCode>
         return rejected(status, &body);
     }
     let applied: Applied = serde_json::from_slice(&body).context("decoding the control plane's answer")?;
+    // As kubectl prints an API server's warnings: on stderr, before the result.
+    for warning in applied.warnings {
+        eprintln!("Warning: {warning}");
+    }
     for change in applied.changes {
         println!("{change}");
     }

@@ -85,6 +85,7 @@ fn control_error(e: ControlError) -> Response {
         ControlError::Store(e) => error(StatusCode::INTERNAL_SERVER_ERROR, vec![e.to_string()]),
         ControlError::NotFound(_) => error(StatusCode::NOT_FOUND, vec![e.to_string()]),
         ControlError::Conflict(_) => error(StatusCode::CONFLICT, vec![e.to_string()]),
+        ControlError::NoObjects { .. } => error(StatusCode::UNPROCESSABLE_ENTITY, vec![e.to_string()]),
         ControlError::ShuttingDown => error(StatusCode::SERVICE_UNAVAILABLE, vec![e.to_string()]),
     }
 }

@@ -3,7 +3,10 @@
 
 use std::path::PathBuf;
 
-use revgate_model::{Change, Document, FieldError, ManifestError, Observed, World, parse_documents};
+use revgate_model::decode::Budget;
+use revgate_model::{
+    Change, Document, FieldError, ManifestError, Observed, Reference, World, parse_documents, parse_references,
+};
 
 /// 2024-05-01T12:00:00Z.
 pub const NOW: u64 = 1_714_564_800;
@@ -46,6 +49,11 @@ pub fn sample(name: &str) -> String {
 
 pub fn parse(yaml: &str) -> Vec<Document> {
     parse_documents("test.yaml", yaml).unwrap_or_else(|e| panic!("parse failed:\n{e}"))
+}
+
+/// What `delete -f` reads of a manifest: only what identifies each object.
+pub fn references(yaml: &str) -> Vec<Reference> {
+    parse_references("test.yaml", yaml, &mut Budget::default()).unwrap_or_else(|e| panic!("parse failed:\n{e}"))
 }
 
 pub fn apply(world: &World, yaml: &str) -> (World, Vec<Change>) {
