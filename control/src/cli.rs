@@ -78,6 +78,12 @@ pub struct ServeArgs {
     /// (see examples/images.yaml).
     #[arg(long)]
     pub images: Option<PathBuf>,
+    /// File holding the token gateways present to the xDS server and the
+    /// activation service (required where they are bound beyond loopback).
+    /// Default: REVGATE_GATEWAY_TOKEN (the token itself), else
+    /// `<state-dir>/gateway-token`, created on first start.
+    #[arg(long)]
+    pub gateway_token_file: Option<PathBuf>,
     /// Enable the admin API's fault-injection endpoints (tests only).
     #[arg(long, hide = true, env = "REVGATE_TEST_HOOKS")]
     pub test_hooks: bool,
@@ -107,6 +113,12 @@ pub struct ControllerArgs {
     /// Where the gateway pulls the filter from (the WasmPlugin's url).
     #[arg(long)]
     pub wasm_url: Option<String>,
+    /// File holding the token the gateway filters present to the activation
+    /// API (the Secret revgate-gateway-token, mounted); required when the
+    /// API is bound beyond loopback, and given to the WasmPlugin's
+    /// pluginConfig. Default: REVGATE_GATEWAY_TOKEN (the token itself).
+    #[arg(long)]
+    pub gateway_token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -296,6 +308,10 @@ pub struct RenderIstioArgs {
     /// The filter's sha256, pinned in the WasmPlugin.
     #[arg(long)]
     pub wasm_sha256: Option<String>,
+    /// Put the gateway token in this file into the WasmPlugin's pluginConfig
+    /// (without it, the controller adds its token when it installs the plugin).
+    #[arg(long)]
+    pub gateway_token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -321,4 +337,12 @@ pub struct RenderEnvoyArgs {
     /// Port of Envoy's admin interface (0 = any).
     #[arg(long, default_value_t = 9901)]
     pub admin_port: u16,
+    /// With --ads: file holding the gateway token Envoy presents to the xDS
+    /// server. Default: REVGATE_GATEWAY_TOKEN (the token itself), else
+    /// `<state-dir>/gateway-token` if it exists.
+    #[arg(long)]
+    pub gateway_token_file: Option<PathBuf>,
+    /// With --ads: the state directory of the `revgate serve` to connect to.
+    #[arg(long, default_value = ".revgate")]
+    pub state_dir: PathBuf,
 }

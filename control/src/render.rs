@@ -4,6 +4,7 @@
 use std::process::ExitCode;
 
 use anyhow::Context;
+use revgate_kube::config::PluginToken;
 use revgate_model::world::Observed;
 use revgate_model::{World, parse_documents};
 use revgate_xds::render::{AdsBootstrapOptions, BootstrapOptions, ads_bootstrap_yaml, static_bootstrap_yaml};
@@ -11,16 +12,28 @@ use revgate_xds::server::Api;
 use revgate_xds::translate::{XdsSettings, translate};
 
 use crate::cli::{RenderEnvoyArgs, RenderIstioArgs};
+use crate::gateway_auth;
 use crate::manifests;
 
 pub fn envoy(args: RenderEnvoyArgs) -> anyhow::Result<ExitCode> {
     if args.ads {
+        let token =
+            gateway_auth::for_render(args.gateway_token_file.as_deref(), gateway_auth::from_env(), &args.state_dir)?;
+        if token.is_none() {
+            eprintln!(
+                "warning: no gateway token found (--gateway-token-file, {}, or {}): this bootstrap only works against \
+                 an xDS server bound to loopback",
+                gateway_auth::GATEWAY_TOKEN_ENV,
+                args.state_dir.join(gateway_auth::GATEWAY_TOKEN_FILE).display()
+            );
+        }
         let yaml = ads_bootstrap_yaml(&AdsBootstrapOptions {
             node_id: args.node_id,
             cluster: "revgate".to_owned(),
             xds_address: args.xds_addr,
             api: if args.delta { Api::Delta } else { Api::Sotw },
             admin_port: args.admin_port,
+            token,
         })?;
         print!("{yaml}");
         return Ok(ExitCode::SUCCESS);
@@ -50,7 +63,18 @@ pub fn istio(args: RenderIstioArgs) -> anyhow::Result<ExitCode> {
     }
     options.wasm_sha256 = args.wasm_sha256;
     options.validate().context("invalid option")?;
-    print!("{}", revgate_istio::to_yaml_stream(&revgate_istio::render(&world, &options))?);
+    let mut objects = revgate_istio::render(&world, &options);
+    // Only on request: the token is a secret, and without it the controller
+    // adds its own when it installs the plugin.
+    if let Some(file) = &args.gateway_token_file {
+        let token = gateway_auth::explicit(Some(file), None)?.map(|t| PluginToken::new(t.expose()));
+        for object in &mut objects {
+            if let (revgate_istio::Object::WasmPlugin(plugin), Some(token)) = (object, &token) {
+                token.add_to(plugin);
+            }
+        }
+    }
+    print!("{}", revgate_istio::to_yaml_stream(&objects)?);
     Ok(ExitCode::SUCCESS)
 }
 

@@ -17,7 +17,7 @@ use std::time::Duration;
 use envoy_types::pb::envoy::config::bootstrap::v3::{Admin, Bootstrap, bootstrap};
 use envoy_types::pb::envoy::config::cluster::v3::{Cluster, cluster};
 use envoy_types::pb::envoy::config::core::v3::{
-    ApiConfigSource, ApiVersion, GrpcService, Node, api_config_source, grpc_service,
+    ApiConfigSource, ApiVersion, GrpcService, HeaderValue, Node, api_config_source, grpc_service,
 };
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::config::listener::v3::{Listener, filter};
@@ -30,7 +30,7 @@ use revgate_model::plan::{Endpoint, ObjectKey};
 
 use crate::descriptors::{self, DescriptorError};
 use crate::names;
-use crate::server::Api;
+use crate::server::{Api, GatewayToken, auth};
 use crate::translate::{
     HTTP_PROTOCOL_OPTIONS, Resources, ads_config_source, http2_protocol_options, pb_duration, socket_address, to_any,
 };
@@ -81,6 +81,10 @@ pub struct AdsBootstrapOptions {
     pub api: Api,
     /// Envoy's admin interface listens on `127.0.0.1:admin_port`.
     pub admin_port: u16,
+    /// The gateway token, presented on the ADS stream as
+    /// `authorization: Bearer <token>` (the `grpc_service`'s
+    /// `initial_metadata`); required by a server bound beyond loopback.
+    pub token: Option<GatewayToken>,
 }
 
 /// A bootstrap whose `static_resources` are exactly `resources`, with routes
@@ -113,6 +117,15 @@ pub fn ads_bootstrap_yaml(opts: &AdsBootstrapOptions) -> Result<String, RenderEr
                 cluster_name: names::XDS_CLUSTER.to_owned(),
                 ..Default::default()
             })),
+            initial_metadata: opts
+                .token
+                .iter()
+                .map(|token| HeaderValue {
+                    key: auth::AUTHORIZATION.to_owned(),
+                    value: token.bearer(),
+                    ..Default::default()
+                })
+                .collect(),
             ..Default::default()
         }],
         set_node_on_first_message_only: true,
