@@ -255,3 +255,44 @@ async fn beyond_loopback_only_gateways_with_the_token_are_served() {
     assert_eq!((reply.status, reply.body.as_str()), (200, "cold"), "{reply:?}");
     drop(s.backend);
 }
+
+/// Fault: cluster mode's activation API (bound to `0.0.0.0:9091` by
+/// default) is started without a gateway token. Promise: the controller
+/// refuses to start, before contacting Kubernetes, naming the flag, the
+/// variable and the Secret; `render istio --gateway-token-file` puts the
+/// token in the WasmPlugin's pluginConfig, and without it the output has none.
+#[test]
+fn cluster_mode_refuses_an_unauthenticated_activation_api() {
+    let out = std::process::Command::new(support::revgate_bin())
+        .args(["controller", "--activation-addr", "0.0.0.0:0", "--admin-addr", "127.0.0.1:0"])
+        .env_remove("REVGATE_GATEWAY_TOKEN")
+        .env("KUBECONFIG", "/nonexistent")
+        .output()
+        .expect("running revgate controller");
+    assert!(!out.status.success());
+    let message = stderr(&out);
+    assert!(
+        message.contains("--gateway-token-file")
+            && message.contains("REVGATE_GATEWAY_TOKEN")
+            && message.contains("revgate-gateway-token"),
+        "{message}"
+    );
+
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "cluster-gateway-token-0123456789\n").expect("writing the token");
+    let sample = support::repo_root().join("examples/hello-split.yaml");
+    let render = |extra: &[&std::ffi::OsStr]| {
+        let out = std::process::Command::new(support::revgate_bin())
+            .args(["render", "istio", "-f"])
+            .arg(&sample)
+            .args(extra)
+            .output()
+            .expect("running revgate render istio");
+        assert!(out.status.success(), "{}", stderr(&out));
+        stdout(&out)
+    };
+    let with = render(&["--gateway-token-file".as_ref(), token_file.as_os_str()]);
+    assert!(with.contains("token: cluster-gateway-token-0123456789"), "{with}");
+    assert!(!render(&[]).contains("token:"), "no token unless asked for");
+}
