@@ -45,7 +45,8 @@ pub enum Command {
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// Address of the xDS (ADS) gRPC server.
+    /// Address of the xDS (ADS) gRPC server. Bound beyond loopback, Envoy
+    /// must present the gateway token (see --gateway-token-file).
     #[arg(long, default_value = "127.0.0.1:18000")]
     pub xds_addr: SocketAddr,
     /// Address of the admin API. Binding anything but loopback requires the
@@ -58,7 +59,8 @@ pub struct ServeArgs {
     /// Port of the gateway's HTTP listener programmed over xDS.
     #[arg(long, default_value_t = 8080)]
     pub http_port: u16,
-    /// Address of the activation service the gateway filter calls.
+    /// Address of the activation service the gateway filter calls. Bound
+    /// beyond loopback, the filter must present the gateway token.
     #[arg(long, default_value = "127.0.0.1:9091")]
     pub activation_addr: SocketAddr,
     /// The gateway filter (`.wasm`) to run in Envoy ahead of the router; see

@@ -148,6 +148,7 @@ async fn require_token(State(token): State<GatewayToken>, request: Request, next
 }
 
 fn refuse(refusal: Refusal) -> Response {
+    // Debug, not warn: anyone can knock, and must not fill the log.
     tracing::debug!(reason = %refusal, "activation request refused");
     (StatusCode::UNAUTHORIZED, [(header::WWW_AUTHENTICATE, "Bearer")], format!("{refusal}\n")).into_response()
 }

@@ -3,6 +3,10 @@
 //! the gateway filter calls, and — with a runtime — the autoscaler that runs
 //! revisions.
 //!
+//! The xDS server and the activation service require the gateway token
+//! (`gateway_auth`) when bound beyond loopback; the filter configuration and
+//! the bootstraps carry it everywhere.
+//!
 //! ```text
 //! admin API ─▶ ControlPlane ─▶ xDS ─▶ Envoy (filter) ─▶ activation service
 //!                  ▲                                         │ reports, activations

@@ -156,7 +156,9 @@ impl Interceptor for GatewayAuth {
         match check(self.required.as_ref(), presented, XDS_PORT) {
             Ok(()) => Ok(request),
             Err(refusal) => {
-                tracing::warn!(remote = ?request.remote_addr(), reason = %refusal, "xDS client refused");
+                // Debug, not warn: anyone can knock, and must not fill the log.
+                // The client is told why (Envoy logs the status).
+                tracing::debug!(remote = ?request.remote_addr(), reason = %refusal, "xDS client refused");
                 Err(Status::unauthenticated(refusal.to_string()))
             }
         }
