@@ -66,10 +66,10 @@ pub fn istio(args: RenderIstioArgs) -> anyhow::Result<ExitCode> {
     let mut objects = revgate_istio::render(&world, &options);
     // Only on request: the token is a secret, and without it the controller
     // adds its own when it installs the plugin.
-    if let Some(file) = &args.gateway_token_file {
-        let token = gateway_auth::explicit(Some(file), None)?.map(|t| PluginToken::new(t.expose()));
+    if let Some(token) = gateway_auth::explicit(args.gateway_token_file.as_deref(), None)? {
+        let token = PluginToken::new(token.expose());
         for object in &mut objects {
-            if let (revgate_istio::Object::WasmPlugin(plugin), Some(token)) = (object, &token) {
+            if let revgate_istio::Object::WasmPlugin(plugin) = object {
                 token.add_to(plugin);
             }
         }
