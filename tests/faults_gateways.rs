@@ -7,6 +7,8 @@
 //! |---|---|
 //! | an xDS client with an unknown node id subscribes, NACKs and disconnects | Services show `GatewayRejected` only while it counts; once its grace passes they are Ready again and `revgate get gateway` no longer lists it, while the real Envoy keeps serving |
 //! | xDS and activation bound beyond loopback; clients without the gateway token, or with a wrong one | gRPC `UNAUTHENTICATED` / HTTP 401 naming what is missing, nothing served; the Envoy started from `revgate render envoy --ads` and its filter present the token, connect, serve, and hold and release requests for a revision at zero |
+//! | xDS with mutual TLS; clients in plaintext, without a certificate, or with one from another CA | not served; a certificate the CA signed (and the token) is, and Envoy from `render envoy --ads --tls-*` serves |
+//! | `revgate controller` bound beyond loopback without a gateway token | refuses to start, naming the flag, the variable and the Secret |
 
 mod support;
 
@@ -295,4 +297,162 @@ fn cluster_mode_refuses_an_unauthenticated_activation_api() {
     let with = render(&["--gateway-token-file".as_ref(), token_file.as_os_str()]);
     assert!(with.contains("token: cluster-gateway-token-0123456789"), "{with}");
     assert!(!render(&[]).contains("token:"), "no token unless asked for");
+}
+
+/// PEM files of a test PKI: a CA, the xDS server's certificate (for
+/// `127.0.0.1`) and a gateway's client certificate, plus a client
+/// certificate from another CA.
+struct Pki {
+    ca: std::path::PathBuf,
+    server_cert: std::path::PathBuf,
+    server_key: std::path::PathBuf,
+    client_cert: std::path::PathBuf,
+    client_key: std::path::PathBuf,
+    stranger_cert: std::path::PathBuf,
+    stranger_key: std::path::PathBuf,
+}
+
+impl Pki {
+    fn create(dir: &Path) -> Pki {
+        use rcgen::{BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair};
+        let ca = |name: &str| {
+            let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA parameters");
+            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            params.distinguished_name.push(rcgen::DnType::CommonName, name);
+            let key = KeyPair::generate().expect("CA key");
+            let cert = params.self_signed(&key).expect("CA certificate");
+            (cert, Issuer::new(params, key))
+        };
+        let leaf = |issuer: &Issuer<'_, KeyPair>, names: &[&str], usage: ExtendedKeyUsagePurpose| {
+            let mut params =
+                CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>()).expect("parameters");
+            params.extended_key_usages = vec![usage];
+            let key = KeyPair::generate().expect("key");
+            (params.signed_by(&key, issuer).expect("certificate").pem(), key.serialize_pem())
+        };
+        let write = |name: &str, pem: &str| {
+            let path = dir.join(name);
+            std::fs::write(&path, pem).expect("writing PEM");
+            path
+        };
+        let (ca_cert, issuer) = ca("revgate test CA");
+        let (_, other) = ca("someone else's CA");
+        let (server_cert, server_key) = leaf(&issuer, &["127.0.0.1", "localhost"], ExtendedKeyUsagePurpose::ServerAuth);
+        let (client_cert, client_key) = leaf(&issuer, &["gateway"], ExtendedKeyUsagePurpose::ClientAuth);
+        let (stranger_cert, stranger_key) = leaf(&other, &["stranger"], ExtendedKeyUsagePurpose::ClientAuth);
+        Pki {
+            ca: write("ca.pem", &ca_cert.pem()),
+            server_cert: write("server.pem", &server_cert),
+            server_key: write("server-key.pem", &server_key),
+            client_cert: write("client.pem", &client_cert),
+            client_key: write("client-key.pem", &client_key),
+            stranger_cert: write("stranger.pem", &stranger_cert),
+            stranger_key: write("stranger-key.pem", &stranger_key),
+        }
+    }
+}
+
+/// Opens an ADS stream over TLS to `xds`, presenting `identity` (PEM files)
+/// and the token, and waits for the first CDS response.
+async fn ads_over_tls(xds: SocketAddr, ca: &Path, identity: Option<(&Path, &Path)>, token: &str) -> Result<(), String> {
+    use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+    let read = |path: &Path| std::fs::read(path).expect("reading PEM");
+    let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(ca))).domain_name("localhost");
+    if let Some((cert, key)) = identity {
+        tls = tls.identity(Identity::from_pem(read(cert), read(key)));
+    }
+    let channel = Channel::from_shared(format!("https://{xds}"))
+        .map_err(|e| e.to_string())?
+        .tls_config(tls)
+        .map_err(|e| e.to_string())?
+        .connect()
+        .await
+        .map_err(|e| format!("connect: {e:?}"))?;
+    let (requests, rx) = mpsc::channel(4);
+    let mut request = tonic::Request::new(ReceiverStream::new(rx));
+    request.metadata_mut().insert("authorization", format!("Bearer {token}").parse().expect("metadata"));
+    let node = Node { id: "tls-client".to_owned(), ..Default::default() };
+    requests
+        .send(DiscoveryRequest { node: Some(node), type_url: CDS.to_owned(), ..Default::default() })
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut responses = AggregatedDiscoveryServiceClient::new(channel)
+        .stream_aggregated_resources(request)
+        .await
+        .map_err(|e| format!("stream: {e:?}"))?
+        .into_inner();
+    match tokio::time::timeout(support::DEADLINE, responses.message()).await {
+        Ok(Ok(Some(_))) => Ok(()),
+        other => Err(format!("no CDS response: {other:?}")),
+    }
+}
+
+/// Fault: clients reach an xDS port that speaks mutual TLS with a given CA
+/// (bound beyond loopback): in plaintext, without a client certificate, or
+/// with one another CA signed. Promise: none of them is served; a gateway
+/// with a certificate the CA signed (and the token) is, and the Envoy
+/// started from `revgate render envoy --ads --tls-*` connects and serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_admits_only_gateways_with_a_certificate_the_ca_signed() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let pki = Pki::create(dir.path());
+    let state = dir.path().join("state");
+    let xds_port = free_port();
+    let admin_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("address");
+    let bound: SocketAddr = format!("0.0.0.0:{xds_port}").parse().expect("address");
+    let path = |p: &Path| p.display().to_string();
+    let extra = [
+        "--activation-addr".to_owned(),
+        format!("127.0.0.1:{}", free_port()),
+        "--xds-tls-cert".to_owned(),
+        path(&pki.server_cert),
+        "--xds-tls-key".to_owned(),
+        path(&pki.server_key),
+        "--xds-client-ca".to_owned(),
+        path(&pki.ca),
+    ];
+    let revgate = Revgate::start_with(&state, free_port(), admin_addr, bound, &extra).await;
+    let token = std::fs::read_to_string(state.join("gateway-token")).expect("gateway token");
+    let xds: SocketAddr = format!("127.0.0.1:{xds_port}").parse().expect("address");
+
+    assert!(Ads::open(xds, Some(&format!("Bearer {token}"))).await.is_err(), "plaintext is not served");
+    let anonymous = ads_over_tls(xds, &pki.ca, None, &token).await;
+    assert!(anonymous.is_err(), "no client certificate: {anonymous:?}");
+    let stranger = ads_over_tls(xds, &pki.ca, Some((&pki.stranger_cert, &pki.stranger_key)), &token).await;
+    assert!(stranger.is_err(), "a certificate from another CA: {stranger:?}");
+    let gateway = ads_over_tls(xds, &pki.ca, Some((&pki.client_cert, &pki.client_key)), &token).await;
+    assert_eq!(gateway, Ok(()), "a certificate the CA signed, and the token");
+
+    let admin_port = free_port();
+    let node_id = format!("gateway-{admin_port}");
+    let (xds_text, admin) = (xds.to_string(), admin_port.to_string());
+    let out = revgate.cli(&[
+        "render",
+        "envoy",
+        "--ads",
+        "--node-id",
+        &node_id,
+        "--xds-addr",
+        &xds_text,
+        "--admin-port",
+        &admin,
+        "--state-dir",
+        &path(&state),
+        "--tls-ca",
+        &path(&pki.ca),
+        "--tls-cert",
+        &path(&pki.client_cert),
+        "--tls-key",
+        &path(&pki.client_key),
+    ]);
+    assert!(out.status.success(), "revgate render envoy --ads --tls-* failed: {}", stderr(&out));
+    let bootstrap = dir.path().join("envoy-tls.yaml");
+    std::fs::write(&bootstrap, &out.stdout).expect("writing the bootstrap");
+    let envoy = Envoy::start(dir.path(), &bootstrap, admin_port, revgate.http_port, &node_id).await;
+    let backend = Backend::start("hello").await;
+    revgate.apply(&warm_service(&backend));
+    revgate.wait_acked(&envoy.node_id).await;
+    let s = Setup { backend, envoy, revgate, _dir: dir };
+    s.envoy.wait_body("hello.default.example.com", &[], "hello").await;
+    drop(s.backend);
 }

@@ -86,6 +86,18 @@ pub struct ServeArgs {
     /// `<state-dir>/gateway-token`, created on first start.
     #[arg(long)]
     pub gateway_token_file: Option<PathBuf>,
+    /// PEM certificate chain of the xDS server. With --xds-tls-key and
+    /// --xds-client-ca, xDS speaks mutual TLS: only gateways presenting a
+    /// client certificate that CA signed can connect (and, beyond loopback,
+    /// they still present the gateway token).
+    #[arg(long, requires_all = ["xds_tls_key", "xds_client_ca"])]
+    pub xds_tls_cert: Option<PathBuf>,
+    /// PEM private key of --xds-tls-cert.
+    #[arg(long, requires = "xds_tls_cert")]
+    pub xds_tls_key: Option<PathBuf>,
+    /// PEM CA whose client certificates the xDS server accepts.
+    #[arg(long, requires = "xds_tls_cert")]
+    pub xds_client_ca: Option<PathBuf>,
     /// Enable the admin API's fault-injection endpoints (tests only).
     #[arg(long, hide = true, env = "REVGATE_TEST_HOOKS")]
     pub test_hooks: bool,
@@ -347,4 +359,18 @@ pub struct RenderEnvoyArgs {
     /// With --ads: the state directory of the `revgate serve` to connect to.
     #[arg(long, default_value = ".revgate")]
     pub state_dir: PathBuf,
+    /// With --ads: mutual TLS to xDS; the PEM CA that signed the xDS
+    /// server's certificate (needs --tls-cert and --tls-key).
+    #[arg(long, requires_all = ["tls_cert", "tls_key"])]
+    pub tls_ca: Option<PathBuf>,
+    /// With --tls-ca: Envoy's PEM client certificate chain.
+    #[arg(long, requires = "tls_ca")]
+    pub tls_cert: Option<PathBuf>,
+    /// With --tls-ca: the PEM key of --tls-cert.
+    #[arg(long, requires = "tls_ca")]
+    pub tls_key: Option<PathBuf>,
+    /// With --tls-ca: the DNS name the server's certificate carries (also
+    /// sent as SNI); default: the certificate must carry the --xds-addr IP.
+    #[arg(long, requires = "tls_ca")]
+    pub tls_server_name: Option<String>,
 }

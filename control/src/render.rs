@@ -1,13 +1,14 @@
 //! `revgate render envoy|istio`: configuration printed without a control
 //! plane or a cluster, for reviews and GitOps.
 
+use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::Context;
 use revgate_kube::config::PluginToken;
 use revgate_model::world::Observed;
 use revgate_model::{World, parse_documents};
-use revgate_xds::render::{AdsBootstrapOptions, BootstrapOptions, ads_bootstrap_yaml, static_bootstrap_yaml};
+use revgate_xds::render::{AdsBootstrapOptions, AdsTls, BootstrapOptions, ads_bootstrap_yaml, static_bootstrap_yaml};
 use revgate_xds::server::Api;
 use revgate_xds::translate::{XdsSettings, translate};
 
@@ -27,6 +28,7 @@ pub fn envoy(args: RenderEnvoyArgs) -> anyhow::Result<ExitCode> {
                 args.state_dir.join(gateway_auth::GATEWAY_TOKEN_FILE).display()
             );
         }
+        let tls = ads_tls(&args)?;
         let yaml = ads_bootstrap_yaml(&AdsBootstrapOptions {
             node_id: args.node_id,
             cluster: "revgate".to_owned(),
@@ -34,6 +36,7 @@ pub fn envoy(args: RenderEnvoyArgs) -> anyhow::Result<ExitCode> {
             api: if args.delta { Api::Delta } else { Api::Sotw },
             admin_port: args.admin_port,
             token,
+            tls,
         })?;
         print!("{yaml}");
         return Ok(ExitCode::SUCCESS);
@@ -52,6 +55,25 @@ pub fn envoy(args: RenderEnvoyArgs) -> anyhow::Result<ExitCode> {
         )?
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// Mutual TLS for the ADS bootstrap, with absolute paths (Envoy runs
+/// elsewhere) of files that exist.
+fn ads_tls(args: &RenderEnvoyArgs) -> anyhow::Result<Option<AdsTls>> {
+    let (Some(ca), Some(cert), Some(key)) = (&args.tls_ca, &args.tls_cert, &args.tls_key) else {
+        return Ok(None);
+    };
+    let absolute = |path: &Path, flag: &str| {
+        std::fs::canonicalize(path)
+            .map(|p| p.display().to_string())
+            .with_context(|| format!("{flag} {}: the file cannot be read", path.display()))
+    };
+    Ok(Some(AdsTls {
+        ca: absolute(ca, "--tls-ca")?,
+        cert: absolute(cert, "--tls-cert")?,
+        key: absolute(key, "--tls-key")?,
+        server_name: args.tls_server_name.clone(),
+    }))
 }
 
 /// `revgate render istio`: the objects cluster mode would write.

@@ -72,8 +72,36 @@ pub struct ServerConfig {
     /// `--gateway-token-file`; else `REVGATE_GATEWAY_TOKEN`, else the
     /// state directory's `gateway-token`.
     pub gateway_token_file: Option<PathBuf>,
+    /// Mutual TLS on the xDS port, when given.
+    pub xds_tls: Option<XdsTlsFiles>,
     /// The flags that set the addresses, named in errors.
     pub flags: AddressFlags,
+}
+
+/// PEM files for mutual TLS on the xDS port.
+#[derive(Debug, Clone)]
+pub struct XdsTlsFiles {
+    /// The server's certificate chain (`--xds-tls-cert`).
+    pub cert: PathBuf,
+    /// Its key (`--xds-tls-key`).
+    pub key: PathBuf,
+    /// The CA whose client certificates are accepted (`--xds-client-ca`).
+    pub client_ca: PathBuf,
+}
+
+impl XdsTlsFiles {
+    /// tonic's TLS settings: this identity, and client certificates required
+    /// and verified against the CA.
+    fn server_config(&self) -> anyhow::Result<tonic::transport::ServerTlsConfig> {
+        let read =
+            |path: &Path, flag: &str| std::fs::read(path).with_context(|| format!("reading {flag} {}", path.display()));
+        let identity = tonic::transport::Identity::from_pem(
+            read(&self.cert, "--xds-tls-cert")?,
+            read(&self.key, "--xds-tls-key")?,
+        );
+        let ca = tonic::transport::Certificate::from_pem(read(&self.client_ca, "--xds-client-ca")?);
+        Ok(tonic::transport::ServerTlsConfig::new().identity(identity).client_ca_root(ca))
+    }
 }
 
 /// The command-line flags behind a server's addresses.
@@ -98,6 +126,12 @@ impl From<&ServeArgs> for ServerConfig {
             images: args.images.clone(),
             test_hooks: args.test_hooks,
             gateway_token_file: args.gateway_token_file.clone(),
+            xds_tls: match (&args.xds_tls_cert, &args.xds_tls_key, &args.xds_client_ca) {
+                (Some(cert), Some(key), Some(client_ca)) => {
+                    Some(XdsTlsFiles { cert: cert.clone(), key: key.clone(), client_ca: client_ca.clone() })
+                }
+                _ => None,
+            },
             flags: AddressFlags { xds: "--xds-addr", admin: "--admin-addr", activation: "--activation-addr" },
         }
     }
@@ -212,8 +246,15 @@ impl Server {
         });
         let states = runtime.as_ref().map(|runtime| runtime.states());
         let plane = tokio::spawn(plane.run(activation.clone(), states));
+        let mut xds_server = tonic::transport::Server::builder();
+        if let Some(tls) = &config.xds_tls {
+            xds_server = xds_server.tls_config(tls.server_config()?).context(
+                "configuring mutual TLS for the xDS server (--xds-tls-cert, --xds-tls-key, --xds-client-ca)",
+            )?;
+            tracing::info!(client_ca = %tls.client_ca.display(), "xDS speaks mutual TLS");
+        }
         let xds = tokio::spawn(
-            tonic::transport::Server::builder()
+            xds_server
                 .add_service(xds.into_authenticated_service(gateway_auth::xds_auth(xds_addr, &gateway_token)))
                 .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(xds_listener)),
         );

@@ -76,6 +76,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         images: args.images.clone(),
         test_hooks: false,
         gateway_token_file: None,
+        xds_tls: None,
         flags: AddressFlags { xds: "--xds-port", admin: "--admin-port", activation: "--activation-port" },
     })
     .await?;
@@ -152,6 +153,7 @@ async fn serve(
         // Sent although loopback does not require it, so that the same
         // bootstrap works against a server bound beyond it.
         token: Some(platform.gateway_token.clone()),
+        tls: None,
     })?;
     write_owner_only(&bootstrap, &yaml).with_context(|| format!("writing {}", bootstrap.display()))?;
     // Envoy runs one filter VM per worker; the count is passed explicitly so

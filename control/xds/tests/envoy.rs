@@ -77,6 +77,7 @@ fn ads_bootstraps_validate() {
             api,
             admin_port: 9901,
             token: Some(GatewayToken::new(TOKEN).unwrap()),
+            tls: None,
         })
         .unwrap();
         let api_type = match api {
@@ -110,6 +111,7 @@ async fn envoy_acks_every_type() {
             api,
             admin_port: 0,
             token: Some(token),
+            tls: None,
         })
         .unwrap();
         let dir = tempfile::tempdir().unwrap();
