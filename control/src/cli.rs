@@ -45,7 +45,8 @@ pub enum Command {
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// Address of the xDS (ADS) gRPC server.
+    /// Address of the xDS (ADS) gRPC server. Bound beyond loopback, Envoy
+    /// must present the gateway token (see --gateway-token-file).
     #[arg(long, default_value = "127.0.0.1:18000")]
     pub xds_addr: SocketAddr,
     /// Address of the admin API. Binding anything but loopback requires the
@@ -58,7 +59,8 @@ pub struct ServeArgs {
     /// Port of the gateway's HTTP listener programmed over xDS.
     #[arg(long, default_value_t = 8080)]
     pub http_port: u16,
-    /// Address of the activation service the gateway filter calls.
+    /// Address of the activation service the gateway filter calls. Bound
+    /// beyond loopback, the filter must present the gateway token.
     #[arg(long, default_value = "127.0.0.1:9091")]
     pub activation_addr: SocketAddr,
     /// The gateway filter (`.wasm`) to run in Envoy ahead of the router; see
@@ -78,6 +80,24 @@ pub struct ServeArgs {
     /// (see examples/images.yaml).
     #[arg(long)]
     pub images: Option<PathBuf>,
+    /// File holding the token gateways present to the xDS server and the
+    /// activation service (required where they are bound beyond loopback).
+    /// Default: REVGATE_GATEWAY_TOKEN (the token itself), else
+    /// `<state-dir>/gateway-token`, created on first start.
+    #[arg(long)]
+    pub gateway_token_file: Option<PathBuf>,
+    /// PEM certificate chain of the xDS server. With --xds-tls-key and
+    /// --xds-client-ca, xDS speaks mutual TLS: only gateways presenting a
+    /// client certificate that CA signed can connect (and, beyond loopback,
+    /// they still present the gateway token).
+    #[arg(long, requires_all = ["xds_tls_key", "xds_client_ca"])]
+    pub xds_tls_cert: Option<PathBuf>,
+    /// PEM private key of --xds-tls-cert.
+    #[arg(long, requires = "xds_tls_cert")]
+    pub xds_tls_key: Option<PathBuf>,
+    /// PEM CA whose client certificates the xDS server accepts.
+    #[arg(long, requires = "xds_tls_cert")]
+    pub xds_client_ca: Option<PathBuf>,
     /// Enable the admin API's fault-injection endpoints (tests only).
     #[arg(long, hide = true, env = "REVGATE_TEST_HOOKS")]
     pub test_hooks: bool,
@@ -107,6 +127,12 @@ pub struct ControllerArgs {
     /// Where the gateway pulls the filter from (the WasmPlugin's url).
     #[arg(long)]
     pub wasm_url: Option<String>,
+    /// File holding the token the gateway filters present to the activation
+    /// API (the Secret revgate-gateway-token, mounted); required when the
+    /// API is bound beyond loopback, and given to the WasmPlugin's
+    /// pluginConfig. Default: REVGATE_GATEWAY_TOKEN (the token itself).
+    #[arg(long)]
+    pub gateway_token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -296,6 +322,10 @@ pub struct RenderIstioArgs {
     /// The filter's sha256, pinned in the WasmPlugin.
     #[arg(long)]
     pub wasm_sha256: Option<String>,
+    /// Put the gateway token in this file into the WasmPlugin's pluginConfig
+    /// (without it, the controller adds its token when it installs the plugin).
+    #[arg(long)]
+    pub gateway_token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -321,4 +351,26 @@ pub struct RenderEnvoyArgs {
     /// Port of Envoy's admin interface (0 = any).
     #[arg(long, default_value_t = 9901)]
     pub admin_port: u16,
+    /// With --ads: file holding the gateway token Envoy presents to the xDS
+    /// server. Default: REVGATE_GATEWAY_TOKEN (the token itself), else
+    /// `<state-dir>/gateway-token` if it exists.
+    #[arg(long)]
+    pub gateway_token_file: Option<PathBuf>,
+    /// With --ads: the state directory of the `revgate serve` to connect to.
+    #[arg(long, default_value = ".revgate")]
+    pub state_dir: PathBuf,
+    /// With --ads: mutual TLS to xDS; the PEM CA that signed the xDS
+    /// server's certificate (needs --tls-cert and --tls-key).
+    #[arg(long, requires_all = ["tls_cert", "tls_key"])]
+    pub tls_ca: Option<PathBuf>,
+    /// With --tls-ca: Envoy's PEM client certificate chain.
+    #[arg(long, requires = "tls_ca")]
+    pub tls_cert: Option<PathBuf>,
+    /// With --tls-ca: the PEM key of --tls-cert.
+    #[arg(long, requires = "tls_ca")]
+    pub tls_key: Option<PathBuf>,
+    /// With --tls-ca: the DNS name the server's certificate carries (also
+    /// sent as SNI); default: the certificate must carry the --xds-addr IP.
+    #[arg(long, requires = "tls_ca")]
+    pub tls_server_name: Option<String>,
 }

@@ -579,6 +579,12 @@ fn unix_now() -> u64 {
 /// Derives each route's ingress state from what the connected gateways
 /// acknowledged: a route is programmed once some gateway ACKed the versions
 /// currently published, and rejected while a gateway NACKs them.
+///
+/// "Connected" is what the xDS server lists: nodes with an open stream and
+/// nodes that left less than `DISCONNECT_GRACE` ago. Counting the latter
+/// as they were keeps an Envoy that reconnects from making Services flap;
+/// the server forgets a node once its grace passes, so a client that
+/// rejected everything and left stops holding Services at `GatewayRejected`.
 pub fn observed(world: &World, gateway: &GatewayStatus, published: &Published) -> Observed {
     let mut rejection = None;
     let mut programmed = false;
@@ -600,7 +606,7 @@ pub fn observed(world: &World, gateway: &GatewayStatus, published: &Published) -
                 all_acked = false;
             }
         }
-        programmed |= status.connected && all_acked;
+        programmed |= all_acked;
     }
     let state = match (rejection, programmed) {
         (Some(message), _) => IngressState::Rejected { message },

@@ -24,6 +24,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use axum::Router;
 use axum::routing::get;
+use revgate_kube::config::PluginToken;
 use revgate_kube::{ClusterView, ControllerConfig};
 use revgate_model::World;
 use revgate_model::plan::GatewayPlan;
@@ -36,6 +37,7 @@ use crate::autoscaling::Autoscaler;
 use crate::cli::ControllerArgs;
 use crate::cold_first::{ColdFirst, ColdNotice, desired_counts};
 use crate::control::replace_if_changed;
+use crate::gateway_auth::{self, GatewayTokenError};
 use crate::serve::Shutdown;
 
 pub async fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
@@ -52,11 +54,20 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
     if let Some(url) = args.wasm_url {
         config.render.wasm_url = url;
     }
+    // Gateways reach the activation API across the cluster network: beyond
+    // loopback (the default, 0.0.0.0) they must present the token, which the
+    // WasmPlugin this controller installs gives them.
+    let gateway_token = gateway_auth::explicit(args.gateway_token_file.as_deref(), gateway_auth::from_env())?;
+    if gateway_token.is_none() && gateway_auth::required_on(args.activation_addr) {
+        return Err(GatewayTokenError::Missing { port: "the activation API", addr: args.activation_addr }.into());
+    }
+    config.gateway_token = gateway_token.as_ref().map(|token| PluginToken::new(token.expose()));
     config.validate().context("invalid controller settings")?;
 
     let activation_listener = TcpListener::bind(args.activation_addr)
         .await
         .with_context(|| format!("binding the activation API to {} (see --activation-addr)", args.activation_addr))?;
+    let activation_addr = activation_listener.local_addr()?;
     let admin_listener = TcpListener::bind(args.admin_addr)
         .await
         .with_context(|| format!("binding the health endpoint to {} (see --admin-addr)", args.admin_addr))?;
@@ -90,7 +101,10 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
 
     let result = tokio::select! {
         () = shutdown.wait() => Ok(()),
-        result = axum::serve(activation_listener, activation.router()) => result.context("the activation API stopped"),
+        result = axum::serve(
+            activation_listener,
+            gateway_auth::activation_router(activation.router(), activation_addr, gateway_token.as_ref()),
+        ) => result.context("the activation API stopped"),
         result = axum::serve(admin_listener, health) => result.context("the health endpoint stopped"),
     };
     autoscaler.abort();

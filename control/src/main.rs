@@ -21,6 +21,8 @@
 //!   Knative PodAutoscalers and ServerlessServices.
 //! - `autoscaler_cli`: `revgate autoscaler decide|simulate`, the KPA offline.
 //! - `manifests`: reading manifest files and directories in `kubectl apply -f` order.
+//! - `gateway_auth`: the gateway token the xDS and activation ports require
+//!   beyond loopback.
 //! - `render`: configuration printed without a running control plane.
 //! - `table`: `kubectl get`-shaped tables.
 //!
@@ -39,6 +41,7 @@ mod control;
 mod controller;
 mod faults;
 mod gateway;
+mod gateway_auth;
 mod manifests;
 mod metrics;
 mod readiness;

@@ -1,26 +1,42 @@
 //! `revgate render envoy|istio`: configuration printed without a control
 //! plane or a cluster, for reviews and GitOps.
 
+use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::Context;
+use revgate_kube::config::PluginToken;
 use revgate_model::world::Observed;
 use revgate_model::{World, parse_documents};
-use revgate_xds::render::{AdsBootstrapOptions, BootstrapOptions, ads_bootstrap_yaml, static_bootstrap_yaml};
+use revgate_xds::render::{AdsBootstrapOptions, AdsTls, BootstrapOptions, ads_bootstrap_yaml, static_bootstrap_yaml};
 use revgate_xds::server::Api;
 use revgate_xds::translate::{XdsSettings, translate};
 
 use crate::cli::{RenderEnvoyArgs, RenderIstioArgs};
+use crate::gateway_auth;
 use crate::manifests;
 
 pub fn envoy(args: RenderEnvoyArgs) -> anyhow::Result<ExitCode> {
     if args.ads {
+        let token =
+            gateway_auth::for_render(args.gateway_token_file.as_deref(), gateway_auth::from_env(), &args.state_dir)?;
+        if token.is_none() {
+            eprintln!(
+                "warning: no gateway token found (--gateway-token-file, {}, or {}): this bootstrap only works against \
+                 an xDS server bound to loopback",
+                gateway_auth::GATEWAY_TOKEN_ENV,
+                args.state_dir.join(gateway_auth::GATEWAY_TOKEN_FILE).display()
+            );
+        }
+        let tls = ads_tls(&args)?;
         let yaml = ads_bootstrap_yaml(&AdsBootstrapOptions {
             node_id: args.node_id,
             cluster: "revgate".to_owned(),
             xds_address: args.xds_addr,
             api: if args.delta { Api::Delta } else { Api::Sotw },
             admin_port: args.admin_port,
+            token,
+            tls,
         })?;
         print!("{yaml}");
         return Ok(ExitCode::SUCCESS);
@@ -41,6 +57,25 @@ pub fn envoy(args: RenderEnvoyArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Mutual TLS for the ADS bootstrap, with absolute paths (Envoy runs
+/// elsewhere) of files that exist.
+fn ads_tls(args: &RenderEnvoyArgs) -> anyhow::Result<Option<AdsTls>> {
+    let (Some(ca), Some(cert), Some(key)) = (&args.tls_ca, &args.tls_cert, &args.tls_key) else {
+        return Ok(None);
+    };
+    let absolute = |path: &Path, flag: &str| {
+        std::fs::canonicalize(path)
+            .map(|p| p.display().to_string())
+            .with_context(|| format!("{flag} {}: the file cannot be read", path.display()))
+    };
+    Ok(Some(AdsTls {
+        ca: absolute(ca, "--tls-ca")?,
+        cert: absolute(cert, "--tls-cert")?,
+        key: absolute(key, "--tls-key")?,
+        server_name: args.tls_server_name.clone(),
+    }))
+}
+
 /// `revgate render istio`: the objects cluster mode would write.
 pub fn istio(args: RenderIstioArgs) -> anyhow::Result<ExitCode> {
     let world = applied(&args.files)?;
@@ -50,7 +85,18 @@ pub fn istio(args: RenderIstioArgs) -> anyhow::Result<ExitCode> {
     }
     options.wasm_sha256 = args.wasm_sha256;
     options.validate().context("invalid option")?;
-    print!("{}", revgate_istio::to_yaml_stream(&revgate_istio::render(&world, &options))?);
+    let mut objects = revgate_istio::render(&world, &options);
+    // Only on request: the token is a secret, and without it the controller
+    // adds its own when it installs the plugin.
+    if let Some(token) = gateway_auth::explicit(args.gateway_token_file.as_deref(), None)? {
+        let token = PluginToken::new(token.expose());
+        for object in &mut objects {
+            if let revgate_istio::Object::WasmPlugin(plugin) = object {
+                token.add_to(plugin);
+            }
+        }
+    }
+    print!("{}", revgate_istio::to_yaml_stream(&objects)?);
     Ok(ExitCode::SUCCESS)
 }
 

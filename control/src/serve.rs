@@ -3,6 +3,10 @@
 //! the gateway filter calls, and — with a runtime — the autoscaler that runs
 //! revisions.
 //!
+//! The xDS server and the activation service require the gateway token
+//! (`gateway_auth`) when bound beyond loopback; the filter configuration and
+//! the bootstraps carry it everywhere.
+//!
 //! ```text
 //! admin API ─▶ ControlPlane ─▶ xDS ─▶ Envoy (filter) ─▶ activation service
 //!                  ▲                                         │ reports, activations
@@ -18,9 +22,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use revgate_runtime::{ImageMap, ProcessConfig, ProcessRuntime, Runtime};
-use revgate_xds::FilterSettings;
 use revgate_xds::server::{SnapshotCache, XdsServer};
 use revgate_xds::translate::XdsSettings;
+use revgate_xds::{FilterSettings, GatewayToken};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::task::JoinHandle;
@@ -30,6 +34,7 @@ use crate::admin::server::{AdminState, is_loopback, router};
 use crate::autoscaling::Autoscaler;
 use crate::cli::{RuntimeKind, ServeArgs};
 use crate::control::{ControlPlane, Handle};
+use crate::gateway_auth;
 use crate::store::Store;
 
 const TOKEN_FILE: &str = "admin-token";
@@ -64,8 +69,39 @@ pub struct ServerConfig {
     pub runtime: RuntimeKind,
     pub images: Option<PathBuf>,
     pub test_hooks: bool,
+    /// `--gateway-token-file`; else `REVGATE_GATEWAY_TOKEN`, else the
+    /// state directory's `gateway-token`.
+    pub gateway_token_file: Option<PathBuf>,
+    /// Mutual TLS on the xDS port, when given.
+    pub xds_tls: Option<XdsTlsFiles>,
     /// The flags that set the addresses, named in errors.
     pub flags: AddressFlags,
+}
+
+/// PEM files for mutual TLS on the xDS port.
+#[derive(Debug, Clone)]
+pub struct XdsTlsFiles {
+    /// The server's certificate chain (`--xds-tls-cert`).
+    pub cert: PathBuf,
+    /// Its key (`--xds-tls-key`).
+    pub key: PathBuf,
+    /// The CA whose client certificates are accepted (`--xds-client-ca`).
+    pub client_ca: PathBuf,
+}
+
+impl XdsTlsFiles {
+    /// tonic's TLS settings: this identity, and client certificates required
+    /// and verified against the CA.
+    fn server_config(&self) -> anyhow::Result<tonic::transport::ServerTlsConfig> {
+        let read =
+            |path: &Path, flag: &str| std::fs::read(path).with_context(|| format!("reading {flag} {}", path.display()));
+        let identity = tonic::transport::Identity::from_pem(
+            read(&self.cert, "--xds-tls-cert")?,
+            read(&self.key, "--xds-tls-key")?,
+        );
+        let ca = tonic::transport::Certificate::from_pem(read(&self.client_ca, "--xds-client-ca")?);
+        Ok(tonic::transport::ServerTlsConfig::new().identity(identity).client_ca_root(ca))
+    }
 }
 
 /// The command-line flags behind a server's addresses.
@@ -89,6 +125,13 @@ impl From<&ServeArgs> for ServerConfig {
             runtime: args.runtime,
             images: args.images.clone(),
             test_hooks: args.test_hooks,
+            gateway_token_file: args.gateway_token_file.clone(),
+            xds_tls: match (&args.xds_tls_cert, &args.xds_tls_key, &args.xds_client_ca) {
+                (Some(cert), Some(key), Some(client_ca)) => {
+                    Some(XdsTlsFiles { cert: cert.clone(), key: key.clone(), client_ca: client_ca.clone() })
+                }
+                _ => None,
+            },
             flags: AddressFlags { xds: "--xds-addr", admin: "--admin-addr", activation: "--activation-addr" },
         }
     }
@@ -103,6 +146,8 @@ pub struct Server {
     pub activation_addr: SocketAddr,
     /// What the gateway filters report and which of them are in sync.
     pub activation_service: ActivationService,
+    /// The token gateways present (required on ports bound beyond loopback).
+    pub gateway_token: GatewayToken,
     runtime: Option<Arc<dyn Runtime>>,
     plane: JoinHandle<()>,
     autoscaler: Option<JoinHandle<()>>,
@@ -119,6 +164,11 @@ impl Server {
             .with_context(|| format!("creating the state directory {}", config.state_dir.display()))?;
         let store = Store::open(&config.state_dir)?;
         let token = admin_token(&config.state_dir)?;
+        let gateway_token = gateway_auth::for_server(
+            config.gateway_token_file.as_deref(),
+            gateway_auth::from_env(),
+            &config.state_dir,
+        )?;
 
         let flags = config.flags;
         let activation_listener = bind(config.activation_addr, "the activation service", flags.activation).await?;
@@ -126,7 +176,9 @@ impl Server {
         let admin_listener = bind(config.admin_addr, "the admin API", flags.admin).await?;
         let activation_addr = activation_listener.local_addr()?;
         let filter = match &config.wasm_filter {
-            Some(path) => Some(filter_settings(path, activation_addr, config.filter_config.as_deref())?),
+            Some(path) => {
+                Some(filter_settings(path, activation_addr, &gateway_token, config.filter_config.as_deref())?)
+            }
             None => None,
         };
         let runtime: Option<Arc<dyn Runtime>> = match config.runtime {
@@ -194,20 +246,30 @@ impl Server {
         });
         let states = runtime.as_ref().map(|runtime| runtime.states());
         let plane = tokio::spawn(plane.run(activation.clone(), states));
+        let mut xds_server = tonic::transport::Server::builder();
+        if let Some(tls) = &config.xds_tls {
+            xds_server = xds_server.tls_config(tls.server_config()?).context(
+                "configuring mutual TLS for the xDS server (--xds-tls-cert, --xds-tls-key, --xds-client-ca)",
+            )?;
+            tracing::info!(client_ca = %tls.client_ca.display(), "xDS speaks mutual TLS");
+        }
         let xds = tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(xds.into_service())
+            xds_server
+                .add_service(xds.into_authenticated_service(gateway_auth::xds_auth(xds_addr, &gateway_token)))
                 .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(xds_listener)),
         );
         let admin = tokio::spawn(async move { axum::serve(admin_listener, admin).await });
         let activation_service = activation.clone();
-        let activation = tokio::spawn(async move { axum::serve(activation_listener, activation.router()).await });
+        let activation_api =
+            gateway_auth::activation_router(activation.router(), activation_addr, Some(&gateway_token));
+        let activation = tokio::spawn(async move { axum::serve(activation_listener, activation_api).await });
         Ok(Self {
             handle,
             xds_addr,
             admin_addr,
             activation_addr,
             activation_service,
+            gateway_token,
             runtime,
             plane,
             autoscaler,
@@ -280,7 +342,15 @@ async fn bind(addr: SocketAddr, what: &str, flag: &str) -> anyhow::Result<TcpLis
 
 /// The gateway filter's settings: its code, where it reaches the activation
 /// service, and its JSON configuration (`extra` is merged over revgate's).
-fn filter_settings(wasm: &Path, activation: SocketAddr, extra: Option<&str>) -> anyhow::Result<FilterSettings> {
+/// The configuration carries the gateway token, which the filter presents on
+/// its calls; on loopback it is not required, but sending it anyway means
+/// moving the service beyond loopback changes nothing on the gateway.
+fn filter_settings(
+    wasm: &Path,
+    activation: SocketAddr,
+    token: &GatewayToken,
+    extra: Option<&str>,
+) -> anyhow::Result<FilterSettings> {
     let wasm = std::fs::canonicalize(wasm).with_context(|| {
         format!("the gateway filter {} does not exist (build it with scripts/build-filter.sh)", wasm.display())
     })?;
@@ -293,6 +363,7 @@ fn filter_settings(wasm: &Path, activation: SocketAddr, extra: Option<&str>) -> 
     let mut configuration = serde_json::json!({
         "control_cluster": revgate_xds::names::CONTROL_CLUSTER,
         "control_authority": revgate_xds::names::CONTROL_CLUSTER,
+        "token": token.expose(),
     });
     if let Some(extra) = extra {
         let extra: serde_json::Map<String, serde_json::Value> =
@@ -322,8 +393,9 @@ fn admin_token(state_dir: &Path) -> anyhow::Result<String> {
     Ok(token)
 }
 
+/// Creates `path` with `content`, readable and writable by the owner only.
 #[cfg(unix)]
-fn write_private(path: &Path, content: &str) -> std::io::Result<()> {
+pub(crate) fn write_private(path: &Path, content: &str) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
@@ -331,7 +403,7 @@ fn write_private(path: &Path, content: &str) -> std::io::Result<()> {
 }
 
 #[cfg(not(unix))]
-fn write_private(path: &Path, content: &str) -> std::io::Result<()> {
+pub(crate) fn write_private(path: &Path, content: &str) -> std::io::Result<()> {
     std::fs::write(path, content)
 }
 

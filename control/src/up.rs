@@ -17,6 +17,7 @@ use anyhow::{Context, bail};
 use revgate_model::world::IngressState;
 use revgate_runtime::ImageMap;
 use revgate_runtime::record::{self, ProcessRecord, RecordedProcess};
+use revgate_xds::GatewayToken;
 use revgate_xds::render::{AdsBootstrapOptions, ads_bootstrap_yaml};
 use revgate_xds::server::Api;
 
@@ -90,6 +91,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         runtime: RuntimeKind::Process,
         images: args.images.clone(),
         test_hooks: false,
+        gateway_token_file: None,
+        xds_tls: None,
         flags: AddressFlags { xds: "--xds-port", admin: "--admin-port", activation: "--activation-port" },
     })
     .await?;
@@ -108,6 +111,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         handle: server.handle.clone(),
         activation: server.activation_service.clone(),
         xds_addr: server.xds_addr,
+        gateway_token: server.gateway_token.clone(),
     };
     let result = tokio::select! {
         result = serve(&platform, &args, &envoy_bin, files, started, &mut shutdown, &mut envoy_record) => result,
@@ -126,6 +130,7 @@ struct Platform {
     handle: Handle,
     activation: ActivationService,
     xds_addr: SocketAddr,
+    gateway_token: GatewayToken,
 }
 
 /// Everything after the control plane is up, until Ctrl-C or a failure.
@@ -162,8 +167,12 @@ async fn serve(
         xds_address: platform.xds_addr,
         api: Api::Sotw,
         admin_port: args.envoy_admin_port,
+        // Sent although loopback does not require it, so that the same
+        // bootstrap works against a server bound beyond it.
+        token: Some(platform.gateway_token.clone()),
+        tls: None,
     })?;
-    std::fs::write(&bootstrap, yaml).with_context(|| format!("writing {}", bootstrap.display()))?;
+    write_owner_only(&bootstrap, &yaml).with_context(|| format!("writing {}", bootstrap.display()))?;
     // Envoy runs one filter VM per worker; the count is passed explicitly so
     // that revgate knows how many filters to wait for.
     let workers = args.envoy_concurrency.unwrap_or_else(|| {
@@ -300,4 +309,16 @@ fn domain_config_map(domain: &str) -> ManifestFile {
             serde_json::Value::String(domain.to_owned())
         ),
     }
+}
+
+/// Writes `content` to `path`, readable by the owner only: the bootstrap
+/// carries the gateway token.
+fn write_owner_only(path: &Path, content: &str) -> std::io::Result<()> {
+    std::fs::write(path, content)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(())
 }

@@ -25,6 +25,30 @@ pub mod knobs {
     pub const RELEASE_GATE: &str = "release_gate";
     pub const PROBE_PATH: &str = "probe_path";
     pub const PROBE_TIMEOUT_MS: &str = "probe_timeout_ms";
+    pub const TOKEN: &str = "token";
+}
+
+/// The gateway token the filter presents to the activation service, kept
+/// as the `authorization` header value it sends. Its `Debug` never shows
+/// it, so that no log line can carry it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ControlToken(String);
+
+impl ControlToken {
+    pub fn new(token: &str) -> Self {
+        Self(format!("Bearer {token}"))
+    }
+
+    /// The value of the `authorization` header.
+    pub fn header_value(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for ControlToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ControlToken(<redacted>)")
+    }
 }
 
 /// What must be true before a held request for a ready revision is
@@ -99,6 +123,10 @@ pub struct FilterConfig {
     /// cannot tell a slow answer from a connection still pending, so the
     /// app must answer `probe_path` within this.
     pub probe_timeout_ms: u64,
+    /// The gateway token, sent as `authorization: Bearer <token>` on every
+    /// call to the control plane; required by an activation service bound
+    /// beyond loopback. None: no header.
+    pub control_token: Option<ControlToken>,
 }
 
 impl Default for FilterConfig {
@@ -115,6 +143,7 @@ impl Default for FilterConfig {
             release_gate: ReleaseGate::ControlPlane,
             probe_path: "/".to_owned(),
             probe_timeout_ms: 1_000,
+            control_token: None,
         }
     }
 }
@@ -153,6 +182,7 @@ const KNOWN: &[&str] = &[
     knobs::RELEASE_GATE,
     knobs::PROBE_PATH,
     knobs::PROBE_TIMEOUT_MS,
+    knobs::TOKEN,
 ];
 
 /// Parses the plugin configuration. Never fails: returns the configuration
@@ -223,6 +253,14 @@ pub fn parse(raw: &[u8]) -> (FilterConfig, Vec<ConfigError>) {
     if let Some(v) = knob.whole(knobs::PROBE_TIMEOUT_MS, 10, 60_000) {
         config.probe_timeout_ms = v;
     }
+    // The error for a bad token never quotes it.
+    if let Some(v) = knob.string(knobs::TOKEN) {
+        if v.bytes().all(|b| b.is_ascii_graphic()) {
+            config.control_token = Some(ControlToken::new(&v));
+        } else {
+            knob.bad(knobs::TOKEN, "must hold only visible ASCII characters without spaces".into());
+        }
+    }
     (config, errors)
 }
 
@@ -286,6 +324,18 @@ mod tests {
     use proptest::prelude::*;
 
     #[test]
+    fn the_token_becomes_the_authorization_header_and_is_never_shown() {
+        let (config, errors) = parse(br#"{"token": "gw-token-0123456789"}"#);
+        assert_eq!(errors, vec![]);
+        let token = config.control_token.as_ref().unwrap();
+        assert_eq!(token.header_value(), "Bearer gw-token-0123456789");
+        assert!(!format!("{config:?}").contains("gw-token-0123456789"));
+        let (config, errors) = parse(br#"{"token": "has space 0123456789"}"#);
+        assert_eq!(config.control_token, None);
+        assert!(!errors[0].to_string().contains("has space"), "{}", errors[0]);
+    }
+
+    #[test]
     fn empty_config_means_defaults() {
         assert_eq!(parse(b""), (FilterConfig::default(), vec![]));
         assert_eq!(parse(b"  \n"), (FilterConfig::default(), vec![]));
@@ -305,7 +355,8 @@ mod tests {
             "startup_hold_ms": 500,
             "release_gate": "probe",
             "probe_path": "/healthz?probe=1",
-            "probe_timeout_ms": 250
+            "probe_timeout_ms": 250,
+            "token": "gw-token-0123456789"
         }"#;
         let (config, errors) = parse(raw);
         assert_eq!(errors, vec![]);
@@ -323,6 +374,7 @@ mod tests {
                 release_gate: ReleaseGate::Probe,
                 probe_path: "/healthz?probe=1".into(),
                 probe_timeout_ms: 250,
+                control_token: Some(ControlToken::new("gw-token-0123456789")),
             }
         );
         assert_eq!(config.readiness_stale_after_ms(), 80_000);

@@ -30,14 +30,18 @@ pub struct Call {
 }
 
 impl Call {
-    /// Pseudo-headers Envoy requires on a dispatched call, plus the content
-    /// type of the contract.
-    pub fn headers<'a>(&'a self, authority: &'a str) -> Vec<(&'a str, &'a str)> {
+    /// Pseudo-headers Envoy requires on a dispatched call, the content type
+    /// of the contract, and the gateway token when the configuration has one.
+    pub fn headers<'a>(&'a self, config: &'a FilterConfig) -> Vec<(&'a str, &'a str)> {
+        let authority = config.control_authority.as_str();
         let mut headers = vec![(":method", self.method), (":path", self.path.as_str()), (":authority", authority)];
         if self.body.is_some() {
             headers.push(("content-type", paths::CONTENT_TYPE));
         }
         headers.push(("accept", paths::CONTENT_TYPE));
+        if let Some(token) = &config.control_token {
+            headers.push(("authorization", token.header_value()));
+        }
         headers
     }
 
@@ -218,7 +222,7 @@ mod tests {
         );
         assert_eq!(poll.timeout_ms, 30_000);
         assert_eq!(
-            poll.headers("revgate-control"),
+            poll.headers(&config),
             vec![
                 (":method", "GET"),
                 (":path", "/activation/v1/readiness?after=7&node=gw-1&reporter=gw-1%2F1%2F1"),
@@ -226,6 +230,11 @@ mod tests {
                 ("accept", "application/x-protobuf"),
             ]
         );
+        let with_token = FilterConfig {
+            control_token: Some(crate::config::ControlToken::new("s3cret-token")),
+            ..FilterConfig::default()
+        };
+        assert!(poll.headers(&with_token).contains(&("authorization", "Bearer s3cret-token")));
 
         let probing = FilterConfig { release_gate: ReleaseGate::Probe, ..FilterConfig::default() };
         assert_eq!(
@@ -238,7 +247,7 @@ mod tests {
         let activate = Call::activate(&request);
         assert_eq!((activate.method, activate.path.as_str()), ("POST", "/activation/v1/activate"));
         assert_eq!(ActivationRequest::decode(activate.body.as_deref().unwrap()).unwrap(), request);
-        assert!(activate.headers("a").contains(&("content-type", "application/x-protobuf")));
+        assert!(activate.headers(&config).contains(&("content-type", "application/x-protobuf")));
 
         let report = Call::report(&config, &MetricsReport::default());
         assert_eq!((report.method, report.path.as_str(), report.timeout_ms), ("POST", "/activation/v1/report", 1000));

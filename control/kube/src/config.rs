@@ -29,6 +29,34 @@ pub struct ControllerConfig {
     pub render: RenderOptions,
     /// How often each namespace is reconciled without a change.
     pub resync: Duration,
+    /// The token the gateway filters present to the activation API, added
+    /// to the WasmPlugin's pluginConfig when the leader installs it.
+    pub gateway_token: Option<PluginToken>,
+}
+
+/// The filter's knob carrying the gateway token (`wasm-filter`'s config).
+pub const TOKEN_KNOB: &str = "token";
+
+/// The gateway token as the WasmPlugin carries it. Its `Debug` never shows
+/// it: the configuration is logged.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PluginToken(String);
+
+impl PluginToken {
+    pub fn new(token: impl Into<String>) -> Self {
+        Self(token.into())
+    }
+
+    /// Sets the filter's `token` knob in `plugin`.
+    pub fn add_to(&self, plugin: &mut revgate_istio::WasmPlugin) {
+        plugin.spec.plugin_config.insert(TOKEN_KNOB.to_owned(), serde_json::Value::String(self.0.clone()));
+    }
+}
+
+impl std::fmt::Debug for PluginToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PluginToken(<redacted>)")
+    }
 }
 
 impl ControllerConfig {
@@ -41,6 +69,7 @@ impl ControllerConfig {
             lease: LeaseSettings::new(DEFAULT_LEASE_NAMESPACE, DEFAULT_LEASE_NAME, identity),
             render: RenderOptions::default(),
             resync: DEFAULT_RESYNC,
+            gateway_token: None,
         }
     }
 

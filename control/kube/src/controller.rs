@@ -458,7 +458,11 @@ fn requests(
 /// retrying until it succeeds (or leadership ends and the task is aborted).
 async fn install_wasm_plugin(client: Client, config: ControllerConfig) {
     let options = &config.render;
-    let Ok(body) = serde_json::to_value(revgate_istio::wasm_plugin(options)) else { return };
+    let mut plugin = revgate_istio::wasm_plugin(options);
+    if let Some(token) = &config.gateway_token {
+        token.add_to(&mut plugin);
+    }
+    let Ok(body) = serde_json::to_value(plugin) else { return };
     let api: Api<DynamicObject> =
         Api::namespaced_with(client, &options.gateway_namespace, &Kind::WasmPlugin.api_resource());
     let params = PatchParams::apply(FIELD_MANAGER).force();

@@ -7,7 +7,9 @@
 //! - [`snapshot`]: pure, immutable, content-versioned resource sets and their
 //!   consistency check (*what* to send).
 //! - [`server`]: the ADS gRPC service, SotW and delta, over a
-//!   [`server::SnapshotCache`] (*how* to send), with ACK/NACK status.
+//!   [`server::SnapshotCache`] (*how* to send), with ACK/NACK status, the
+//!   grace after which a disconnected node stops counting, and gateway
+//!   authentication ([`server::auth`]).
 //! - [`render`]: Envoy bootstrap YAML (static, or ADS) from the same protos.
 //! - `descriptors`: envoy-types' descriptor set, copied in by `build.rs`,
 //!   for proto3 JSON and canonical hashing.
@@ -25,6 +27,6 @@ pub mod translate;
 
 pub use descriptors::DescriptorError;
 pub use filter::FilterSettings;
-pub use server::{AckEvent, AckedResource, Api, GatewayStatus, SnapshotCache, XdsServer};
+pub use server::{AckEvent, AckedResource, Api, GatewayAuth, GatewayStatus, GatewayToken, SnapshotCache, XdsServer};
 pub use snapshot::{ResourceType, Snapshot, SnapshotError};
 pub use translate::{Resources, XdsSettings, translate};

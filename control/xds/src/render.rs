@@ -9,7 +9,8 @@
 //!   the translated listeners with their route configuration inlined, and
 //!   the clusters with their endpoints inlined as STATIC load assignments.
 //! - [`ads_bootstrap_yaml`]: a config that fetches everything from revgate's
-//!   ADS server.
+//!   ADS server, presenting the gateway token and, optionally, a client
+//!   certificate (mutual TLS).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -17,20 +18,26 @@ use std::time::Duration;
 use envoy_types::pb::envoy::config::bootstrap::v3::{Admin, Bootstrap, bootstrap};
 use envoy_types::pb::envoy::config::cluster::v3::{Cluster, cluster};
 use envoy_types::pb::envoy::config::core::v3::{
-    ApiConfigSource, ApiVersion, GrpcService, Node, api_config_source, grpc_service,
+    ApiConfigSource, ApiVersion, DataSource, GrpcService, HeaderValue, Node, TransportSocket, api_config_source,
+    data_source, grpc_service, transport_socket,
 };
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::config::listener::v3::{Listener, filter};
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     HttpConnectionManager, http_connection_manager,
 };
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+    CertificateValidationContext, CommonTlsContext, SubjectAltNameMatcher, TlsCertificate, UpstreamTlsContext,
+    common_tls_context, subject_alt_name_matcher,
+};
+use envoy_types::pb::envoy::r#type::matcher::v3::{StringMatcher, string_matcher};
 use prost::{Message, Name};
 use prost_reflect::SerializeOptions;
 use revgate_model::plan::{Endpoint, ObjectKey};
 
 use crate::descriptors::{self, DescriptorError};
 use crate::names;
-use crate::server::Api;
+use crate::server::{Api, GatewayToken, auth};
 use crate::translate::{
     HTTP_PROTOCOL_OPTIONS, Resources, ads_config_source, http2_protocol_options, pb_duration, socket_address, to_any,
 };
@@ -81,7 +88,31 @@ pub struct AdsBootstrapOptions {
     pub api: Api,
     /// Envoy's admin interface listens on `127.0.0.1:admin_port`.
     pub admin_port: u16,
+    /// The gateway token, presented on the ADS stream as
+    /// `authorization: Bearer <token>` (the `grpc_service`'s
+    /// `initial_metadata`); required by a server bound beyond loopback.
+    pub token: Option<GatewayToken>,
+    /// Mutual TLS to the ADS server; plaintext when absent.
+    pub tls: Option<AdsTls>,
 }
+
+/// Mutual TLS between Envoy and the ADS server: PEM files on the gateway's
+/// file system (Envoy reads them; nothing is inlined into the bootstrap).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdsTls {
+    /// The CA that signed the xDS server's certificate.
+    pub ca: String,
+    /// Envoy's client certificate chain, signed by the CA the server trusts.
+    pub cert: String,
+    /// The key of `cert`.
+    pub key: String,
+    /// The DNS name the server's certificate must carry, also sent as SNI;
+    /// when absent, the certificate must carry the xDS address' IP.
+    pub server_name: Option<String>,
+}
+
+/// Envoy's TLS transport socket.
+const TLS_TRANSPORT_SOCKET: &str = "envoy.transport_sockets.tls";
 
 /// A bootstrap whose `static_resources` are exactly `resources`, with routes
 /// and endpoints inlined.
@@ -113,6 +144,15 @@ pub fn ads_bootstrap_yaml(opts: &AdsBootstrapOptions) -> Result<String, RenderEr
                 cluster_name: names::XDS_CLUSTER.to_owned(),
                 ..Default::default()
             })),
+            initial_metadata: opts
+                .token
+                .iter()
+                .map(|token| HeaderValue {
+                    key: auth::AUTHORIZATION.to_owned(),
+                    value: token.bearer(),
+                    ..Default::default()
+                })
+                .collect(),
             ..Default::default()
         }],
         set_node_on_first_message_only: true,
@@ -130,6 +170,7 @@ pub fn ads_bootstrap_yaml(opts: &AdsBootstrapOptions) -> Result<String, RenderEr
         typed_extension_protocol_options: [(HTTP_PROTOCOL_OPTIONS.to_owned(), to_any(&http2_protocol_options()))]
             .into_iter()
             .collect(),
+        transport_socket: opts.tls.as_ref().map(|tls| xds_tls_socket(tls, opts.xds_address)),
         ..Default::default()
     };
 
@@ -146,6 +187,48 @@ pub fn ads_bootstrap_yaml(opts: &AdsBootstrapOptions) -> Result<String, RenderEr
         ..Default::default()
     };
     to_yaml(&bootstrap)
+}
+
+/// The xDS cluster's TLS: Envoy's certificate, and the server's verified
+/// against the CA and the expected name (Envoy checks no name unless told).
+fn xds_tls_socket(tls: &AdsTls, xds_address: SocketAddr) -> TransportSocket {
+    let file = |path: &str| DataSource {
+        specifier: Some(data_source::Specifier::Filename(path.to_owned())),
+        ..Default::default()
+    };
+    let (san_type, name) = match &tls.server_name {
+        Some(name) => (subject_alt_name_matcher::SanType::Dns, name.clone()),
+        None => (subject_alt_name_matcher::SanType::IpAddress, xds_address.ip().to_string()),
+    };
+    let validation = CertificateValidationContext {
+        trusted_ca: Some(file(&tls.ca)),
+        match_typed_subject_alt_names: vec![SubjectAltNameMatcher {
+            san_type: san_type as i32,
+            matcher: Some(StringMatcher {
+                match_pattern: Some(string_matcher::MatchPattern::Exact(name)),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let context = UpstreamTlsContext {
+        common_tls_context: Some(CommonTlsContext {
+            tls_certificates: vec![TlsCertificate {
+                certificate_chain: Some(file(&tls.cert)),
+                private_key: Some(file(&tls.key)),
+                ..Default::default()
+            }],
+            validation_context_type: Some(common_tls_context::ValidationContextType::ValidationContext(validation)),
+            ..Default::default()
+        }),
+        sni: tls.server_name.clone().unwrap_or_default(),
+        ..Default::default()
+    };
+    TransportSocket {
+        name: TLS_TRANSPORT_SOCKET.to_owned(),
+        config_type: Some(transport_socket::ConfigType::TypedConfig(to_any(&context))),
+    }
 }
 
 fn node(id: &str, cluster: &str) -> Node {

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU16, Ordering};
 use common::*;
 use revgate_model::plan::{Endpoint, EndpointMap};
 use revgate_xds::render::{AdsBootstrapOptions, BootstrapOptions, ads_bootstrap_yaml, static_bootstrap_yaml};
-use revgate_xds::{Api, SnapshotCache, XdsSettings, translate};
+use revgate_xds::{Api, GatewayAuth, GatewayToken, SnapshotCache, XdsSettings, translate};
 use tokio::time::timeout;
 
 fn envoy() -> PathBuf {
@@ -76,6 +76,8 @@ fn ads_bootstraps_validate() {
             xds_address: "127.0.0.1:18000".parse().unwrap(),
             api,
             admin_port: 9901,
+            token: Some(GatewayToken::new(TOKEN).unwrap()),
+            tls: None,
         })
         .unwrap();
         let api_type = match api {
@@ -83,11 +85,14 @@ fn ads_bootstraps_validate() {
             Api::Delta => "api_type: DELTA_GRPC",
         };
         assert!(yaml.contains(api_type), "{yaml}");
+        assert!(yaml.contains("initial_metadata"), "the token is presented on the ADS stream:\n{yaml}");
         validate(&yaml);
     }
 }
 
-/// Envoy connects to the in-process server and ACKs every type, over both APIs.
+/// Envoy connects to the in-process server, which requires the gateway
+/// token, presents it from the rendered bootstrap and ACKs every type, over
+/// both APIs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn envoy_acks_every_type() {
     for api in [Api::Sotw, Api::Delta] {
@@ -96,7 +101,8 @@ async fn envoy_acks_every_type() {
         let snapshot = revgate_xds::Snapshot::new(&translate(&plan(), &endpoints(), &settings));
         snapshot.consistency_check().unwrap();
         cache.set_snapshot(std::sync::Arc::new(snapshot));
-        let (server, addr) = start(cache).await;
+        let token = GatewayToken::new(TOKEN).unwrap();
+        let (server, addr) = start_with(cache, GatewayAuth::require(token.clone())).await;
 
         let yaml = ads_bootstrap_yaml(&AdsBootstrapOptions {
             node_id: "gw-envoy".into(),
@@ -104,6 +110,8 @@ async fn envoy_acks_every_type() {
             xds_address: addr,
             api,
             admin_port: 0,
+            token: Some(token),
+            tls: None,
         })
         .unwrap();
         let dir = tempfile::tempdir().unwrap();

@@ -8,7 +8,7 @@ use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 use envoy_types::pb::google::rpc;
 use prost::Message;
-use revgate_xds::{Api, SnapshotCache};
+use revgate_xds::{Api, GatewayAuth, GatewayToken, SnapshotCache, XdsServer};
 use tokio::sync::mpsc;
 use tokio::time::timeout;
 use tokio_stream::wrappers::ReceiverStream;
@@ -21,10 +21,18 @@ struct Sotw {
 
 impl Sotw {
     async fn open(addr: std::net::SocketAddr) -> Sotw {
+        Sotw::open_with(addr, None).await.unwrap()
+    }
+
+    /// A stream presenting `authorization` as metadata, or the server's refusal.
+    async fn open_with(addr: std::net::SocketAddr, authorization: Option<&str>) -> Result<Sotw, tonic::Status> {
         let (requests, rx) = mpsc::channel(16);
-        let responses =
-            client(addr).await.stream_aggregated_resources(ReceiverStream::new(rx)).await.unwrap().into_inner();
-        Sotw { requests, responses }
+        let mut request = tonic::Request::new(ReceiverStream::new(rx));
+        if let Some(value) = authorization {
+            request.metadata_mut().insert("authorization", value.parse().unwrap());
+        }
+        let responses = client(addr).await.stream_aggregated_resources(request).await?.into_inner();
+        Ok(Sotw { requests, responses })
     }
 
     async fn send(&self, request: DiscoveryRequest) {
@@ -248,4 +256,47 @@ async fn a_stream_waits_for_the_first_snapshot() {
     ads.assert_quiet().await;
     cache.set_snapshot(snapshot(&plan(), &endpoints()));
     assert_eq!(cluster_names(&ads.recv().await), [CLUSTER_1, CLUSTER_2]);
+}
+
+/// A client that subscribes, rejects everything and hangs up is shown as
+/// disconnected, then forgotten once the grace passes (a node that comes
+/// back within the grace is kept: see the recorder's unit tests).
+#[tokio::test]
+async fn a_node_that_leaves_is_forgotten_after_the_grace() {
+    let grace = std::time::Duration::from_millis(400);
+    let cache = SnapshotCache::new();
+    cache.set_snapshot(snapshot(&plan(), &endpoints()));
+    let (server, addr) = serve(XdsServer::with_disconnect_grace(cache, grace), GatewayAuth::open()).await;
+
+    let mut ads = Sotw::open(addr).await;
+    ads.subscribe(CDS, &[]).await;
+    let clusters = ads.recv().await;
+    ads.nack(&clusters, "", &[], "stray rejection").await;
+    status_until(&server, |s| s.nodes.get("gw-1").is_some_and(|n| n.types["CDS"].nack.is_some())).await;
+    drop(ads);
+    let gone = status_until(&server, |s| s.nodes.get("gw-1").is_some_and(|n| !n.connected)).await;
+    assert!(gone.nodes["gw-1"].disconnected_at.is_some(), "{gone:#?}");
+    status_until(&server, |s| !s.nodes.contains_key("gw-1")).await;
+}
+
+/// Behind a token, streams without it or with another one are refused with
+/// `UNAUTHENTICATED` and a message naming what is missing; with it, served.
+#[tokio::test]
+async fn only_streams_presenting_the_gateway_token_are_served() {
+    let token = GatewayToken::new(TOKEN).unwrap();
+    let cache = SnapshotCache::new();
+    cache.set_snapshot(snapshot(&plan(), &endpoints()));
+    let (server, addr) = start_with(cache, GatewayAuth::require(token.clone())).await;
+
+    let refused = Sotw::open_with(addr, None).await.err().expect("refused without a token");
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+    assert!(refused.message().contains("authorization: Bearer"), "{}", refused.message());
+    let refused = Sotw::open_with(addr, Some("Bearer not-the-gateway-token")).await.err().expect("refused");
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+    assert!(refused.message().contains("does not match"), "{}", refused.message());
+    assert!(server.status().borrow().nodes.is_empty(), "a refused client never shows as a gateway");
+
+    let mut ads = Sotw::open_with(addr, Some(&token.bearer())).await.unwrap();
+    ads.subscribe(CDS, &[]).await;
+    assert_eq!(cluster_names(&ads.recv().await).len(), 2);
 }

@@ -15,6 +15,7 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::types::{BufferType, MapType, Status};
 
 use crate::breaker::{SharedStore, StoreError};
+use crate::config::FilterConfig;
 use crate::control::Call;
 use crate::gate::Effect;
 use crate::probe::{PROBE_BODY_PREFIX, PROBE_HEADER, PROBE_USER_AGENT};
@@ -88,10 +89,10 @@ impl SharedStore for HostStore {
 }
 
 /// Dispatches a call to the control plane; returns its token.
-pub fn dispatch(cluster: &str, authority: &str, call: &Call) -> Result<u32, Status> {
+pub fn dispatch(config: &FilterConfig, call: &Call) -> Result<u32, Status> {
     hostcalls::dispatch_http_call(
-        cluster,
-        call.headers(authority),
+        &config.control_cluster,
+        call.headers(config),
         call.body.as_deref(),
         vec![],
         Duration::from_millis(call.timeout_ms),

@@ -184,7 +184,7 @@ pub fn send_activation(shared: &Shared, activation: Activation, current: u32) {
     };
     let call = Call::activate(&request);
     let as_root = root_id == current || hostcalls::set_effective_context(root_id).is_ok();
-    let sent = host::dispatch(&config.control_cluster, &config.control_authority, &call);
+    let sent = host::dispatch(&config, &call);
     if as_root
         && root_id != current
         && let Err(status) = hostcalls::set_effective_context(current)

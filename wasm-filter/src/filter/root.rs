@@ -81,7 +81,7 @@ impl Root {
             return;
         };
         let call = Call::readiness(&config, self.poller.after(), &node_id, &reporter);
-        match host::dispatch(&config.control_cluster, &config.control_authority, &call) {
+        match host::dispatch(&config, &call) {
             Ok(token) => self.poller.dispatched(token),
             Err(status) => {
                 if self.poller.failures() == 0 {
@@ -107,7 +107,7 @@ impl Root {
         });
         let Some(Some((config, report))) = report else { return };
         let call = Call::report(&config, &report);
-        if let Err(status) = host::dispatch(&config.control_cluster, &config.control_authority, &call) {
+        if let Err(status) = host::dispatch(&config, &call) {
             log::debug!("revgate: metrics report not sent: dispatch failed ({status:?})");
         }
     }

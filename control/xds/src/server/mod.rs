@@ -5,14 +5,18 @@
 //! Each stream runs in its own task, reads its node's snapshot from the
 //! [`SnapshotCache`] and compares versions; it never builds content.
 //! Protocol events go to one `status` recorder, which publishes a
-//! [`GatewayStatus`] and broadcasts [`AckEvent`]s.
+//! [`GatewayStatus`] and broadcasts [`AckEvent`]s; a node whose streams are
+//! gone is forgotten after [`DISCONNECT_GRACE`]. Off loopback, [`auth`]'s
+//! interceptor admits only gateways that present the token.
 
+pub mod auth;
 mod cache;
 mod delta;
 mod sotw;
 mod status;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
@@ -25,9 +29,11 @@ use tokio::sync::{broadcast, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+pub use auth::{GatewayAuth, GatewayToken};
 pub use cache::SnapshotCache;
 use status::StatusRecorder;
-pub use status::{AckEvent, AckedResource, Api, GatewayStatus, Nack, NodeStatus, TypeStatus};
+pub use status::{AckEvent, AckedResource, Api, DISCONNECT_GRACE, GatewayStatus, Nack, NodeStatus, TypeStatus};
+use tonic::service::interceptor::InterceptedService;
 
 /// Responses buffered per stream before a slow client applies backpressure.
 const RESPONSE_BUFFER: usize = 16;
@@ -42,7 +48,13 @@ pub struct XdsServer {
 
 impl XdsServer {
     pub fn new(cache: SnapshotCache) -> XdsServer {
-        XdsServer { cache, recorder: Arc::new(StatusRecorder::new()) }
+        Self::with_disconnect_grace(cache, DISCONNECT_GRACE)
+    }
+
+    /// A server that forgets a disconnected node after `grace` rather than
+    /// [`DISCONNECT_GRACE`] (tests that watch a node go).
+    pub fn with_disconnect_grace(cache: SnapshotCache, grace: Duration) -> XdsServer {
+        XdsServer { cache, recorder: Arc::new(StatusRecorder::new(grace)) }
     }
 
     /// Per node and type: what was sent, accepted and rejected.
@@ -63,6 +75,15 @@ impl XdsServer {
     /// The tonic service to add to a `tonic::transport::Server`.
     pub fn into_service(self) -> AggregatedDiscoveryServiceServer<XdsServer> {
         AggregatedDiscoveryServiceServer::new(self)
+    }
+
+    /// The tonic service behind `auth`: streams that do not present the
+    /// token it requires end with `UNAUTHENTICATED` before they start.
+    pub fn into_authenticated_service(
+        self,
+        auth: GatewayAuth,
+    ) -> InterceptedService<AggregatedDiscoveryServiceServer<XdsServer>, GatewayAuth> {
+        AggregatedDiscoveryServiceServer::with_interceptor(self, auth)
     }
 }
 

@@ -9,7 +9,7 @@ use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service
 use revgate_model::plan::{
     Endpoint, EndpointMap, GatewayPlan, ObjectKey, RevisionBackend, RoutePlan, Split, TagPlan, UpstreamProtocol,
 };
-use revgate_xds::{Snapshot, SnapshotCache, XdsServer, XdsSettings, translate};
+use revgate_xds::{GatewayAuth, Snapshot, SnapshotCache, XdsServer, XdsSettings, translate};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Channel;
@@ -81,12 +81,24 @@ pub fn node(id: &str) -> Option<Node> {
     Some(Node { id: id.into(), cluster: "test".into(), ..Default::default() })
 }
 
+/// A gateway token for tests.
+pub const TOKEN: &str = "test-gateway-token-0123456789";
+
 /// An ADS server on `127.0.0.1:0`, running until the test ends.
 pub async fn start(cache: SnapshotCache) -> (XdsServer, SocketAddr) {
-    let server = XdsServer::new(cache);
+    start_with(cache, GatewayAuth::open()).await
+}
+
+/// An ADS server on `127.0.0.1:0` behind `auth`, running until the test ends.
+pub async fn start_with(cache: SnapshotCache, auth: GatewayAuth) -> (XdsServer, SocketAddr) {
+    serve(XdsServer::new(cache), auth).await
+}
+
+/// `server` on `127.0.0.1:0` behind `auth`, running until the test ends.
+pub async fn serve(server: XdsServer, auth: GatewayAuth) -> (XdsServer, SocketAddr) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let service = server.clone().into_service();
+    let service = server.clone().into_authenticated_service(auth);
     tokio::spawn(async move {
         tonic::transport::Server::builder()
             .add_service(service)
