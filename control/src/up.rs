@@ -154,6 +154,9 @@ async fn serve(
         }
         Err(e) => return Err(e).context("applying the manifests"),
     };
+    for warning in &applied.warnings {
+        eprintln!("Warning: {warning}");
+    }
     for change in &applied.changes {
         step(format_args!("applied: {change}"));
     }
