@@ -25,8 +25,9 @@ use revgate_model::{
 };
 use revgate_runtime::RevisionState;
 use revgate_xds::server::{GatewayStatus, SnapshotCache};
-use revgate_xds::snapshot::{ResourceType, Snapshot};
-use revgate_xds::translate::{XdsSettings, translate};
+use revgate_xds::snapshot::ResourceType;
+use revgate_xds::translate::XdsSettings;
+use revgate_xds::Translator;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -60,7 +61,7 @@ pub enum ControlError {
 pub struct Published {
     /// Increments with every snapshot.
     pub generation: u64,
-    /// Version per xDS type (`CDS`, `EDS`, `LDS`, `RDS`).
+    /// Version per xDS type (`CDS`, `EDS`, `LDS`, `SRDS`, `RDS`).
     pub versions: BTreeMap<String, String>,
 }
 
@@ -258,7 +259,8 @@ pub struct ControlPlane {
     /// applies only if it is still the latest.
     endpoint_generations: BTreeMap<ObjectKey, u64>,
     cache: SnapshotCache,
-    settings: XdsSettings,
+    /// Turns the plan into the next snapshot, translating only what changed.
+    translator: Translator,
     fault: Option<Fault>,
     commands: mpsc::Receiver<Command>,
     /// For commits sent back by drain tasks; weak so that the loop still ends
@@ -297,7 +299,7 @@ impl ControlPlane {
             draining: BTreeSet::new(),
             endpoint_generations: BTreeMap::new(),
             cache,
-            settings,
+            translator: Translator::new(settings),
             fault: None,
             commands,
             commands_back: commands_tx.downgrade(),
@@ -500,11 +502,14 @@ impl ControlPlane {
         self.endpoints.retain(|revision, _| revisions.contains_key(revision));
         self.draining.retain(|revision| revisions.contains_key(revision));
         self.endpoint_generations.retain(|revision, _| revisions.contains_key(revision));
-        let mut resources = translate(&plan, &self.endpoints, &self.settings);
-        if let Some(fault) = self.fault {
-            fault.inject(&mut resources);
-        }
-        let snapshot = Snapshot::new(&resources);
+        self.translator.set_route_fault(self.fault.map(Fault::virtual_host));
+        let snapshot = match self.translator.update(&plan, &self.endpoints) {
+            Ok(snapshot) => snapshot,
+            Err(e) => {
+                tracing::error!(error = %e, "not publishing a snapshot that cannot be built");
+                return self.published_tx.borrow().clone();
+            }
+        };
         if let Err(e) = snapshot.consistency_check() {
             // The translation guarantees consistency; an inconsistent snapshot
             // is a bug, and sending it would make Envoy wait forever.
@@ -518,7 +523,7 @@ impl ControlPlane {
                 .map(|kind| (kind.short_name().to_owned(), snapshot.version(*kind).to_owned()))
                 .collect(),
         };
-        self.cache.set_snapshot(Arc::new(snapshot));
+        self.cache.set_snapshot(snapshot);
         self.publish_desired(&plan);
         replace_if_changed(&self.plan_tx, plan);
         tracing::info!(generation = published.generation, versions = ?published.versions, "published xDS snapshot");

@@ -5,7 +5,6 @@
 //! hooks enabled.
 
 use envoy_types::pb::envoy::config::route::v3::VirtualHost;
-use revgate_xds::translate::Resources;
 use serde::{Deserialize, Serialize};
 
 /// A way to make a gateway reject the next configuration.
@@ -18,17 +17,15 @@ pub enum Fault {
 }
 
 impl Fault {
-    pub fn inject(self, resources: &mut Resources) {
+    /// The virtual host appended to every route configuration while the
+    /// fault is armed.
+    pub fn virtual_host(self) -> VirtualHost {
         match self {
-            Fault::DuplicateDomain => {
-                if let Some(routes) = resources.routes.first_mut() {
-                    routes.virtual_hosts.push(VirtualHost {
-                        name: "revgate-fault".to_owned(),
-                        domains: vec!["fault.invalid".to_owned(), "fault.invalid".to_owned()],
-                        ..Default::default()
-                    });
-                }
-            }
+            Fault::DuplicateDomain => VirtualHost {
+                name: "revgate-fault".to_owned(),
+                domains: vec!["fault.invalid".to_owned(), "fault.invalid".to_owned()],
+                ..Default::default()
+            },
         }
     }
 }

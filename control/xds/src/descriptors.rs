@@ -1,8 +1,7 @@
 //! envoy-types' protobuf descriptors, decoded once.
 //!
 //! `build.rs` copies the descriptor set envoy-types ships into `OUT_DIR`.
-//! Rendering proto3 JSON (and resolving the `Any`s inside) and hashing
-//! resources canonically both need it.
+//! Rendering proto3 JSON (and resolving the `Any`s inside) needs it.
 
 use std::sync::OnceLock;
 

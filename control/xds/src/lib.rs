@@ -3,9 +3,13 @@
 //! # Layout
 //!
 //! - [`names`]: every Envoy resource name revgate derives, with parsers.
-//! - [`translate`](mod@translate): pure `GatewayPlan` + endpoints → Envoy v3 resources.
-//! - [`snapshot`]: pure, immutable, content-versioned resource sets and their
-//!   consistency check (*what* to send).
+//! - [`translate`](mod@translate): pure `GatewayPlan` + endpoints → Envoy v3
+//!   resources, one builder per input object.
+//! - [`incremental`]: a [`Translator`] that keeps each object's last input
+//!   and translates only what changed into the next snapshot.
+//! - [`snapshot`]: pure, immutable resource sets versioned per resource by
+//!   their encoded bytes (`encode` makes them deterministic), shared per type
+//!   between snapshots, and their consistency check (*what* to send).
 //! - [`server`]: the ADS gRPC service, SotW and delta, over a
 //!   [`server::SnapshotCache`] (*how* to send), with ACK/NACK status, the
 //!   grace after which a disconnected node stops counting, and gateway
@@ -14,11 +18,13 @@
 //! - `descriptors`: envoy-types' descriptor set, copied in by `build.rs`,
 //!   for proto3 JSON and canonical hashing.
 //!
-//! Data flows one way: `translate` → `Snapshot::new` → `SnapshotCache::set_snapshot`
-//! → one task per ADS stream compares versions and sends.
+//! Data flows one way: `Translator::update` → `SnapshotCache::set_snapshot`
+//! → one task per ADS stream compares versions and sends what changed.
 
 mod descriptors;
+mod encode;
 pub mod filter;
+pub mod incremental;
 pub mod names;
 pub mod render;
 pub mod server;
@@ -28,5 +34,6 @@ pub mod translate;
 pub use descriptors::DescriptorError;
 pub use filter::FilterSettings;
 pub use server::{AckEvent, AckedResource, Api, GatewayAuth, GatewayStatus, GatewayToken, SnapshotCache, XdsServer};
+pub use incremental::Translator;
 pub use snapshot::{ResourceType, Snapshot, SnapshotError};
 pub use translate::{Resources, XdsSettings, translate};

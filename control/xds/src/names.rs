@@ -11,8 +11,13 @@ use revgate_model::plan::ObjectKey;
 /// The single HTTP listener.
 pub const LISTENER: &str = "revgate-http";
 
-/// The route configuration the listener loads over RDS.
+/// The listener's scoped routes (one scope per host, each selecting its
+/// Route's route configuration); also the one route configuration of a
+/// rendered static bootstrap, which holds every virtual host.
 pub const ROUTE_CONFIGURATION: &str = "revgate-routes";
+
+/// The request header whose host (before any `:port`) selects a scope.
+pub const SCOPE_KEY_HEADER: &str = ":authority";
 
 /// `stat_prefix` of the HTTP connection manager (Envoy stats `http.revgate_http.*`).
 pub const HTTP_STAT_PREFIX: &str = "revgate_http";
@@ -37,6 +42,7 @@ pub const NAMESPACE_HEADER: &str = "Knative-Serving-Namespace";
 const REVISION_CLUSTER_PREFIX: &str = "rev";
 const ROUTE_VHOST_PREFIX: &str = "route";
 const TAG_VHOST_PREFIX: &str = "tag";
+const SCOPE_PREFIX: &str = "host";
 const SEPARATOR: char = '|';
 
 /// The EDS cluster of one revision: `rev|<namespace>|<revision>`.
@@ -65,6 +71,17 @@ pub fn route_virtual_host(route: &ObjectKey) -> String {
 /// The virtual host of one tag of a Route: `tag|<namespace>|<route>|<tag>`.
 pub fn tag_virtual_host(route: &ObjectKey, tag: &str) -> String {
     format!("{TAG_VHOST_PREFIX}{SEPARATOR}{}{SEPARATOR}{}{SEPARATOR}{tag}", route.namespace, route.name)
+}
+
+/// The route configuration of one Route (its main host and its tag hosts),
+/// loaded over RDS: `route|<namespace>|<route>`, like its main virtual host.
+pub fn route_configuration(route: &ObjectKey) -> String {
+    route_virtual_host(route)
+}
+
+/// The route scope of one host: `host|<host>`.
+pub fn host_scope(host: &str) -> String {
+    format!("{SCOPE_PREFIX}{SEPARATOR}{host}")
 }
 
 /// What a virtual host name produced here refers to.

@@ -23,6 +23,7 @@ use envoy_types::pb::envoy::config::core::v3::{
 };
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::config::listener::v3::{Listener, filter};
+use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     HttpConnectionManager, http_connection_manager,
 };
@@ -239,7 +240,10 @@ fn admin(port: u16) -> Admin {
     Admin { address: Some(socket_address(ADMIN_ADDRESS, port)), ..Default::default() }
 }
 
-/// The listener with every RDS reference replaced by the route configuration itself.
+/// The listener with its routes inline: an RDS reference becomes that route
+/// configuration, and scoped routes become one route configuration holding
+/// every Route's virtual hosts (a static file has no scopes to load; hosts
+/// are unique, so the virtual hosts route exactly as the scopes do).
 fn inline_routes(listener: &Listener, resources: &Resources) -> Result<Listener, RenderError> {
     let mut listener = listener.clone();
     let hcm_url = HttpConnectionManager::type_url();
@@ -254,13 +258,21 @@ fn inline_routes(listener: &Listener, resources: &Resources) -> Result<Listener,
             }
             let mut hcm = HttpConnectionManager::decode(any.value.as_slice())
                 .map_err(|source| RenderError::Hcm { listener: name.clone(), source })?;
-            if let Some(http_connection_manager::RouteSpecifier::Rds(rds)) = &hcm.route_specifier {
-                let route = resources.routes.iter().find(|r| r.name == rds.route_config_name).ok_or_else(|| {
-                    RenderError::MissingRoute { listener: name.clone(), route: rds.route_config_name.clone() }
-                })?;
-                hcm.route_specifier = Some(http_connection_manager::RouteSpecifier::RouteConfig(route.clone()));
-                *any = to_any(&hcm);
-            }
+            let inline = match &hcm.route_specifier {
+                Some(http_connection_manager::RouteSpecifier::Rds(rds)) => {
+                    resources.routes.iter().find(|r| r.name == rds.route_config_name).cloned().ok_or_else(|| {
+                        RenderError::MissingRoute { listener: name.clone(), route: rds.route_config_name.clone() }
+                    })?
+                }
+                Some(http_connection_manager::RouteSpecifier::ScopedRoutes(scoped)) => RouteConfiguration {
+                    name: scoped.name.clone(),
+                    virtual_hosts: resources.routes.iter().flat_map(|r| r.virtual_hosts.iter().cloned()).collect(),
+                    ..Default::default()
+                },
+                _ => continue,
+            };
+            hcm.route_specifier = Some(http_connection_manager::RouteSpecifier::RouteConfig(inline));
+            *any = to_any(&hcm);
         }
     }
     Ok(listener)

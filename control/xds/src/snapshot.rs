@@ -1,51 +1,62 @@
 //! Immutable, versioned sets of Envoy resources: *what* the ADS server sends.
 //!
 //! A [`Snapshot`] holds, per resource type, every resource encoded as an
-//! `Any` together with a resource version (a hash of the resource's
-//! content) and a type version (a hash over all `(name, resource version)`
-//! pairs). Streams only compare these versions, so an unchanged resource
-//! keeps its version across snapshots and is never resent by delta xDS.
+//! `Any` together with a resource version and a type version. Streams only
+//! compare these versions, so an unchanged resource keeps its version across
+//! snapshots and is never resent by delta xDS, and a type whose resources
+//! did not change keeps its version and is not resent by SotW either.
 //!
-//! Hashing the encoded bytes directly would not do: protobuf map fields
-//! (`Struct` metadata, `typed_extension_protocol_options`) are `HashMap`s whose
-//! encoding order changes from one value to the next. Resources are hashed
-//! canonically instead: fields by number, map entries by key, and `Any`
-//! payloads through their own descriptors.
+//! - A resource's version is a hash of its encoded bytes; [`crate::encode`]
+//!   makes those bytes deterministic (protobuf maps in key order).
+//! - A type's version is the wrapping sum of one 64-bit digest per
+//!   `(name, resource version)`: order-free, so adding, changing or removing
+//!   one resource updates it in constant time, and a SotW stream serving a
+//!   subset of a type versions that subset with the same function
+//!   ([`version_of`]).
+//! - Types are shared (`Arc`) between successive snapshots: a change copies
+//!   only the types it touches, so an endpoint change leaves clusters,
+//!   listeners and routes the very same values ([`SnapshotBuilder`]).
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 
 use envoy_types::pb::envoy::config::cluster::v3::{Cluster, cluster};
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::config::listener::v3::{Listener, filter};
-use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+use envoy_types::pb::envoy::config::route::v3::{RouteConfiguration, ScopedRouteConfiguration};
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     HttpConnectionManager, http_connection_manager,
 };
 use envoy_types::pb::google::protobuf::Any;
 use prost::{Message, Name};
-use prost_reflect::{DynamicMessage, MapKey, ReflectMessage, Value};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::descriptors;
+use crate::encode;
 use crate::translate::Resources;
 
-/// The four xDS resource types revgate serves, in the order ADS must send
+/// The five xDS resource types revgate serves, in the order ADS must send
 /// them when a snapshot changes: clusters before their endpoints, listeners
-/// before their routes.
+/// before the scopes they load, scopes before their routes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 pub enum ResourceType {
     Cluster,
     Endpoint,
     Listener,
+    ScopedRoute,
     Route,
 }
 
 impl ResourceType {
     /// All types, in ADS send order.
-    pub const ALL: [ResourceType; 4] =
-        [ResourceType::Cluster, ResourceType::Endpoint, ResourceType::Listener, ResourceType::Route];
+    pub const ALL: [ResourceType; 5] = [
+        ResourceType::Cluster,
+        ResourceType::Endpoint,
+        ResourceType::Listener,
+        ResourceType::ScopedRoute,
+        ResourceType::Route,
+    ];
 
     /// The type URL, e.g. `type.googleapis.com/envoy.config.cluster.v3.Cluster`.
     pub fn type_url(self) -> String {
@@ -53,16 +64,18 @@ impl ResourceType {
             ResourceType::Cluster => Cluster::type_url(),
             ResourceType::Endpoint => ClusterLoadAssignment::type_url(),
             ResourceType::Listener => Listener::type_url(),
+            ResourceType::ScopedRoute => ScopedRouteConfiguration::type_url(),
             ResourceType::Route => RouteConfiguration::type_url(),
         }
     }
 
-    /// The short name used in logs and status: `CDS`, `EDS`, `LDS`, `RDS`.
+    /// The short name used in logs and status: `CDS`, `EDS`, `LDS`, `SRDS`, `RDS`.
     pub fn short_name(self) -> &'static str {
         match self {
             ResourceType::Cluster => "CDS",
             ResourceType::Endpoint => "EDS",
             ResourceType::Listener => "LDS",
+            ResourceType::ScopedRoute => "SRDS",
             ResourceType::Route => "RDS",
         }
     }
@@ -71,19 +84,10 @@ impl ResourceType {
         ResourceType::ALL.into_iter().find(|t| t.type_url() == type_url)
     }
 
-    /// Clusters and listeners are subscribed to as a whole (wildcard);
-    /// endpoints and routes by the names the former reference.
+    /// Clusters, listeners and route scopes are subscribed to as a whole
+    /// (wildcard); endpoints and routes by the names the former reference.
     pub fn is_wildcard(self) -> bool {
-        matches!(self, ResourceType::Cluster | ResourceType::Listener)
-    }
-
-    fn full_name(self) -> String {
-        match self {
-            ResourceType::Cluster => Cluster::full_name(),
-            ResourceType::Endpoint => ClusterLoadAssignment::full_name(),
-            ResourceType::Listener => Listener::full_name(),
-            ResourceType::Route => RouteConfiguration::full_name(),
-        }
+        matches!(self, ResourceType::Cluster | ResourceType::Listener | ResourceType::ScopedRoute)
     }
 }
 
@@ -98,46 +102,94 @@ impl fmt::Display for ResourceType {
 pub struct VersionedResource {
     pub version: String,
     pub resource: Any,
+    /// Digest of `(name, version)`, summed into type versions.
+    digest: u64,
+    /// Resources this one loads by name (an EDS cluster's assignment, a
+    /// listener's scopes, a scope's route configuration), for the
+    /// consistency check.
+    references: Vec<(ResourceType, String)>,
+}
+
+impl VersionedResource {
+    /// Encodes a resource and versions it by its bytes.
+    pub fn new<M: Message + Name>(name: &str, message: &M, references: Vec<(ResourceType, String)>) -> Self {
+        Self::from_bytes(name, M::type_url(), message.encode_to_vec(), references)
+    }
+
+    /// A cluster, encoded deterministically (its metadata is a map).
+    pub fn cluster(cluster: &Cluster) -> Self {
+        let references = eds_name(cluster).map(|e| vec![(ResourceType::Endpoint, e)]).unwrap_or_default();
+        Self::from_bytes(&cluster.name, Cluster::type_url(), encode::cluster(cluster), references)
+    }
+
+    fn from_bytes(name: &str, type_url: String, value: Vec<u8>, references: Vec<(ResourceType, String)>) -> Self {
+        let version = short_hex(&Sha256::digest(&value));
+        let digest = pair_digest(name, &version);
+        Self { version, resource: Any { type_url, value }, digest, references }
+    }
+
+    /// Encoded size in bytes.
+    pub fn encoded_len(&self) -> usize {
+        self.resource.value.len()
+    }
 }
 
 /// All resources of one type.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct TypeSnapshot {
-    /// Hash over the `(name, version)` pairs of `resources`.
+    /// The sum of the resources' `(name, version)` digests, as hex.
     pub version: String,
-    pub resources: BTreeMap<String, VersionedResource>,
+    pub resources: BTreeMap<String, Arc<VersionedResource>>,
+    digest: u64,
+}
+
+impl Default for TypeSnapshot {
+    fn default() -> Self {
+        Self { version: hex_digest(0), resources: BTreeMap::new(), digest: 0 }
+    }
 }
 
 impl TypeSnapshot {
-    fn new(resources: BTreeMap<String, VersionedResource>) -> Self {
-        let version = version_of(resources.iter().map(|(n, r)| (n.as_str(), r.version.as_str())));
-        Self { version, resources }
+    fn insert(&mut self, name: String, resource: Arc<VersionedResource>) -> Option<Arc<VersionedResource>> {
+        self.digest = self.digest.wrapping_add(resource.digest);
+        let old = self.resources.insert(name, resource);
+        if let Some(old) = &old {
+            self.digest = self.digest.wrapping_sub(old.digest);
+        }
+        self.version = hex_digest(self.digest);
+        old
+    }
+
+    fn remove(&mut self, name: &str) {
+        if let Some(old) = self.resources.remove(name) {
+            self.digest = self.digest.wrapping_sub(old.digest);
+            self.version = hex_digest(self.digest);
+        }
+    }
+
+    /// The version of the subset of this type named by `names` (absent
+    /// names are skipped): what a SotW stream asking for those names has.
+    pub fn version_of_names<'a>(&self, names: impl IntoIterator<Item = &'a String>) -> String {
+        let sum =
+            names.into_iter().filter_map(|n| self.resources.get(n)).fold(0u64, |sum, r| sum.wrapping_add(r.digest));
+        hex_digest(sum)
     }
 }
 
 /// The version of a set of resources given as `(name, resource version)`
-/// pairs in name order. SotW streams serving a subset of a type use it to
-/// version exactly what they send.
+/// pairs, in any order: the same function as a [`TypeSnapshot`]'s version.
 pub fn version_of<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> String {
-    let mut hasher = Sha256::new();
-    for (name, version) in pairs {
-        update_str(&mut hasher, name);
-        update_str(&mut hasher, version);
-    }
-    short_hex(&hasher.finalize())
+    hex_digest(pairs.into_iter().fold(0u64, |sum, (name, version)| sum.wrapping_add(pair_digest(name, version))))
 }
 
 /// Why a snapshot would leave Envoy with dangling references.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SnapshotError {
     #[error(
-        "listener {listener} loads route configuration {route} over RDS, but the snapshot has no such route configuration"
+        "{resource_type} resource {name} loads {referenced_type} resource {referenced}, but the snapshot has no such \
+         resource"
     )]
-    MissingRoute { listener: String, route: String },
-    #[error(
-        "cluster {cluster} loads endpoints {endpoints} over EDS, but the snapshot has no such cluster load assignment"
-    )]
-    MissingEndpoints { cluster: String, endpoints: String },
+    Missing { resource_type: ResourceType, name: String, referenced_type: ResourceType, referenced: String },
     #[error("{resource_type} resource {name} appears more than once; resource names must be unique per type")]
     DuplicateName { resource_type: ResourceType, name: String },
     #[error("listener {listener} has an HTTP connection manager that cannot be decoded: {message}")]
@@ -146,79 +198,71 @@ pub enum SnapshotError {
 
 /// An immutable set of resources of every type. Build it once, share it as
 /// `Arc<Snapshot>`.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct Snapshot {
-    types: BTreeMap<ResourceType, TypeSnapshot>,
+    types: BTreeMap<ResourceType, Arc<TypeSnapshot>>,
     /// Problems found while building, reported by [`Snapshot::consistency_check`].
     problems: Vec<SnapshotError>,
-    /// `(listener, route configuration)` pairs referenced over RDS.
-    rds_refs: Vec<(String, String)>,
-    /// `(cluster, assignment)` pairs referenced over EDS.
-    eds_refs: Vec<(String, String)>,
 }
 
 impl Snapshot {
+    /// A snapshot of a whole translation (every resource encoded afresh).
     pub fn new(resources: &Resources) -> Snapshot {
-        let mut problems = Vec::new();
-        let mut types = BTreeMap::new();
-        types.insert(
-            ResourceType::Cluster,
-            type_snapshot(ResourceType::Cluster, resources.clusters.iter().map(|c| (c.name.clone(), c)), &mut problems),
-        );
-        types.insert(
-            ResourceType::Endpoint,
-            type_snapshot(
-                ResourceType::Endpoint,
-                resources.endpoints.iter().map(|e| (e.cluster_name.clone(), e)),
-                &mut problems,
-            ),
-        );
-        types.insert(
-            ResourceType::Listener,
-            type_snapshot(
-                ResourceType::Listener,
-                resources.listeners.iter().map(|l| (l.name.clone(), l)),
-                &mut problems,
-            ),
-        );
-        types.insert(
-            ResourceType::Route,
-            type_snapshot(ResourceType::Route, resources.routes.iter().map(|r| (r.name.clone(), r)), &mut problems),
-        );
-
-        let mut rds_refs = Vec::new();
-        for listener in &resources.listeners {
-            match rds_names(listener) {
-                Ok(names) => rds_refs.extend(names.into_iter().map(|r| (listener.name.clone(), r))),
-                Err(message) => {
-                    problems.push(SnapshotError::UndecodableListener { listener: listener.name.clone(), message })
+        let mut builder = SnapshotBuilder::default();
+        for c in &resources.clusters {
+            builder.insert_new(ResourceType::Cluster, &c.name, VersionedResource::cluster(c));
+        }
+        for e in &resources.endpoints {
+            builder.insert_new(ResourceType::Endpoint, &e.cluster_name, VersionedResource::new(&e.cluster_name, e, vec![]));
+        }
+        for l in &resources.listeners {
+            match listener_references(l) {
+                Ok(references) => {
+                    builder.insert_new(ResourceType::Listener, &l.name, VersionedResource::new(&l.name, l, references))
                 }
+                Err(message) => builder
+                    .problems
+                    .push(SnapshotError::UndecodableListener { listener: l.name.clone(), message }),
             }
         }
-        let eds_refs = resources.clusters.iter().filter_map(|c| eds_name(c).map(|e| (c.name.clone(), e))).collect();
-
-        Snapshot { types, problems, rds_refs, eds_refs }
+        for s in &resources.scoped_routes {
+            builder.insert_new(ResourceType::ScopedRoute, &s.name, scope_resource(s));
+        }
+        for r in &resources.routes {
+            builder.insert_new(ResourceType::Route, &r.name, VersionedResource::new(&r.name, r, vec![]));
+        }
+        builder.build()
     }
 
     /// An empty snapshot (no resources of any type).
     pub fn empty() -> Snapshot {
-        Snapshot::new(&Resources::default())
+        Snapshot::default()
     }
 
-    /// Every RDS name a listener references and every EDS name a cluster
-    /// references exists, and names are unique per type.
+    /// A builder starting from this snapshot's resources; types it does not
+    /// touch stay shared with this snapshot.
+    pub fn to_builder(&self) -> SnapshotBuilder {
+        SnapshotBuilder { types: self.types.clone(), problems: self.problems.clone() }
+    }
+
+    /// Every name a resource loads (an EDS assignment, a scope, a route
+    /// configuration) exists, and names are unique per type.
     pub fn consistency_check(&self) -> Result<(), SnapshotError> {
         if let Some(problem) = self.problems.first() {
             return Err(problem.clone());
         }
-        for (listener, route) in &self.rds_refs {
-            if !self.contains(ResourceType::Route, route) {
-                return Err(SnapshotError::MissingRoute { listener: listener.clone(), route: route.clone() });
-            }
-        }
-        for (cluster, endpoints) in &self.eds_refs {
-            if !self.contains(ResourceType::Endpoint, endpoints) {
-                return Err(SnapshotError::MissingEndpoints { cluster: cluster.clone(), endpoints: endpoints.clone() });
+        for (resource_type, resources) in &self.types {
+            for (name, resource) in &resources.resources {
+                for (referenced_type, referenced) in &resource.references {
+                    if !self.contains(*referenced_type, referenced) {
+                        return Err(SnapshotError::Missing {
+                            resource_type: *resource_type,
+                            name: name.clone(),
+                            referenced_type: *referenced_type,
+                            referenced: referenced.clone(),
+                        });
+                    }
+                }
             }
         }
         Ok(())
@@ -227,7 +271,13 @@ impl Snapshot {
     /// The resources of one type.
     pub fn get(&self, resource_type: ResourceType) -> &TypeSnapshot {
         static EMPTY: std::sync::OnceLock<TypeSnapshot> = std::sync::OnceLock::new();
-        self.types.get(&resource_type).unwrap_or_else(|| EMPTY.get_or_init(|| TypeSnapshot::new(BTreeMap::new())))
+        self.types.get(&resource_type).map_or_else(|| EMPTY.get_or_init(TypeSnapshot::default), |t| t.as_ref())
+    }
+
+    /// The resources of one type, shared: two snapshots whose types are the
+    /// same `Arc` have the same resources of that type.
+    pub fn shared(&self, resource_type: ResourceType) -> Option<&Arc<TypeSnapshot>> {
+        self.types.get(&resource_type)
     }
 
     /// The type version of one type.
@@ -245,25 +295,69 @@ impl Snapshot {
     }
 }
 
-fn type_snapshot<'a, M: Message + Name + 'a>(
-    resource_type: ResourceType,
-    items: impl Iterator<Item = (String, &'a M)>,
-    problems: &mut Vec<SnapshotError>,
-) -> TypeSnapshot {
-    let mut resources = BTreeMap::new();
-    for (name, message) in items {
-        let resource = Any { type_url: M::type_url(), value: message.encode_to_vec() };
-        let version = content_version(resource_type, &resource.value);
-        if resources.insert(name.clone(), VersionedResource { version, resource }).is_some() {
-            problems.push(SnapshotError::DuplicateName { resource_type, name });
-        }
-    }
-    TypeSnapshot::new(resources)
+/// The next snapshot, built from the previous one by adding, replacing and
+/// removing resources; each change costs what it changes.
+#[derive(Debug, Clone, Default)]
+pub struct SnapshotBuilder {
+    types: BTreeMap<ResourceType, Arc<TypeSnapshot>>,
+    problems: Vec<SnapshotError>,
 }
 
-/// RDS route configuration names a listener's HTTP connection managers load.
-fn rds_names(listener: &Listener) -> Result<Vec<String>, String> {
-    let mut names = Vec::new();
+impl SnapshotBuilder {
+    /// Adds or replaces a resource. A resource equal to the one it replaces
+    /// leaves the type untouched (and shared with the previous snapshot).
+    pub fn upsert(&mut self, resource_type: ResourceType, name: &str, resource: Arc<VersionedResource>) {
+        let current = self.types.entry(resource_type).or_default();
+        if current.resources.get(name).is_some_and(|r| r.version == resource.version) {
+            return;
+        }
+        Arc::make_mut(current).insert(name.to_owned(), resource);
+    }
+
+    /// Removes a resource, if present.
+    pub fn remove(&mut self, resource_type: ResourceType, name: &str) {
+        if let Some(current) = self.types.get_mut(&resource_type)
+            && current.resources.contains_key(name)
+        {
+            Arc::make_mut(current).remove(name);
+        }
+    }
+
+    pub fn build(self) -> Snapshot {
+        Snapshot { types: self.types, problems: self.problems }
+    }
+
+    fn insert_new(&mut self, resource_type: ResourceType, name: &str, resource: VersionedResource) {
+        let current = Arc::make_mut(self.types.entry(resource_type).or_default());
+        if current.insert(name.to_owned(), Arc::new(resource)).is_some() {
+            self.problems.push(SnapshotError::DuplicateName { resource_type, name: name.to_owned() });
+        }
+    }
+}
+
+/// A route scope, referencing the route configuration it selects.
+pub fn scope_resource(scope: &ScopedRouteConfiguration) -> VersionedResource {
+    let references = if scope.route_configuration_name.is_empty() {
+        Vec::new()
+    } else {
+        vec![(ResourceType::Route, scope.route_configuration_name.clone())]
+    };
+    VersionedResource::new(&scope.name, scope, references)
+}
+
+/// A listener, referencing what its HTTP connection managers load over
+/// (scoped) RDS.
+pub fn listener_resource(listener: &Listener) -> Result<VersionedResource, SnapshotError> {
+    let references = listener_references(listener)
+        .map_err(|message| SnapshotError::UndecodableListener { listener: listener.name.clone(), message })?;
+    Ok(VersionedResource::new(&listener.name, listener, references))
+}
+
+/// What a listener's HTTP connection managers load: a route configuration
+/// over RDS. Scoped routes load their scopes by wildcard, so those
+/// references are the scopes' own.
+fn listener_references(listener: &Listener) -> Result<Vec<(ResourceType, String)>, String> {
+    let mut references = Vec::new();
     let hcm_url = HttpConnectionManager::type_url();
     for chain in listener.filter_chains.iter().chain(listener.default_filter_chain.iter()) {
         for f in &chain.filters {
@@ -275,11 +369,11 @@ fn rds_names(listener: &Listener) -> Result<Vec<String>, String> {
             }
             let hcm = HttpConnectionManager::decode(any.value.as_slice()).map_err(|e| e.to_string())?;
             if let Some(http_connection_manager::RouteSpecifier::Rds(rds)) = hcm.route_specifier {
-                names.push(rds.route_config_name);
+                references.push((ResourceType::Route, rds.route_config_name));
             }
         }
     }
-    Ok(names)
+    Ok(references)
 }
 
 /// The EDS service name an EDS cluster loads (its own name unless set).
@@ -294,112 +388,19 @@ fn eds_name(c: &Cluster) -> Option<String> {
     }
 }
 
-/// Content version of an encoded resource. Falls back to hashing the raw
-/// bytes if reflection is unavailable: still correct, only possibly
-/// changing versions for resources with several map entries.
-fn content_version(resource_type: ResourceType, encoded: &[u8]) -> String {
+fn pair_digest(name: &str, version: &str) -> u64 {
     let mut hasher = Sha256::new();
-    match descriptors::decode_dynamic(&resource_type.full_name(), encoded) {
-        Ok(message) => hash_message(&mut hasher, &message),
-        Err(err) => {
-            tracing::debug!(%err, "hashing {resource_type} bytes without reflection");
-            hasher.update(b"raw");
-            hasher.update(encoded);
-        }
-    }
-    short_hex(&hasher.finalize())
+    hasher.update((name.len() as u64).to_le_bytes());
+    hasher.update(name.as_bytes());
+    hasher.update(version.as_bytes());
+    let digest = hasher.finalize();
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    u64::from_le_bytes(first)
 }
 
-fn hash_message(hasher: &mut Sha256, message: &DynamicMessage) {
-    if message.descriptor().full_name() == "google.protobuf.Any"
-        && let Some(inner) = decode_any(message)
-    {
-        hasher.update(b"A");
-        update_str(hasher, inner.descriptor().full_name());
-        hash_message(hasher, &inner);
-        return;
-    }
-    let mut fields: Vec<_> = message.fields().collect();
-    fields.sort_by_key(|(field, _)| field.number());
-    hasher.update(b"{");
-    for (field, value) in fields {
-        hasher.update(field.number().to_le_bytes());
-        hash_value(hasher, value);
-    }
-    hasher.update(b"}");
-}
-
-fn decode_any(message: &DynamicMessage) -> Option<DynamicMessage> {
-    let type_url = message.get_field_by_name("type_url")?;
-    let value = message.get_field_by_name("value")?;
-    let full_name = type_url.as_str()?.rsplit('/').next()?.to_owned();
-    let bytes = value.as_bytes()?;
-    descriptors::decode_dynamic(&full_name, bytes).ok()
-}
-
-fn hash_value(hasher: &mut Sha256, value: &Value) {
-    match value {
-        Value::Bool(b) => hasher.update([b'b', u8::from(*b)]),
-        Value::I32(v) => {
-            hasher.update(b"i");
-            hasher.update(i64::from(*v).to_le_bytes());
-        }
-        Value::I64(v) => {
-            hasher.update(b"i");
-            hasher.update(v.to_le_bytes());
-        }
-        Value::U32(v) => {
-            hasher.update(b"u");
-            hasher.update(u64::from(*v).to_le_bytes());
-        }
-        Value::U64(v) => {
-            hasher.update(b"u");
-            hasher.update(v.to_le_bytes());
-        }
-        Value::F32(v) => {
-            hasher.update(b"f");
-            hasher.update(f64::from(*v).to_bits().to_le_bytes());
-        }
-        Value::F64(v) => {
-            hasher.update(b"f");
-            hasher.update(v.to_bits().to_le_bytes());
-        }
-        Value::String(s) => {
-            hasher.update(b"s");
-            update_str(hasher, s);
-        }
-        Value::Bytes(b) => {
-            hasher.update(b"y");
-            hasher.update((b.len() as u64).to_le_bytes());
-            hasher.update(b);
-        }
-        Value::EnumNumber(v) => {
-            hasher.update(b"e");
-            hasher.update(v.to_le_bytes());
-        }
-        Value::Message(m) => hash_message(hasher, m),
-        Value::List(items) => {
-            hasher.update(b"[");
-            hasher.update((items.len() as u64).to_le_bytes());
-            for item in items {
-                hash_value(hasher, item);
-            }
-        }
-        Value::Map(entries) => {
-            let sorted: BTreeMap<&MapKey, &Value> = entries.iter().collect();
-            hasher.update(b"m");
-            hasher.update((sorted.len() as u64).to_le_bytes());
-            for (key, value) in sorted {
-                hash_value(hasher, &Value::from(key.clone()));
-                hash_value(hasher, value);
-            }
-        }
-    }
-}
-
-fn update_str(hasher: &mut Sha256, s: &str) {
-    hasher.update((s.len() as u64).to_le_bytes());
-    hasher.update(s.as_bytes());
+fn hex_digest(digest: u64) -> String {
+    format!("{digest:016x}")
 }
 
 /// First 8 bytes of a digest as 16 hex digits: plenty to tell versions apart.
@@ -443,7 +444,7 @@ mod tests {
         changed.insert(key("hello-00002"), vec![Endpoint { host: "10.0.0.9".into(), port: 8080 }]);
         let after = snapshot(&changed);
 
-        for t in [ResourceType::Cluster, ResourceType::Listener, ResourceType::Route] {
+        for t in [ResourceType::Cluster, ResourceType::Listener, ResourceType::ScopedRoute, ResourceType::Route] {
             assert_eq!(before.version(t), after.version(t), "{t} unchanged");
         }
         assert_ne!(before.version(ResourceType::Endpoint), after.version(ResourceType::Endpoint));
@@ -470,14 +471,26 @@ mod tests {
     }
 
     #[test]
+    fn type_versions_are_the_version_of_their_pairs() {
+        let s = snapshot(&endpoints());
+        for t in ResourceType::ALL {
+            let resources = &s.get(t).resources;
+            assert_eq!(s.version(t), version_of(resources.iter().map(|(n, r)| (n.as_str(), r.version.as_str()))));
+            assert_eq!(s.version(t), s.get(t).version_of_names(resources.keys()));
+        }
+    }
+
+    #[test]
     fn dangling_references_are_found() {
         let mut resources = translate(&plan(), &endpoints(), &XdsSettings::default());
         resources.endpoints.pop();
         assert_eq!(
             Snapshot::new(&resources).consistency_check(),
-            Err(SnapshotError::MissingEndpoints {
-                cluster: "rev|default|hello-00002".into(),
-                endpoints: "rev|default|hello-00002".into(),
+            Err(SnapshotError::Missing {
+                resource_type: ResourceType::Cluster,
+                name: "rev|default|hello-00002".into(),
+                referenced_type: ResourceType::Endpoint,
+                referenced: "rev|default|hello-00002".into(),
             })
         );
 
@@ -485,7 +498,12 @@ mod tests {
         resources.routes.clear();
         assert_eq!(
             Snapshot::new(&resources).consistency_check(),
-            Err(SnapshotError::MissingRoute { listener: "revgate-http".into(), route: "revgate-routes".into() })
+            Err(SnapshotError::Missing {
+                resource_type: ResourceType::ScopedRoute,
+                name: "host|candidate-hello.default.example.com".into(),
+                referenced_type: ResourceType::Route,
+                referenced: "route|default|hello".into(),
+            })
         );
 
         let mut resources = translate(&plan(), &endpoints(), &XdsSettings::default());

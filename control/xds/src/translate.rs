@@ -2,17 +2,25 @@
 //!
 //! No I/O and no clock: equal inputs give equal (and equally ordered)
 //! resources, so snapshot versions only move when the plan or the endpoints
-//! do. Every name comes from [`crate::names`].
+//! do. Every name comes from [`crate::names`]. Each input object has its own
+//! builder ([`revision_resources`], [`route_resources`], [`http_listener`]),
+//! so [`crate::incremental::Translator`] can translate only what changed;
+//! [`translate`] runs them all for a whole plan.
 //!
-//! | Plan                      | Envoy                                                              |
-//! |---------------------------|--------------------------------------------------------------------|
-//! | (always)                  | listener `revgate-http` → HCM → RDS `revgate-routes` over ADS      |
-//! | `RoutePlan.host`          | virtual host `route|ns|name`, weighted clusters by percent         |
-//! | `TagPlan`                 | virtual host `tag|ns|name|tag`, 100% to the tagged revision        |
-//! | `tag_header_routing`      | on the main host, one route per tag matching `Knative-Serving-Tag` |
-//! | `RevisionBackend`         | EDS cluster `rev|ns|revision` + its `ClusterLoadAssignment`        |
+//! | Plan                      | Envoy                                                                   |
+//! |---------------------------|-------------------------------------------------------------------------|
+//! | (always)                  | listener `revgate-http` → HCM → scoped routes `revgate-routes` over ADS, |
+//! |                           | keyed on the host of `:authority` (before any `:port`)                  |
+//! | `RoutePlan`               | route configuration `route|ns|name` over RDS, one scope `host|<host>`   |
+//! |                           | per host it owns (main and tags) selecting it                           |
+//! | `RoutePlan.host`          | virtual host `route|ns|name`, weighted clusters by percent              |
+//! | `TagPlan`                 | virtual host `tag|ns|name|tag`, 100% to the tagged revision             |
+//! | `tag_header_routing`      | on the main host, one route per tag matching `Knative-Serving-Tag`      |
+//! | `RevisionBackend`         | EDS cluster `rev|ns|revision` + its `ClusterLoadAssignment`             |
 //!
-//! A host named by no route falls through every virtual host and gets Envoy's 404.
+//! A Route is one route configuration, so changing it sends that one
+//! resource, not every host's. A host named by no route has no scope and
+//! gets Envoy's 404.
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
@@ -28,12 +36,12 @@ use envoy_types::pb::envoy::config::endpoint::v3::{
 };
 use envoy_types::pb::envoy::config::listener::v3::{Filter, FilterChain, Listener, filter};
 use envoy_types::pb::envoy::config::route::v3::{
-    HeaderMatcher, Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost, WeightedCluster, header_matcher,
-    route, route_action, route_match, weighted_cluster,
+    HeaderMatcher, Route, RouteAction, RouteConfiguration, RouteMatch, ScopedRouteConfiguration, VirtualHost,
+    WeightedCluster, header_matcher, route, route_action, route_match, scoped_route_configuration, weighted_cluster,
 };
 use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
-    HttpConnectionManager, HttpFilter, Rds, http_connection_manager, http_filter,
+    HttpConnectionManager, HttpFilter, ScopedRds, ScopedRoutes, http_connection_manager, http_filter, scoped_routes,
 };
 use envoy_types::pb::envoy::extensions::upstreams::http::v3::{HttpProtocolOptions, http_protocol_options};
 use envoy_types::pb::envoy::r#type::matcher::v3::{StringMatcher, string_matcher};
@@ -94,6 +102,7 @@ impl Default for XdsSettings {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Resources {
     pub listeners: Vec<Listener>,
+    pub scoped_routes: Vec<ScopedRouteConfiguration>,
     pub routes: Vec<RouteConfiguration>,
     pub clusters: Vec<Cluster>,
     pub endpoints: Vec<ClusterLoadAssignment>,
@@ -110,18 +119,9 @@ pub fn translate(plan: &GatewayPlan, endpoints: &EndpointMap, settings: &XdsSett
     let mut clusters = Vec::with_capacity(plan.revisions.len());
     let mut assignments = Vec::with_capacity(plan.revisions.len());
     for revision in &plan.revisions {
-        let revision_endpoints = endpoints
-            .get(&revision.key)
-            .map(Vec::as_slice)
-            .or(revision.static_endpoints.as_deref())
-            .unwrap_or_default();
-        let assignment = load_assignment(&revision.key, revision_endpoints);
-        if revision_endpoints.iter().all(|e| e.host.parse::<IpAddr>().is_ok()) {
-            clusters.push(revision_cluster(revision));
-            assignments.push(assignment);
-        } else {
-            clusters.push(dns_revision_cluster(revision, assignment));
-        }
+        let (cluster, assignment) = revision_resources(revision, revision_endpoints(revision, endpoints));
+        clusters.push(cluster);
+        assignments.extend(assignment);
     }
 
     let mut filters = Vec::new();
@@ -130,12 +130,114 @@ pub fn translate(plan: &GatewayPlan, endpoints: &EndpointMap, settings: &XdsSett
         clusters.push(crate::filter::control_cluster(filter));
     }
     let idle_timeout = effective_stream_idle_timeout(plan, settings);
+    let mut routes = Vec::new();
+    let mut scoped_routes = Vec::new();
+    for (route, owned) in plan.routes.iter().zip(claim_hosts(plan)) {
+        let timeouts = route_timeouts(route, &revisions);
+        if let Some((configuration, scopes)) =
+            route_resources(route, &owned, plan.tag_header_routing, &timeouts, None)
+        {
+            routes.push(configuration);
+            scoped_routes.extend(scopes);
+        }
+    }
     Resources {
         listeners: vec![http_listener(settings, idle_timeout, filters)],
-        routes: vec![route_configuration(plan, &revisions)],
+        scoped_routes,
+        routes,
         clusters,
         endpoints: assignments,
     }
+}
+
+/// The endpoints a revision is served by: live ones, else its static ones.
+pub fn revision_endpoints<'a>(revision: &'a RevisionBackend, endpoints: &'a EndpointMap) -> &'a [Endpoint] {
+    endpoints.get(&revision.key).map(Vec::as_slice).or(revision.static_endpoints.as_deref()).unwrap_or_default()
+}
+
+/// A revision's cluster and, when it uses EDS, its load assignment.
+///
+/// A revision with no endpoints still gets its cluster and an empty
+/// assignment, so routing to it never waits for cluster warming.
+pub fn revision_resources(
+    revision: &RevisionBackend,
+    endpoints: &[Endpoint],
+) -> (Cluster, Option<ClusterLoadAssignment>) {
+    let assignment = load_assignment(&revision.key, endpoints);
+    if endpoints.iter().all(|e| e.host.parse::<IpAddr>().is_ok()) {
+        (revision_cluster(revision), Some(assignment))
+    } else {
+        (dns_revision_cluster(revision, assignment), None)
+    }
+}
+
+/// Which hosts of each route (main host first, then its tags) the route
+/// owns. Envoy rejects two scopes with one key (and two virtual hosts with
+/// one domain); the model keeps hosts unique, and should two routes ever
+/// collide, the first (in plan order) keeps the host.
+pub fn claim_hosts(plan: &GatewayPlan) -> Vec<Vec<bool>> {
+    let mut claimed = std::collections::HashSet::new();
+    plan.routes
+        .iter()
+        .map(|route| {
+            std::iter::once(route.host.as_str())
+                .chain(route.tags.iter().map(|t| t.host.as_str()))
+                .map(|host| claimed.insert(host))
+                .collect()
+        })
+        .collect()
+}
+
+/// Per split, then per tag: the timeout of the revision it sends to, in
+/// seconds (Knative's default for a revision missing from the plan).
+pub fn route_timeouts(route: &RoutePlan, revisions: &HashMap<&ObjectKey, &RevisionBackend>) -> Vec<u64> {
+    route
+        .splits
+        .iter()
+        .map(|s| &s.revision)
+        .chain(route.tags.iter().map(|t| &t.revision))
+        .map(|key| revisions.get(key).map_or(DEFAULT_REVISION_TIMEOUT.as_secs(), |r| r.timeout_seconds))
+        .collect()
+}
+
+/// A Route's route configuration and one scope per host it owns (`owned`,
+/// from [`claim_hosts`]); `None` when it owns no host. `timeouts` come from
+/// [`route_timeouts`]; `extra` is appended to the virtual hosts (fault
+/// injection in tests).
+pub fn route_resources(
+    route: &RoutePlan,
+    owned: &[bool],
+    tag_header_routing: bool,
+    timeouts: &[u64],
+    extra: Option<&VirtualHost>,
+) -> Option<(RouteConfiguration, Vec<ScopedRouteConfiguration>)> {
+    let name = names::route_configuration(&route.key);
+    let hosts = std::iter::once(&route.host).chain(route.tags.iter().map(|t| &t.host));
+    let owned_hosts: Vec<&String> = hosts.zip(owned).filter(|(_, owned)| **owned).map(|(h, _)| h).collect();
+    if owned_hosts.is_empty() {
+        return None;
+    }
+    let mut virtual_hosts: Vec<VirtualHost> = route_virtual_hosts(route, tag_header_routing, timeouts)
+        .into_iter()
+        .zip(owned)
+        .filter(|(_, owned)| **owned)
+        .map(|(vhost, _)| vhost)
+        .collect();
+    virtual_hosts.extend(extra.cloned());
+    let scopes = owned_hosts
+        .into_iter()
+        .map(|host| ScopedRouteConfiguration {
+            name: names::host_scope(host),
+            route_configuration_name: name.clone(),
+            key: Some(scoped_route_configuration::Key {
+                fragments: vec![scoped_route_configuration::key::Fragment {
+                    r#type: Some(scoped_route_configuration::key::fragment::Type::StringKey(host.clone())),
+                }],
+            }),
+            ..Default::default()
+        })
+        .collect();
+    Some((RouteConfiguration { name, virtual_hosts, ..Default::default() }, scopes))
 }
 
 /// The HCM `stream_idle_timeout` for a plan: the configured one, raised to
@@ -160,10 +262,7 @@ pub fn http_listener(
         stat_prefix: names::HTTP_STAT_PREFIX.to_owned(),
         codec_type: http_connection_manager::CodecType::Auto as i32,
         stream_idle_timeout: Some(pb_duration(stream_idle_timeout)),
-        route_specifier: Some(http_connection_manager::RouteSpecifier::Rds(Rds {
-            config_source: Some(ads_config_source()),
-            route_config_name: names::ROUTE_CONFIGURATION.to_owned(),
-        })),
+        route_specifier: Some(http_connection_manager::RouteSpecifier::ScopedRoutes(scoped_routes_by_host())),
         http_filters,
         ..Default::default()
     };
@@ -199,33 +298,39 @@ pub fn ads_config_source() -> ConfigSource {
     }
 }
 
-fn route_configuration(plan: &GatewayPlan, revisions: &HashMap<&ObjectKey, &RevisionBackend>) -> RouteConfiguration {
-    // Envoy rejects a route configuration in which two virtual hosts claim
-    // the same domain. The model keeps hosts unique; should two routes ever
-    // collide, the first (in plan order) keeps the domain.
-    let mut claimed = BTreeSet::new();
-    let mut virtual_hosts = Vec::new();
-    for route in &plan.routes {
-        for vhost in route_virtual_hosts(route, plan.tag_header_routing, revisions) {
-            let domains: Vec<String> = vhost.domains.iter().filter(|d| claimed.insert((*d).clone())).cloned().collect();
-            if !domains.is_empty() {
-                virtual_hosts.push(VirtualHost { domains, ..vhost });
-            }
-        }
+/// Scoped routes over ADS, keyed on the host of `:authority`: the part
+/// before the first `:`, so `hello.example.com:8080` selects the scope of
+/// `hello.example.com`. A host with no scope finds no route (404).
+fn scoped_routes_by_host() -> ScopedRoutes {
+    use scoped_routes::scope_key_builder::fragment_builder::{self, header_value_extractor};
+    ScopedRoutes {
+        name: names::ROUTE_CONFIGURATION.to_owned(),
+        scope_key_builder: Some(scoped_routes::ScopeKeyBuilder {
+            fragments: vec![scoped_routes::scope_key_builder::FragmentBuilder {
+                r#type: Some(fragment_builder::Type::HeaderValueExtractor(fragment_builder::HeaderValueExtractor {
+                    name: names::SCOPE_KEY_HEADER.to_owned(),
+                    element_separator: ":".to_owned(),
+                    extract_type: Some(header_value_extractor::ExtractType::Index(0)),
+                })),
+            }],
+        }),
+        rds_config_source: Some(ads_config_source()),
+        config_specifier: Some(scoped_routes::ConfigSpecifier::ScopedRds(ScopedRds {
+            scoped_rds_config_source: Some(ads_config_source()),
+            ..Default::default()
+        })),
     }
-    RouteConfiguration { name: names::ROUTE_CONFIGURATION.to_owned(), virtual_hosts, ..Default::default() }
 }
 
-fn route_virtual_hosts(
-    route: &RoutePlan,
-    tag_header_routing: bool,
-    revisions: &HashMap<&ObjectKey, &RevisionBackend>,
-) -> Vec<VirtualHost> {
+/// The main virtual host, then one per tag.
+fn route_virtual_hosts(route: &RoutePlan, tag_header_routing: bool, timeouts: &[u64]) -> Vec<VirtualHost> {
+    let (split_timeouts, tag_timeouts) = timeouts.split_at(route.splits.len().min(timeouts.len()));
+    let tag_timeout = |i: usize| tag_timeouts.get(i).copied().unwrap_or(DEFAULT_REVISION_TIMEOUT.as_secs());
     let mut main_routes = Vec::new();
     if tag_header_routing {
         // As net-istio does: a request naming a tag in the header goes to that
         // tag's revision; an unknown or missing tag falls through to the split.
-        for tag in &route.tags {
+        for (i, tag) in route.tags.iter().enumerate() {
             let mut matcher = prefix_match("/");
             matcher.headers.push(HeaderMatcher {
                 name: names::TAG_HEADER.to_owned(),
@@ -235,11 +340,11 @@ fn route_virtual_hosts(
                 })),
                 ..Default::default()
             });
-            main_routes.push(weighted_route(matcher, &[(&tag.revision, 100)], revisions));
+            main_routes.push(weighted_route(matcher, &[(&tag.revision, 100)], &[tag_timeout(i)]));
         }
     }
     let splits: Vec<(&ObjectKey, u32)> = route.splits.iter().map(|s| (&s.revision, s.percent)).collect();
-    main_routes.push(weighted_route(prefix_match("/"), &splits, revisions));
+    main_routes.push(weighted_route(prefix_match("/"), &splits, split_timeouts));
 
     let mut vhosts = vec![VirtualHost {
         name: names::route_virtual_host(&route.key),
@@ -247,11 +352,11 @@ fn route_virtual_hosts(
         routes: main_routes,
         ..Default::default()
     }];
-    for tag in &route.tags {
+    for (i, tag) in route.tags.iter().enumerate() {
         vhosts.push(VirtualHost {
             name: names::tag_virtual_host(&route.key, &tag.tag),
             domains: names::host_domains(&tag.host).into(),
-            routes: vec![weighted_route(prefix_match("/"), &[(&tag.revision, 100)], revisions)],
+            routes: vec![weighted_route(prefix_match("/"), &[(&tag.revision, 100)], &[tag_timeout(i)])],
             ..Default::default()
         });
     }
@@ -264,16 +369,8 @@ fn prefix_match(prefix: &str) -> RouteMatch {
 
 /// A route splitting traffic by weight; weights are Knative percents, so
 /// they total 100. The timeout is the longest of the reachable revisions'.
-fn weighted_route(
-    matcher: RouteMatch,
-    splits: &[(&ObjectKey, u32)],
-    revisions: &HashMap<&ObjectKey, &RevisionBackend>,
-) -> Route {
-    let timeout = splits
-        .iter()
-        .map(|(key, _)| revisions.get(key).map_or(DEFAULT_REVISION_TIMEOUT, |r| Duration::from_secs(r.timeout_seconds)))
-        .max()
-        .unwrap_or(DEFAULT_REVISION_TIMEOUT);
+fn weighted_route(matcher: RouteMatch, splits: &[(&ObjectKey, u32)], timeouts: &[u64]) -> Route {
+    let timeout = timeouts.iter().copied().max().map_or(DEFAULT_REVISION_TIMEOUT, Duration::from_secs);
     let clusters = splits
         .iter()
         .map(|(key, percent)| weighted_cluster::ClusterWeight {
@@ -521,7 +618,7 @@ pub(crate) mod tests {
     }
 
     fn vhost<'a>(resources: &'a Resources, name: &str) -> &'a VirtualHost {
-        resources.routes[0].virtual_hosts.iter().find(|v| v.name == name).expect("virtual host")
+        resources.routes.iter().flat_map(|r| &r.virtual_hosts).find(|v| v.name == name).expect("virtual host")
     }
 
     /// (cluster, weight, revision header) per route of a virtual host.
@@ -688,8 +785,12 @@ pub(crate) mod tests {
         assert_eq!(r.listeners[0].name, names::LISTENER);
         let hcm = hcm(&r);
         assert_eq!(hcm.stat_prefix, names::HTTP_STAT_PREFIX);
-        let Some(http_connection_manager::RouteSpecifier::Rds(rds)) = &hcm.route_specifier else { panic!("not rds") };
-        assert_eq!(rds.route_config_name, names::ROUTE_CONFIGURATION);
+        let Some(http_connection_manager::RouteSpecifier::ScopedRoutes(scoped)) = &hcm.route_specifier else {
+            panic!("not scoped routes")
+        };
+        assert_eq!(scoped.name, names::ROUTE_CONFIGURATION);
+        assert!(matches!(scoped.config_specifier, Some(scoped_routes::ConfigSpecifier::ScopedRds(_))));
+        assert_eq!(scoped.rds_config_source, Some(ads_config_source()));
         assert_eq!(hcm.http_filters.last().map(|f| f.name.as_str()), Some(ROUTER_FILTER));
         // 600 s revision timeout + 60 s beats the 300 s default.
         assert_eq!(hcm.stream_idle_timeout.map(|d| d.seconds), Some(660));
@@ -724,12 +825,41 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn empty_plan_still_has_a_listener_and_route_configuration() {
+    fn empty_plan_still_has_a_listener() {
         let r = translate(&GatewayPlan::default(), &EndpointMap::new(), &XdsSettings::default());
         assert_eq!(r.listeners.len(), 1);
-        assert_eq!(r.routes.len(), 1);
-        assert!(r.routes[0].virtual_hosts.is_empty(), "every host gets Envoy's 404");
+        assert!(r.scoped_routes.is_empty() && r.routes.is_empty(), "every host gets Envoy's 404");
         assert!(r.clusters.is_empty() && r.endpoints.is_empty());
+    }
+
+    #[test]
+    fn each_route_is_one_route_configuration_selected_by_a_scope_per_host() {
+        let r = translate(&plan(), &endpoints(), &XdsSettings::default());
+        let names: Vec<_> = r.routes.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["route|default|hello"]);
+        let scopes: Vec<_> = r
+            .scoped_routes
+            .iter()
+            .map(|s| {
+                let key = s.key.as_ref().expect("key");
+                let Some(scoped_route_configuration::key::fragment::Type::StringKey(host)) = &key.fragments[0].r#type
+                else {
+                    panic!("not a string key")
+                };
+                (s.name.as_str(), host.as_str(), s.route_configuration_name.as_str())
+            })
+            .collect();
+        assert_eq!(
+            scopes,
+            [
+                ("host|hello.default.example.com", "hello.default.example.com", "route|default|hello"),
+                (
+                    "host|candidate-hello.default.example.com",
+                    "candidate-hello.default.example.com",
+                    "route|default|hello"
+                ),
+            ]
+        );
     }
 
     #[test]
@@ -740,6 +870,8 @@ pub(crate) mod tests {
         other.tags.clear();
         plan.routes.push(other);
         let r = translate(&plan, &endpoints(), &XdsSettings::default());
-        assert!(r.routes[0].virtual_hosts.iter().all(|v| v.name != "route|default|other"));
+        assert!(r.routes.iter().flat_map(|c| &c.virtual_hosts).all(|v| v.name != "route|default|other"));
+        assert!(r.routes.iter().all(|c| c.name != "route|default|other"), "a Route owning no host has no routes");
+        assert_eq!(r.scoped_routes.len(), 2, "one scope per host");
     }
 }

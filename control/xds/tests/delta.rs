@@ -96,8 +96,13 @@ async fn wildcard_clusters_and_named_endpoints() {
     ads.subscribe(LDS, &[]).await;
     let lds = ads.recv().await;
     assert_eq!(names(&lds), ["revgate-http"]);
-    ads.subscribe(RDS, &["revgate-routes"]).await;
-    assert_eq!(names(&ads.recv().await), ["revgate-routes"]);
+    ads.subscribe(SRDS, &[]).await;
+    assert_eq!(
+        names(&ads.recv().await),
+        ["host|candidate-hello.default.example.com", "host|hello.default.example.com"]
+    );
+    ads.subscribe(RDS, &[HELLO_ROUTES]).await;
+    assert_eq!(names(&ads.recv().await), [HELLO_ROUTES]);
     ads.assert_quiet().await;
 
     let mut status = server.status();

@@ -131,7 +131,7 @@ async fn envoy_acks_every_type() {
             std::time::Duration::from_secs(30),
             status.wait_for(|s| {
                 s.nodes.get("gw-envoy").is_some_and(|n| {
-                    ["CDS", "EDS", "LDS", "RDS"]
+                    ["CDS", "EDS", "LDS", "SRDS", "RDS"]
                         .iter()
                         .all(|t| n.types.get(*t).is_some_and(|t| t.acked_version.is_some() && t.nack.is_none()))
                 })

@@ -119,15 +119,20 @@ async fn initial_sync_follows_the_ads_order() {
     assert_eq!((lds.type_url.as_str(), lds.resources.len()), (LDS, 1));
     ads.ack(&eds, &[CLUSTER_1, CLUSTER_2]).await;
 
-    ads.subscribe(RDS, &["revgate-routes"]).await;
+    ads.subscribe(SRDS, &[]).await;
+    let srds = ads.recv().await;
+    assert_eq!((srds.type_url.as_str(), srds.resources.len()), (SRDS, 2), "one scope per host");
+    ads.ack(&lds, &[]).await;
+
+    ads.subscribe(RDS, &[HELLO_ROUTES]).await;
     let rds = ads.recv().await;
     assert_eq!((rds.type_url.as_str(), rds.resources.len()), (RDS, 1));
-    ads.ack(&lds, &[]).await;
-    ads.ack(&rds, &["revgate-routes"]).await;
+    ads.ack(&srds, &[]).await;
+    ads.ack(&rds, &[HELLO_ROUTES]).await;
     ads.assert_quiet().await;
 
     let status = status_until(&server, |s| {
-        s.nodes.get("gw-1").is_some_and(|n| n.types.values().filter(|t| t.acked_version.is_some()).count() == 4)
+        s.nodes.get("gw-1").is_some_and(|n| n.types.values().filter(|t| t.acked_version.is_some()).count() == 5)
     })
     .await;
     let node = &status.nodes["gw-1"];

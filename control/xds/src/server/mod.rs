@@ -1,9 +1,9 @@
 //! The ADS gRPC service: *how* snapshots reach Envoy.
 //!
 //! [`XdsServer`] implements `AggregatedDiscoveryService` for both the
-//! state-of-the-world (`sotw`) and the incremental (`delta`) protocol.
-//! Each stream runs in its own task, reads its node's snapshot from the
-//! [`SnapshotCache`] and compares versions; it never builds content.
+//! state-of-the-world and the incremental protocol, with one stream driver
+//! (`stream`). Each stream runs in its own task, reads its node's snapshot
+//! from the [`SnapshotCache`] and compares versions; it never builds content.
 //! Protocol events go to one `status` recorder, which publishes a
 //! [`GatewayStatus`] and broadcasts [`AckEvent`]s; a node whose streams are
 //! gone is forgotten after [`DISCONNECT_GRACE`]. Off loopback, [`auth`]'s
@@ -11,9 +11,8 @@
 
 pub mod auth;
 mod cache;
-mod delta;
-mod sotw;
 mod status;
+mod stream;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -97,7 +96,12 @@ impl AggregatedDiscoveryService for XdsServer {
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
         let (tx, rx) = mpsc::channel(RESPONSE_BUFFER);
-        tokio::spawn(sotw::run(request.into_inner(), tx, self.cache.clone(), self.recorder.clone()));
+        tokio::spawn(stream::run::<stream::Sotw, _>(
+            request.into_inner(),
+            tx,
+            self.cache.clone(),
+            self.recorder.clone(),
+        ));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
@@ -106,14 +110,15 @@ impl AggregatedDiscoveryService for XdsServer {
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
         let (tx, rx) = mpsc::channel(RESPONSE_BUFFER);
-        tokio::spawn(delta::run(request.into_inner(), tx, self.cache.clone(), self.recorder.clone()));
+        tokio::spawn(stream::run::<stream::Delta, _>(
+            request.into_inner(),
+            tx,
+            self.cache.clone(),
+            self.recorder.clone(),
+        ));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 }
-
-/// The client hung up; the stream task ends.
-#[derive(Debug)]
-struct StreamClosed;
 
 /// Marks a node's stream closed however its task ends.
 struct StreamGuard {

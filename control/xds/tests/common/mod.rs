@@ -121,7 +121,10 @@ pub const QUIET: Duration = Duration::from_millis(300);
 pub const CDS: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
 pub const EDS: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
 pub const LDS: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
+pub const SRDS: &str = "type.googleapis.com/envoy.config.route.v3.ScopedRouteConfiguration";
 pub const RDS: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
+/// The route configuration of Route `hello`, which its hosts' scopes select.
+pub const HELLO_ROUTES: &str = "route|default|hello";
 
 pub const CLUSTER_1: &str = "rev|default|hello-00001";
 pub const CLUSTER_2: &str = "rev|default|hello-00002";
