@@ -24,10 +24,10 @@ use revgate_model::{
     world::{Change, IngressState, Observed},
 };
 use revgate_runtime::RevisionState;
+use revgate_xds::Translator;
 use revgate_xds::server::{GatewayStatus, SnapshotCache};
 use revgate_xds::snapshot::ResourceType;
 use revgate_xds::translate::XdsSettings;
-use revgate_xds::Translator;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
 

@@ -131,31 +131,34 @@ mod tests {
     #[test]
     fn nested_structures_are_ordered_too() {
         let build = || {
-        let nested = Struct {
-            fields: HashMap::from([
-                ("b".to_owned(), string("2")),
-                ("a".to_owned(), Value { kind: Some(value::Kind::ListValue(ListValue { values: vec![string("x")] })) }),
-            ]),
-        };
-        Cluster {
-            name: "c".into(),
-            metadata: Some(Metadata {
-                filter_metadata: HashMap::from([
-                    ("z".to_owned(), nested.clone()),
+            let nested = Struct {
+                fields: HashMap::from([
+                    ("b".to_owned(), string("2")),
                     (
-                        "y".to_owned(),
-                        Struct {
-                            fields: HashMap::from([(
-                                "s".to_owned(),
-                                Value { kind: Some(value::Kind::StructValue(nested)) },
-                            )]),
-                        },
+                        "a".to_owned(),
+                        Value { kind: Some(value::Kind::ListValue(ListValue { values: vec![string("x")] })) },
                     ),
                 ]),
+            };
+            Cluster {
+                name: "c".into(),
+                metadata: Some(Metadata {
+                    filter_metadata: HashMap::from([
+                        ("z".to_owned(), nested.clone()),
+                        (
+                            "y".to_owned(),
+                            Struct {
+                                fields: HashMap::from([(
+                                    "s".to_owned(),
+                                    Value { kind: Some(value::Kind::StructValue(nested)) },
+                                )]),
+                            },
+                        ),
+                    ]),
+                    ..Default::default()
+                }),
                 ..Default::default()
-            }),
-            ..Default::default()
-        }
+            }
         };
         let bytes = cluster(&build());
         for _ in 0..20 {

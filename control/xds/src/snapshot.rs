@@ -213,16 +213,20 @@ impl Snapshot {
             builder.insert_new(ResourceType::Cluster, &c.name, VersionedResource::cluster(c));
         }
         for e in &resources.endpoints {
-            builder.insert_new(ResourceType::Endpoint, &e.cluster_name, VersionedResource::new(&e.cluster_name, e, vec![]));
+            builder.insert_new(
+                ResourceType::Endpoint,
+                &e.cluster_name,
+                VersionedResource::new(&e.cluster_name, e, vec![]),
+            );
         }
         for l in &resources.listeners {
             match listener_references(l) {
                 Ok(references) => {
                     builder.insert_new(ResourceType::Listener, &l.name, VersionedResource::new(&l.name, l, references))
                 }
-                Err(message) => builder
-                    .problems
-                    .push(SnapshotError::UndecodableListener { listener: l.name.clone(), message }),
+                Err(message) => {
+                    builder.problems.push(SnapshotError::UndecodableListener { listener: l.name.clone(), message })
+                }
             }
         }
         for s in &resources.scoped_routes {

@@ -134,8 +134,7 @@ pub fn translate(plan: &GatewayPlan, endpoints: &EndpointMap, settings: &XdsSett
     let mut scoped_routes = Vec::new();
     for (route, owned) in plan.routes.iter().zip(claim_hosts(plan)) {
         let timeouts = route_timeouts(route, &revisions);
-        if let Some((configuration, scopes)) =
-            route_resources(route, &owned, plan.tag_header_routing, &timeouts, None)
+        if let Some((configuration, scopes)) = route_resources(route, &owned, plan.tag_header_routing, &timeouts, None)
         {
             routes.push(configuration);
             scoped_routes.extend(scopes);

@@ -145,3 +145,111 @@ async fn envoy_acks_every_type() {
         assert_eq!(report.nodes["gw-envoy"].api, api);
     }
 }
+
+/// Answers every HTTP/1.1 request on `listener` with 200, then closes.
+async fn serve_ok(listener: tokio::net::TcpListener) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    loop {
+        let Ok((mut socket, _)) = listener.accept().await else { return };
+        tokio::spawn(async move {
+            let mut request = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                match socket.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => request.extend_from_slice(&buf[..n]),
+                }
+            }
+            let _ = socket.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok").await;
+        });
+    }
+}
+
+/// The status Envoy answers a GET with `Host: host`; 0 if the request failed.
+async fn status_for(port: u16, host: &str) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut socket) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else { return 0 };
+    let request = format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    if socket.write_all(request.as_bytes()).await.is_err() {
+        return 0;
+    }
+    let mut reply = Vec::new();
+    let _ = socket.read_to_end(&mut reply).await;
+    let reply = String::from_utf8_lossy(&reply);
+    reply.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
+}
+
+/// Scoped routes pick a host's routes by the host in `:authority`, with or
+/// without a port, tag hosts included; a host with no scope is answered
+/// 404 by Envoy itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scopes_route_by_host_with_or_without_a_port_and_unknown_hosts_get_404() {
+    let upstream = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream_port = upstream.local_addr().unwrap().port();
+    tokio::spawn(serve_ok(upstream));
+    let http_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+
+    let settings =
+        XdsSettings { listener_address: "127.0.0.1".into(), listener_port: http_port, ..XdsSettings::default() };
+    let endpoint = vec![Endpoint { host: "127.0.0.1".into(), port: upstream_port }];
+    let endpoints = EndpointMap::from([(key("hello-00001"), endpoint.clone()), (key("hello-00002"), endpoint)]);
+    // The upstream speaks HTTP/1.1 only.
+    let mut plan = plan();
+    plan.revisions[1].protocol = revgate_model::plan::UpstreamProtocol::Http1;
+    let cache = SnapshotCache::new();
+    let mut translator = revgate_xds::Translator::new(settings);
+    cache.set_snapshot(translator.update(&plan, &endpoints).unwrap());
+    let (_server, addr) = start(cache).await;
+
+    let yaml = ads_bootstrap_yaml(&AdsBootstrapOptions {
+        node_id: "gw-scopes".into(),
+        cluster: "revgate".into(),
+        xds_address: addr,
+        api: Api::Delta,
+        admin_port: 0,
+        token: None,
+        tls: None,
+    })
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("envoy.yaml");
+    std::fs::write(&file, yaml).unwrap();
+    let mut child = tokio::process::Command::new(envoy())
+        .args(["--base-id", &base_id(), "-l", "warn", "-c"])
+        .arg(&file)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+
+    let ready = timeout(std::time::Duration::from_secs(30), async {
+        while status_for(http_port, "hello.default.example.com").await != 200 {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    let statuses = [
+        "hello.default.example.com:8080",
+        "candidate-hello.default.example.com",
+        "candidate-hello.default.example.com:80",
+        "nobody.default.example.com",
+        "nobody.default.example.com:8080",
+    ];
+    let mut seen = Vec::new();
+    for host in statuses {
+        seen.push((host, status_for(http_port, host).await));
+    }
+    child.kill().await.unwrap();
+    assert!(ready.is_ok(), "Envoy never routed hello.default.example.com");
+    assert_eq!(
+        seen,
+        [
+            ("hello.default.example.com:8080", 200),
+            ("candidate-hello.default.example.com", 200),
+            ("candidate-hello.default.example.com:80", 200),
+            ("nobody.default.example.com", 404),
+            ("nobody.default.example.com:8080", 404),
+        ]
+    );
+}

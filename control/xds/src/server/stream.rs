@@ -248,12 +248,7 @@ struct InFlight {
 }
 
 impl Session {
-    pub(crate) fn new(
-        api: Api,
-        node: String,
-        snapshot: Option<Arc<Snapshot>>,
-        recorder: Arc<StatusRecorder>,
-    ) -> Self {
+    pub(crate) fn new(api: Api, node: String, snapshot: Option<Arc<Snapshot>>, recorder: Arc<StatusRecorder>) -> Self {
         Self { api, node, snapshot, watches: BTreeMap::new(), nonce: 0, recorder }
     }
 
@@ -305,8 +300,8 @@ impl Session {
 
         match self.api {
             Api::Sotw => {
-                watch.wildcard = resource_type.is_wildcard()
-                    && (request.names.is_empty() || request.names.iter().any(|n| n == "*"));
+                watch.wildcard =
+                    resource_type.is_wildcard() && (request.names.is_empty() || request.names.iter().any(|n| n == "*"));
                 let names: BTreeSet<String> = request.names.into_iter().filter(|n| n != "*").collect();
                 if request.response_nonce.is_empty() {
                     // A (re)subscription: send everything asked for.
@@ -421,7 +416,8 @@ impl Session {
                     .collect();
                 // A name just subscribed that does not exist: say so, rather than let
                 // the client wait for its initial fetch timeout.
-                removed.extend(watch.newly_subscribed.iter().filter(|n| !available.resources.contains_key(*n)).cloned());
+                removed
+                    .extend(watch.newly_subscribed.iter().filter(|n| !available.resources.contains_key(*n)).cloned());
                 watch.newly_subscribed.clear();
                 if resources.is_empty() && removed.is_empty() && watch.answered {
                     return None;
