@@ -3,13 +3,13 @@
 //! One task owns the [`World`] and the [`Store`]; the admin API talks to it
 //! through [`Handle`] (commands over a channel), and everyone else reads
 //! cheap snapshots from `watch` channels. Every accepted change is persisted
-//! first, then turned into a gateway plan, Envoy resources and one immutable
-//! xDS snapshot that the ADS streams pick up.
+//! first, then turned into a gateway plan and, translating only the objects
+//! that changed, one immutable xDS snapshot that the ADS streams pick up.
 //!
 //! ```text
 //! admin API ──Command──▶ ControlPlane::run ──save──▶ Store (redb)
 //!                              │
-//!                              ├─ world.plan() ─ translate() ─ Snapshot ──▶ SnapshotCache ──▶ ADS streams
+//!                              ├─ world.plan() ─ Translator::update ─ Snapshot ──▶ SnapshotCache ──▶ ADS streams
 //!                              └─ watch<Arc<World>>, watch<Published> ──▶ admin API readers
 //! ```
 
