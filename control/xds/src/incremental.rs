@@ -11,22 +11,30 @@
 //! | the settings and the longest timeout    | the listener (LDS), the control cluster    |
 //!
 //! [`Translator::update`] compares each object of the new plan with what it
-//! had (a field-by-field comparison, no encoding), translates and encodes
-//! only the objects that differ, and applies those resources to the
-//! previous snapshot ([`crate::snapshot::SnapshotBuilder`]): types nothing
-//! touched stay shared, so an endpoint change is an EDS-only change and a
-//! split change is one RDS resource. The translation itself is the pure
-//! [`crate::translate`]; equal inputs give the resources `translate` gives.
+//! had (a field-by-field comparison, no encoding; objects are paired by
+//! position, since plans keep their order, and by key when that fails),
+//! translates and encodes only the objects that differ, and applies those
+//! resources to the previous snapshot ([`crate::snapshot::SnapshotBuilder`]):
+//! types nothing touched stay shared, so an endpoint change is an EDS-only
+//! change and a split change is one RDS resource. It checks consistency
+//! incrementally too: what the changed resources load exists, and nothing
+//! left loads what was removed (a count of references per name). The
+//! translation itself is the pure [`crate::translate`]; equal inputs give
+//! the resources `translate` gives.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 
 use envoy_types::pb::envoy::config::route::v3::VirtualHost;
-use revgate_model::plan::{Endpoint, EndpointMap, GatewayPlan, ObjectKey, RevisionBackend, RoutePlan};
+use revgate_model::plan::{
+    Endpoint, EndpointMap, GatewayPlan, ObjectKey, RevisionBackend, RoutePlan, Split, TagPlan, UpstreamProtocol,
+};
 
 use crate::snapshot::{
-    ResourceType, Snapshot, SnapshotBuilder, SnapshotError, VersionedResource, listener_resource, scope_resource,
+    ResourceType, Snapshot, SnapshotBuilder, SnapshotError, Upserted, VersionedResource, listener_resource,
+    scope_resource,
 };
 use crate::translate::{
     XdsSettings, claim_hosts, effective_stream_idle_timeout, http_listener, revision_endpoints, revision_resources,
@@ -38,38 +46,46 @@ use crate::translate::{
 #[derive(Debug)]
 pub struct Translator {
     settings: XdsSettings,
-    /// A virtual host appended to every route configuration translated
-    /// while set: fault injection (a gateway that rejects routes).
+    /// A virtual host appended to every route configuration while set:
+    /// fault injection (a gateway that rejects routes).
     route_fault: Option<VirtualHost>,
     snapshot: Arc<Snapshot>,
-    revisions: HashMap<ObjectKey, RevisionEntry>,
-    routes: HashMap<ObjectKey, RouteEntry>,
+    /// In the order of the last plan.
+    revisions: Vec<RevisionEntry>,
+    routes: Vec<RouteEntry>,
+    /// Every revision's timeout (seconds), for the routes that send to it.
+    timeouts: HashMap<ObjectKey, u64>,
     /// The listener's input: the effective idle timeout.
     listener: Option<Duration>,
-    /// Bumped by every update; entries not seen in an update are gone.
-    pass: u64,
+    control_cluster: bool,
+    /// How many resources of the snapshot load each `(type, name)`.
+    referrers: HashMap<(ResourceType, String), u32>,
 }
 
+/// What a revision was translated from: its key, a fingerprint of the rest
+/// of its input, and what the translation produced.
 #[derive(Debug)]
 struct RevisionEntry {
-    revision: RevisionBackend,
-    endpoints: Vec<Endpoint>,
+    key: ObjectKey,
+    /// [`revision_fingerprint`] of the revision and its endpoints.
+    fingerprint: u64,
+    timeout_seconds: u64,
     /// Whether the revision has an EDS assignment (not a DNS cluster).
     eds: bool,
-    seen: u64,
 }
 
 #[derive(Debug)]
 struct RouteEntry {
+    key: ObjectKey,
     input: RouteInput,
     /// Scope names, when the Route owns at least one host.
     scopes: Option<Vec<String>>,
-    seen: u64,
 }
 
 #[derive(Debug, Clone, PartialEq)]
 struct RouteInput {
-    route: RoutePlan,
+    /// [`route_fingerprint`] of the Route's plan.
+    fingerprint: u64,
     owned: Vec<bool>,
     tag_header_routing: bool,
     timeouts: Vec<u64>,
@@ -82,10 +98,12 @@ impl Translator {
             settings,
             route_fault: None,
             snapshot: Arc::new(Snapshot::empty()),
-            revisions: HashMap::new(),
-            routes: HashMap::new(),
+            revisions: Vec::new(),
+            routes: Vec::new(),
+            timeouts: HashMap::new(),
             listener: None,
-            pass: 0,
+            control_cluster: false,
+            referrers: HashMap::new(),
         }
     }
 
@@ -101,36 +119,77 @@ impl Translator {
     }
 
     /// Translates what changed since the last update and returns the next
-    /// snapshot (the same `Arc` when nothing changed).
+    /// snapshot (the same `Arc` when nothing changed), or why it would leave
+    /// Envoy with a dangling reference. After an error the translator
+    /// starts afresh: the next update translates everything.
     pub fn update(&mut self, plan: &GatewayPlan, endpoints: &EndpointMap) -> Result<Arc<Snapshot>, SnapshotError> {
-        self.pass += 1;
+        let result = self.try_update(plan, endpoints);
+        if result.is_err() {
+            let (settings, route_fault) = (self.settings.clone(), self.route_fault.take());
+            *self = Translator::new(settings);
+            self.route_fault = route_fault;
+        }
+        result
+    }
+
+    fn try_update(&mut self, plan: &GatewayPlan, endpoints: &EndpointMap) -> Result<Arc<Snapshot>, SnapshotError> {
         let mut changes = Changes::default();
-        self.update_revisions(plan, endpoints, &mut changes);
-        self.update_routes(plan, &mut changes);
+        let retimed = self.update_revisions(plan, endpoints, &mut changes);
+        self.update_routes(plan, &retimed, &mut changes);
         self.update_listener(plan, &mut changes)?;
         if changes.is_empty() {
             return Ok(self.snapshot.clone());
         }
         let mut builder = self.snapshot.to_builder();
-        changes.apply(&mut builder);
+        changes.apply(&mut builder, &mut self.referrers)?;
         let snapshot = Arc::new(builder.build());
         self.snapshot = snapshot.clone();
         Ok(snapshot)
     }
 
-    fn update_revisions(&mut self, plan: &GatewayPlan, endpoints: &EndpointMap, changes: &mut Changes) {
-        let pass = self.pass;
-        for revision in &plan.revisions {
-            let live = revision_endpoints(revision, endpoints);
-            if let Some(entry) = self.revisions.get_mut(&revision.key)
-                && entry.revision == *revision
-                && entry.endpoints == live
-            {
-                entry.seen = pass;
-                continue;
+    /// Returns the revisions whose timeout changed (added and removed ones included).
+    fn update_revisions(
+        &mut self,
+        plan: &GatewayPlan,
+        endpoints: &EndpointMap,
+        changes: &mut Changes,
+    ) -> HashSet<ObjectKey> {
+        let mut retimed = HashSet::new();
+        let (paired, removed) = align(std::mem::take(&mut self.revisions), &plan.revisions, |e| &e.key, |r| &r.key);
+        for entry in removed {
+            let name = crate::names::revision_cluster(&entry.key);
+            changes.remove(ResourceType::Cluster, &name);
+            if entry.eds {
+                changes.remove(ResourceType::Endpoint, &name);
+            }
+            self.timeouts.remove(&entry.key);
+            retimed.insert(entry.key);
+        }
+        let mut entries = Vec::with_capacity(plan.revisions.len());
+        // Plans list revisions in key order, as the endpoint map keeps them:
+        // walking both together spares a lookup per revision.
+        let mut cursor = endpoints.iter().peekable();
+        for (revision, previous) in plan.revisions.iter().zip(paired) {
+            while cursor.peek().is_some_and(|(key, _)| **key < revision.key) {
+                cursor.next();
+            }
+            let live = match cursor.peek() {
+                Some((key, live)) if **key == revision.key => live.as_slice(),
+                _ => revision_endpoints(revision, endpoints),
+            };
+            let fingerprint = revision_fingerprint(revision, live);
+            let previous = match previous {
+                Some(entry) if entry.fingerprint == fingerprint => {
+                    entries.push(entry);
+                    continue;
+                }
+                previous => previous,
+            };
+            if previous.as_ref().is_none_or(|p| p.timeout_seconds != revision.timeout_seconds) {
+                self.timeouts.insert(revision.key.clone(), revision.timeout_seconds);
+                retimed.insert(revision.key.clone());
             }
             let (cluster, assignment) = revision_resources(revision, live);
-            let had_eds = self.revisions.get(&revision.key).is_some_and(|e| e.eds);
             let eds = assignment.is_some();
             match assignment {
                 Some(assignment) => changes.upsert(
@@ -138,56 +197,80 @@ impl Translator {
                     &assignment.cluster_name,
                     VersionedResource::new(&assignment.cluster_name, &assignment, Vec::new()),
                 ),
-                None if had_eds => changes.remove(ResourceType::Endpoint, &cluster.name),
+                None if previous.is_some_and(|p| p.eds) => changes.remove(ResourceType::Endpoint, &cluster.name),
                 None => {}
             }
             changes.upsert(ResourceType::Cluster, &cluster.name, VersionedResource::cluster(&cluster));
-            self.revisions.insert(
-                revision.key.clone(),
-                RevisionEntry { revision: revision.clone(), endpoints: live.to_vec(), eds, seen: pass },
-            );
+            entries.push(RevisionEntry {
+                key: revision.key.clone(),
+                fingerprint,
+                timeout_seconds: revision.timeout_seconds,
+                eds,
+            });
         }
-        self.revisions.retain(|key, entry| {
-            if entry.seen == pass {
-                return true;
-            }
-            let name = crate::names::revision_cluster(key);
-            changes.remove(ResourceType::Cluster, &name);
-            if entry.eds {
-                changes.remove(ResourceType::Endpoint, &name);
-            }
-            false
-        });
+        self.revisions = entries;
         // The control plane's cluster, for the gateway filter: settings never change.
-        if pass == 1
+        if !self.control_cluster
             && let Some(filter) = &self.settings.filter
         {
             let cluster = crate::filter::control_cluster(filter);
             changes.upsert(ResourceType::Cluster, &cluster.name, VersionedResource::cluster(&cluster));
+            self.control_cluster = true;
         }
+        retimed
     }
 
-    fn update_routes(&mut self, plan: &GatewayPlan, changes: &mut Changes) {
-        let pass = self.pass;
-        let revisions: HashMap<&ObjectKey, &RevisionBackend> = plan.revisions.iter().map(|r| (&r.key, r)).collect();
+    fn update_routes(&mut self, plan: &GatewayPlan, retimed: &HashSet<ObjectKey>, changes: &mut Changes) {
         let fault = self.route_fault.is_some();
-        for (route, owned) in plan.routes.iter().zip(claim_hosts(plan)) {
-            let timeouts = route_timeouts(route, &revisions);
-            if let Some(entry) = self.routes.get_mut(&route.key)
-                && entry.input.route == *route
-                && entry.input.owned == owned
-                && entry.input.tag_header_routing == plan.tag_header_routing
-                && entry.input.timeouts == timeouts
-                && entry.input.fault == fault
-            {
-                entry.seen = pass;
-                continue;
+        let (paired, removed) = align(std::mem::take(&mut self.routes), &plan.routes, |e| &e.key, |r| &r.key);
+        for entry in removed {
+            remove_route(&entry, changes);
+        }
+        let timeout_of = |key: &ObjectKey| self.timeouts.get(key).copied();
+        let mut entries = Vec::with_capacity(plan.routes.len());
+        for ((route, owned), previous) in plan.routes.iter().zip(claim_hosts(plan)).zip(paired) {
+            let sends_to_retimed = !retimed.is_empty()
+                && route
+                    .splits
+                    .iter()
+                    .map(|s| &s.revision)
+                    .chain(route.tags.iter().map(|t| &t.revision))
+                    .any(|k| retimed.contains(k));
+            let fingerprint = route_fingerprint(route);
+            let previous = match previous {
+                Some(entry)
+                    if !sends_to_retimed
+                        && entry.input.fingerprint == fingerprint
+                        && entry.input.owned == owned
+                        && entry.input.tag_header_routing == plan.tag_header_routing
+                        && entry.input.fault == fault =>
+                {
+                    entries.push(entry);
+                    continue;
+                }
+                previous => previous,
+            };
+            let input = RouteInput {
+                fingerprint,
+                owned,
+                tag_header_routing: plan.tag_header_routing,
+                timeouts: route_timeouts(route, timeout_of),
+                fault,
+            };
+            if let Some(entry) = previous {
+                if entry.input == input {
+                    entries.push(entry);
+                    continue;
+                }
+                remove_route(&entry, changes);
             }
-            if let Some(old) = self.routes.get(&route.key) {
-                remove_route(&route.key, old, changes);
-            }
-            let resources =
-                route_resources(route, &owned, plan.tag_header_routing, &timeouts, self.route_fault.as_ref());
+            let resources = route_resources(
+                route,
+                &input.owned,
+                input.tag_header_routing,
+                &input.timeouts,
+                self.route_fault.as_ref(),
+            );
             let scopes = resources.map(|(configuration, scopes)| {
                 changes.upsert(
                     ResourceType::Route,
@@ -202,22 +285,9 @@ impl Translator {
                     })
                     .collect()
             });
-            let input = RouteInput {
-                route: route.clone(),
-                owned,
-                tag_header_routing: plan.tag_header_routing,
-                timeouts,
-                fault,
-            };
-            self.routes.insert(route.key.clone(), RouteEntry { input, scopes, seen: pass });
+            entries.push(RouteEntry { key: route.key.clone(), input, scopes });
         }
-        self.routes.retain(|key, entry| {
-            let keep = entry.seen == pass;
-            if !keep {
-                remove_route(key, entry, changes);
-            }
-            keep
-        });
+        self.routes = entries;
     }
 
     fn update_listener(&mut self, plan: &GatewayPlan, changes: &mut Changes) -> Result<(), SnapshotError> {
@@ -233,9 +303,76 @@ impl Translator {
     }
 }
 
-fn remove_route(key: &ObjectKey, entry: &RouteEntry, changes: &mut Changes) {
+/// A fingerprint of everything a revision's resources are built from,
+/// standing in for a copy of it: comparing one number touches one cache
+/// line, where comparing field by field chases every string. (Every field
+/// is named, so a new one does not go unnoticed.)
+fn revision_fingerprint(revision: &RevisionBackend, live: &[Endpoint]) -> u64 {
+    let RevisionBackend {
+        key,
+        configuration,
+        service,
+        protocol,
+        container_concurrency,
+        timeout_seconds,
+        static_endpoints,
+    } = revision;
+    let mut hasher = DefaultHasher::new();
+    (key, configuration, service, container_concurrency, timeout_seconds, static_endpoints, live).hash(&mut hasher);
+    // The protocol is not `Hash`; what it changes is whether the cluster speaks HTTP/2.
+    (*protocol == UpstreamProtocol::H2c).hash(&mut hasher);
+    hasher.finish()
+}
+
+/// A fingerprint of everything a Route's resources are built from, besides
+/// what [`RouteInput`] holds.
+fn route_fingerprint(route: &RoutePlan) -> u64 {
+    let RoutePlan { key, host, splits, tags } = route;
+    let mut hasher = DefaultHasher::new();
+    (key, host).hash(&mut hasher);
+    for Split { revision, percent } in splits {
+        (revision, percent).hash(&mut hasher);
+    }
+    hasher.write_u8(0xff);
+    for TagPlan { tag, host, revision } in tags {
+        (tag, host, revision).hash(&mut hasher);
+    }
+    hasher.finish()
+}
+
+/// Pairs each new object with the previous entry for the same key: by
+/// position first (plans keep their order, so this is a comparison of two
+/// keys), by a key index built only when positions disagree. Returns the
+/// previous entry per new object (`None`: new) and the entries no new
+/// object claimed (removed).
+fn align<E, T>(
+    previous: Vec<E>,
+    next: &[T],
+    entry_key: impl Fn(&E) -> &ObjectKey,
+    key: impl Fn(&T) -> &ObjectKey,
+) -> (Vec<Option<E>>, Vec<E>) {
+    let mut previous: Vec<Option<E>> = previous.into_iter().map(Some).collect();
+    let mut index: Option<HashMap<ObjectKey, usize>> = None;
+    let mut paired = Vec::with_capacity(next.len());
+    for (i, item) in next.iter().enumerate() {
+        let wanted = key(item);
+        if let Some(slot) = previous.get_mut(i)
+            && slot.as_ref().is_some_and(|e| entry_key(e) == wanted)
+        {
+            paired.push(slot.take());
+            continue;
+        }
+        let index = index.get_or_insert_with(|| {
+            previous.iter().enumerate().filter_map(|(j, e)| e.as_ref().map(|e| (entry_key(e).clone(), j))).collect()
+        });
+        paired.push(index.get(wanted).and_then(|j| previous.get_mut(*j)).and_then(Option::take));
+    }
+    (paired, previous.into_iter().flatten().collect())
+}
+
+fn remove_route(entry: &RouteEntry, changes: &mut Changes) {
     if let Some(scopes) = &entry.scopes {
-        changes.remove(ResourceType::Route, &crate::names::route_configuration(key));
+        changes.remove(ResourceType::Route, &crate::names::route_configuration(&entry.key));
         for scope in scopes {
             changes.remove(ResourceType::ScopedRoute, scope);
         }
@@ -264,18 +401,79 @@ impl Changes {
         self.removed.is_empty() && self.upserted.is_empty()
     }
 
-    fn apply(self, builder: &mut SnapshotBuilder) {
+    /// Applies the changes and checks that they leave no dangling
+    /// reference, keeping `referrers` (references per name) current.
+    fn apply(
+        self,
+        builder: &mut SnapshotBuilder,
+        referrers: &mut HashMap<(ResourceType, String), u32>,
+    ) -> Result<(), SnapshotError> {
         // A name removed and added again is a replacement: an equal one
         // leaves its type untouched.
-        let upserted: std::collections::HashSet<(ResourceType, &str)> =
+        let upserted: HashSet<(ResourceType, &str)> =
             self.upserted.iter().map(|(t, name, _)| (*t, name.as_str())).collect();
+        let mut gone = Vec::new();
         for (resource_type, name) in &self.removed {
-            if !upserted.contains(&(*resource_type, name.as_str())) {
-                builder.remove(*resource_type, name);
+            if upserted.contains(&(*resource_type, name.as_str())) {
+                continue;
+            }
+            if let Some(old) = builder.remove(*resource_type, name) {
+                release(referrers, old.references());
+                gone.push((*resource_type, name.clone()));
             }
         }
+        let mut added = Vec::new();
         for (resource_type, name, resource) in self.upserted {
-            builder.upsert(resource_type, &name, Arc::new(resource));
+            let resource = Arc::new(resource);
+            let replaced = match builder.upsert(resource_type, &name, resource.clone()) {
+                Upserted::Unchanged => continue,
+                Upserted::Added => None,
+                Upserted::Replaced(old) => Some(old),
+            };
+            if let Some(old) = replaced {
+                release(referrers, old.references());
+            }
+            for reference in resource.references() {
+                *referrers.entry(reference.clone()).or_default() += 1;
+            }
+            added.push((resource_type, name, resource));
+        }
+        for (resource_type, name) in gone {
+            if referrers.get(&(resource_type, name.clone())).is_some_and(|n| *n > 0)
+                && !builder.contains(resource_type, &name)
+                && let Some((referrer_type, referrer)) = builder.referrer_of(resource_type, &name)
+            {
+                return Err(SnapshotError::Missing {
+                    resource_type: referrer_type,
+                    name: referrer,
+                    referenced_type: resource_type,
+                    referenced: name,
+                });
+            }
+        }
+        for (resource_type, name, resource) in added {
+            for (referenced_type, referenced) in resource.references() {
+                if !builder.contains(*referenced_type, referenced) {
+                    return Err(SnapshotError::Missing {
+                        resource_type,
+                        name,
+                        referenced_type: *referenced_type,
+                        referenced: referenced.clone(),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn release(referrers: &mut HashMap<(ResourceType, String), u32>, references: &[(ResourceType, String)]) {
+    for reference in references {
+        if let Some(count) = referrers.get_mut(reference) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                referrers.remove(reference);
+            }
         }
     }
 }
@@ -376,5 +574,53 @@ mod tests {
         translator.set_route_fault(None);
         let cleared = translator.update(&plan(), &endpoints()).expect("consistent");
         assert_eq!(clean.version(ResourceType::Route), cleared.version(ResourceType::Route));
+    }
+
+    #[test]
+    fn services_added_in_the_middle_pair_by_key() {
+        let mut translator = Translator::new(XdsSettings::default());
+        let mut grown = plan();
+        let first = translator.update(&grown, &endpoints()).expect("consistent");
+        // A new Route and revision ahead of the others: positions shift.
+        let mut other = grown.routes[0].clone();
+        other.key = key("aaa");
+        other.host = "aaa.default.example.com".into();
+        other.tags.clear();
+        grown.routes.insert(0, other);
+        let after = translator.update(&grown, &endpoints()).expect("consistent");
+        assert_eq!(versions(&after), versions(&whole(&grown, &endpoints())));
+        assert!(Arc::ptr_eq(
+            first.shared(ResourceType::Cluster).expect("type"),
+            after.shared(ResourceType::Cluster).expect("type")
+        ));
+    }
+
+    #[test]
+    fn a_change_leaving_a_dangling_reference_is_refused() {
+        let mut translator = Translator::new(XdsSettings::default());
+        translator.update(&plan(), &endpoints()).expect("consistent");
+        let mut changes = Changes::default();
+        changes.remove(ResourceType::Endpoint, "rev|default|hello-00001");
+        let mut builder = translator.snapshot().to_builder();
+        assert_eq!(
+            changes.apply(&mut builder, &mut translator.referrers),
+            Err(SnapshotError::Missing {
+                resource_type: ResourceType::Cluster,
+                name: "rev|default|hello-00001".into(),
+                referenced_type: ResourceType::Endpoint,
+                referenced: "rev|default|hello-00001".into(),
+            })
+        );
+    }
+
+    #[test]
+    fn a_timeout_change_retranslates_the_routes_to_that_revision() {
+        let mut translator = Translator::new(XdsSettings::default());
+        let before = translator.update(&plan(), &endpoints()).expect("consistent");
+        let mut slower = plan();
+        slower.revisions[1].timeout_seconds = 900;
+        let after = translator.update(&slower, &endpoints()).expect("consistent");
+        assert_ne!(before.version(ResourceType::Route), after.version(ResourceType::Route));
+        assert_eq!(versions(&after), versions(&whole(&slower, &endpoints())));
     }
 }

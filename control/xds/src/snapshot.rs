@@ -132,6 +132,11 @@ impl VersionedResource {
     pub fn encoded_len(&self) -> usize {
         self.resource.value.len()
     }
+
+    /// What this resource loads by name: `(type, name)` pairs.
+    pub fn references(&self) -> &[(ResourceType, String)] {
+        &self.references
+    }
 }
 
 /// All resources of one type.
@@ -299,6 +304,16 @@ impl Snapshot {
     }
 }
 
+/// What [`SnapshotBuilder::upsert`] did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Upserted {
+    /// An equal resource was there already.
+    Unchanged,
+    Added,
+    /// The resource replaced this one.
+    Replaced(Arc<VersionedResource>),
+}
+
 /// The next snapshot, built from the previous one by adding, replacing and
 /// removing resources; each change costs what it changes.
 #[derive(Debug, Clone, Default)]
@@ -310,21 +325,39 @@ pub struct SnapshotBuilder {
 impl SnapshotBuilder {
     /// Adds or replaces a resource. A resource equal to the one it replaces
     /// leaves the type untouched (and shared with the previous snapshot).
-    pub fn upsert(&mut self, resource_type: ResourceType, name: &str, resource: Arc<VersionedResource>) {
+    pub fn upsert(&mut self, resource_type: ResourceType, name: &str, resource: Arc<VersionedResource>) -> Upserted {
         let current = self.types.entry(resource_type).or_default();
         if current.resources.get(name).is_some_and(|r| r.version == resource.version) {
-            return;
+            return Upserted::Unchanged;
         }
-        Arc::make_mut(current).insert(name.to_owned(), resource);
+        match Arc::make_mut(current).insert(name.to_owned(), resource) {
+            Some(old) => Upserted::Replaced(old),
+            None => Upserted::Added,
+        }
     }
 
-    /// Removes a resource, if present.
-    pub fn remove(&mut self, resource_type: ResourceType, name: &str) {
-        if let Some(current) = self.types.get_mut(&resource_type)
-            && current.resources.contains_key(name)
-        {
-            Arc::make_mut(current).remove(name);
-        }
+    /// Removes a resource, if present, and returns it.
+    pub fn remove(&mut self, resource_type: ResourceType, name: &str) -> Option<Arc<VersionedResource>> {
+        let current = self.types.get_mut(&resource_type)?;
+        let old = current.resources.get(name).cloned()?;
+        Arc::make_mut(current).remove(name);
+        Some(old)
+    }
+
+    pub fn contains(&self, resource_type: ResourceType, name: &str) -> bool {
+        self.types.get(&resource_type).is_some_and(|t| t.resources.contains_key(name))
+    }
+
+    /// Some resource that loads `(resource_type, name)`: a full scan, for
+    /// explaining an inconsistency.
+    pub fn referrer_of(&self, resource_type: ResourceType, name: &str) -> Option<(ResourceType, String)> {
+        self.types.iter().find_map(|(t, resources)| {
+            resources
+                .resources
+                .iter()
+                .find(|(_, r)| r.references.iter().any(|(rt, rn)| *rt == resource_type && rn == name))
+                .map(|(n, _)| (*t, n.clone()))
+        })
     }
 
     pub fn build(self) -> Snapshot {

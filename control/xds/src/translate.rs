@@ -133,7 +133,7 @@ pub fn translate(plan: &GatewayPlan, endpoints: &EndpointMap, settings: &XdsSett
     let mut routes = Vec::new();
     let mut scoped_routes = Vec::new();
     for (route, owned) in plan.routes.iter().zip(claim_hosts(plan)) {
-        let timeouts = route_timeouts(route, &revisions);
+        let timeouts = route_timeouts(route, |key| revisions.get(key).map(|r| r.timeout_seconds));
         if let Some((configuration, scopes)) = route_resources(route, &owned, plan.tag_header_routing, &timeouts, None)
         {
             routes.push(configuration);
@@ -188,14 +188,15 @@ pub fn claim_hosts(plan: &GatewayPlan) -> Vec<Vec<bool>> {
 }
 
 /// Per split, then per tag: the timeout of the revision it sends to, in
-/// seconds (Knative's default for a revision missing from the plan).
-pub fn route_timeouts(route: &RoutePlan, revisions: &HashMap<&ObjectKey, &RevisionBackend>) -> Vec<u64> {
+/// seconds, as `timeout_of` knows it (Knative's default for a revision
+/// missing from the plan).
+pub fn route_timeouts(route: &RoutePlan, timeout_of: impl Fn(&ObjectKey) -> Option<u64>) -> Vec<u64> {
     route
         .splits
         .iter()
         .map(|s| &s.revision)
         .chain(route.tags.iter().map(|t| &t.revision))
-        .map(|key| revisions.get(key).map_or(DEFAULT_REVISION_TIMEOUT.as_secs(), |r| r.timeout_seconds))
+        .map(|key| timeout_of(key).unwrap_or(DEFAULT_REVISION_TIMEOUT.as_secs()))
         .collect()
 }
 
