@@ -90,6 +90,38 @@ fn ads_bootstraps_validate() {
     }
 }
 
+/// A real Envoy on the rendered ADS bootstrap for `node_id`, connected to
+/// `addr`; killed when dropped, with the directory of its bootstrap.
+fn start_envoy(
+    addr: std::net::SocketAddr,
+    api: Api,
+    node_id: &str,
+    token: Option<GatewayToken>,
+) -> (tokio::process::Child, tempfile::TempDir) {
+    let yaml = ads_bootstrap_yaml(&AdsBootstrapOptions {
+        node_id: node_id.into(),
+        cluster: "revgate".into(),
+        xds_address: addr,
+        api,
+        admin_port: 0,
+        token,
+        tls: None,
+    })
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("envoy.yaml");
+    std::fs::write(&file, yaml).unwrap();
+    let child = tokio::process::Command::new(envoy())
+        .args(["--base-id", &base_id(), "-l", "warn", "-c"])
+        .arg(&file)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    (child, dir)
+}
+
 /// Envoy connects to the in-process server, which requires the gateway
 /// token, presents it from the rendered bootstrap and ACKs every type, over
 /// both APIs.
@@ -104,27 +136,7 @@ async fn envoy_acks_every_type() {
         let token = GatewayToken::new(TOKEN).unwrap();
         let (server, addr) = start_with(cache, GatewayAuth::require(token.clone())).await;
 
-        let yaml = ads_bootstrap_yaml(&AdsBootstrapOptions {
-            node_id: "gw-envoy".into(),
-            cluster: "revgate".into(),
-            xds_address: addr,
-            api,
-            admin_port: 0,
-            token: Some(token),
-            tls: None,
-        })
-        .unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("envoy.yaml");
-        std::fs::write(&file, yaml).unwrap();
-        let mut child = tokio::process::Command::new(envoy())
-            .args(["--base-id", &base_id(), "-l", "warn", "-c"])
-            .arg(&file)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
+        let (mut child, _dir) = start_envoy(addr, api, "gw-envoy", Some(token));
 
         let mut status = server.status();
         let acked = timeout(
@@ -226,27 +238,7 @@ async fn scopes_over(api: Api) {
     cache.set_snapshot(translator.update(&plan, &endpoints).unwrap());
     let (server, addr) = start(cache.clone()).await;
 
-    let yaml = ads_bootstrap_yaml(&AdsBootstrapOptions {
-        node_id: "gw-scopes".into(),
-        cluster: "revgate".into(),
-        xds_address: addr,
-        api,
-        admin_port: 0,
-        token: None,
-        tls: None,
-    })
-    .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("envoy.yaml");
-    std::fs::write(&file, yaml).unwrap();
-    let mut child = tokio::process::Command::new(envoy())
-        .args(["--base-id", &base_id(), "-l", "warn", "-c"])
-        .arg(&file)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let (mut child, _dir) = start_envoy(addr, api, "gw-scopes", None);
 
     let hosts = [
         "hello.default.example.com",

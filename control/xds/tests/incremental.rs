@@ -103,12 +103,17 @@ struct Seen {
 
 /// An ADS client that ACKs every response, over either protocol.
 trait Client {
-    /// Subscribes to `type_url` (wildcard when `names` is empty), ACKs the
-    /// answer and returns it.
-    async fn sync(&mut self, type_url: &str, names: &[String]) -> Seen;
+    /// Subscribes to `type_url` (wildcard when `names` is empty).
+    async fn subscribe(&mut self, type_url: &str, names: &[String]);
 
     /// The next response, ACKed; `None` once the server stays quiet.
     async fn recv_and_ack(&mut self) -> Option<Seen>;
+
+    /// Subscribes, ACKs the answer and returns it.
+    async fn sync(&mut self, type_url: &str, names: &[String]) -> Seen {
+        self.subscribe(type_url, names).await;
+        self.recv_and_ack().await.unwrap()
+    }
 
     /// Subscribes to everything in ADS order; returns the bytes received.
     async fn full_sync(&mut self) -> usize {
@@ -148,17 +153,14 @@ impl DeltaClient {
 }
 
 impl Client for DeltaClient {
-    async fn sync(&mut self, type_url: &str, names: &[String]) -> Seen {
-        self.requests
-            .send(DeltaDiscoveryRequest {
-                node: node("gw-1"),
-                type_url: type_url.into(),
-                resource_names_subscribe: names.to_vec(),
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-        self.recv_and_ack().await.unwrap()
+    async fn subscribe(&mut self, type_url: &str, names: &[String]) {
+        let request = DeltaDiscoveryRequest {
+            node: node("gw-1"),
+            type_url: type_url.into(),
+            resource_names_subscribe: names.to_vec(),
+            ..Default::default()
+        };
+        self.requests.send(request).await.unwrap();
     }
 
     async fn recv_and_ack(&mut self) -> Option<Seen> {
@@ -197,18 +199,15 @@ impl SotwClient {
 }
 
 impl Client for SotwClient {
-    async fn sync(&mut self, type_url: &str, names: &[String]) -> Seen {
+    async fn subscribe(&mut self, type_url: &str, names: &[String]) {
         self.names.insert(type_url.to_owned(), names.to_vec());
-        self.requests
-            .send(DiscoveryRequest {
-                node: node("gw-1"),
-                type_url: type_url.into(),
-                resource_names: names.to_vec(),
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-        self.recv_and_ack().await.unwrap()
+        let request = DiscoveryRequest {
+            node: node("gw-1"),
+            type_url: type_url.into(),
+            resource_names: names.to_vec(),
+            ..Default::default()
+        };
+        self.requests.send(request).await.unwrap();
     }
 
     async fn recv_and_ack(&mut self) -> Option<Seen> {
