@@ -1,7 +1,7 @@
 //! Incremental translation: the next snapshot costs what changed.
 //!
-//! A [`Translator`] keeps, per input object, the input it last translated
-//! and the names of the resources that came out of it:
+//! A [`Translator`] keeps, per input object, a fingerprint of the input it
+//! last translated and the names of the resources that came out of it:
 //!
 //! | input                                   | resources                                  |
 //! |-----------------------------------------|--------------------------------------------|
@@ -11,15 +11,15 @@
 //! | the settings and the longest timeout    | the listener (LDS), the control cluster    |
 //!
 //! [`Translator::update`] compares each object of the new plan with what it
-//! had (a field-by-field comparison, no encoding; objects are paired by
-//! position, since plans keep their order, and by key when that fails),
+//! had (its fingerprint, no encoding; objects are paired by position, since
+//! plans keep their order, and by key when that fails),
 //! translates and encodes only the objects that differ, and applies those
 //! resources to the previous snapshot ([`crate::snapshot::SnapshotBuilder`]):
 //! types nothing touched stay shared, so an endpoint change is an EDS-only
 //! change and a split change is one RDS resource. It checks consistency
 //! incrementally too: what the changed resources load exists, and nothing
 //! left loads what was removed (a count of references per name). The
-//! translation itself is the pure [`crate::translate`]; equal inputs give
+//! translation itself is the pure [`crate::translate`](mod@crate::translate); equal inputs give
 //! the resources `translate` gives.
 
 use std::collections::{HashMap, HashSet};

@@ -5,8 +5,9 @@
 //! - [`names`]: every Envoy resource name revgate derives, with parsers.
 //! - [`translate`](mod@translate): pure `GatewayPlan` + endpoints → Envoy v3
 //!   resources, one builder per input object.
-//! - [`incremental`]: a [`Translator`] that keeps each object's last input
-//!   and translates only what changed into the next snapshot.
+//! - [`incremental`]: a [`Translator`] that keeps a fingerprint of each
+//!   object's last input and translates only what changed into the next
+//!   snapshot.
 //! - [`snapshot`]: pure, immutable resource sets versioned per resource by
 //!   their encoded bytes (`encode` makes them deterministic), shared per type
 //!   between snapshots, and their consistency check (*what* to send).

@@ -6,7 +6,7 @@
 //! snapshots and is never resent by delta xDS, and a type whose resources
 //! did not change keeps its version and is not resent by SotW either.
 //!
-//! - A resource's version is a hash of its encoded bytes; [`crate::encode`]
+//! - A resource's version is a hash of its encoded bytes; `encode`
 //!   makes those bytes deterministic (protobuf maps in key order).
 //! - A type's version is the wrapping sum of one 64-bit digest per
 //!   `(name, resource version)`: order-free, so adding, changing or removing
