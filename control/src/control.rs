@@ -19,8 +19,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use revgate_model::plan::{Endpoint, EndpointMap, GatewayPlan, ObjectKey};
 use revgate_model::{
-    ApplyError, Document, ManifestError, RevisionReadiness, World, parse_documents,
-    world::{Change, IngressState, Observed},
+    ApplyError, Document, ManifestError, Resource, RevisionReadiness, World, names, parse_documents,
+    world::{
+        CONFIG_MAP_RESOURCE, CONFIGURATION_RESOURCE, Change, ChangeKind, IngressState, Observed, REVISION_RESOURCE,
+        ROUTE_RESOURCE, SERVICE_RESOURCE,
+    },
 };
 use revgate_runtime::RevisionState;
 use revgate_xds::server::{GatewayStatus, SnapshotCache};
@@ -32,7 +35,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::activation::ActivationService;
 use crate::faults::Fault;
 use crate::manifests::ManifestFile;
-use crate::store::{Store, StoreError};
+use crate::store::{Registration, Store, StoreError, UnreadableObject};
 
 /// Why a request to the control plane failed.
 #[derive(Debug, thiserror::Error)]
@@ -105,6 +108,38 @@ pub struct Handle {
     published: watch::Receiver<Published>,
     gateway: watch::Receiver<GatewayStatus>,
     verdicts: watch::Receiver<Arc<BTreeMap<ObjectKey, RevisionReadiness>>>,
+    registrations: watch::Receiver<Arc<BTreeMap<ObjectKey, EndpointsSource>>>,
+    unreadable: watch::Receiver<Arc<Vec<UnreadableObject>>>,
+}
+
+/// Where a revision's endpoints come from when they are registered through
+/// the admin API: shown in its status so that a user can tell endpoints a
+/// registrar just confirmed from ones restored after a restart.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EndpointsSource {
+    /// `Registered` (through the admin API since this control plane
+    /// started) or `Restored` (from the state store at start).
+    pub source: EndpointsOrigin,
+    /// When they were last registered (RFC 3339).
+    pub registered_at: String,
+    pub endpoints: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EndpointsOrigin {
+    Registered,
+    Restored,
+}
+
+impl EndpointsSource {
+    fn new(registration: &Registration, source: EndpointsOrigin) -> Self {
+        Self {
+            source,
+            registered_at: revgate_model::meta::rfc3339(registration.registered_at),
+            endpoints: registration.endpoints.iter().map(ToString::to_string).collect(),
+        }
+    }
 }
 
 impl std::fmt::Debug for Command {
@@ -154,6 +189,17 @@ impl Handle {
         answer.await.map_err(|_| ControlError::ShuttingDown)?
     }
 
+    /// Per revision whose endpoints are registered through the admin API:
+    /// where they come from and when they were registered.
+    pub fn registrations(&self) -> Arc<BTreeMap<ObjectKey, EndpointsSource>> {
+        self.registrations.borrow().clone()
+    }
+
+    /// Stored objects that could not be read at start and were not deleted since.
+    pub fn unreadable(&self) -> Arc<Vec<UnreadableObject>> {
+        self.unreadable.borrow().clone()
+    }
+
     /// The gateway plan being published, for readers that follow it.
     pub fn plan(&self) -> watch::Receiver<Arc<GatewayPlan>> {
         self.plan.clone()
@@ -197,9 +243,12 @@ pub struct ControlPlane {
     store: Store,
     world: Arc<World>,
     /// Endpoints of revisions: from the runtime, or registered through the
-    /// admin API when revisions run elsewhere (not persisted: whoever runs
-    /// the instances registers them again).
+    /// admin API when revisions run elsewhere. Registered ones are stored and
+    /// restored at start: a restarted control plane has no reason to take
+    /// instances that still run out of the gateway.
     endpoints: EndpointMap,
+    /// Where registered endpoints come from, for status.
+    registrations: BTreeMap<ObjectKey, EndpointsSource>,
     /// Whether a runtime owns the endpoints (then the admin API may not set them).
     runtime_managed: bool,
     /// Revisions going to zero whose endpoints are still published while the
@@ -222,18 +271,31 @@ pub struct ControlPlane {
     verdicts_tx: watch::Sender<Arc<BTreeMap<ObjectKey, RevisionReadiness>>>,
     /// The runtime's latest verdicts on revisions it cannot run.
     last_states_verdicts: BTreeMap<ObjectKey, RevisionReadiness>,
+    registrations_tx: watch::Sender<Arc<BTreeMap<ObjectKey, EndpointsSource>>>,
+    unreadable_tx: watch::Sender<Arc<Vec<UnreadableObject>>>,
 }
 
 impl ControlPlane {
-    /// Loads the stored world, publishes its first snapshot and returns the
-    /// owner together with a handle for readers and writers.
+    /// Loads the stored world and registered endpoints, publishes its first
+    /// snapshot and returns the owner together with a handle for readers and
+    /// writers. Stored objects that cannot be read are left out and reported.
     pub fn start(
-        store: Store,
+        mut store: Store,
         cache: SnapshotCache,
         settings: XdsSettings,
         gateway: watch::Receiver<GatewayStatus>,
     ) -> Result<(Self, Handle), ControlError> {
         let world = Arc::new(store.load()?);
+        let restored: BTreeMap<ObjectKey, Registration> =
+            store.registrations()?.into_iter().filter(|(key, _)| world.revisions.contains_key(key)).collect();
+        let endpoints: EndpointMap =
+            restored.iter().map(|(key, registration)| (key.clone(), registration.endpoints.clone())).collect();
+        let registrations: BTreeMap<ObjectKey, EndpointsSource> = restored
+            .iter()
+            .map(|(key, registration)| (key.clone(), EndpointsSource::new(registration, EndpointsOrigin::Restored)))
+            .collect();
+        let (registrations_tx, registrations_rx) = watch::channel(Arc::new(registrations.clone()));
+        let (unreadable_tx, unreadable_rx) = watch::channel(Arc::new(store.unreadable().to_vec()));
         let (commands_tx, commands) = mpsc::channel(64);
         let (world_tx, world_rx) = watch::channel(world.clone());
         let (published_tx, published_rx) = watch::channel(Published::default());
@@ -243,7 +305,8 @@ impl ControlPlane {
         let mut plane = Self {
             store,
             world,
-            endpoints: EndpointMap::new(),
+            endpoints,
+            registrations,
             runtime_managed: false,
             draining: BTreeSet::new(),
             endpoint_generations: BTreeMap::new(),
@@ -258,6 +321,8 @@ impl ControlPlane {
             published_tx,
             verdicts_tx,
             last_states_verdicts: BTreeMap::new(),
+            registrations_tx,
+            unreadable_tx,
         };
         plane.publish();
         let handle = Handle {
@@ -268,6 +333,8 @@ impl ControlPlane {
             published: published_rx,
             gateway,
             verdicts: verdicts_rx,
+            registrations: registrations_rx,
+            unreadable: unreadable_rx,
         };
         Ok((plane, handle))
     }
@@ -277,6 +344,18 @@ impl ControlPlane {
     /// is the source of every revision's endpoints.
     pub async fn run(mut self, activation: ActivationService, mut runtime: Option<RuntimeStates>) {
         self.runtime_managed = runtime.is_some();
+        if self.runtime_managed && !self.registrations.is_empty() {
+            // Registered by an earlier `serve --runtime external`; this
+            // runtime starts its own instances and reports their endpoints.
+            tracing::warn!(
+                revisions = self.registrations.len(),
+                "ignoring stored endpoints registered for another runtime"
+            );
+            self.registrations.clear();
+            self.endpoints.clear();
+            self.publish_registrations();
+            self.publish();
+        }
         if let Some(states) = &mut runtime {
             let current = states.borrow_and_update().clone();
             self.take_runtime_states(&current, &activation);
@@ -301,6 +380,8 @@ impl ControlPlane {
                 let result = self.apply(&files, delete);
                 if result.is_ok() {
                     self.publish_verdicts();
+                    self.publish_registrations();
+                    replace_if_changed(&self.unreadable_tx, self.store.unreadable().to_vec());
                 }
                 // The requester may have gone away; the change stands either way.
                 let _ = reply.send(result);
@@ -392,6 +473,20 @@ impl ControlPlane {
             }
             return;
         }
+        if !self.runtime_managed {
+            // Stored before anything is published: what Envoy is sent is
+            // always what a restart restores.
+            let registration = Registration { endpoints: endpoints.clone(), registered_at: unix_now() };
+            if let Err(e) = self.store.save_registration(&revision, &registration) {
+                if let Some(reply) = reply {
+                    let _ = reply.send(Err(e.into()));
+                }
+                return;
+            }
+            self.registrations
+                .insert(revision.clone(), EndpointsSource::new(&registration, EndpointsOrigin::Registered));
+            self.publish_registrations();
+        }
         let generation = {
             let generation = self.endpoint_generations.entry(revision.clone()).or_default();
             *generation += 1;
@@ -426,7 +521,7 @@ impl ControlPlane {
             documents.extend(parse_documents(&file.name, &file.content)?);
         }
         let (next, changes) =
-            if delete { self.world.delete(&documents)? } else { self.world.apply(&documents, unix_now())? };
+            if delete { self.delete(&documents)? } else { self.world.apply(&documents, unix_now())? };
         self.store.save(&self.world, &next)?;
         let changed = *self.world != next;
         self.world = Arc::new(next);
@@ -474,6 +569,142 @@ impl ControlPlane {
 }
 
 impl ControlPlane {
+    fn publish_registrations(&mut self) {
+        let revisions = &self.world.revisions;
+        self.registrations.retain(|revision, _| revisions.contains_key(revision));
+        replace_if_changed(&self.registrations_tx, self.registrations.clone());
+    }
+
+    /// Deletes the objects `documents` name. An object whose stored row
+    /// could not be read at start is not in the world: deleting it removes
+    /// that row (with the unreadable rows of what it owns) in the same
+    /// transaction as the rest of the delete, and what it owns that could
+    /// be read leaves the world as it would with its owner.
+    fn delete(&mut self, documents: &[Document]) -> Result<(World, Vec<Change>), ControlError> {
+        let mut forget: Vec<UnreadableObject> = Vec::new();
+        let mut unreadable_owners: Vec<(&'static str, ObjectKey)> = Vec::new();
+        let mut rest: Vec<Document> = Vec::new();
+        for document in documents {
+            let key = document.resource.key();
+            let (table, resource) = match &document.resource {
+                Resource::Service(_) => ("services", SERVICE_RESOURCE),
+                Resource::Configuration(_) => ("configurations", CONFIGURATION_RESOURCE),
+                Resource::Route(_) => ("routes", ROUTE_RESOURCE),
+                Resource::ConfigMap(_) => ("configmaps", CONFIG_MAP_RESOURCE),
+            };
+            let row = key.to_string();
+            if self.store.unreadable().iter().any(|r| r.table == table && r.key == row) {
+                unreadable_owners.push((resource, key));
+            } else {
+                rest.push(document.clone());
+            }
+        }
+        let (mut next, mut changes) = self.world.delete(&rest)?;
+        for (resource, key) in unreadable_owners {
+            changes.push(Change { resource: resource.to_owned(), key: key.clone(), change: ChangeKind::Deleted });
+            let table = match resource {
+                SERVICE_RESOURCE => "services",
+                CONFIGURATION_RESOURCE => "configurations",
+                ROUTE_RESOURCE => "routes",
+                _ => "configmaps",
+            };
+            let row = key.to_string();
+            forget.extend(self.store.unreadable().iter().filter(|r| r.table == table && r.key == row).cloned());
+            let configuration = match resource {
+                SERVICE_RESOURCE => {
+                    let route = ObjectKey::new(key.namespace.clone(), names::service_route(&key.name));
+                    if next.routes.get(&route).and_then(|r| r.metadata.owner("Service")) == Some(key.name.as_str()) {
+                        next.routes.remove(&route);
+                        changes.push(Change {
+                            resource: ROUTE_RESOURCE.to_owned(),
+                            key: route.clone(),
+                            change: ChangeKind::Deleted,
+                        });
+                    }
+                    forget.extend(
+                        self.store
+                            .unreadable()
+                            .iter()
+                            .filter(|r| r.table == "routes" && r.key == route.to_string())
+                            .cloned(),
+                    );
+                    Some(ObjectKey::new(key.namespace.clone(), names::service_configuration(&key.name)))
+                }
+                CONFIGURATION_RESOURCE => Some(key.clone()),
+                _ => None,
+            };
+            if let Some(configuration) = configuration {
+                self.forget_configuration(
+                    &configuration,
+                    resource == SERVICE_RESOURCE,
+                    &mut next,
+                    &mut changes,
+                    &mut forget,
+                );
+            }
+        }
+        forget.sort();
+        forget.dedup();
+        self.store.forget_on_save(forget);
+        Ok((next, changes))
+    }
+
+    /// Removes a Configuration whose owner's row was unreadable, with its
+    /// revisions: readable ones from `next`, unreadable rows (revisions are
+    /// named `<configuration>-…`, as Knative requires) through `forget`.
+    fn forget_configuration(
+        &self,
+        configuration: &ObjectKey,
+        owned_by_service: bool,
+        next: &mut World,
+        changes: &mut Vec<Change>,
+        forget: &mut Vec<UnreadableObject>,
+    ) {
+        let owner_matches = next
+            .configurations
+            .get(configuration)
+            .is_some_and(|c| !owned_by_service || c.metadata.owner("Service") == Some(configuration.name.as_str()));
+        if owner_matches {
+            next.configurations.remove(configuration);
+            changes.push(Change {
+                resource: CONFIGURATION_RESOURCE.to_owned(),
+                key: configuration.clone(),
+                change: ChangeKind::Deleted,
+            });
+            let revisions: Vec<ObjectKey> = next.revisions_of(configuration).map(|r| r.metadata.key()).collect();
+            for revision in revisions {
+                next.revisions.remove(&revision);
+                changes.push(Change {
+                    resource: REVISION_RESOURCE.to_owned(),
+                    key: revision,
+                    change: ChangeKind::Deleted,
+                });
+            }
+        }
+        let config_row = configuration.to_string();
+        let prefix = format!("{config_row}-");
+        // A longer configuration name that shares the prefix owns its own revisions.
+        let others: Vec<String> = next
+            .configurations
+            .keys()
+            .filter(|other| other.namespace == configuration.namespace && *other != configuration)
+            .map(|other| format!("{other}-"))
+            .filter(|other| other.starts_with(&prefix))
+            .collect();
+        forget.extend(
+            self.store
+                .unreadable()
+                .iter()
+                .filter(|r| {
+                    (r.table == "configurations" && r.key == config_row)
+                        || (r.table == "revisions"
+                            && r.key.starts_with(&prefix)
+                            && !others.iter().any(|other| r.key.starts_with(other)))
+                })
+                .cloned(),
+        );
+    }
+
     /// Publishes the endpoint count wanted per revision: registered, else
     /// static, and zero while draining.
     fn publish_desired(&self, plan: &GatewayPlan) {
