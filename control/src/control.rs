@@ -19,11 +19,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use revgate_model::plan::{Endpoint, EndpointMap, GatewayPlan, ObjectKey};
 use revgate_model::{
-    ApplyError, Document, ManifestError, Resource, RevisionReadiness, World, names, parse_documents,
-    world::{
-        CONFIG_MAP_RESOURCE, CONFIGURATION_RESOURCE, Change, ChangeKind, IngressState, Observed, REVISION_RESOURCE,
-        ROUTE_RESOURCE, SERVICE_RESOURCE,
-    },
+    ApplyError, Document, ManifestError, RevisionReadiness, World, parse_documents,
+    world::{Change, IngressState, Observed},
 };
 use revgate_runtime::RevisionState;
 use revgate_xds::server::{GatewayStatus, SnapshotCache};
@@ -35,7 +32,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::activation::ActivationService;
 use crate::faults::Fault;
 use crate::manifests::ManifestFile;
-use crate::store::{Registration, Store, StoreError, UnreadableObject};
+use crate::store::{Registration, Store, StoreError, UnreadableObject, delete_unreadable};
 
 /// Why a request to the control plane failed.
 #[derive(Debug, thiserror::Error)]
@@ -575,134 +572,17 @@ impl ControlPlane {
         replace_if_changed(&self.registrations_tx, self.registrations.clone());
     }
 
-    /// Deletes the objects `documents` name. An object whose stored row
-    /// could not be read at start is not in the world: deleting it removes
-    /// that row (with the unreadable rows of what it owns) in the same
-    /// transaction as the rest of the delete, and what it owns that could
-    /// be read leaves the world as it would with its owner.
+    /// Deletes the objects `documents` name, including objects whose stored
+    /// rows could not be read: their rows (and the unreadable rows of what
+    /// they own) leave in the same transaction as the rest of the delete.
     fn delete(&mut self, documents: &[Document]) -> Result<(World, Vec<Change>), ControlError> {
-        let mut forget: Vec<UnreadableObject> = Vec::new();
-        let mut unreadable_owners: Vec<(&'static str, ObjectKey)> = Vec::new();
-        let mut rest: Vec<Document> = Vec::new();
-        for document in documents {
-            let key = document.resource.key();
-            let (table, resource) = match &document.resource {
-                Resource::Service(_) => ("services", SERVICE_RESOURCE),
-                Resource::Configuration(_) => ("configurations", CONFIGURATION_RESOURCE),
-                Resource::Route(_) => ("routes", ROUTE_RESOURCE),
-                Resource::ConfigMap(_) => ("configmaps", CONFIG_MAP_RESOURCE),
-            };
-            let row = key.to_string();
-            if self.store.unreadable().iter().any(|r| r.table == table && r.key == row) {
-                unreadable_owners.push((resource, key));
-            } else {
-                rest.push(document.clone());
-            }
+        if self.store.unreadable().is_empty() {
+            return Ok(self.world.delete(documents)?);
         }
-        let (mut next, mut changes) = self.world.delete(&rest)?;
-        for (resource, key) in unreadable_owners {
-            changes.push(Change { resource: resource.to_owned(), key: key.clone(), change: ChangeKind::Deleted });
-            let table = match resource {
-                SERVICE_RESOURCE => "services",
-                CONFIGURATION_RESOURCE => "configurations",
-                ROUTE_RESOURCE => "routes",
-                _ => "configmaps",
-            };
-            let row = key.to_string();
-            forget.extend(self.store.unreadable().iter().filter(|r| r.table == table && r.key == row).cloned());
-            let configuration = match resource {
-                SERVICE_RESOURCE => {
-                    let route = ObjectKey::new(key.namespace.clone(), names::service_route(&key.name));
-                    if next.routes.get(&route).and_then(|r| r.metadata.owner("Service")) == Some(key.name.as_str()) {
-                        next.routes.remove(&route);
-                        changes.push(Change {
-                            resource: ROUTE_RESOURCE.to_owned(),
-                            key: route.clone(),
-                            change: ChangeKind::Deleted,
-                        });
-                    }
-                    forget.extend(
-                        self.store
-                            .unreadable()
-                            .iter()
-                            .filter(|r| r.table == "routes" && r.key == route.to_string())
-                            .cloned(),
-                    );
-                    Some(ObjectKey::new(key.namespace.clone(), names::service_configuration(&key.name)))
-                }
-                CONFIGURATION_RESOURCE => Some(key.clone()),
-                _ => None,
-            };
-            if let Some(configuration) = configuration {
-                self.forget_configuration(
-                    &configuration,
-                    resource == SERVICE_RESOURCE,
-                    &mut next,
-                    &mut changes,
-                    &mut forget,
-                );
-            }
-        }
-        forget.sort();
-        forget.dedup();
-        self.store.forget_on_save(forget);
-        Ok((next, changes))
-    }
-
-    /// Removes a Configuration whose owner's row was unreadable, with its
-    /// revisions: readable ones from `next`, unreadable rows (revisions are
-    /// named `<configuration>-…`, as Knative requires) through `forget`.
-    fn forget_configuration(
-        &self,
-        configuration: &ObjectKey,
-        owned_by_service: bool,
-        next: &mut World,
-        changes: &mut Vec<Change>,
-        forget: &mut Vec<UnreadableObject>,
-    ) {
-        let owner_matches = next
-            .configurations
-            .get(configuration)
-            .is_some_and(|c| !owned_by_service || c.metadata.owner("Service") == Some(configuration.name.as_str()));
-        if owner_matches {
-            next.configurations.remove(configuration);
-            changes.push(Change {
-                resource: CONFIGURATION_RESOURCE.to_owned(),
-                key: configuration.clone(),
-                change: ChangeKind::Deleted,
-            });
-            let revisions: Vec<ObjectKey> = next.revisions_of(configuration).map(|r| r.metadata.key()).collect();
-            for revision in revisions {
-                next.revisions.remove(&revision);
-                changes.push(Change {
-                    resource: REVISION_RESOURCE.to_owned(),
-                    key: revision,
-                    change: ChangeKind::Deleted,
-                });
-            }
-        }
-        let config_row = configuration.to_string();
-        let prefix = format!("{config_row}-");
-        // A longer configuration name that shares the prefix owns its own revisions.
-        let others: Vec<String> = next
-            .configurations
-            .keys()
-            .filter(|other| other.namespace == configuration.namespace && *other != configuration)
-            .map(|other| format!("{other}-"))
-            .filter(|other| other.starts_with(&prefix))
-            .collect();
-        forget.extend(
-            self.store
-                .unreadable()
-                .iter()
-                .filter(|r| {
-                    (r.table == "configurations" && r.key == config_row)
-                        || (r.table == "revisions"
-                            && r.key.starts_with(&prefix)
-                            && !others.iter().any(|other| r.key.starts_with(other)))
-                })
-                .cloned(),
-        );
+        let recovery = delete_unreadable(&self.world, self.store.unreadable(), documents);
+        let (next, changes) = recovery.world.delete(&recovery.readable)?;
+        self.store.forget_on_save(recovery.rows);
+        Ok((next, recovery.changes.into_iter().chain(changes).collect()))
     }
 
     /// Publishes the endpoint count wanted per revision: registered, else

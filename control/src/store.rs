@@ -22,8 +22,11 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, TableHandle};
-use revgate_model::World;
 use revgate_model::plan::{Endpoint, ObjectKey};
+use revgate_model::world::{
+    CONFIG_MAP_RESOURCE, CONFIGURATION_RESOURCE, ChangeKind, REVISION_RESOURCE, ROUTE_RESOURCE, SERVICE_RESOURCE,
+};
+use revgate_model::{Change, Document, Resource, World, names};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -206,6 +209,116 @@ impl Store {
     fn db_error(&self, e: impl std::fmt::Display) -> StoreError {
         StoreError::Database { path: self.path.clone(), message: e.to_string() }
     }
+}
+
+/// A delete that names objects whose stored rows could not be read, made
+/// ready for `World::delete`.
+#[derive(Debug)]
+pub struct UnreadableDelete {
+    /// The world without what the unreadable objects owned and could be read.
+    pub world: World,
+    /// The documents naming objects that are in the world.
+    pub readable: Vec<Document>,
+    /// What leaves besides what `World::delete` reports.
+    pub changes: Vec<Change>,
+    /// The rows to remove with the delete.
+    pub rows: Vec<UnreadableObject>,
+}
+
+/// Plans a delete around unreadable rows, as Knative's owner references
+/// would: an object named by `documents` whose row is unreadable leaves
+/// with its row, and what it owns leaves with it (a Service's Route and
+/// Configuration, a Configuration's revisions) whether readable or not.
+/// Revisions are matched by name when their rows cannot be read: Knative
+/// names them `<configuration>-…`.
+pub fn delete_unreadable(world: &World, unreadable: &[UnreadableObject], documents: &[Document]) -> UnreadableDelete {
+    let mut plan =
+        UnreadableDelete { world: world.clone(), readable: Vec::new(), changes: Vec::new(), rows: Vec::new() };
+    let row_of = |table: &str, key: &ObjectKey| {
+        let key = row_key(key);
+        unreadable.iter().find(|row| row.table == table && row.key == key).cloned()
+    };
+    for document in documents {
+        let key = document.resource.key();
+        let (table, resource) = match &document.resource {
+            Resource::Service(_) => ("services", SERVICE_RESOURCE),
+            Resource::Configuration(_) => ("configurations", CONFIGURATION_RESOURCE),
+            Resource::Route(_) => ("routes", ROUTE_RESOURCE),
+            Resource::ConfigMap(_) => ("configmaps", CONFIG_MAP_RESOURCE),
+        };
+        let Some(own) = row_of(table, &key) else {
+            plan.readable.push(document.clone());
+            // A readable owner's readable children leave through
+            // `World::delete`; its unreadable ones leave here.
+            if let Resource::Service(_) | Resource::Configuration(_) = &document.resource {
+                plan.rows.extend(row_of("routes", &key).filter(|_| table == "services"));
+                plan.rows.extend(row_of("configurations", &key).filter(|_| table == "services"));
+                plan.rows.extend(unreadable_revisions(world, unreadable, &key));
+            }
+            continue;
+        };
+        plan.rows.push(own);
+        plan.changes.push(Change { resource: resource.to_owned(), key: key.clone(), change: ChangeKind::Deleted });
+        let configuration = match &document.resource {
+            Resource::Service(_) => {
+                let route = ObjectKey::new(key.namespace.clone(), names::service_route(&key.name));
+                let owned = |owner: Option<&str>| owner == Some(key.name.as_str());
+                if plan.world.routes.get(&route).is_some_and(|r| owned(r.metadata.owner("Service"))) {
+                    plan.world.routes.remove(&route);
+                    plan.changes.push(deleted(ROUTE_RESOURCE, &route));
+                }
+                plan.rows.extend(row_of("routes", &route));
+                let configuration = ObjectKey::new(key.namespace.clone(), names::service_configuration(&key.name));
+                plan.rows.extend(row_of("configurations", &configuration));
+                match plan.world.configurations.get(&configuration) {
+                    Some(c) if owned(c.metadata.owner("Service")) => Some(configuration),
+                    _ => None,
+                }
+            }
+            Resource::Configuration(_) => Some(key.clone()),
+            Resource::Route(_) | Resource::ConfigMap(_) => None,
+        };
+        if let Some(configuration) = configuration {
+            plan.rows.extend(unreadable_revisions(world, unreadable, &configuration));
+            if plan.world.configurations.remove(&configuration).is_some() {
+                plan.changes.push(deleted(CONFIGURATION_RESOURCE, &configuration));
+            }
+            let revisions: Vec<ObjectKey> = plan.world.revisions_of(&configuration).map(|r| r.metadata.key()).collect();
+            for revision in revisions {
+                plan.world.revisions.remove(&revision);
+                plan.changes.push(deleted(REVISION_RESOURCE, &revision));
+            }
+        }
+    }
+    plan.rows.sort();
+    plan.rows.dedup();
+    plan
+}
+
+fn deleted(resource: &str, key: &ObjectKey) -> Change {
+    Change { resource: resource.to_owned(), key: key.clone(), change: ChangeKind::Deleted }
+}
+
+/// Unreadable revision rows named after `configuration` (`<name>-…`), but
+/// not after a longer configuration name that shares the prefix.
+fn unreadable_revisions(
+    world: &World,
+    unreadable: &[UnreadableObject],
+    configuration: &ObjectKey,
+) -> Vec<UnreadableObject> {
+    let prefix = format!("{}-", row_key(configuration));
+    let longer: Vec<String> = world
+        .configurations
+        .keys()
+        .map(|other| format!("{}-", row_key(other)))
+        .filter(|other| other.len() > prefix.len() && other.starts_with(&prefix))
+        .collect();
+    unreadable
+        .iter()
+        .filter(|row| row.table == "revisions" && row.key.starts_with(&prefix))
+        .filter(|row| !longer.iter().any(|other| row.key.starts_with(other)))
+        .cloned()
+        .collect()
 }
 
 /// Creates `dir` (and missing parents) readable by its owner only. An
@@ -424,6 +537,56 @@ mod tests {
         previous.revisions.insert(revision.clone(), revision_object);
         store.save(&previous, &World::default()).expect("save");
         assert!(store.registrations().expect("read").is_empty());
+    }
+
+    fn service(name: &str) -> String {
+        format!(
+            "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata:\n  name: {name}\nspec:\n  template:\n    spec:\n      containers:\n      - image: example.com/{name}\n"
+        )
+    }
+
+    fn unreadable(table: &str, key: &str) -> UnreadableObject {
+        UnreadableObject { table: table.into(), key: key.into(), error: "expected value".into() }
+    }
+
+    #[test]
+    fn deleting_an_unreadable_service_takes_what_it_owns_and_nothing_else() {
+        let documents =
+            revgate_model::parse_documents("all.yaml", &(service("hello") + "---\n" + &service("hello-world")))
+                .expect("manifests");
+        let (mut world, _) = World::default().apply(&documents, 0).expect("apply");
+        // As loaded from a store whose Service and revision rows of `hello`
+        // and one revision row of `hello-world` cannot be read.
+        world.services.remove(&ObjectKey::new("default", "hello"));
+        world.revisions.remove(&ObjectKey::new("default", "hello-00001"));
+        world.revisions.remove(&ObjectKey::new("default", "hello-world-00001"));
+        let rows = [
+            unreadable("services", "default/hello"),
+            unreadable("revisions", "default/hello-00001"),
+            unreadable("revisions", "default/hello-world-00001"),
+        ];
+
+        let delete = revgate_model::parse_documents("hello.yaml", &service("hello")).expect("manifest");
+        let plan = delete_unreadable(&world, &rows, &delete);
+        assert!(plan.readable.is_empty(), "nothing left for World::delete");
+        assert_eq!(plan.rows, [rows[1].clone(), rows[0].clone()], "hello-world's revision stays");
+        let changes: Vec<String> = plan.changes.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            changes,
+            [
+                "service.serving.knative.dev/hello deleted",
+                "route.serving.knative.dev/hello deleted",
+                "configuration.serving.knative.dev/hello deleted"
+            ]
+        );
+        assert!(!plan.world.routes.contains_key(&ObjectKey::new("default", "hello")));
+        assert!(plan.world.configurations.contains_key(&ObjectKey::new("default", "hello-world")));
+
+        // Deleting the readable `hello-world` takes its unreadable revision row.
+        let delete = revgate_model::parse_documents("w.yaml", &service("hello-world")).expect("manifest");
+        let plan = delete_unreadable(&world, &rows, &delete);
+        assert_eq!(plan.readable.len(), 1);
+        assert_eq!(plan.rows, [rows[2].clone()]);
     }
 
     #[cfg(unix)]
