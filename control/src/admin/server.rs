@@ -44,7 +44,8 @@ pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a request body may pause between two reads.
 pub const BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// How long a whole request body may take (32 MiB at under 300 KB/s).
+/// How long a whole request body may take: a full 32 MiB needs about
+/// 280 KB/s, and reading (or discarding) one body cannot go on forever.
 pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// At most this many unreadable stored objects are named in `Warning`
