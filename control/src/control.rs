@@ -33,7 +33,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::activation::ActivationService;
 use crate::faults::Fault;
 use crate::manifests::ManifestFile;
-use crate::store::{Store, StoreError};
+use crate::store::{Registration, Store, StoreError, UnreadableObject, delete_unreadable};
 
 /// Why a request to the control plane failed.
 #[derive(Debug, thiserror::Error)]
@@ -149,6 +149,38 @@ pub struct Handle {
     published: watch::Receiver<Published>,
     gateway: watch::Receiver<GatewayStatus>,
     verdicts: watch::Receiver<Arc<BTreeMap<ObjectKey, RevisionReadiness>>>,
+    registrations: watch::Receiver<Arc<BTreeMap<ObjectKey, EndpointsSource>>>,
+    unreadable: watch::Receiver<Arc<Vec<UnreadableObject>>>,
+}
+
+/// Where a revision's endpoints come from when they are registered through
+/// the admin API: shown in its status so that a user can tell endpoints a
+/// registrar just confirmed from ones restored after a restart.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EndpointsSource {
+    /// `Registered` (through the admin API since this control plane
+    /// started) or `Restored` (from the state store at start).
+    pub source: EndpointsOrigin,
+    /// When they were last registered (RFC 3339).
+    pub registered_at: String,
+    pub endpoints: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EndpointsOrigin {
+    Registered,
+    Restored,
+}
+
+impl EndpointsSource {
+    fn new(registration: &Registration, source: EndpointsOrigin) -> Self {
+        Self {
+            source,
+            registered_at: revgate_model::meta::rfc3339(registration.registered_at),
+            endpoints: registration.endpoints.iter().map(ToString::to_string).collect(),
+        }
+    }
 }
 
 impl std::fmt::Debug for Command {
@@ -203,6 +235,17 @@ impl Handle {
         answer.await.map_err(|_| ControlError::ShuttingDown)?
     }
 
+    /// Per revision whose endpoints are registered through the admin API:
+    /// where they come from and when they were registered.
+    pub fn registrations(&self) -> Arc<BTreeMap<ObjectKey, EndpointsSource>> {
+        self.registrations.borrow().clone()
+    }
+
+    /// Stored objects that could not be read at start and were not deleted since.
+    pub fn unreadable(&self) -> Arc<Vec<UnreadableObject>> {
+        self.unreadable.borrow().clone()
+    }
+
     /// The gateway plan being published, for readers that follow it.
     pub fn plan(&self) -> watch::Receiver<Arc<GatewayPlan>> {
         self.plan.clone()
@@ -246,9 +289,12 @@ pub struct ControlPlane {
     store: Store,
     world: Arc<World>,
     /// Endpoints of revisions: from the runtime, or registered through the
-    /// admin API when revisions run elsewhere (not persisted: whoever runs
-    /// the instances registers them again).
+    /// admin API when revisions run elsewhere. Registered ones are stored and
+    /// restored at start: a restarted control plane has no reason to take
+    /// instances that still run out of the gateway.
     endpoints: EndpointMap,
+    /// Where registered endpoints come from, for status.
+    registrations: BTreeMap<ObjectKey, EndpointsSource>,
     /// Whether a runtime owns the endpoints (then the admin API may not set them).
     runtime_managed: bool,
     /// Revisions going to zero whose endpoints are still published while the
@@ -271,18 +317,31 @@ pub struct ControlPlane {
     verdicts_tx: watch::Sender<Arc<BTreeMap<ObjectKey, RevisionReadiness>>>,
     /// The runtime's latest verdicts on revisions it cannot run.
     last_states_verdicts: BTreeMap<ObjectKey, RevisionReadiness>,
+    registrations_tx: watch::Sender<Arc<BTreeMap<ObjectKey, EndpointsSource>>>,
+    unreadable_tx: watch::Sender<Arc<Vec<UnreadableObject>>>,
 }
 
 impl ControlPlane {
-    /// Loads the stored world, publishes its first snapshot and returns the
-    /// owner together with a handle for readers and writers.
+    /// Loads the stored world and registered endpoints, publishes its first
+    /// snapshot and returns the owner together with a handle for readers and
+    /// writers. Stored objects that cannot be read are left out and reported.
     pub fn start(
-        store: Store,
+        mut store: Store,
         cache: SnapshotCache,
         settings: XdsSettings,
         gateway: watch::Receiver<GatewayStatus>,
     ) -> Result<(Self, Handle), ControlError> {
         let world = Arc::new(store.load()?);
+        let restored: BTreeMap<ObjectKey, Registration> =
+            store.registrations()?.into_iter().filter(|(key, _)| world.revisions.contains_key(key)).collect();
+        let endpoints: EndpointMap =
+            restored.iter().map(|(key, registration)| (key.clone(), registration.endpoints.clone())).collect();
+        let registrations: BTreeMap<ObjectKey, EndpointsSource> = restored
+            .iter()
+            .map(|(key, registration)| (key.clone(), EndpointsSource::new(registration, EndpointsOrigin::Restored)))
+            .collect();
+        let (registrations_tx, registrations_rx) = watch::channel(Arc::new(registrations.clone()));
+        let (unreadable_tx, unreadable_rx) = watch::channel(Arc::new(store.unreadable().to_vec()));
         let (commands_tx, commands) = mpsc::channel(64);
         let (world_tx, world_rx) = watch::channel(world.clone());
         let (published_tx, published_rx) = watch::channel(Published::default());
@@ -292,7 +351,8 @@ impl ControlPlane {
         let mut plane = Self {
             store,
             world,
-            endpoints: EndpointMap::new(),
+            endpoints,
+            registrations,
             runtime_managed: false,
             draining: BTreeSet::new(),
             endpoint_generations: BTreeMap::new(),
@@ -307,6 +367,8 @@ impl ControlPlane {
             published_tx,
             verdicts_tx,
             last_states_verdicts: BTreeMap::new(),
+            registrations_tx,
+            unreadable_tx,
         };
         plane.publish();
         let handle = Handle {
@@ -317,6 +379,8 @@ impl ControlPlane {
             published: published_rx,
             gateway,
             verdicts: verdicts_rx,
+            registrations: registrations_rx,
+            unreadable: unreadable_rx,
         };
         Ok((plane, handle))
     }
@@ -326,6 +390,18 @@ impl ControlPlane {
     /// is the source of every revision's endpoints.
     pub async fn run(mut self, activation: ActivationService, mut runtime: Option<RuntimeStates>) {
         self.runtime_managed = runtime.is_some();
+        if self.runtime_managed && !self.registrations.is_empty() {
+            // Registered by an earlier `serve --runtime external`; this
+            // runtime starts its own instances and reports their endpoints.
+            tracing::warn!(
+                revisions = self.registrations.len(),
+                "ignoring stored endpoints registered for another runtime"
+            );
+            self.registrations.clear();
+            self.endpoints.clear();
+            self.publish_registrations();
+            self.publish();
+        }
         if let Some(states) = &mut runtime {
             let current = states.borrow_and_update().clone();
             self.take_runtime_states(&current, &activation);
@@ -350,6 +426,8 @@ impl ControlPlane {
                 let result = self.apply(&parsed);
                 if result.is_ok() {
                     self.publish_verdicts();
+                    self.publish_registrations();
+                    replace_if_changed(&self.unreadable_tx, self.store.unreadable().to_vec());
                 }
                 // The requester may have gone away; the change stands either way.
                 let _ = reply.send(result);
@@ -441,6 +519,20 @@ impl ControlPlane {
             }
             return;
         }
+        if !self.runtime_managed {
+            // Stored before anything is published: what Envoy is sent is
+            // always what a restart restores.
+            let registration = Registration { endpoints: endpoints.clone(), registered_at: unix_now() };
+            if let Err(e) = self.store.save_registration(&revision, &registration) {
+                if let Some(reply) = reply {
+                    let _ = reply.send(Err(e.into()));
+                }
+                return;
+            }
+            self.registrations
+                .insert(revision.clone(), EndpointsSource::new(&registration, EndpointsOrigin::Registered));
+            self.publish_registrations();
+        }
         let generation = {
             let generation = self.endpoint_generations.entry(revision.clone()).or_default();
             *generation += 1;
@@ -472,7 +564,7 @@ impl ControlPlane {
     fn apply(&mut self, parsed: &Parsed) -> Result<Applied, ControlError> {
         let (next, changes, warnings) = match parsed {
             Parsed::Delete(references) => {
-                let (next, changes) = self.world.delete(references)?;
+                let (next, changes) = self.delete(references)?;
                 (next, changes, Vec::new())
             }
             Parsed::Apply(documents) => {
@@ -528,6 +620,25 @@ impl ControlPlane {
 }
 
 impl ControlPlane {
+    fn publish_registrations(&mut self) {
+        let revisions = &self.world.revisions;
+        self.registrations.retain(|revision, _| revisions.contains_key(revision));
+        replace_if_changed(&self.registrations_tx, self.registrations.clone());
+    }
+
+    /// Deletes the objects `documents` name, including objects whose stored
+    /// rows could not be read: their rows (and the unreadable rows of what
+    /// they own) leave in the same transaction as the rest of the delete.
+    fn delete(&mut self, references: &[Reference]) -> Result<(World, Vec<Change>), ControlError> {
+        if self.store.unreadable().is_empty() {
+            return Ok(self.world.delete(references)?);
+        }
+        let recovery = delete_unreadable(&self.world, self.store.unreadable(), references);
+        let (next, changes) = recovery.world.delete(&recovery.readable)?;
+        self.store.forget_on_save(recovery.rows);
+        Ok((next, recovery.changes.into_iter().chain(changes).collect()))
+    }
+
     /// Publishes the endpoint count wanted per revision: registered, else
     /// static, and zero while draining.
     fn publish_desired(&self, plan: &GatewayPlan) {

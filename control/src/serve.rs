@@ -30,7 +30,7 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::task::JoinHandle;
 
 use crate::activation::{ActivationService, COLD_NOTICE_TIMEOUT};
-use crate::admin::server::{AdminState, is_loopback, router};
+use crate::admin::server::{self, AdminState, is_loopback, router};
 use crate::autoscaling::Autoscaler;
 use crate::cli::{RuntimeKind, ServeArgs};
 use crate::control::{ControlPlane, Handle};
@@ -160,8 +160,7 @@ impl Server {
     /// Binds every listener (failing with the address and the flag to change
     /// when one is taken) and starts serving.
     pub async fn start(config: ServerConfig) -> anyhow::Result<Self> {
-        std::fs::create_dir_all(&config.state_dir)
-            .with_context(|| format!("creating the state directory {}", config.state_dir.display()))?;
+        // Creates the state directory, owner-only, if it is new.
         let store = Store::open(&config.state_dir)?;
         let token = admin_token(&config.state_dir)?;
         let gateway_token = gateway_auth::for_server(
@@ -258,7 +257,7 @@ impl Server {
                 .add_service(xds.into_authenticated_service(gateway_auth::xds_auth(xds_addr, &gateway_token)))
                 .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(xds_listener)),
         );
-        let admin = tokio::spawn(async move { axum::serve(admin_listener, admin).await });
+        let admin = tokio::spawn(server::serve(admin_listener, admin));
         let activation_service = activation.clone();
         let activation_api =
             gateway_auth::activation_router(activation.router(), activation_addr, Some(&gateway_token));

@@ -237,13 +237,34 @@ impl DeltaStream {
         }
 
         self.nonce += 1;
-        let acked: Vec<AckedResource> = resources
+        let mut acked: Vec<AckedResource> = resources
             .iter()
             .filter_map(|r| {
                 let resource = r.resource.clone()?;
                 Some(AckedResource { name: r.name.clone(), version: r.version.clone(), resource })
             })
             .collect();
+        if !watch.answered {
+            // A reconnecting client already holds these at the current
+            // version, so they are not sent; its ACK of this first answer
+            // still says it runs them, for observers that start afresh
+            // (a restarted control plane's readiness table).
+            acked.extend(
+                available
+                    .resources
+                    .iter()
+                    .filter(|(name, r)| {
+                        (watch.wildcard || watch.subscribed.contains(*name))
+                            && watch.client.get(*name) == Some(&r.version)
+                            && !resources.iter().any(|sent| &sent.name == *name)
+                    })
+                    .map(|(name, r)| AckedResource {
+                        name: name.clone(),
+                        version: r.version.clone(),
+                        resource: r.resource.clone(),
+                    }),
+            );
+        }
         let removed: Vec<String> = removed.into_iter().collect();
         watch.in_flight.insert(
             self.nonce,
