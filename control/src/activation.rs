@@ -33,7 +33,7 @@ mod log_throttle;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
 use axum::body::Bytes;
@@ -49,6 +49,7 @@ use revgate_proto::{ActivationRequest, MetricsReport};
 use revgate_xds::AckEvent;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, watch};
+use tokio::time::Instant;
 
 use self::bookkeeping::{ActivationRecords, FilterVm, POLLER_IDLE_TIMEOUT, Pollers, Waiting};
 use self::log_throttle::{LOG_INTERVAL, LogThrottle};
@@ -240,7 +241,7 @@ impl ActivationService {
     pub fn filters_in_sync(&self) -> BTreeMap<String, usize> {
         let current = self.readiness.borrow().version();
         let mut filters = BTreeMap::new();
-        for ((node, _), version) in lock(&self.pollers).live(Instant::now()) {
+        for ((node, _), version) in lock(&self.pollers).live(now()) {
             if version == current {
                 *filters.entry(node.clone()).or_insert(0) += 1;
             }
@@ -253,7 +254,7 @@ impl ActivationService {
     /// Envoy without a request meeting an empty cluster. Gives up after
     /// [`COLD_NOTICE_TIMEOUT`], logging which wait was cut short.
     pub async fn until_cold_everywhere(&self, revision: &ObjectKey) {
-        let deadline = tokio::time::Instant::now() + COLD_NOTICE_TIMEOUT;
+        let deadline = Instant::now() + COLD_NOTICE_TIMEOUT;
         let mut readiness = self.readiness.clone();
         let mut answered = self.answered.subscribe();
         let version = loop {
@@ -271,9 +272,9 @@ impl ActivationService {
         };
         loop {
             // A lagging VM that stays silent is gone, and not waited for.
-            let gone_at = match lock(&self.pollers).waiting_for(version, Instant::now()) {
+            let gone_at = match lock(&self.pollers).waiting_for(version, now()) {
                 Waiting::Done => return,
-                Waiting::Lagging { gone_at } => gone_at.map(tokio::time::Instant::from_std),
+                Waiting::Lagging { gone_at } => gone_at.map(Instant::from_std),
             };
             let recheck = gone_at.map_or(deadline, |at| at.min(deadline));
             tokio::select! {
@@ -328,7 +329,7 @@ impl ActivationService {
     /// Logs `message` unless a line of the same kind was written within
     /// [`LOG_INTERVAL`]; the next line says how many were left out.
     fn log(&self, kind: &'static str, warn: bool, message: impl FnOnce() -> String) {
-        let Some(suppressed) = lock(&self.log).admit(kind, Instant::now()) else { return };
+        let Some(suppressed) = lock(&self.log).admit(kind, now()) else { return };
         let message = message();
         if warn {
             tracing::warn!(suppressed, "{message}");
@@ -395,7 +396,7 @@ async fn count_unlogged(log: Weak<Mutex<LogThrottle>>) {
     loop {
         tick.tick().await;
         let Some(log) = log.upgrade() else { return };
-        let flushed = lock(&log).flush(Instant::now());
+        let flushed = lock(&log).flush(now());
         for (kind, count) in flushed {
             tracing::info!(
                 count,
@@ -405,6 +406,12 @@ async fn count_unlogged(log: Weak<Mutex<LogThrottle>>) {
             );
         }
     }
+}
+
+/// The bookkeeping's clock: tokio's, so that tests with paused time step
+/// the pollers' expiry and the waits on it together.
+fn now() -> std::time::Instant {
+    Instant::now().into_std()
 }
 
 fn unix_ms() -> u64 {
@@ -530,7 +537,7 @@ impl ActivationService {
         check_id("reporter", &query.reporter)?;
         let vm = (query.node.clone(), query.reporter.clone());
         lock(&self.pollers)
-            .begin(&vm, query.after, Instant::now())
+            .begin(&vm, query.after, now())
             .map_err(|_| Refusal::TooManyPollers { node: query.node.clone(), reporter: query.reporter.clone() })?;
         self.answered.send_replace(());
         Ok(Poll { service: self.clone(), vm })
@@ -539,17 +546,168 @@ impl ActivationService {
 
 impl Poll {
     fn answered(&self, version: u64) {
-        lock(&self.service.pollers).answered(&self.vm, version, Instant::now());
+        lock(&self.service.pollers).answered(&self.vm, version, now());
         self.service.answered.send_replace(());
     }
 }
 
 impl Drop for Poll {
     fn drop(&mut self) {
-        lock(&self.service.pollers).end(&self.vm, Instant::now());
+        lock(&self.service.pollers).end(&self.vm, now());
     }
 }
 
 fn protobuf(body: Vec<u8>) -> Response {
     ([(header::CONTENT_TYPE, paths::CONTENT_TYPE)], body).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use revgate_model::plan::{RevisionBackend, UpstreamProtocol};
+    use revgate_proto::ReadinessUpdate;
+
+    use super::*;
+
+    fn key() -> ObjectKey {
+        ObjectKey::new("default", "hello-00001")
+    }
+
+    fn plan() -> GatewayPlan {
+        let revision = RevisionBackend {
+            key: key(),
+            configuration: "hello".into(),
+            service: Some("hello".into()),
+            protocol: UpstreamProtocol::Http1,
+            container_concurrency: 0,
+            timeout_seconds: 300,
+            static_endpoints: None,
+        };
+        GatewayPlan { revisions: vec![revision], ..Default::default() }
+    }
+
+    /// What the readiness owner follows; dropping it ends the owner.
+    struct Inputs {
+        _plan: watch::Sender<Arc<GatewayPlan>>,
+        desired: watch::Sender<Arc<BTreeMap<ObjectKey, u32>>>,
+        _acks: broadcast::Sender<AckEvent>,
+    }
+
+    /// A service whose plan has one revision wanted at one endpoint, and
+    /// the version of its readiness view.
+    async fn start() -> (ActivationService, Inputs, u64) {
+        let (plan_tx, plan) = watch::channel(Arc::new(plan()));
+        let (desired_tx, desired) = watch::channel(Arc::new(BTreeMap::from([(key(), 1)])));
+        let (acks_tx, acks) = broadcast::channel(1);
+        let service = ActivationService::start(plan, desired, acks);
+        let mut readiness = service.readiness.clone();
+        let version = readiness.wait_for(|t| t.desired(&key()) == Some(1)).await.expect("readiness owner").version();
+        (service, Inputs { _plan: plan_tx, desired: desired_tx, _acks: acks_tx }, version)
+    }
+
+    fn query(reporter: &str, after: u64) -> ReadinessQuery {
+        ReadinessQuery { after, node: "gw".into(), reporter: reporter.into(), gate: String::new() }
+    }
+
+    /// A readiness poll from filter VM `reporter`, as the filter sends it.
+    async fn poll(service: &ActivationService, reporter: &str, after: u64) -> ReadinessUpdate {
+        let response = readiness(State(service.clone()), Ok(Query(query(reporter, after)))).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        let body = axum::body::to_bytes(response.into_body(), MAX_MESSAGE_BYTES).await.expect("body");
+        ReadinessUpdate::decode(body).expect("a readiness update")
+    }
+
+    /// A filter VM that was answered `version` and then went silent.
+    fn went_silent(service: &ActivationService, reporter: &str, version: u64) {
+        drop(service.begin_poll(&query(reporter, version)).expect("room for the VM"));
+    }
+
+    async fn go_to_zero(inputs: &Inputs) {
+        inputs.desired.send_replace(Arc::new(BTreeMap::from([(key(), 0)])));
+        tokio::task::yield_now().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn going_to_zero_stops_waiting_for_a_silent_filter_vm_once_it_counts_as_gone() {
+        let (service, inputs, version) = start().await;
+        went_silent(&service, "gone", version);
+        tokio::time::advance(POLLER_IDLE_TIMEOUT - Duration::from_secs(1)).await;
+        let live = tokio::spawn({
+            let service = service.clone();
+            async move { poll(&service, "live", version).await }
+        });
+        tokio::task::yield_now().await;
+
+        let started = Instant::now();
+        go_to_zero(&inputs).await;
+        service.until_cold_everywhere(&key()).await;
+        let waited = started.elapsed();
+        assert!(waited < COLD_NOTICE_TIMEOUT, "waited {waited:?}: the whole timeout for a VM that is gone");
+        let told = live.await.expect("poll task");
+        assert!(told.version > version && told.revisions[0].ready_endpoints == 0, "the live VM heard it is cold");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_filter_vm_silent_for_the_idle_timeout_is_not_waited_for_at_all() {
+        let (service, inputs, version) = start().await;
+        went_silent(&service, "gone", version);
+        tokio::time::advance(POLLER_IDLE_TIMEOUT).await;
+        let started = Instant::now();
+        go_to_zero(&inputs).await;
+        service.until_cold_everywhere(&key()).await;
+        assert_eq!(started.elapsed(), Duration::ZERO);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn going_to_zero_waits_for_a_live_filter_vm_between_two_polls() {
+        let (service, inputs, version) = start().await;
+        went_silent(&service, "between-polls", version);
+        go_to_zero(&inputs).await;
+        let cold = tokio::spawn({
+            let service = service.clone();
+            async move { service.until_cold_everywhere(&key()).await }
+        });
+        tokio::time::advance(Duration::from_millis(100)).await;
+        assert!(!cold.is_finished(), "the VM has not heard yet");
+        let told = poll(&service, "between-polls", version).await;
+        assert_eq!(told.revisions[0].ready_endpoints, 0);
+        cold.await.expect("wait task");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_activation_for_a_revision_not_in_the_plan_is_refused_and_kept_nowhere() {
+        let (service, _inputs, _) = start().await;
+        let mut activations = service.subscribe_activations();
+        let request = ActivationRequest {
+            namespace: "default".into(),
+            revision: "made-up-00001".into(),
+            held: 1,
+            ..Default::default()
+        };
+        let response = activate(State(service.clone()), Ok(Bytes::from(request.encode_to_vec()))).await;
+        assert_eq!(response.status(), StatusCode::NOT_FOUND);
+        let body = axum::body::to_bytes(response.into_body(), MAX_MESSAGE_BYTES).await.expect("body");
+        assert!(String::from_utf8_lossy(&body).contains("revision default/made-up-00001 is not in the gateway plan"));
+        assert!(service.activity().is_empty());
+        assert!(activations.try_recv().is_err(), "the autoscaler is not poked");
+
+        let request = ActivationRequest { revision: key().name, ..request };
+        let response = activate(State(service.clone()), Ok(Bytes::from(request.encode_to_vec()))).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(service.activity()[&key()].activations, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn filter_vms_beyond_the_limit_are_answered_429_naming_it() {
+        let (service, _inputs, version) = start().await;
+        let polls: Vec<Poll> = (0..MAX_FILTER_VMS)
+            .map(|n| service.begin_poll(&query(&format!("vm-{n}"), version)).expect("room"))
+            .collect();
+        let response = readiness(State(service.clone()), Ok(Query(query("one-more", version)))).await;
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+        let body = axum::body::to_bytes(response.into_body(), MAX_MESSAGE_BYTES).await.expect("body");
+        assert!(String::from_utf8_lossy(&body).contains("MAX_FILTER_VMS = 1024"));
+        drop(polls);
+        tokio::time::advance(POLLER_IDLE_TIMEOUT).await;
+        assert_eq!(poll(&service, "one-more", 0).await.version, version, "the silent VMs are gone: room again");
+    }
 }
