@@ -123,12 +123,50 @@ impl Tally {
     }
 }
 
+/// Holds open more readiness long-polls from made-up filter VMs than the
+/// service tracks (a refused VM tries again, as a filter does, until a slot
+/// frees), until one more VM is refused for the limit; then the clients
+/// leave. Returns the control plane's RSS while they were held.
+async fn hold_more_polls_than_tracked(http: &reqwest::Client, base: &str, version: u64, pid: u32) -> u64 {
+    let held: Vec<_> = (0..FLOOD_HELD_POLLS)
+        .map(|i| {
+            let (http, base, vm) = (http.clone(), base.to_owned(), format!("held-{i}"));
+            tokio::spawn(async move {
+                while poll(&http, &base, version, &vm).await.0 == 429 {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            })
+        })
+        .collect();
+    // Each try is a new VM: one already tracked is never refused.
+    let mut tries = 0;
+    let refused = wait_for("a made-up filter VM to be refused for the limit", async || {
+        tries += 1;
+        let (status, body) = poll(http, base, 0, &format!("one-more-{tries}")).await;
+        (status == 429).then(|| String::from_utf8_lossy(&body).into_owned())
+    })
+    .await;
+    assert!(refused.contains("MAX_FILTER_VMS = 1024"), "the answer names the limit: {refused}");
+    let rss = rss_kb(pid);
+    for poll in &held {
+        poll.abort();
+    }
+    for poll in held {
+        let _ = poll.await;
+    }
+    rss
+}
+
 /// Injects: 40,000 activation requests for revisions that do not exist,
 /// metrics reports for them, thousands of readiness polls from made-up
-/// filter VMs answered at once, and more long-polls held open than the
-/// service tracks. Promises: unknown revisions are answered 404 naming the
-/// revision and stored nowhere; filter VMs beyond `MAX_FILTER_VMS` are
-/// answered 429 naming the limit; the control plane's memory and log barely
+/// filter VMs answered at once, more long-polls held open than the service
+/// tracks, many long-polls of one made-up VM, an oversized message and an
+/// oversized node id.
+/// Promises: unknown revisions are answered 404 naming the revision and
+/// stored nowhere; filter VMs beyond `MAX_FILTER_VMS`, and polls of one VM
+/// beyond `MAX_POLLS_PER_VM`, are answered 429 naming the limit; made-up
+/// VMs are forgotten once they stop polling; oversized input is answered
+/// 413 or 400 naming its limit; the control plane's memory and log barely
 /// grow; and a real cold start through a real Envoy still works afterwards.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_made_up_activations_and_pollers_leaves_memory_and_log_bounded() {
@@ -249,35 +287,28 @@ async fn a_flood_of_made_up_activations_and_pollers_leaves_memory_and_log_bounde
     println!("{FLOOD_QUICK_POLLS} polls from made-up nodes answered {:?}", quick_polls.counts);
     assert!(quick_polls.counts.keys().all(|status| [200, 429].contains(status)), "{:?}", quick_polls.bodies);
 
-    let held: Vec<_> = (0..FLOOD_HELD_POLLS)
-        .map(|i| {
-            let (http, base) = (http.clone(), base.clone());
-            tokio::spawn(async move {
-                // A refused VM tries again, as a filter does, until a slot
-                // frees (the made-up VMs answered at once expire).
-                loop {
-                    let (status, _) = poll(&http, &base, version, &format!("held-{i}")).await;
-                    if status != 429 {
-                        return status;
-                    }
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            })
-        })
-        .collect();
-    // With every slot held open, one more made-up VM is refused at once.
-    let refused = wait_for("a made-up filter VM to be refused for the limit", async || {
-        let (status, body) = poll(&http, &base, 0, "one-too-many").await;
-        (status == 429).then(|| String::from_utf8_lossy(&body).into_owned())
+    let rss_held = hold_more_polls_than_tracked(&http, &base, version, pid).await;
+    // Once their clients left, the made-up VMs are forgotten: a new VM is
+    // taken again.
+    wait_for("a new filter VM to be taken once the made-up ones left", async || {
+        (poll(&http, &base, 0, "newcomer").await.0 == 200).then_some(())
     })
     .await;
-    assert!(refused.contains("MAX_FILTER_VMS") && refused.contains("1024"), "the answer names the limit: {refused}");
-    let rss_held = rss_kb(pid);
-    for poll in &held {
+    // One made-up VM cannot hold many polls either.
+    let same_vm: Vec<_> = (0..100)
+        .map(|_| {
+            let (http, base) = (http.clone(), base.clone());
+            tokio::spawn(async move { poll(&http, &base, version, "greedy").await })
+        })
+        .collect();
+    let (status, body) = wait_for("a poll of the same VM to be refused", async || {
+        let (status, body) = poll(&http, &base, 0, "greedy").await;
+        (status == 429).then(|| (status, String::from_utf8_lossy(&body).into_owned()))
+    })
+    .await;
+    assert!(body.contains("MAX_POLLS_PER_VM = 4"), "{status}: {body}");
+    for poll in &same_vm {
         poll.abort();
-    }
-    for poll in held {
-        let _ = poll.await;
     }
 
     let rss_after = rss_kb(pid);
@@ -294,6 +325,15 @@ async fn a_flood_of_made_up_activations_and_pollers_leaves_memory_and_log_bounde
     assert!(growth < MAX_RSS_GROWTH_KB, "RSS grew by {growth} kB under the flood");
     assert!(log_after - log_before <= MAX_LOG_GROWTH_BYTES, "the log grew by {} bytes", log_after - log_before);
     assert!(revgate.activity("made-up-1").await.is_none(), "nothing is kept for made-up revisions");
+
+    // Oversized messages and ids are refused, naming the limit.
+    let (status, body) = post(&http, &format!("{base}{}", paths::ACTIVATE), vec![0; 2 * 1024 * 1024]).await;
+    assert_eq!(status, 413, "{body}");
+    assert!(body.contains("MAX_MESSAGE_BYTES = 1048576"), "{body}");
+    let (status, body) = poll(&http, &base, 0, &"n".repeat(1000)).await;
+    let body = String::from_utf8_lossy(&body);
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("node is 1000 bytes") && body.contains("MAX_ID_BYTES = 512"), "{body}");
 
     // The real gateway still cold-starts its revision.
     let backend = Backend::start("cold-backend").await;

@@ -51,7 +51,9 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, watch};
 use tokio::time::Instant;
 
-use self::bookkeeping::{ActivationRecords, FilterVm, POLLER_IDLE_TIMEOUT, Pollers, Waiting};
+use self::bookkeeping::{
+    ActivationRecords, FilterVm, MAX_POLLS_PER_VM, POLLER_IDLE_TIMEOUT, PollRefused, Pollers, Waiting,
+};
 use self::log_throttle::{LOG_INTERVAL, LogThrottle};
 use crate::metrics::{Aggregator, ReportError, RevisionTotals};
 use crate::readiness::ReadinessTable;
@@ -102,6 +104,11 @@ enum Refusal {
         POLLER_IDLE_TIMEOUT.as_secs()
     )]
     TooManyPollers { node: String, reporter: String },
+    #[error(
+        "revgate: filter VM {reporter:?} of node {node:?} already has {MAX_POLLS_PER_VM} readiness polls held \
+         (MAX_POLLS_PER_VM = {MAX_POLLS_PER_VM}); each of its root contexts polls once at a time"
+    )]
+    TooManyPolls { node: String, reporter: String },
 }
 
 impl Refusal {
@@ -113,9 +120,9 @@ impl Refusal {
             Self::Report(ReportError::RepeatedRevision { .. }) => StatusCode::BAD_REQUEST,
             Self::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnknownRevision { .. } | Self::Report(ReportError::UnknownRevision { .. }) => StatusCode::NOT_FOUND,
-            Self::TooManyPollers { .. } | Self::Report(ReportError::TooManyReporters { .. }) => {
-                StatusCode::TOO_MANY_REQUESTS
-            }
+            Self::TooManyPollers { .. }
+            | Self::TooManyPolls { .. }
+            | Self::Report(ReportError::TooManyReporters { .. }) => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -130,6 +137,7 @@ impl Refusal {
             Self::UnknownRevision { .. } => "activation of an unknown revision",
             Self::Report(ReportError::UnknownRevision { .. }) => "metrics of an unknown revision",
             Self::TooManyPollers { .. } => "too many filter VMs polling",
+            Self::TooManyPolls { .. } => "too many polls of one filter VM",
             Self::Report(ReportError::TooManyReporters { .. }) => "too many filter VMs reporting",
         }
     }
@@ -536,9 +544,13 @@ impl ActivationService {
         check_id("node", &query.node)?;
         check_id("reporter", &query.reporter)?;
         let vm = (query.node.clone(), query.reporter.clone());
-        lock(&self.pollers)
-            .begin(&vm, query.after, now())
-            .map_err(|_| Refusal::TooManyPollers { node: query.node.clone(), reporter: query.reporter.clone() })?;
+        lock(&self.pollers).begin(&vm, query.after, now()).map_err(|refused| {
+            let (node, reporter) = (query.node.clone(), query.reporter.clone());
+            match refused {
+                PollRefused::TooManyVms { .. } => Refusal::TooManyPollers { node, reporter },
+                PollRefused::TooManyPolls => Refusal::TooManyPolls { node, reporter },
+            }
+        })?;
         self.answered.send_replace(());
         Ok(Poll { service: self.clone(), vm })
     }

@@ -3,7 +3,7 @@
 //!
 //! | record | kept while | forgotten | at most |
 //! |---|---|---|---|
-//! | a filter VM that polls readiness ([`Pollers`]) | it has a poll outstanding, or ended one less than [`POLLER_IDLE_TIMEOUT`] ago | idle for [`POLLER_IDLE_TIMEOUT`] | `max` VMs; a new one beyond is refused |
+//! | a filter VM that polls readiness ([`Pollers`]) | it has a poll outstanding, or ended one less than [`POLLER_IDLE_TIMEOUT`] ago | idle for [`POLLER_IDLE_TIMEOUT`] | `max` VMs, a new one beyond is refused; [`MAX_POLLS_PER_VM`] polls held per VM |
 //! | the last activation of a revision ([`ActivationRecords`]) | the revision is in the gateway plan and was activated less than [`ACTIVATION_RECORD_TTL`] ago | with the revision, or idle for [`ACTIVATION_RECORD_TTL`] | one per revision of the plan |
 
 use std::collections::BTreeMap;
@@ -42,10 +42,19 @@ impl Poller {
     }
 }
 
-/// The tracker was full: a new filter VM is not taken.
+/// Polls of one filter VM held at once. A root context of the filter has
+/// one poll outstanding; more appear while a configuration change runs an
+/// old and a new root context side by side, or before the server noticed
+/// that the client of an earlier poll left.
+pub const MAX_POLLS_PER_VM: u32 = 4;
+
+/// Why a poll was not taken.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PollersFull {
-    pub limit: usize,
+pub enum PollRefused {
+    /// `limit` VMs are tracked: a new one is not taken.
+    TooManyVms { limit: usize },
+    /// The VM has [`MAX_POLLS_PER_VM`] polls held already.
+    TooManyPolls,
 }
 
 /// What each filter VM (node, reporter) was last told, and whether it is
@@ -72,19 +81,23 @@ impl Pollers {
     }
 
     /// A poll of `vm`, which already has version `after`, begins. A VM not
-    /// tracked yet is refused when `max` live ones are.
-    pub fn begin(&mut self, vm: &FilterVm, after: u64, now: Instant) -> Result<(), PollersFull> {
+    /// tracked yet is refused when `max` live ones are; a VM with
+    /// [`MAX_POLLS_PER_VM`] polls held, too.
+    pub fn begin(&mut self, vm: &FilterVm, after: u64, now: Instant) -> Result<(), PollRefused> {
         if self.next_sweep.is_none_or(|at| now >= at) {
             self.sweep(now);
         }
         if let Some(poller) = self.by_vm.get_mut(vm) {
-            *poller = Poller { answered: after, outstanding: poller.outstanding.saturating_add(1), seen: now };
+            if poller.outstanding >= MAX_POLLS_PER_VM {
+                return Err(PollRefused::TooManyPolls);
+            }
+            *poller = Poller { answered: after, outstanding: poller.outstanding + 1, seen: now };
             return Ok(());
         }
         if self.by_vm.len() >= self.max {
             // Gone VMs leave at the next sweep, so a slot frees at most one
             // idle timeout late; a flood of new VMs costs no pass each.
-            return Err(PollersFull { limit: self.max });
+            return Err(PollRefused::TooManyVms { limit: self.max });
         }
         self.by_vm.insert(vm.clone(), Poller { answered: after, outstanding: 1, seen: now });
         Ok(())
@@ -223,12 +236,24 @@ mod tests {
         let mut pollers = Pollers::new(2);
         polled(&mut pollers, 1, 7, t0);
         pollers.begin(&vm(2), 7, t0).expect("room for a second");
-        assert_eq!(pollers.begin(&vm(3), 7, t0 + S), Err(PollersFull { limit: 2 }));
+        assert_eq!(pollers.begin(&vm(3), 7, t0 + S), Err(PollRefused::TooManyVms { limit: 2 }));
         assert_eq!(pollers.begin(&vm(1), 7, t0 + S), Ok(()), "a VM already tracked keeps polling");
         pollers.end(&vm(1), t0 + S);
         let later = t0 + S + POLLER_IDLE_TIMEOUT;
         assert_eq!(pollers.begin(&vm(3), 7, later), Ok(()), "VM 1 went silent and its slot is free");
         assert_eq!(pollers.len(), 2, "VM 2 is still polling, VM 3 took VM 1's place");
+    }
+
+    #[test]
+    fn one_vm_cannot_hold_more_than_a_few_polls() {
+        let t0 = Instant::now();
+        let mut pollers = Pollers::new(10);
+        for _ in 0..MAX_POLLS_PER_VM {
+            pollers.begin(&vm(1), 7, t0).expect("a poll");
+        }
+        assert_eq!(pollers.begin(&vm(1), 7, t0), Err(PollRefused::TooManyPolls));
+        pollers.end(&vm(1), t0);
+        assert_eq!(pollers.begin(&vm(1), 7, t0), Ok(()), "one ended: room for the next");
     }
 
     #[test]
