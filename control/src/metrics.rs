@@ -127,6 +127,8 @@ impl Aggregator {
             .map(|m| ObjectKey::new(m.namespace.as_str(), m.revision.as_str()))
             .find(|key| !known(key));
         report.revisions.retain(|m| known(&ObjectKey::new(m.namespace.as_str(), m.revision.as_str())));
+        // Kept for a while: without the room the dropped entries took.
+        report.revisions.shrink_to_fit();
         let key = (report.node_id.clone(), report.reporter.clone());
         if report.revisions.is_empty() {
             self.latest.remove(&key);
@@ -261,7 +263,9 @@ mod tests {
         assert_eq!(aggregator.record(mixed, &known, 0), Ok(()));
         let totals = aggregator.totals(&known, 0);
         assert_eq!(totals.keys().map(|k| k.name.as_str()).collect::<Vec<_>>(), vec!["hello-00001"]);
-        assert_eq!(aggregator.latest.values().map(|l| l.report.revisions.len()).sum::<usize>(), 1, "stored once");
+        let kept: Vec<(usize, usize)> =
+            aggregator.latest.values().map(|l| (l.report.revisions.len(), l.report.revisions.capacity())).collect();
+        assert_eq!(kept, vec![(1, 1)], "the known entry alone, without room for the dropped one");
     }
 
     #[test]
