@@ -249,8 +249,9 @@ fn read_until_closed(mut stream: TcpStream) -> Option<String> {
     }
 }
 
-/// Fault: a client that opens connections to the admin API and never
-/// finishes its requests (half a request head; a body that stops).
+/// Fault: a client that opens connections to the admin API (and to the
+/// activation service) and never finishes its requests (half a request
+/// head; a body that stops).
 /// Promise: the server closes such connections (a stalled body gets a 408
 /// naming the limit) and keeps answering everyone else.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -269,6 +270,14 @@ async fn clients_that_never_finish_a_request_are_disconnected() {
             .expect("sending");
         read_until_closed(stream)
     });
+    let activation = s.revgate.activation_addr();
+    let half_head_activation = std::thread::spawn(move || {
+        let mut stream = TcpStream::connect(activation).expect("connecting");
+        stream
+            .write_all(b"GET /activation/v1/readiness?after=0&node=n HTTP/1.1\r\nHost: revgate\r\n")
+            .expect("sending");
+        read_until_closed(stream)
+    });
     let idle = std::thread::spawn(move || {
         let mut stream = TcpStream::connect(addr).expect("connecting");
         stream.write_all(b"GET /healthz HTTP/1.1\r\nHost: revgate\r\n\r\n").expect("sending");
@@ -279,6 +288,12 @@ async fn clients_that_never_finish_a_request_are_disconnected() {
 
     let answered = half_head.join().expect("client thread");
     assert_eq!(answered.as_deref(), Some(""), "half a request head: closed without an answer");
+    let answered = half_head_activation.join().expect("client thread");
+    assert_eq!(
+        answered.as_deref(),
+        Some(""),
+        "half a request head to the activation service: closed without an answer"
+    );
     let answered = half_body.join().expect("client thread").expect("a stalled body: the connection is closed");
     assert!(answered.starts_with("HTTP/1.1 408"), "{answered}");
     assert!(answered.contains("body idle timeout of 10 s"), "{answered}");

@@ -38,6 +38,7 @@ use crate::cli::ControllerArgs;
 use crate::cold_first::{ColdFirst, ColdNotice, desired_counts};
 use crate::control::replace_if_changed;
 use crate::gateway_auth::{self, GatewayTokenError};
+use crate::http;
 use crate::serve::Shutdown;
 
 pub async fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
@@ -101,11 +102,12 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
 
     let result = tokio::select! {
         () = shutdown.wait() => Ok(()),
-        result = axum::serve(
+        result = http::serve(
             activation_listener,
             gateway_auth::activation_router(activation.router(), activation_addr, gateway_token.as_ref()),
+            "activation service",
         ) => result.context("the activation API stopped"),
-        result = axum::serve(admin_listener, health) => result.context("the health endpoint stopped"),
+        result = http::serve(admin_listener, health, "health endpoint") => result.context("the health endpoint stopped"),
     };
     autoscaler.abort();
     labeller.abort();

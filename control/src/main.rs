@@ -42,6 +42,7 @@ mod controller;
 mod faults;
 mod gateway;
 mod gateway_auth;
+mod http;
 mod manifests;
 mod metrics;
 mod readiness;

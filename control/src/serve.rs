@@ -30,11 +30,12 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::task::JoinHandle;
 
 use crate::activation::{ActivationService, COLD_NOTICE_TIMEOUT};
-use crate::admin::server::{self, AdminState, is_loopback, router};
+use crate::admin::server::{AdminState, is_loopback, router};
 use crate::autoscaling::Autoscaler;
 use crate::cli::{RuntimeKind, ServeArgs};
 use crate::control::{ControlPlane, Handle};
 use crate::gateway_auth;
+use crate::http;
 use crate::store::Store;
 
 const TOKEN_FILE: &str = "admin-token";
@@ -257,11 +258,11 @@ impl Server {
                 .add_service(xds.into_authenticated_service(gateway_auth::xds_auth(xds_addr, &gateway_token)))
                 .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(xds_listener)),
         );
-        let admin = tokio::spawn(server::serve(admin_listener, admin));
+        let admin = tokio::spawn(http::serve(admin_listener, admin, "admin API"));
         let activation_service = activation.clone();
         let activation_api =
             gateway_auth::activation_router(activation.router(), activation_addr, Some(&gateway_token));
-        let activation = tokio::spawn(async move { axum::serve(activation_listener, activation_api).await });
+        let activation = tokio::spawn(http::serve(activation_listener, activation_api, "activation service"));
         Ok(Self {
             handle,
             xds_addr,

@@ -5,7 +5,7 @@
 //! | limit | value | answer |
 //! |---|---|---|
 //! | request body | [`BODY_LIMIT`] (32 MiB) | 413, naming the limit |
-//! | request head (line and headers) | all of it within [`HEADER_READ_TIMEOUT`] (10 s), also while a kept-alive connection waits for its next request | the connection is closed |
+//! | request head (line and headers) | all of it within [`HEADER_READ_TIMEOUT`](crate::http::HEADER_READ_TIMEOUT) (10 s), also while a kept-alive connection waits for its next request | the connection is closed |
 //! | request body, between two reads | [`BODY_IDLE_TIMEOUT`] (10 s) | 408, naming the limit |
 //! | request body, in all | [`BODY_READ_TIMEOUT`] (120 s) | 408, naming the limit |
 
@@ -21,7 +21,6 @@ use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use revgate_model::plan::ObjectKey;
 use serde::{Deserialize, Serialize};
-use tokio::net::TcpListener;
 use tokio_stream::StreamExt;
 
 use super::{ApplyRequest, ErrorBody};
@@ -35,11 +34,6 @@ use crate::views;
 /// thousand Services fits several times over, and nothing larger is held in
 /// memory.
 pub const BODY_LIMIT: usize = 32 * 1024 * 1024;
-
-/// How long a client may take to send a request's line and headers, and how
-/// long an idle kept-alive connection stays open: a client that holds a
-/// connection without finishing a request does not hold it forever.
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long a request body may pause between two reads.
 pub const BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -91,34 +85,6 @@ pub fn router(state: AdminState) -> Router {
         .route_layer(middleware::from_fn_with_state(state.clone(), warn_unreadable))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new().route("/healthz", get(|| async { "ok" })).merge(v1).with_state(state)
-}
-
-/// Serves the admin API on `listener` until the task is dropped. Unlike
-/// `axum::serve`, each connection gets a timer: a request head must arrive
-/// within [`HEADER_READ_TIMEOUT`].
-pub async fn serve(listener: TcpListener, router: Router) -> std::io::Result<()> {
-    loop {
-        let stream = match listener.accept().await {
-            Ok((stream, _)) => stream,
-            Err(e) => {
-                // Out of file descriptors and the like: the error is not the
-                // listener's, and retrying at once would spin.
-                tracing::warn!(error = %e, "admin API: accepting a connection failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let service = hyper_util::service::TowerToHyperService::new(router.clone());
-        tokio::spawn(async move {
-            let connection = hyper::server::conn::http1::Builder::new()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(HEADER_READ_TIMEOUT)
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %e, "admin API connection closed");
-            }
-        });
-    }
 }
 
 /// Reads a request's body within [`BODY_LIMIT`] and the body timeouts
