@@ -37,7 +37,7 @@
 //! - [`mod@reconcile`]: the thin I/O around `desired`: `reconcile(Arc<Namespace>, Arc<Context>)`,
 //!   `error_policy`, backoff.
 //! - [`leader`]: Lease election, a pure decision table and one I/O step.
-//! - [`scale`]: [`KubeRuntime`], the `revgate_runtime::Runtime` the KPA drives.
+//! - [`scale`]: [`KubeRuntime`], the `revgate_runtime_api::Runtime` the KPA drives.
 //! - [`controller`]: watches, stores, dispatch, views, the leader loop; [`run`].
 //!
 //! # Tests

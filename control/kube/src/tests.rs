@@ -14,7 +14,7 @@ use std::time::Duration;
 use http::Method;
 use kube::runtime::controller::Action;
 use revgate_model::plan::ObjectKey;
-use revgate_runtime::{Runtime, Workload};
+use revgate_runtime_api::{Runtime, Workload};
 use serde_json::{Value, json};
 use tokio::sync::watch;
 use tokio::time::Instant;
