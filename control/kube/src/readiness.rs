@@ -25,7 +25,7 @@ use revgate_model::meta::{Condition, condition};
 use revgate_model::plan::{Endpoint, ObjectKey};
 use revgate_model::status::reason;
 use revgate_model::{Revision, RevisionReadiness};
-use revgate_runtime::{RevisionState, RevisionStates};
+use revgate_runtime_api::{RevisionState, RevisionStates};
 
 use crate::kinds::{Kind, SERVICE_NAME_LABEL, typed};
 use crate::snapshot::Snapshot;
@@ -123,7 +123,7 @@ pub fn readiness(revision: &Revision, pods: Option<&PodsView>) -> RevisionReadin
     }
 }
 
-/// The state of every revision of a namespace as a [`revgate_runtime::Runtime`]
+/// The state of every revision of a namespace as a [`revgate_runtime_api::Runtime`]
 /// reports it: ready endpoints, the replicas asked for, and why the pods
 /// do not run.
 pub fn revision_states(snapshot: &Snapshot) -> RevisionStates {
