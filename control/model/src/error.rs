@@ -95,3 +95,20 @@ pub struct ApplyError {
 fn join_lines(errors: &[FieldError]) -> String {
     errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n")
 }
+
+/// Problems found in one object, as `(field path, message)`; the world
+/// attaches file and object when it turns them into [`FieldError`]s.
+pub type Problems = Vec<(String, String)>;
+
+/// A problem with one key of a ConfigMap.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub key: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    pub(crate) fn new(key: &str, message: impl Into<String>) -> Self {
+        Self { key: key.to_string(), message: message.into() }
+    }
+}

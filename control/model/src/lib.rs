@@ -12,18 +12,21 @@
 //! - [`resources`], [`meta`]: the Knative object types.
 //! - [`config`]: the `knative-serving` ConfigMaps as typed [`config::Settings`].
 //! - [`autoscaling`]: `config-autoscaler` and the `autoscaling.knative.dev/*` annotations,
-//!   validated and resolved per revision ([`autoscaling::RevisionScaling`]).
+//!   parsed once, validated, and resolved per revision ([`autoscaling::RevisionScaling`]).
 //! - [`validation`]: defaulting and validation, as Knative's webhooks do them.
 //! - [`names`]: every derived name: revisions, children, hosts.
+//! - [`host_template`]: `domain-template` and `tag-template`, parsed and rendered.
 //! - [`world`]: the applied state; `apply` and `delete` return a new [`world::World`].
 //! - [`status`]: status of every object and the gateway plan, from the world and [`world::Observed`].
 //! - [`plan`]: the contract with the gateway translations.
-//! - [`error`]: [`error::FieldError`], [`error::ManifestError`], [`error::ApplyError`].
+//! - [`error`]: [`error::FieldError`], [`error::ManifestError`], [`error::ApplyError`], and the
+//!   shapes problems take before they become one ([`error::Problems`], [`error::ConfigError`]).
 
 pub mod autoscaling;
 pub mod config;
 pub mod decode;
 pub mod error;
+pub mod host_template;
 pub mod manifest;
 pub mod meta;
 pub mod names;

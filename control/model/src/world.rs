@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::autoscaling::RevisionScaling;
 use crate::config::Settings;
-use crate::error::{ApplyError, FieldError};
+use crate::error::{ApplyError, FieldError, Problems};
 use crate::manifest::{Document, Reference, Resource, ResourceKind, SourceRef};
 use crate::meta::{
     CONFIGURATION_GENERATION_LABEL, CONFIGURATION_LABEL, LAST_APPLIED_ANNOTATION, ObjectMeta, OwnerReference,
@@ -28,7 +28,7 @@ use crate::resources::{
     ConfigMap, Configuration, ConfigurationSpec, ConfigurationStatus, Revision, Route, RouteSpec, Service,
     TrafficTarget,
 };
-use crate::validation::{self, Problems};
+use crate::validation;
 
 /// All applied objects, keyed by namespace and name.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
