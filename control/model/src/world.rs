@@ -130,10 +130,18 @@ impl Observed {
     }
 }
 
-/// A runtime's verdict on a revision.
+/// A runtime's verdict on a revision: what was observed, from which the
+/// model computes every status (see [`crate::status`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RevisionReadiness {
+    /// It can take traffic (or could, and is scaled to zero).
     Ready,
+    /// Its workload is being deployed and has not become ready yet, and
+    /// nothing says it failed: Knative's `Deploying`, shown as Unknown
+    /// rather than False, because waiting is all there is to do.
+    Deploying { message: String },
+    /// It cannot run; `reason` is the runtime's word for why
+    /// (`ImagePullBackOff`, `ProgressDeadlineExceeded`, …).
     NotReady { reason: String, message: String },
 }
 
