@@ -37,6 +37,7 @@ use crate::config::Settings;
 use crate::manifest::{Document, Resource};
 use crate::meta::{CONFIGURATION_LABEL, Condition, ConditionStatus, ENDPOINTS_ANNOTATION, SERVICE_LABEL};
 use crate::names::{self, RouteNaming};
+use crate::observed::{IngressState, Observed, RevisionReadiness};
 use crate::plan::{
     GatewayPlan, ObjectKey, RevisionBackend, RoutePlan, Split, TagPlan, UpstreamProtocol, parse_endpoints,
 };
@@ -44,7 +45,7 @@ use crate::resources::{
     Addressable, Configuration, ConfigurationStatus, Revision, RevisionStatus, Route, RouteStatus, Service,
     ServiceStatus, TrafficTarget,
 };
-use crate::world::{IngressState, Observed, RevisionReadiness, World};
+use crate::world::World;
 
 /// Condition types and reasons revgate reports.
 pub mod reason {
