@@ -6,8 +6,27 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::manifest::SourceRef;
 use crate::plan::ObjectKey;
+
+/// Where a document came from: a file and the 0-based index of the document in it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct SourceRef {
+    pub file: String,
+    pub document: usize,
+}
+
+impl SourceRef {
+    pub fn new(file: impl Into<String>, document: usize) -> Self {
+        Self { file: file.into(), document }
+    }
+}
+
+/// `file` for the first document, `file#2` for the third.
+impl fmt::Display for SourceRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.document == 0 { f.write_str(&self.file) } else { write!(f, "{}#{}", self.file, self.document) }
+    }
+}
 
 /// One problem with one field of one object.
 ///
