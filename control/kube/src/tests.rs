@@ -139,13 +139,19 @@ async fn create() {
             Exchange::apply(Kind::Deployment, "hello-00001-deployment")
                 .expect(owner_uid(Kind::Revision, "hello-00001"))
                 .expect_at("/spec/replicas", json!(1)),
-            Exchange::status(Kind::Revision, "hello-00001").expect(expect_condition(
-                "Ready",
-                "Unknown",
-                Some("Deploying"),
-            )),
+            Exchange::status(Kind::Revision, "hello-00001")
+                .expect(expect_condition("Ready", "Unknown", Some("Deploying")))
+                .expect(expect_condition("ContainerHealthy", "Unknown", Some("Deploying")))
+                .expect(expect_condition("ResourcesAvailable", "Unknown", Some("Deploying"))),
             Exchange::status(Kind::Configuration, "hello")
                 .expect(expect_condition("Ready", "Unknown", Some("Deploying")))
+                .expect(|body| {
+                    assert_eq!(
+                        condition(body, "Ready")["message"],
+                        "revision \"hello-00001\" is not ready: Deploying: \
+                         waiting for the pods of revision \"hello-00001\" to become ready"
+                    )
+                })
                 .expect_at("/status/latestCreatedRevisionName", json!("hello-00001")),
             Exchange::status(Kind::Route, "hello").expect(expect_condition("AllTrafficAssigned", "Unknown", None)),
             Exchange::status(Kind::KnativeService, "hello")
