@@ -183,8 +183,9 @@ struct Demand {
     activations: ActivationRecords,
 }
 
-/// The longest a revision going to zero waits for every filter to hear that
-/// it is cold; a filter VM that does not poll meanwhile is gone or cut off.
+/// The longest a revision going to zero waits (at the zero gate) for every
+/// filter to hear that it is cold; a filter VM that does not poll meanwhile
+/// is gone or cut off.
 pub const COLD_NOTICE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The revisions of a plan, for membership tests.
@@ -257,26 +258,17 @@ impl ActivationService {
         filters
     }
 
-    /// Waits until every filter has been told that `revision` is cold (the
-    /// control plane wants it at zero), so that its endpoints can leave
-    /// Envoy without a request meeting an empty cluster. Gives up after
-    /// [`COLD_NOTICE_TIMEOUT`], logging which wait was cut short.
+    /// Waits until every live filter VM has been told that `revision` is
+    /// cold (the control plane wants it at zero), so that its endpoints can
+    /// leave Envoy without a request meeting an empty cluster. A VM that
+    /// stays silent past its idle timeout counts as gone. It does not give
+    /// up by itself: the zero gate bounds the wait ([`COLD_NOTICE_TIMEOUT`]).
     pub async fn until_cold_everywhere(&self, revision: &ObjectKey) {
-        let deadline = Instant::now() + COLD_NOTICE_TIMEOUT;
         let mut readiness = self.readiness.clone();
         let mut answered = self.answered.subscribe();
-        let version = loop {
-            let table = readiness.borrow_and_update().clone();
-            if table.desired(revision) == Some(0) {
-                break table.version();
-            }
-            tokio::select! {
-                changed = readiness.changed() => if changed.is_err() { return },
-                () = tokio::time::sleep_until(deadline) => {
-                    tracing::warn!(%revision, "the readiness table did not take the revision to zero in time");
-                    return;
-                }
-            }
+        let version = match readiness.wait_for(|table| table.desired(revision) == Some(0)).await {
+            Ok(table) => table.version(),
+            Err(_) => return,
         };
         loop {
             // A lagging VM that stays silent is gone, and not waited for.
@@ -284,13 +276,15 @@ impl ActivationService {
                 Waiting::Done => return,
                 Waiting::Lagging { gone_at } => gone_at.map(Instant::from_std),
             };
-            let recheck = gone_at.map_or(deadline, |at| at.min(deadline));
+            let recheck = async {
+                match gone_at {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 changed = answered.changed() => if changed.is_err() { return },
-                () = tokio::time::sleep_until(recheck) => if recheck >= deadline {
-                    tracing::warn!(%revision, "not every gateway filter heard the revision is cold in time; removing its endpoints anyway");
-                    return;
-                }
+                () = recheck => {}
             }
         }
     }

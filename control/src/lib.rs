@@ -9,10 +9,13 @@
 //! - `serve`: starts the admin API, the xDS server, the activation service and
 //!   the autoscaler around one [`control::ControlPlane`].
 //! - `controller`: cluster mode (`revgate controller`): the Kubernetes
-//!   controller of `revgate-kube` with the activation API and the autoscaler;
-//!   `cold_first` makes its runtime go to zero only once the filters know.
+//!   controller of `revgate-kube` with the activation API and the autoscaler.
+//! - `zero_gate`: the one seam that orders going to zero in both modes: the
+//!   gateway filters hear a revision is cold before its endpoints leave.
 //! - `control`: the single owner of the applied world; turns every change into
 //!   a gateway plan, Envoy resources and an xDS snapshot.
+//! - `external`: the runtime of `serve --runtime external`, whose endpoints
+//!   are registered through the admin API, stored and restored.
 //! - `store`: the world persisted in an embedded database (redb).
 //! - `admin`: the admin HTTP API (server side) and its client used by the CLI.
 //! - `activation`: the service the gateway filter calls (metrics reports,
@@ -38,9 +41,9 @@ pub mod admin;
 pub mod autoscaler_cli;
 pub mod autoscaling;
 pub mod cli;
-pub mod cold_first;
 pub mod control;
 pub mod controller;
+pub mod external;
 pub mod faults;
 pub mod gateway;
 pub mod gateway_auth;
@@ -54,3 +57,4 @@ pub mod store;
 pub mod table;
 pub mod up;
 pub mod views;
+pub mod zero_gate;
