@@ -131,7 +131,8 @@ pub type GatedStates = watch::Receiver<Arc<Gated<RevisionState>>>;
 
 /// The longest a registration waits for the owner to publish it before
 /// answering anyway: going to zero waits for the filters (at most the zero
-/// gate's timeout), then one publication.
+/// gate's timeout), then one publication; a newer registration of the same
+/// revision may also replace it meanwhile.
 const REGISTRATION_ANSWER_WAIT: Duration = Duration::from_secs(5);
 
 /// Cheap, clonable access to the control plane.
@@ -144,6 +145,7 @@ pub struct Handle {
     published: watch::Receiver<Published>,
     gateway: watch::Receiver<GatewayStatus>,
     verdicts: watch::Receiver<Arc<BTreeMap<ObjectKey, RevisionReadiness>>>,
+    endpoints: watch::Receiver<Arc<EndpointMap>>,
     unreadable: watch::Receiver<Arc<Vec<UnreadableObject>>>,
     /// The runtime that takes registered endpoints, when revisions run
     /// outside revgate (`serve --runtime external`).
@@ -189,8 +191,8 @@ impl Handle {
 
     /// Registers the live endpoints of a revision whose instances run outside
     /// revgate (replacing earlier ones; empty means scaled to zero). Answers
-    /// once the owner published them (or, going to zero, told the filters),
-    /// with what is published.
+    /// once the owner published them — going to zero, once every filter
+    /// heard and the endpoints left — with what is published.
     pub async fn set_endpoints(
         &self,
         revision: ObjectKey,
@@ -202,13 +204,13 @@ impl Handle {
                  start `revgate serve --runtime external` to register endpoints yourself"
             )));
         };
-        let count = u32::try_from(endpoints.len()).unwrap_or(u32::MAX);
-        external.register(revision.clone(), endpoints).map_err(|e| match e {
+        external.register(revision.clone(), endpoints.clone()).map_err(|e| match e {
             RegistrationError::UnknownRevision { .. } => ControlError::NotFound(e.to_string()),
             RegistrationError::Store { source, .. } => ControlError::Store(source),
         })?;
-        let mut desired = self.desired.clone();
-        let published = desired.wait_for(|desired| desired.get(&revision) == Some(&count));
+        let mut applied = self.endpoints.clone();
+        let published =
+            applied.wait_for(|applied| applied.get(&revision).map_or(&[][..], Vec::as_slice) == endpoints.as_slice());
         // Registered either way; a slow publication only delays the answer.
         let _ = tokio::time::timeout(REGISTRATION_ANSWER_WAIT, published).await;
         Ok(self.published())
@@ -269,7 +271,9 @@ pub struct ControlPlane {
     world: Arc<World>,
     /// Endpoints of revisions, as the runtime reports them through the zero
     /// gate (registered ones come from the external runtime).
-    endpoints: EndpointMap,
+    /// Shared with readers of [`Handle::endpoints`] once published.
+    endpoints: Arc<EndpointMap>,
+    endpoints_tx: watch::Sender<Arc<EndpointMap>>,
     /// Revisions whose endpoints the zero gate keeps while the filters are
     /// told they are cold: wanted at zero.
     cold: BTreeSet<ObjectKey>,
@@ -306,10 +310,12 @@ impl ControlPlane {
         let (plan_tx, plan_rx) = watch::channel(Arc::new(GatewayPlan::default()));
         let (desired_tx, desired_rx) = watch::channel(Arc::new(BTreeMap::new()));
         let (verdicts_tx, verdicts_rx) = watch::channel(Arc::new(BTreeMap::new()));
+        let (endpoints_tx, endpoints_rx) = watch::channel(Arc::default());
         let plane = Self {
             store,
             world,
-            endpoints: EndpointMap::new(),
+            endpoints: Arc::default(),
+            endpoints_tx,
             cold: BTreeSet::new(),
             cache,
             settings,
@@ -331,6 +337,7 @@ impl ControlPlane {
             published: published_rx,
             gateway,
             verdicts: verdicts_rx,
+            endpoints: endpoints_rx,
             unreadable: unreadable_rx,
             external: None,
         };
@@ -395,9 +402,10 @@ impl ControlPlane {
             .map(|(key, state)| (key.clone(), state.ready.clone()))
             .collect();
         self.cold.clone_from(&gated.cold);
-        if first || endpoints != self.endpoints {
-            self.endpoints = endpoints;
+        if first || endpoints != *self.endpoints {
+            self.endpoints = Arc::new(endpoints);
             self.publish();
+            self.endpoints_tx.send_replace(self.endpoints.clone());
         } else {
             // The snapshot is unchanged: only the wanted counts may be.
             let plan = self.plan_tx.borrow().clone();
