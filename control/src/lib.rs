@@ -18,9 +18,10 @@
 //!   are registered through the admin API, stored and restored.
 //! - `store`: the world persisted in an embedded database (redb).
 //! - `admin`: the admin HTTP API (server side) and its client used by the CLI.
-//! - `activation`: the service the gateway filter calls (metrics reports,
-//!   activation requests, readiness long-polls), over `readiness` (which
-//!   revisions each Envoy can serve) and `metrics` (reports summed per revision).
+//! - `activation` (the `revgate-activation` crate): the service the gateway
+//!   filter calls (metrics reports, activation requests, readiness
+//!   long-polls), over `readiness` (which revisions each Envoy can serve) and
+//!   `metrics` (reports summed per revision).
 //! - `autoscaling`: the KPA task: metric windows, deciders and scale-to-zero
 //!   rules per revision, driving the runtime; `views` shows its decisions as
 //!   Knative PodAutoscalers and ServerlessServices.
@@ -36,7 +37,11 @@
 //! KPA) crates; `revgate-runtime` runs revisions.
 #![forbid(unsafe_code)]
 
-pub mod activation;
+/// The activation side lives in its own crate; these paths keep its modules
+/// where the rest of the control plane looks for them.
+pub use revgate_activation as activation;
+pub use revgate_activation::{metrics, readiness};
+
 pub mod admin;
 pub mod autoscaler_cli;
 pub mod autoscaling;
@@ -49,8 +54,6 @@ pub mod gateway;
 pub mod gateway_auth;
 pub mod http;
 pub mod manifests;
-pub mod metrics;
-pub mod readiness;
 pub mod render;
 pub mod serve;
 pub mod store;

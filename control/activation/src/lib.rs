@@ -1,4 +1,4 @@
-//! The activation service: the control plane's side of the gateway filter's
+//! `revgate-activation`: the activation service, the control plane's side of the gateway filter's
 //! contract (`revgate-proto`), served on its own address.
 //!
 //! | call | what revgate does |
@@ -25,11 +25,17 @@
 //! with the count of those left out.
 //!
 //! # Layout
+//! - `readiness`: the readiness table: which revisions each Envoy can
+//!   serve, from the plan, the wanted counts and the xDS ACKs (pure).
+//! - `metrics`: the filters' reports, summed per revision (pure).
 //! - `bookkeeping`: pollers and activation records, with their expiry (pure).
 //! - `log_throttle`: one log line per kind of event and interval (pure).
+#![forbid(unsafe_code)]
 
 mod bookkeeping;
 mod log_throttle;
+pub mod metrics;
+pub mod readiness;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, Weak};
