@@ -232,6 +232,12 @@ impl Handle {
         self.plan.clone()
     }
 
+    /// The endpoints in the published snapshot, per revision: the runtime's,
+    /// as the zero gate lets them through.
+    pub fn endpoints(&self) -> watch::Receiver<Arc<EndpointMap>> {
+        self.endpoints.clone()
+    }
+
     /// The endpoint count wanted per revision. It drops to zero before a
     /// revision's endpoints are withdrawn from the gateways.
     pub fn desired(&self) -> watch::Receiver<Arc<BTreeMap<ObjectKey, u32>>> {
@@ -594,5 +600,85 @@ pub fn observed(world: &World, gateway: &GatewayStatus, published: &Published) -
     Observed {
         revisions: BTreeMap::new(),
         ingress: world.routes.keys().map(|key| (key.clone(), state.clone())).collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::Future;
+    use std::pin::Pin;
+
+    use revgate_runtime::RevisionStates;
+
+    use super::*;
+    use crate::zero_gate::{self, ColdNotice};
+
+    const SERVICE: &str = "apiVersion: serving.knative.dev/v1
+kind: Service
+metadata:
+  name: hello
+  namespace: default
+spec:
+  template:
+    spec:
+      containers:
+        - image: example.com/hello
+";
+
+    fn key() -> ObjectKey {
+        ObjectKey::new("default", "hello-00001")
+    }
+
+    fn ready(port: Option<u16>) -> Arc<RevisionStates> {
+        let ready = port.map(|port| Endpoint { host: "127.0.0.1".into(), port }).into_iter().collect();
+        Arc::new(RevisionStates::from([(key(), RevisionState { ready, ..RevisionState::default() })]))
+    }
+
+    /// Gateway filters that hear a revision is cold when the test says so.
+    #[derive(Debug, Default)]
+    struct Filters {
+        heard: watch::Sender<bool>,
+    }
+
+    impl ColdNotice for Filters {
+        fn heard_cold(&self, _: ObjectKey) -> Pin<Box<dyn Future<Output = ()> + Send + 'static>> {
+            let mut heard = self.heard.subscribe();
+            Box::pin(async move {
+                let _ = heard.wait_for(|heard| *heard).await;
+            })
+        }
+    }
+
+    /// The owner task, the zero gate and a runtime, in-process: going to
+    /// zero, the owner wants the revision at zero (the filters are told)
+    /// while Envoy keeps its endpoints, and withdraws them only once the
+    /// gate lets the change through; the owner is never called back.
+    #[tokio::test]
+    async fn the_owner_withdraws_the_last_endpoints_only_after_the_filters_heard() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let store = Store::open(dir.path()).expect("store");
+        let (_gateway, gateway) = watch::channel(GatewayStatus::default());
+        let (plane, handle) =
+            ControlPlane::start(store, SnapshotCache::default(), XdsSettings::default(), gateway).expect("start");
+        let (runtime, states) = watch::channel(Arc::new(RevisionStates::new()));
+        let filters = Arc::new(Filters::default());
+        // Long enough that only the filters can let the withdrawal through.
+        let gated = zero_gate::start(states, filters.clone(), Duration::from_secs(3600));
+        tokio::spawn(plane.run(Some(gated)));
+        let file = ManifestFile { name: "hello.yaml".into(), content: SERVICE.into() };
+        handle.apply(vec![file], false).await.expect("apply");
+        let (mut endpoints, mut desired) = (handle.endpoints(), handle.desired());
+
+        runtime.send_replace(ready(Some(8081)));
+        endpoints.wait_for(|endpoints| endpoints.contains_key(&key())).await.expect("owner");
+        desired.wait_for(|desired| desired.get(&key()) == Some(&1)).await.expect("owner");
+
+        runtime.send_replace(ready(None));
+        desired.wait_for(|desired| desired.get(&key()) == Some(&0)).await.expect("owner");
+        assert!(endpoints.borrow().contains_key(&key()), "Envoy keeps the endpoints while the filters are told");
+
+        filters.heard.send_replace(true);
+        endpoints.wait_for(|endpoints| !endpoints.contains_key(&key())).await.expect("owner");
+        assert_eq!(desired.borrow().get(&key()), Some(&0));
     }
 }

@@ -206,6 +206,16 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// Shared by the HTTP handlers and the admin API.
+///
+/// What others follow is published on `watch` channels: the readiness
+/// table (owned by one task), the plan, the ticks of answered polls, and
+/// activations on a broadcast. The handlers' own bookkeeping (`demand`,
+/// `pollers`, `log`) stays behind small locks instead of an owner task:
+/// every call makes one synchronous insert or count, and readers (the admin
+/// API, the autoscaler once a second, the zero gate) compute their copy at
+/// the time they read, because what has expired depends on that time. A
+/// task would add a channel hop to every report and poll and gain nothing.
+/// No guard is ever held across an `.await`.
 #[derive(Debug, Clone)]
 pub struct ActivationService {
     readiness: watch::Receiver<Arc<ReadinessTable>>,
