@@ -10,9 +10,10 @@
 //! One task owns the readiness table: it follows the published gateway plan,
 //! the endpoint counts the control plane wants and the xDS ACKs, and
 //! publishes the table through a `watch` channel, which every long-poll
-//! reads. Every answer is recorded per filter VM (node and reporter), so the
-//! control plane can wait until all filters know a revision is cold before
-//! its endpoints leave Envoy. Metrics and activations are small, synchronous
+//! reads. Every answer is recorded per filter VM (node and reporter) and
+//! published on another `watch`, which the control plane's zero gate
+//! follows to wait until all filters know a revision is cold before its
+//! endpoints leave Envoy. Metrics and activations are small, synchronous
 //! updates behind a mutex never held across an `.await`.
 //!
 //! Whatever clients send, what the service keeps stays bounded
@@ -208,9 +209,9 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// Shared by the HTTP handlers and the admin API.
 ///
 /// What others follow is published on `watch` channels: the readiness
-/// table (owned by one task), the plan, the ticks of answered polls, and
-/// activations on a broadcast. The handlers' own bookkeeping (`demand`,
-/// `pollers`, `log`) stays behind small locks instead of an owner task:
+/// table (owned by one task), the plan, the filter VMs' polls, and
+/// activations on a broadcast. The rest of the handlers' bookkeeping
+/// (`demand`, `log`) stays behind small locks instead of an owner task:
 /// every call makes one synchronous insert or count, and readers (the admin
 /// API, the autoscaler once a second, the zero gate) compute their copy at
 /// the time they read, because what has expired depends on that time. A
@@ -221,10 +222,12 @@ pub struct ActivationService {
     readiness: watch::Receiver<Arc<ReadinessTable>>,
     plan: watch::Receiver<Arc<GatewayPlan>>,
     demand: Arc<Mutex<Demand>>,
-    pollers: Arc<Mutex<Pollers>>,
+    /// Every filter VM's polls: written by the readiness handlers, followed
+    /// by the zero gate (which waits until every live VM heard a version)
+    /// and read by the admin API. Published on a `watch`, which notifies on
+    /// every poll begun and answered.
+    pollers: Arc<watch::Sender<Pollers>>,
     log: Arc<Mutex<LogThrottle>>,
-    /// Ticks whenever a poller is answered.
-    answered: watch::Sender<()>,
     /// Every activation request, for the autoscaler to act on at once.
     activations: broadcast::Sender<Activation>,
 }
@@ -248,9 +251,8 @@ impl ActivationService {
                 aggregator: Aggregator::new(MAX_FILTER_VMS),
                 activations: ActivationRecords::default(),
             })),
-            pollers: Arc::new(Mutex::new(Pollers::new(MAX_FILTER_VMS))),
+            pollers: Arc::new(watch::Sender::new(Pollers::new(MAX_FILTER_VMS))),
             log,
-            answered: watch::Sender::new(()),
             activations: broadcast::Sender::new(256),
         }
     }
@@ -266,7 +268,7 @@ impl ActivationService {
     pub fn filters_in_sync(&self) -> BTreeMap<String, usize> {
         let current = self.readiness.borrow().version();
         let mut filters = BTreeMap::new();
-        for ((node, _), version) in lock(&self.pollers).live(now()) {
+        for ((node, _), version) in self.pollers.borrow().live(now()) {
             if version == current {
                 *filters.entry(node.clone()).or_insert(0) += 1;
             }
@@ -281,14 +283,14 @@ impl ActivationService {
     /// up by itself: the zero gate bounds the wait ([`COLD_NOTICE_TIMEOUT`]).
     pub async fn until_cold_everywhere(&self, revision: &ObjectKey) {
         let mut readiness = self.readiness.clone();
-        let mut answered = self.answered.subscribe();
+        let mut polls = self.pollers.subscribe();
         let version = match readiness.wait_for(|table| table.desired(revision) == Some(0)).await {
             Ok(table) => table.version(),
             Err(_) => return,
         };
         loop {
             // A lagging VM that stays silent is gone, and not waited for.
-            let gone_at = match lock(&self.pollers).waiting_for(version, now()) {
+            let gone_at = match polls.borrow_and_update().waiting_for(version, now()) {
                 Waiting::Done => return,
                 Waiting::Lagging { gone_at } => gone_at.map(Instant::from_std),
             };
@@ -299,7 +301,7 @@ impl ActivationService {
                 }
             };
             tokio::select! {
-                changed = answered.changed() => if changed.is_err() { return },
+                changed = polls.changed() => if changed.is_err() { return },
                 () = recheck => {}
             }
         }
@@ -555,28 +557,36 @@ impl ActivationService {
         check_id("node", &query.node)?;
         check_id("reporter", &query.reporter)?;
         let vm = (query.node.clone(), query.reporter.clone());
-        lock(&self.pollers).begin(&vm, query.after, now()).map_err(|refused| {
+        let mut begun = Ok(());
+        self.pollers.send_if_modified(|pollers| {
+            begun = pollers.begin(&vm, query.after, now());
+            begun.is_ok()
+        });
+        begun.map_err(|refused| {
             let (node, reporter) = (query.node.clone(), query.reporter.clone());
             match refused {
                 PollRefused::TooManyVms { .. } => Refusal::TooManyPollers { node, reporter },
                 PollRefused::TooManyPolls => Refusal::TooManyPolls { node, reporter },
             }
         })?;
-        self.answered.send_replace(());
         Ok(Poll { service: self.clone(), vm })
     }
 }
 
 impl Poll {
     fn answered(&self, version: u64) {
-        lock(&self.service.pollers).answered(&self.vm, version, now());
-        self.service.answered.send_replace(());
+        self.service.pollers.send_modify(|pollers| pollers.answered(&self.vm, version, now()));
     }
 }
 
 impl Drop for Poll {
     fn drop(&mut self) {
-        lock(&self.service.pollers).end(&self.vm, now());
+        // Nobody waits for a poll to end: a VM between polls is only gone
+        // once its idle timeout passes, which waiters check by the clock.
+        self.service.pollers.send_if_modified(|pollers| {
+            pollers.end(&self.vm, now());
+            false
+        });
     }
 }
 
