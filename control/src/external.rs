@@ -197,3 +197,78 @@ fn lock(registry: &Mutex<Registry>) -> std::sync::MutexGuard<'_, Registry> {
 fn unix_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
+
+#[cfg(test)]
+mod tests {
+    use revgate_model::decode::Budget;
+    use revgate_model::parse_documents_within;
+
+    use super::*;
+    use crate::store::Store;
+
+    const SERVICE: &str = "apiVersion: serving.knative.dev/v1
+kind: Service
+metadata:
+  name: hello
+  namespace: default
+spec:
+  template:
+    spec:
+      containers:
+        - image: example.com/hello
+";
+
+    fn key() -> ObjectKey {
+        ObjectKey::new("default", "hello-00001")
+    }
+
+    fn world() -> Arc<World> {
+        let documents = parse_documents_within("hello.yaml", SERVICE, &mut Budget::default()).expect("manifest");
+        let (world, _) = World::default().apply(&documents, 0).expect("apply");
+        Arc::new(world)
+    }
+
+    fn endpoint(port: u16) -> Endpoint {
+        Endpoint { host: "127.0.0.1".into(), port }
+    }
+
+    fn ready(runtime: &ExternalRuntime) -> Option<Vec<Endpoint>> {
+        runtime.states().borrow().get(&key()).map(|state| state.ready.clone())
+    }
+
+    #[tokio::test]
+    async fn registrations_are_stored_published_and_restored() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let store = Store::open(dir.path()).expect("store");
+        let (world_tx, world_rx) = watch::channel(world());
+        let runtime = ExternalRuntime::start(store.registrations(), world_rx.clone()).expect("start");
+
+        let unknown = ObjectKey::new("default", "made-up-00001");
+        let refused = runtime.register(unknown.clone(), vec![endpoint(8081)]).expect_err("unknown revision");
+        assert!(refused.to_string().contains("revision default/made-up-00001 does not exist"), "{refused}");
+        assert!(runtime.states().borrow().is_empty() && store.registrations().load().expect("read").is_empty());
+
+        runtime.register(key(), vec![endpoint(8081)]).expect("register");
+        assert_eq!(ready(&runtime), Some(vec![endpoint(8081)]));
+        let registered = runtime.sources()[&key()].clone();
+        assert_eq!(registered.source, EndpointsOrigin::Registered);
+
+        // A restart on the same store: restored, with the time of the registration.
+        drop(runtime);
+        let runtime = ExternalRuntime::start(store.registrations(), world_rx).expect("restart");
+        assert_eq!(ready(&runtime), Some(vec![endpoint(8081)]));
+        let restored = runtime.sources()[&key()].clone();
+        assert_eq!(restored.source, EndpointsOrigin::Restored);
+        assert_eq!(restored.registered_at, registered.registered_at);
+
+        // Registering none keeps the revision, at zero endpoints.
+        runtime.register(key(), Vec::new()).expect("register");
+        assert_eq!(ready(&runtime), Some(Vec::new()));
+
+        // A deleted revision's registration is forgotten.
+        world_tx.send_replace(Arc::new(World::default()));
+        let mut states = runtime.states();
+        states.wait_for(|states| states.is_empty()).await.expect("runtime");
+        assert!(runtime.sources().is_empty());
+    }
+}
