@@ -10,9 +10,15 @@
 //! ```text
 //! admin API ─▶ ControlPlane ─▶ xDS ─▶ Envoy (filter) ─▶ activation service
 //!                  ▲                                         │ reports, activations
-//!                  │ ready endpoints                         ▼
-//!               Runtime ◀──────── scale(revision, n) ──── Autoscaler (KPA)
+//!                  │ ready endpoints (held while the         ▼
+//!               ZeroGate   filters hear "cold")           Autoscaler (KPA)
+//!                  ▲                                         │
+//!               Runtime ◀──────── scale(revision, n) ────────┘
 //! ```
+//!
+//! Without a runtime that runs revisions (`--runtime external`), the
+//! external runtime takes the endpoints registered through the admin API
+//! and reports them the same way.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
