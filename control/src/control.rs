@@ -276,8 +276,8 @@ pub struct ControlPlane {
     store: Store,
     world: Arc<World>,
     /// Endpoints of revisions, as the runtime reports them through the zero
-    /// gate (registered ones come from the external runtime).
-    /// Shared with readers of [`Handle::endpoints`] once published.
+    /// gate (registered ones come from the external runtime); shared with
+    /// readers of [`Handle::endpoints`] once published.
     endpoints: Arc<EndpointMap>,
     endpoints_tx: watch::Sender<Arc<EndpointMap>>,
     /// Revisions whose endpoints the zero gate keeps while the filters are

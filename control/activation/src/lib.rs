@@ -17,12 +17,12 @@
 //! updates behind a mutex never held across an `.await`.
 //!
 //! Whatever clients send, what the service keeps stays bounded
-//! ([`bookkeeping`]): activations and metrics for revisions not in the
+//! (`bookkeeping`): activations and metrics for revisions not in the
 //! gateway plan are answered `404` and kept nowhere; at most
 //! [`MAX_FILTER_VMS`] filter VMs are tracked (per table: pollers, reporters),
 //! a new one beyond is answered `429`; VMs and reports expire when idle;
 //! messages are at most [`MAX_MESSAGE_BYTES`], ids at most [`MAX_ID_BYTES`];
-//! and each kind of log line is written at most once per [`LOG_INTERVAL`],
+//! and each kind of log line is written at most once per `LOG_INTERVAL`,
 //! with the count of those left out.
 //!
 //! # Layout
