@@ -107,68 +107,95 @@ impl<T> Default for Gated<T> {
 }
 
 /// The gate's rules (the table in the module docs), without I/O or clock.
+///
+/// It keeps the last input; what it shows lives with its readers (the
+/// output `watch`), and is changed in place, revision by revision: a change
+/// of one revision costs that revision, not the world.
 #[derive(Debug, Clone)]
 pub struct ZeroGate<T> {
     input: Arc<BTreeMap<ObjectKey, T>>,
-    shown: Gated<T>,
 }
 
 impl<T> Default for ZeroGate<T> {
     fn default() -> Self {
-        Self { input: Arc::new(BTreeMap::new()), shown: Gated::default() }
+        Self { input: Arc::new(BTreeMap::new()) }
     }
 }
 
+/// What one input did at the gate.
+#[derive(Debug, Default, PartialEq)]
+pub struct Step {
+    /// Revisions that just became cold: wait for their filters.
+    pub started: Vec<ObjectKey>,
+    /// Revisions that left `cold` before their filters heard: a newer
+    /// change won, and their waits are over.
+    pub superseded: Vec<ObjectKey>,
+    /// Whether what is shown changed.
+    pub changed: bool,
+}
+
 impl<T: Withdrawal> ZeroGate<T> {
-    /// Takes the latest input; returns the revisions that just became cold,
-    /// whose filters must now be waited for. A revision that leaves `cold`
-    /// here had its pending withdrawal superseded.
-    pub fn take(&mut self, input: Arc<BTreeMap<ObjectKey, T>>) -> Vec<ObjectKey> {
-        let mut items = BTreeMap::new();
-        let mut cold = BTreeSet::new();
-        let mut started = Vec::new();
-        for (key, next) in input.iter() {
-            match self.shown.items.get(key) {
-                Some(shown) if next.is_zero() && !shown.is_zero() => {
-                    items.insert(key.clone(), shown.held(next));
-                    if !self.shown.cold.contains(key) {
-                        started.push(key.clone());
+    /// Takes the latest input and updates `shown` for the revisions whose
+    /// input changed. `shown` is copied only if a reader still holds it.
+    pub fn take(&mut self, shown: &mut Arc<Gated<T>>, input: Arc<BTreeMap<ObjectKey, T>>) -> Step {
+        let previous = std::mem::replace(&mut self.input, input.clone());
+        let mut step = Step::default();
+        if Arc::ptr_eq(&previous, &input) {
+            return step;
+        }
+        let gone: Vec<&ObjectKey> = previous.keys().filter(|key| !input.contains_key(*key)).collect();
+        let changed: Vec<(&ObjectKey, &T)> =
+            input.iter().filter(|(key, next)| previous.get(*key) != Some(*next)).collect();
+        if gone.is_empty() && changed.is_empty() {
+            return step;
+        }
+        let shown = Arc::make_mut(shown);
+        for key in gone {
+            shown.items.remove(key);
+            if shown.cold.remove(key) {
+                step.superseded.push(key.clone());
+            }
+        }
+        for (key, next) in changed {
+            match shown.items.get(key) {
+                Some(current) if next.is_zero() && !current.is_zero() => {
+                    let held = current.held(next);
+                    shown.items.insert(key.clone(), held);
+                    if shown.cold.insert(key.clone()) {
+                        step.started.push(key.clone());
                     }
-                    cold.insert(key.clone());
                 }
                 None if next.is_zero() && T::HOLD_UNSEEN => {
                     // Nothing shown yet: nothing is let through until heard.
-                    if !self.shown.cold.contains(key) {
-                        started.push(key.clone());
+                    if shown.cold.insert(key.clone()) {
+                        step.started.push(key.clone());
                     }
-                    cold.insert(key.clone());
                 }
                 _ => {
-                    items.insert(key.clone(), next.clone());
+                    shown.items.insert(key.clone(), next.clone());
+                    if shown.cold.remove(key) {
+                        step.superseded.push(key.clone());
+                    }
                 }
             }
         }
-        self.input = input;
-        self.shown = Gated { items, cold };
-        started
+        step.changed = true;
+        step
     }
 
     /// Every filter heard `revision` is cold (or the wait timed out): its
     /// withdrawal goes through. Returns whether what is shown changed.
-    pub fn heard(&mut self, revision: &ObjectKey) -> bool {
-        if !self.shown.cold.remove(revision) {
+    pub fn heard(&self, shown: &mut Arc<Gated<T>>, revision: &ObjectKey) -> bool {
+        if !shown.cold.contains(revision) {
             return false;
         }
+        let shown = Arc::make_mut(shown);
+        shown.cold.remove(revision);
         match self.input.get(revision) {
-            Some(next) => self.shown.items.insert(revision.clone(), next.clone()),
-            None => self.shown.items.remove(revision),
+            Some(next) => shown.items.insert(revision.clone(), next.clone()),
+            None => shown.items.remove(revision),
         };
         true
-    }
-
-    /// What the gate lets through now.
-    pub fn shown(&self) -> &Gated<T> {
-        &self.shown
     }
 }
 
@@ -182,9 +209,9 @@ pub fn start<T: Withdrawal + std::fmt::Debug>(
 ) -> watch::Receiver<Arc<Gated<T>>> {
     let mut gate = ZeroGate::default();
     let mut waits = Waits { tasks: JoinSet::new(), pending: BTreeMap::new(), notice, timeout };
-    let started = gate.take(input.borrow_and_update().clone());
-    waits.start(started);
-    let (output, gated) = watch::channel(Arc::new(gate.shown().clone()));
+    let mut first = Arc::new(Gated::default());
+    waits.follow(gate.take(&mut first, input.borrow_and_update().clone()));
+    let (output, gated) = watch::channel(first);
     tokio::spawn(async move {
         loop {
             tokio::select! {
@@ -192,9 +219,13 @@ pub fn start<T: Withdrawal + std::fmt::Debug>(
                     if changed.is_err() {
                         return;
                     }
-                    let started = gate.take(input.borrow_and_update().clone());
-                    waits.cancel_all_but(&gate.shown().cold);
-                    waits.start(started);
+                    let next = input.borrow_and_update().clone();
+                    let mut step = Step::default();
+                    output.send_if_modified(|shown| {
+                        step = gate.take(shown, next);
+                        step.changed
+                    });
+                    waits.follow(step);
                 }
                 Some(done) = waits.tasks.join_next_with_id(), if !waits.tasks.is_empty() => {
                     // A cancelled wait, or one superseded after it finished, lets nothing through.
@@ -203,11 +234,10 @@ pub fn start<T: Withdrawal + std::fmt::Debug>(
                         continue;
                     }
                     waits.pending.remove(&revision);
-                    gate.heard(&revision);
+                    output.send_if_modified(|shown| gate.heard(shown, &revision));
                 }
                 () = output.closed() => return,
             }
-            replace_if_changed(&output, gate.shown().clone());
         }
     });
     gated
@@ -222,8 +252,14 @@ struct Waits {
 }
 
 impl Waits {
-    fn start(&mut self, revisions: Vec<ObjectKey>) {
-        for revision in revisions {
+    /// Cancels the waits a step superseded and starts those it began.
+    fn follow(&mut self, step: Step) {
+        for revision in step.superseded {
+            if let Some(wait) = self.pending.remove(&revision) {
+                wait.abort();
+            }
+        }
+        for revision in step.started {
             let (heard, timeout, key) = (self.notice.heard_cold(revision.clone()), self.timeout, revision.clone());
             let task = self.tasks.spawn(async move {
                 if tokio::time::timeout(timeout, heard).await.is_err() {
@@ -235,17 +271,6 @@ impl Waits {
                 superseded.abort();
             }
         }
-    }
-
-    /// Cancels the waits of revisions no longer cold: a newer change won.
-    fn cancel_all_but(&mut self, cold: &BTreeSet<ObjectKey>) {
-        self.pending.retain(|revision, task| {
-            let keep = cold.contains(revision);
-            if !keep {
-                task.abort();
-            }
-            keep
-        });
     }
 }
 
@@ -516,13 +541,12 @@ mod tests {
             ("superseded by a new instance", &[8083], false, &[8083], false),
             ("a late hearing changes nothing", &[8083], true, &[8083], false),
         ];
-        let mut gate = ZeroGate::default();
+        let (mut gate, mut got) = (ZeroGate::default(), Arc::new(Gated::default()));
         for (step, input, heard, shown, cold) in steps {
-            gate.take(states(input));
+            gate.take(&mut got, states(input));
             if *heard {
-                gate.heard(&key());
+                gate.heard(&mut got, &key());
             }
-            let got = gate.shown();
             assert_eq!(got.items[&key()].ready, endpoints(shown), "{step}");
             assert_eq!(got.cold.contains(&key()), *cold, "{step}");
         }
