@@ -16,7 +16,6 @@
 //! (`revgate_kube::LeaderLabel`), and the activation Service selects that
 //! label, so every filter reaches the leader.
 
-use std::collections::BTreeSet;
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -34,11 +33,11 @@ use tokio::sync::{broadcast, watch};
 use crate::activation::ActivationService;
 use crate::autoscaling::Autoscaler;
 use crate::cli::ControllerArgs;
-use crate::cold_first::{ColdFirst, ColdNotice, desired_counts};
 use crate::control::replace_if_changed;
 use crate::gateway_auth::{self, GatewayTokenError};
 use crate::http;
 use crate::serve::Shutdown;
+use crate::zero_gate::{GatedRuntime, desired_counts};
 
 pub async fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
     let mut shutdown = Shutdown::install()?;
@@ -89,18 +88,14 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
     });
 
     let (world, plan) = follow_view(controller.view.clone());
-    let (cold_tx, cold) = watch::channel(BTreeSet::new());
-    let desired = desired_counts(controller.runtime.states(), cold);
     // Istio programs the gateways, so no xDS ACK ever arrives here; the
     // filters confirm endpoints with probes (`release_gate: probe`).
     let (acks, _) = broadcast::channel(1);
+    let (desired_tx, desired) = watch::channel(Arc::default());
     let activation = ActivationService::start(plan.clone(), desired, acks.subscribe());
-    let notice_from = activation.clone();
-    let notice: ColdNotice = Arc::new(move |key| {
-        let activation = notice_from.clone();
-        Box::pin(async move { activation.until_cold_everywhere(&key).await })
-    });
-    let runtime: Arc<dyn Runtime> = Arc::new(ColdFirst::new(controller.runtime.clone(), notice, cold_tx));
+    let runtime = GatedRuntime::start(Arc::new(controller.runtime.clone()), Arc::new(activation.clone()));
+    desired_counts(runtime.states(), runtime.cold(), desired_tx);
+    let runtime: Arc<dyn Runtime> = Arc::new(runtime);
     let (autoscaler, _) = Autoscaler::new(world, plan, activation.clone(), runtime);
     let autoscaler = tokio::spawn(autoscaler.run());
     let health = Router::new().route("/healthz", get(|| async { "ok" }));

@@ -8,7 +8,8 @@
 //! Besides the world, the `endpoints` table keeps the endpoints registered
 //! through the admin API (`serve --runtime external`): whoever runs those
 //! instances registered them once, and a restarted control plane must not
-//! withdraw them from Envoy while they still serve.
+//! withdraw them from Envoy while they still serve. The external runtime
+//! (`external.rs`) writes them through a [`RegistrationStore`].
 //!
 //! A row that cannot be read back (invalid JSON, nesting deeper than the JSON
 //! reader accepts, a malformed key) does not stop the store from opening:
@@ -20,6 +21,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, TableHandle};
 use revgate_model::plan::{Endpoint, ObjectKey};
@@ -108,7 +110,9 @@ pub struct Registration {
 /// The world, persisted.
 #[derive(Debug)]
 pub struct Store {
-    db: Database,
+    /// Shared with the [`RegistrationStore`] of the same file: redb
+    /// serialises their write transactions.
+    db: Arc<Database>,
     path: PathBuf,
     /// Rows the last [`Store::load`] could not read and no save removed yet.
     unreadable: Vec<UnreadableObject>,
@@ -124,7 +128,7 @@ impl Store {
         let path = state_dir.join(STATE_FILE);
         restrict_file(&path)?;
         let db = Database::create(&path).map_err(|source| StoreError::Open { path: path.clone(), source })?;
-        Ok(Self { db, path, unreadable: Vec::new(), forget: Vec::new() })
+        Ok(Self { db: Arc::new(db), path, unreadable: Vec::new(), forget: Vec::new() })
     }
 
     /// Reads the whole world. Rows that cannot be read are left out and
@@ -142,18 +146,9 @@ impl Store {
         Ok(world)
     }
 
-    /// The endpoints registered per revision. Unreadable rows are skipped
-    /// with a warning: their revision then starts without endpoints, as
-    /// before it was registered.
-    pub fn registrations(&self) -> Result<BTreeMap<ObjectKey, Registration>, StoreError> {
-        let txn = self.db.begin_read().map_err(|e| self.db_error(e))?;
-        let mut registrations = BTreeMap::new();
-        let mut unreadable = Vec::new();
-        read_table(&txn, ENDPOINTS, &self.path, &mut registrations, &mut unreadable)?;
-        for row in unreadable {
-            tracing::warn!(table = %row.table, key = %row.key, error = %row.error, "ignoring unreadable registered endpoints");
-        }
-        Ok(registrations)
+    /// The `endpoints` table, for the runtime that owns registrations.
+    pub fn registrations(&self) -> RegistrationStore {
+        RegistrationStore { db: self.db.clone(), path: self.path.clone() }
     }
 
     /// Rows that could not be read at start and are still stored.
@@ -195,8 +190,38 @@ impl Store {
         Ok(())
     }
 
+    fn db_error(&self, e: impl std::fmt::Display) -> StoreError {
+        StoreError::Database { path: self.path.clone(), message: e.to_string() }
+    }
+}
+
+/// The endpoints registered through the admin API, in the same database
+/// as the world: written by the runtime that owns registrations
+/// (`external`), while the world's [`Store::save`] removes the rows of
+/// revisions that are deleted, in the delete's own transaction.
+#[derive(Debug, Clone)]
+pub struct RegistrationStore {
+    db: Arc<Database>,
+    path: PathBuf,
+}
+
+impl RegistrationStore {
+    /// The endpoints registered per revision. Unreadable rows are skipped
+    /// with a warning: their revision then starts without endpoints, as
+    /// before it was registered.
+    pub fn load(&self) -> Result<BTreeMap<ObjectKey, Registration>, StoreError> {
+        let txn = self.db.begin_read().map_err(|e| self.db_error(e))?;
+        let mut registrations = BTreeMap::new();
+        let mut unreadable = Vec::new();
+        read_table(&txn, ENDPOINTS, &self.path, &mut registrations, &mut unreadable)?;
+        for row in unreadable {
+            tracing::warn!(table = %row.table, key = %row.key, error = %row.error, "ignoring unreadable registered endpoints");
+        }
+        Ok(registrations)
+    }
+
     /// Stores the endpoints registered for `revision` in one transaction.
-    pub fn save_registration(&self, revision: &ObjectKey, registration: &Registration) -> Result<(), StoreError> {
+    pub fn save(&self, revision: &ObjectKey, registration: &Registration) -> Result<(), StoreError> {
         let json = serde_json::to_vec(registration).map_err(|e| self.db_error(e))?;
         let txn = self.db.begin_write().map_err(|e| self.db_error(e))?;
         {
@@ -520,10 +545,10 @@ mod tests {
             Registration { endpoints: vec![Endpoint { host: "127.0.0.1".into(), port: 8081 }], registered_at: 42 };
         {
             let store = Store::open(dir.path()).expect("store");
-            store.save_registration(&revision, &registration).expect("save");
+            store.registrations().save(&revision, &registration).expect("save");
         }
         let mut store = Store::open(dir.path()).expect("store");
-        assert_eq!(store.registrations().expect("read").get(&revision), Some(&registration));
+        assert_eq!(store.registrations().load().expect("read").get(&revision), Some(&registration));
 
         // A world that had the revision and no longer has it drops its endpoints.
         let mut previous = World::default();
@@ -536,7 +561,7 @@ mod tests {
         .expect("a Revision");
         previous.revisions.insert(revision.clone(), revision_object);
         store.save(&previous, &World::default()).expect("save");
-        assert!(store.registrations().expect("read").is_empty());
+        assert!(store.registrations().load().expect("read").is_empty());
     }
 
     fn references(file: &str, text: &str) -> Vec<Reference> {

@@ -1,4 +1,4 @@
-//! The activation service: the control plane's side of the gateway filter's
+//! `revgate-activation`: the activation service, the control plane's side of the gateway filter's
 //! contract (`revgate-proto`), served on its own address.
 //!
 //! | call | what revgate does |
@@ -10,26 +10,33 @@
 //! One task owns the readiness table: it follows the published gateway plan,
 //! the endpoint counts the control plane wants and the xDS ACKs, and
 //! publishes the table through a `watch` channel, which every long-poll
-//! reads. Every answer is recorded per filter VM (node and reporter), so the
-//! control plane can wait until all filters know a revision is cold before
-//! its endpoints leave Envoy. Metrics and activations are small, synchronous
+//! reads. Every answer is recorded per filter VM (node and reporter) and
+//! published on another `watch`, which the control plane's zero gate
+//! follows to wait until all filters know a revision is cold before its
+//! endpoints leave Envoy. Metrics and activations are small, synchronous
 //! updates behind a mutex never held across an `.await`.
 //!
 //! Whatever clients send, what the service keeps stays bounded
-//! ([`bookkeeping`]): activations and metrics for revisions not in the
+//! (`bookkeeping`): activations and metrics for revisions not in the
 //! gateway plan are answered `404` and kept nowhere; at most
 //! [`MAX_FILTER_VMS`] filter VMs are tracked (per table: pollers, reporters),
 //! a new one beyond is answered `429`; VMs and reports expire when idle;
 //! messages are at most [`MAX_MESSAGE_BYTES`], ids at most [`MAX_ID_BYTES`];
-//! and each kind of log line is written at most once per [`LOG_INTERVAL`],
+//! and each kind of log line is written at most once per `LOG_INTERVAL`,
 //! with the count of those left out.
 //!
 //! # Layout
+//! - `readiness`: the readiness table: which revisions each Envoy can
+//!   serve, from the plan, the wanted counts and the xDS ACKs (pure).
+//! - `metrics`: the filters' reports, summed per revision (pure).
 //! - `bookkeeping`: pollers and activation records, with their expiry (pure).
 //! - `log_throttle`: one log line per kind of event and interval (pure).
+#![forbid(unsafe_code)]
 
 mod bookkeeping;
 mod log_throttle;
+pub mod metrics;
+pub mod readiness;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, Weak};
@@ -183,8 +190,9 @@ struct Demand {
     activations: ActivationRecords,
 }
 
-/// The longest a revision going to zero waits for every filter to hear that
-/// it is cold; a filter VM that does not poll meanwhile is gone or cut off.
+/// The longest a revision going to zero waits (at the zero gate) for every
+/// filter to hear that it is cold; a filter VM that does not poll meanwhile
+/// is gone or cut off.
 pub const COLD_NOTICE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The revisions of a plan, for membership tests.
@@ -199,15 +207,27 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// Shared by the HTTP handlers and the admin API.
+///
+/// What others follow is published on `watch` channels: the readiness
+/// table (owned by one task), the plan, the filter VMs' polls, and
+/// activations on a broadcast. The rest of the handlers' bookkeeping
+/// (`demand`, `log`) stays behind small locks instead of an owner task:
+/// every call makes one synchronous insert or count, and readers (the admin
+/// API, the autoscaler once a second, the zero gate) compute their copy at
+/// the time they read, because what has expired depends on that time. A
+/// task would add a channel hop to every report and poll and gain nothing.
+/// No guard is ever held across an `.await`.
 #[derive(Debug, Clone)]
 pub struct ActivationService {
     readiness: watch::Receiver<Arc<ReadinessTable>>,
     plan: watch::Receiver<Arc<GatewayPlan>>,
     demand: Arc<Mutex<Demand>>,
-    pollers: Arc<Mutex<Pollers>>,
+    /// Every filter VM's polls: written by the readiness handlers, followed
+    /// by the zero gate (which waits until every live VM heard a version)
+    /// and read by the admin API. Published on a `watch`, which notifies on
+    /// every poll begun and answered.
+    pollers: Arc<watch::Sender<Pollers>>,
     log: Arc<Mutex<LogThrottle>>,
-    /// Ticks whenever a poller is answered.
-    answered: watch::Sender<()>,
     /// Every activation request, for the autoscaler to act on at once.
     activations: broadcast::Sender<Activation>,
 }
@@ -231,9 +251,8 @@ impl ActivationService {
                 aggregator: Aggregator::new(MAX_FILTER_VMS),
                 activations: ActivationRecords::default(),
             })),
-            pollers: Arc::new(Mutex::new(Pollers::new(MAX_FILTER_VMS))),
+            pollers: Arc::new(watch::Sender::new(Pollers::new(MAX_FILTER_VMS))),
             log,
-            answered: watch::Sender::new(()),
             activations: broadcast::Sender::new(256),
         }
     }
@@ -249,7 +268,7 @@ impl ActivationService {
     pub fn filters_in_sync(&self) -> BTreeMap<String, usize> {
         let current = self.readiness.borrow().version();
         let mut filters = BTreeMap::new();
-        for ((node, _), version) in lock(&self.pollers).live(now()) {
+        for ((node, _), version) in self.pollers.borrow().live(now()) {
             if version == current {
                 *filters.entry(node.clone()).or_insert(0) += 1;
             }
@@ -257,40 +276,33 @@ impl ActivationService {
         filters
     }
 
-    /// Waits until every filter has been told that `revision` is cold (the
-    /// control plane wants it at zero), so that its endpoints can leave
-    /// Envoy without a request meeting an empty cluster. Gives up after
-    /// [`COLD_NOTICE_TIMEOUT`], logging which wait was cut short.
+    /// Waits until every live filter VM has been told that `revision` is
+    /// cold (the control plane wants it at zero), so that its endpoints can
+    /// leave Envoy without a request meeting an empty cluster. A VM that
+    /// stays silent past its idle timeout counts as gone. It does not give
+    /// up by itself: the zero gate bounds the wait ([`COLD_NOTICE_TIMEOUT`]).
     pub async fn until_cold_everywhere(&self, revision: &ObjectKey) {
-        let deadline = Instant::now() + COLD_NOTICE_TIMEOUT;
         let mut readiness = self.readiness.clone();
-        let mut answered = self.answered.subscribe();
-        let version = loop {
-            let table = readiness.borrow_and_update().clone();
-            if table.desired(revision) == Some(0) {
-                break table.version();
-            }
-            tokio::select! {
-                changed = readiness.changed() => if changed.is_err() { return },
-                () = tokio::time::sleep_until(deadline) => {
-                    tracing::warn!(%revision, "the readiness table did not take the revision to zero in time");
-                    return;
-                }
-            }
+        let mut polls = self.pollers.subscribe();
+        let version = match readiness.wait_for(|table| table.desired(revision) == Some(0)).await {
+            Ok(table) => table.version(),
+            Err(_) => return,
         };
         loop {
             // A lagging VM that stays silent is gone, and not waited for.
-            let gone_at = match lock(&self.pollers).waiting_for(version, now()) {
+            let gone_at = match polls.borrow_and_update().waiting_for(version, now()) {
                 Waiting::Done => return,
                 Waiting::Lagging { gone_at } => gone_at.map(Instant::from_std),
             };
-            let recheck = gone_at.map_or(deadline, |at| at.min(deadline));
-            tokio::select! {
-                changed = answered.changed() => if changed.is_err() { return },
-                () = tokio::time::sleep_until(recheck) => if recheck >= deadline {
-                    tracing::warn!(%revision, "not every gateway filter heard the revision is cold in time; removing its endpoints anyway");
-                    return;
+            let recheck = async {
+                match gone_at {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
                 }
+            };
+            tokio::select! {
+                changed = polls.changed() => if changed.is_err() { return },
+                () = recheck => {}
             }
         }
     }
@@ -545,28 +557,36 @@ impl ActivationService {
         check_id("node", &query.node)?;
         check_id("reporter", &query.reporter)?;
         let vm = (query.node.clone(), query.reporter.clone());
-        lock(&self.pollers).begin(&vm, query.after, now()).map_err(|refused| {
+        let mut begun = Ok(());
+        self.pollers.send_if_modified(|pollers| {
+            begun = pollers.begin(&vm, query.after, now());
+            begun.is_ok()
+        });
+        begun.map_err(|refused| {
             let (node, reporter) = (query.node.clone(), query.reporter.clone());
             match refused {
                 PollRefused::TooManyVms { .. } => Refusal::TooManyPollers { node, reporter },
                 PollRefused::TooManyPolls => Refusal::TooManyPolls { node, reporter },
             }
         })?;
-        self.answered.send_replace(());
         Ok(Poll { service: self.clone(), vm })
     }
 }
 
 impl Poll {
     fn answered(&self, version: u64) {
-        lock(&self.service.pollers).answered(&self.vm, version, now());
-        self.service.answered.send_replace(());
+        self.service.pollers.send_modify(|pollers| pollers.answered(&self.vm, version, now()));
     }
 }
 
 impl Drop for Poll {
     fn drop(&mut self) {
-        lock(&self.service.pollers).end(&self.vm, now());
+        // Nobody waits for a poll to end: a VM between polls is only gone
+        // once its idle timeout passes, which waiters check by the clock.
+        self.service.pollers.send_if_modified(|pollers| {
+            pollers.end(&self.vm, now());
+            false
+        });
     }
 }
 
