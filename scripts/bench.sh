@@ -34,7 +34,7 @@ done
 envoy=$(scripts/install-tools.sh | tail -n 1)
 
 # oha: the pinned version from PATH if there is one, else the project-local install.
-oha_ok() { [ -x "$1" ] && "$1" --version 2>/dev/null | grep -qx "oha $oha_version"; }
+oha_ok() { [ -x "$1" ] && [ "$("$1" --version 2>/dev/null)" = "oha $oha_version" ]; }
 oha=$(command -v oha || true)
 if ! oha_ok "$oha"; then
   oha="$root/.tools/cargo/bin/oha"

@@ -10,7 +10,7 @@ target=wasm32-unknown-unknown
 profile=wasm
 
 if command -v rustup >/dev/null 2>&1; then
-  if ! rustup target list --installed | grep -qx "$target"; then
+  if ! rustup target list --installed | grep -x "$target" >/dev/null; then
     echo "build-filter: the Rust target $target is not installed; run scripts/install-tools.sh" >&2
     exit 1
   fi

@@ -13,12 +13,20 @@ envoy_version="1.40.0"
 
 log() { echo "install-tools: $*" >&2; }
 
+# Reads the whole version output before matching: `grep -q` stops reading at
+# the first match, and under `pipefail` the writer's SIGPIPE would fail the check.
+is_envoy_version() {
+  local version
+  version=$("$1" --version 2>/dev/null) || return 1
+  [[ "$version" == *"/$envoy_version/"* ]]
+}
+
 find_envoy() {
   if [ -x "$tools/envoy/bin/envoy" ]; then
     echo "$tools/envoy/bin/envoy"
     return 0
   fi
-  if command -v envoy >/dev/null 2>&1 && envoy --version 2>/dev/null | grep -q "/$envoy_version/"; then
+  if command -v envoy >/dev/null 2>&1 && is_envoy_version "$(command -v envoy)"; then
     command -v envoy
     return 0
   fi
@@ -55,6 +63,6 @@ install_wasm_targets() {
 
 mkdir -p "$tools"
 envoy=$(find_envoy) || { install_envoy; envoy=$(find_envoy); }
-"$envoy" --version | grep -q "/$envoy_version/" || { log "$envoy is not Envoy $envoy_version"; exit 1; }
+is_envoy_version "$envoy" || { log "$envoy is not Envoy $envoy_version"; exit 1; }
 install_wasm_targets
 echo "$envoy"

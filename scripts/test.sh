@@ -7,7 +7,8 @@ cd "$(dirname "$0")/.."
 
 envoy=$(scripts/install-tools.sh | tail -n 1)
 export REVGATE_ENVOY="$envoy"
-echo "test: using $("$envoy" --version | head -n 1 | sed 's/^.*version: //')"
+envoy_version=$("$envoy" --version)
+echo "test: using $(sed -n '/version: /{s/^.*version: //;p;q}' <<<"$envoy_version")"
 
 # The gateway filter, built once for the end-to-end tests.
 REVGATE_FILTER_WASM=$(scripts/build-filter.sh | tail -n 1)

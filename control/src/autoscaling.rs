@@ -2,7 +2,9 @@
 //!
 //! One task owns a [`RevisionAutoscaler`] per revision the runtime runs
 //! (revisions with static `revgate.dev/endpoints` run elsewhere and are left
-//! alone). Like Knative's collector, it records the gateways' reported totals
+//! alone). Every piece of scaling state and every rule is in that pure type
+//! (`revgate-autoscaler`); this task is the wiring around it: the clock, the
+//! world it follows, the gateways' reports, and the runtime it asks. Like Knative's collector, it records the gateways' reported totals
 //! into each revision's metric windows every second; like Knative's
 //! multiscaler, it runs every decider every 2 s and applies the result
 //! through the scale-to-zero rules to the runtime. An activation request (a
@@ -10,9 +12,8 @@
 //! with the held request as demand — Knative's "poke" — so a cold start does
 //! not wait for the next tick.
 //!
-//! Only revisions of Knative's KPA class are scaled. A revision of another
-//! class (`hpa.autoscaling.knative.dev`) runs at its initial or min scale,
-//! whichever is higher, and its PodAutoscaler says so.
+//! Only revisions of Knative's KPA class are scaled; a revision of another
+//! class runs at a fixed scale, and its PodAutoscaler says so.
 //!
 //! ```text
 //! activation service ──totals (1 s)──▶ windows ──(every 2 s | poke)──▶ Decider ─▶ Scaler ─▶ Runtime::scale
@@ -25,13 +26,12 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use revgate_autoscaler::{Decider, DeciderSpec, Recommendation, RevisionWindows, Scaler, ScalerSpec};
+use revgate_autoscaler::RevisionAutoscaler;
+pub use revgate_autoscaler::{KpaStatus, decider_spec, scaler_spec};
 use revgate_model::World;
-use revgate_model::autoscaling::{KPA_CLASS, RevisionScaling};
 use revgate_model::meta::ENDPOINTS_ANNOTATION;
 use revgate_model::plan::{GatewayPlan, ObjectKey};
 use revgate_runtime::{Runtime, Workload};
-use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, watch};
 use tokio::time::{Instant, MissedTickBehavior};
 
@@ -45,49 +45,14 @@ const COLLECT_INTERVAL: Duration = Duration::from_secs(1);
 /// when it is read (which matters for panic windows of a second or two).
 const COLLECTIONS_PER_TICK: u64 = 2;
 
-/// What the KPA decided for one revision, shown as a PodAutoscaler.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct KpaStatus {
-    pub configuration: String,
-    pub service: Option<String>,
-    pub metric: String,
-    /// Per-instance target of the metric.
-    pub target: f64,
-    pub reachable: bool,
-    /// The scale the KPA wants; `None` before any metric arrived.
-    pub desired_scale: Option<i64>,
-    /// Ready instances.
-    pub actual_scale: u32,
-    /// Instances the runtime was asked for.
-    pub requested_scale: Option<u32>,
-    pub observed_stable_value: f64,
-    pub observed_panic_value: f64,
-    pub panicking: bool,
-    pub excess_burst_capacity: i64,
-    /// Knative's `Active` condition: `True`, `False` or `Unknown`.
-    pub active: String,
-    pub reason: Option<String>,
-    pub message: Option<String>,
-}
-
 /// Readers of the KPA statuses.
 pub type KpaStatuses = watch::Receiver<Arc<BTreeMap<ObjectKey, KpaStatus>>>;
 
-/// The KPA of one revision.
+/// One revision the runtime runs: what to ask the runtime for, and its KPA.
 #[derive(Debug)]
-struct RevisionAutoscaler {
+struct Scaled {
     workload: Workload,
-    scaling: RevisionScaling,
-    reachable: bool,
-    windows: RevisionWindows,
-    decider: Decider,
-    /// The decider's latest valid recommendation (a tick without metrics
-    /// keeps the previous one, as Knative's PodAutoscaler status does).
-    recommendation: Recommendation,
-    scaler: Scaler,
-    requested: Option<u32>,
-    status: KpaStatus,
+    kpa: RevisionAutoscaler,
 }
 
 /// The task that owns every revision's KPA.
@@ -97,7 +62,7 @@ pub struct Autoscaler {
     plan: watch::Receiver<Arc<GatewayPlan>>,
     activation: ActivationService,
     runtime: Arc<dyn Runtime>,
-    revisions: BTreeMap<ObjectKey, RevisionAutoscaler>,
+    revisions: BTreeMap<ObjectKey, Scaled>,
     statuses: watch::Sender<Arc<BTreeMap<ObjectKey, KpaStatus>>>,
     /// Subscribed at creation so that no activation is missed before `run`
     /// (which takes it).
@@ -215,7 +180,7 @@ impl Autoscaler {
             let Some(scaling) = world.revision_scaling(key) else { continue };
             let reachable = routed.contains(&key);
             match self.revisions.get_mut(key) {
-                Some(existing) => existing.update(scaling, reachable),
+                Some(existing) => existing.kpa.update(scaling, reachable),
                 None => {
                     let workload = Workload {
                         key: key.clone(),
@@ -228,20 +193,11 @@ impl Autoscaler {
                             .unwrap_or_default(),
                         spec: revision.spec.clone(),
                     };
-                    let ready = self.ready(key);
-                    let mut created = RevisionAutoscaler::new(workload, scaling, reachable, ready, now);
-                    // A new revision starts at its initial scale, as Knative
-                    // creates the Deployment with that many replicas. One
-                    // stored before this start that no route reaches stays
-                    // at zero, as it was (Knative keeps its replicas).
-                    let initial =
-                        if self.resumed || reachable { created.scaler.spec().effective_initial_scale() } else { 0 };
-                    if created.scaling.class == KPA_CLASS {
-                        created.request(&*self.runtime, initial);
-                    } else {
-                        created.hold_fixed(&*self.runtime);
-                    }
-                    self.revisions.insert(key.clone(), created);
+                    let mut kpa = RevisionAutoscaler::new(scaling, reachable, self.ready(key), now);
+                    let scale = kpa.first_request(!self.resumed);
+                    tracing::info!(revision = %key, to = scale, "scaling a new revision");
+                    self.runtime.scale(&workload, scale);
+                    self.revisions.insert(key.clone(), Scaled { workload, kpa });
                 }
             }
         }
@@ -263,7 +219,7 @@ impl Autoscaler {
             let totals = activity.get(key).map(|a| &a.totals);
             let concurrency = totals.map_or(0.0, |t| t.concurrency + t.held_concurrency);
             let rps = totals.map_or(0.0, |t| t.rps);
-            revision.windows.record(now, concurrency, rps);
+            revision.kpa.record(now, concurrency, rps);
         }
     }
 
@@ -289,7 +245,7 @@ impl Autoscaler {
     /// carry it into the metric windows.
     fn poke(&mut self, activation: &Activation) {
         let Some(revision) = self.revisions.get(&activation.revision) else { return };
-        if revision.requested.unwrap_or(0) == 0 || revision.recommendation.desired <= 0 {
+        if revision.kpa.is_at_zero() {
             tracing::info!(revision = %activation.revision, held = activation.held, "activation: deciding now");
             self.decide(&activation.revision.clone(), true);
             self.publish();
@@ -299,8 +255,11 @@ impl Autoscaler {
     fn decide(&mut self, key: &ObjectKey, requests_held: bool) {
         let now = self.now_ms();
         let ready = self.ready(key);
-        if let Some(revision) = self.revisions.get_mut(key) {
-            revision.decide(now, ready, requests_held, &*self.runtime);
+        let Some(revision) = self.revisions.get_mut(key) else { return };
+        let from = revision.kpa.requested();
+        if let Some(scale) = revision.kpa.tick(now, ready, requests_held) {
+            tracing::info!(revision = %key, from = ?from, to = scale, "scaling");
+            self.runtime.scale(&revision.workload, scale);
         }
     }
 
@@ -309,142 +268,24 @@ impl Autoscaler {
         let states = states.borrow();
         for (key, revision) in &mut self.revisions {
             let state = states.get(key);
-            revision.status.actual_scale = state.map_or(0, |s| u32::try_from(s.ready.len()).unwrap_or(u32::MAX));
+            revision.kpa.observe_ready(state.map_or(0, |s| u32::try_from(s.ready.len()).unwrap_or(u32::MAX)));
         }
     }
 
     fn publish(&self) {
         let statuses: BTreeMap<ObjectKey, KpaStatus> =
-            self.revisions.iter().map(|(key, revision)| (key.clone(), revision.status.clone())).collect();
+            self.revisions.iter().map(|(key, revision)| (key.clone(), revision.status())).collect();
         replace_if_changed(&self.statuses, statuses);
     }
 }
 
-impl RevisionAutoscaler {
-    fn new(workload: Workload, scaling: RevisionScaling, reachable: bool, ready: u32, now_ms: u64) -> Self {
-        let windows = windows(&scaling);
-        let spec = decider_spec(&scaling, reachable);
-        let recommendation = Recommendation::before_first_tick(&spec, scaling.initial_scale);
-        let decider = Decider::new(spec, ready, now_ms);
-        let scaler = Scaler::new(scaler_spec(&scaling, reachable), now_ms);
-        let status = KpaStatus {
-            configuration: workload.configuration.clone(),
-            service: workload.service.clone(),
-            metric: scaling.metric.as_str().to_owned(),
-            target: scaling.target,
-            reachable,
-            actual_scale: ready,
-            active: "Unknown".to_owned(),
-            ..KpaStatus::default()
-        };
-        Self { workload, scaling, reachable, windows, decider, recommendation, scaler, requested: None, status }
-    }
-
-    /// Takes new settings (a changed `config-autoscaler`, or a route change
-    /// that makes the revision reachable or not).
-    fn update(&mut self, scaling: RevisionScaling, reachable: bool) {
-        if scaling == self.scaling && reachable == self.reachable {
-            return;
+impl Scaled {
+    /// The KPA's status with the workload's names.
+    fn status(&self) -> KpaStatus {
+        KpaStatus {
+            configuration: self.workload.configuration.clone(),
+            service: self.workload.service.clone(),
+            ..self.kpa.status()
         }
-        if scaling.stable_window != self.scaling.stable_window
-            || scaling.panic_window != self.scaling.panic_window
-            || scaling.aggregation != self.scaling.aggregation
-        {
-            self.windows = windows(&scaling);
-        }
-        self.decider.set_spec(decider_spec(&scaling, reachable));
-        self.scaler.set_spec(scaler_spec(&scaling, reachable));
-        self.status.metric = scaling.metric.as_str().to_owned();
-        self.status.target = scaling.target;
-        self.status.reachable = reachable;
-        self.scaling = scaling;
-        self.reachable = reachable;
-    }
-
-    /// A revision of another autoscaler class: a fixed scale, since only the
-    /// KPA runs here.
-    fn hold_fixed(&mut self, runtime: &dyn Runtime) {
-        let scale = self.scaling.min_scale.max(self.scaler.spec().effective_initial_scale()).max(1);
-        self.request(runtime, scale);
-        self.status.desired_scale = Some(i64::from(scale));
-        self.status.active = "True".to_owned();
-        self.status.reason = Some("UnsupportedClass".to_owned());
-        self.status.message = Some(format!(
-            "autoscaling class {:?} is not run by revgate, which scales with the KPA ({KPA_CLASS}); \
-             running {scale} instance(s): the higher of min-scale and initial-scale",
-            self.scaling.class
-        ));
-    }
-
-    /// One KPA tick: the decider on the windows' averages, then the
-    /// scale-to-zero rules, then the runtime.
-    fn decide(&mut self, now_ms: u64, ready: u32, requests_held: bool, runtime: &dyn Runtime) {
-        if self.scaling.class != KPA_CLASS {
-            self.status.actual_scale = ready;
-            return;
-        }
-        if let Some((stable, panic)) = self.windows.averages(now_ms, self.scaling.metric) {
-            self.status.observed_stable_value = stable;
-            self.status.observed_panic_value = panic;
-            self.recommendation = self.decider.scale(now_ms, ready, stable, panic);
-        }
-        let decision = self.scaler.step(now_ms, &self.recommendation, ready, requests_held);
-        self.status.desired_scale = (decision.want >= 0).then_some(i64::from(decision.want));
-        self.status.panicking = self.recommendation.panicking;
-        self.status.excess_burst_capacity = i64::from(self.recommendation.excess_burst_capacity);
-        self.status.active = decision.phase.condition_status().to_owned();
-        self.status.reason = decision.reason.map(|r| r.as_str().to_owned());
-        self.status.message = decision.reason.map(|r| r.message().to_owned());
-        self.status.actual_scale = ready;
-        if let Some(scale) = decision.apply {
-            self.request(runtime, scale);
-        }
-    }
-
-    fn request(&mut self, runtime: &dyn Runtime, scale: u32) {
-        if self.requested != Some(scale) {
-            tracing::info!(revision = %self.workload.key, from = ?self.requested, to = scale, "scaling");
-            runtime.scale(&self.workload, scale);
-            self.requested = Some(scale);
-            self.status.requested_scale = Some(scale);
-        }
-    }
-}
-
-fn windows(scaling: &RevisionScaling) -> RevisionWindows {
-    RevisionWindows::from_windows(scaling.stable_window, scaling.panic_window, scaling.aggregation)
-}
-
-/// The decider's spec for a revision (Knative's `MakeDecider`).
-pub fn decider_spec(scaling: &RevisionScaling, reachable: bool) -> DeciderSpec {
-    DeciderSpec {
-        metric: scaling.metric,
-        target_value: scaling.target,
-        total_value: scaling.total_value,
-        target_burst_capacity: scaling.target_burst_capacity,
-        panic_threshold: scaling.panic_threshold,
-        max_scale_up_rate: scaling.max_scale_up_rate,
-        max_scale_down_rate: scaling.max_scale_down_rate,
-        stable_window: scaling.stable_window,
-        scale_down_delay: scaling.scale_down_delay,
-        activation_scale: scaling.activation_scale,
-        reachable,
-    }
-}
-
-/// The scale-to-zero rules' spec for a revision.
-pub fn scaler_spec(scaling: &RevisionScaling, reachable: bool) -> ScalerSpec {
-    ScalerSpec {
-        min_scale: scaling.min_scale,
-        max_scale: scaling.max_scale,
-        initial_scale: scaling.initial_scale,
-        allow_zero_initial_scale: scaling.allow_zero_initial_scale,
-        enable_scale_to_zero: scaling.enable_scale_to_zero,
-        stable_window: scaling.stable_window,
-        scale_to_zero_grace_period: scaling.scale_to_zero_grace_period,
-        scale_to_zero_pod_retention_period: scaling.scale_to_zero_pod_retention_period,
-        reachable,
-        activation_scale: scaling.activation_scale,
-        ..ScalerSpec::default()
     }
 }

@@ -1,21 +1,25 @@
 //! The control plane's single owner of the applied world.
 //!
-//! One task owns the [`World`] and the [`Store`]; the admin API talks to it
-//! through [`Handle`] (commands over a channel), and everyone else reads
-//! cheap snapshots from `watch` channels. Every accepted change is persisted
-//! first, then turned into a gateway plan and, translating only the objects
-//! that changed, one immutable xDS snapshot that the ADS streams pick up.
+//! One task owns the [`World`] and the [`Store`]. Data flows one way
+//! through it: the admin API's commands (over a channel, through [`Handle`])
+//! and the runtime's endpoint states (a `watch`, through the zero gate) go
+//! in; snapshots leave, on `watch` channels and into the [`SnapshotCache`].
+//! Nothing calls back into it to finish a step it started: going to zero is
+//! ordered by the zero gate before the states arrive here. Every accepted
+//! change is persisted first, then turned into a gateway plan and,
+//! translating only the objects that changed, one immutable xDS snapshot
+//! that the ADS streams pick up.
 //!
 //! ```text
 //! admin API ──Command──▶ ControlPlane::run ──save──▶ Store (redb)
-//!                              │
+//! runtime ─states─▶ ZeroGate ─gated states─▶ │
 //!                              ├─ world.plan() ─ Translator::update ─ Snapshot ──▶ SnapshotCache ──▶ ADS streams
-//!                              └─ watch<Arc<World>>, watch<Published> ──▶ admin API readers
+//!                              └─ watch<Arc<World>>, plan, desired, watch<Published> ──▶ readers
 //! ```
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use revgate_model::decode::Budget;
 use revgate_model::plan::{Endpoint, EndpointMap, GatewayPlan, ObjectKey};
@@ -31,10 +35,12 @@ use revgate_xds::translate::XdsSettings;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::activation::ActivationService;
+pub use crate::external::{EndpointsOrigin, EndpointsSource};
+use crate::external::{ExternalRuntime, RegistrationError};
 use crate::faults::Fault;
 use crate::manifests::ManifestFile;
-use crate::store::{Store, StoreError};
+use crate::store::{Store, StoreError, UnreadableObject, delete_unreadable};
+use crate::zero_gate::Gated;
 
 /// Why a request to the control plane failed.
 #[derive(Debug, thiserror::Error)]
@@ -114,31 +120,22 @@ pub fn parse_manifests(files: &[ManifestFile], delete: bool) -> Result<Parsed, C
 }
 
 enum Command {
-    Apply {
-        parsed: Parsed,
-        reply: oneshot::Sender<Result<Applied, ControlError>>,
-    },
-    SetFault {
-        fault: Option<Fault>,
-        reply: oneshot::Sender<Published>,
-    },
-    SetEndpoints {
-        revision: ObjectKey,
-        endpoints: Vec<Endpoint>,
-        reply: oneshot::Sender<Result<Published, ControlError>>,
-    },
-    /// Endpoints whose publication waited for the filters to hear that the
-    /// revision is cold; applied only if no newer change came meanwhile.
-    CommitEndpoints {
-        revision: ObjectKey,
-        endpoints: Vec<Endpoint>,
-        generation: u64,
-        reply: Option<oneshot::Sender<Result<Published, ControlError>>>,
-    },
+    Apply { parsed: Parsed, reply: oneshot::Sender<Result<Applied, ControlError>> },
+    SetFault { fault: Option<Fault>, reply: oneshot::Sender<Published> },
 }
 
 /// What the runtime reports of every revision it runs.
 pub type RuntimeStates = watch::Receiver<Arc<BTreeMap<ObjectKey, RevisionState>>>;
+
+/// The runtime's states as the zero gate lets them through: the owner
+/// task's one input for endpoints.
+pub type GatedStates = watch::Receiver<Arc<Gated<RevisionState>>>;
+
+/// The longest a registration waits for the owner to publish it before
+/// answering anyway: going to zero waits for the filters (at most the zero
+/// gate's timeout), then one publication; a newer registration of the same
+/// revision may also replace it meanwhile.
+const REGISTRATION_ANSWER_WAIT: Duration = Duration::from_secs(5);
 
 /// Cheap, clonable access to the control plane.
 #[derive(Debug, Clone)]
@@ -150,6 +147,11 @@ pub struct Handle {
     published: watch::Receiver<Published>,
     gateway: watch::Receiver<GatewayStatus>,
     verdicts: watch::Receiver<Arc<BTreeMap<ObjectKey, RevisionReadiness>>>,
+    endpoints: watch::Receiver<Arc<EndpointMap>>,
+    unreadable: watch::Receiver<Arc<Vec<UnreadableObject>>>,
+    /// The runtime that takes registered endpoints, when revisions run
+    /// outside revgate (`serve --runtime external`).
+    external: Option<ExternalRuntime>,
 }
 
 impl std::fmt::Debug for Command {
@@ -160,12 +162,6 @@ impl std::fmt::Debug for Command {
                 Parsed::Delete(references) => f.debug_struct("Delete").field("references", &references.len()).finish(),
             },
             Command::SetFault { fault, .. } => f.debug_struct("SetFault").field("fault", fault).finish(),
-            Command::SetEndpoints { revision, endpoints, .. } => {
-                f.debug_struct("SetEndpoints").field("revision", revision).field("endpoints", endpoints).finish()
-            }
-            Command::CommitEndpoints { revision, generation, .. } => {
-                f.debug_struct("CommitEndpoints").field("revision", revision).field("generation", generation).finish()
-            }
         }
     }
 }
@@ -189,24 +185,59 @@ impl Handle {
         answer.await.map_err(|_| ControlError::ShuttingDown)
     }
 
+    /// Takes `external` as the runtime that registered endpoints go to.
+    pub fn with_external(mut self, external: ExternalRuntime) -> Self {
+        self.external = Some(external);
+        self
+    }
+
     /// Registers the live endpoints of a revision whose instances run outside
-    /// revgate (replacing earlier ones; empty means scaled to zero).
+    /// revgate (replacing earlier ones; empty means scaled to zero). Answers
+    /// once the owner published them — going to zero, once every filter
+    /// heard and the endpoints left — with what is published.
     pub async fn set_endpoints(
         &self,
         revision: ObjectKey,
         endpoints: Vec<Endpoint>,
     ) -> Result<Published, ControlError> {
-        let (reply, answer) = oneshot::channel();
-        self.commands
-            .send(Command::SetEndpoints { revision, endpoints, reply })
-            .await
-            .map_err(|_| ControlError::ShuttingDown)?;
-        answer.await.map_err(|_| ControlError::ShuttingDown)?
+        let Some(external) = &self.external else {
+            return Err(ControlError::Conflict(format!(
+                "revision {revision} is run by revgate's runtime, which sets its endpoints; \
+                 start `revgate serve --runtime external` to register endpoints yourself"
+            )));
+        };
+        external.register(revision.clone(), endpoints.clone()).map_err(|e| match e {
+            RegistrationError::UnknownRevision { .. } => ControlError::NotFound(e.to_string()),
+            RegistrationError::Store { source, .. } => ControlError::Store(source),
+        })?;
+        let mut applied = self.endpoints.clone();
+        let published =
+            applied.wait_for(|applied| applied.get(&revision).map_or(&[][..], Vec::as_slice) == endpoints.as_slice());
+        // Registered either way; a slow publication only delays the answer.
+        let _ = tokio::time::timeout(REGISTRATION_ANSWER_WAIT, published).await;
+        Ok(self.published())
+    }
+
+    /// Per revision whose endpoints are registered through the admin API:
+    /// where they come from and when they were registered.
+    pub fn registrations(&self) -> Arc<BTreeMap<ObjectKey, EndpointsSource>> {
+        self.external.as_ref().map(ExternalRuntime::sources).unwrap_or_default()
+    }
+
+    /// Stored objects that could not be read at start and were not deleted since.
+    pub fn unreadable(&self) -> Arc<Vec<UnreadableObject>> {
+        self.unreadable.borrow().clone()
     }
 
     /// The gateway plan being published, for readers that follow it.
     pub fn plan(&self) -> watch::Receiver<Arc<GatewayPlan>> {
         self.plan.clone()
+    }
+
+    /// The endpoints in the published snapshot, per revision: the runtime's,
+    /// as the zero gate lets them through.
+    pub fn endpoints(&self) -> watch::Receiver<Arc<EndpointMap>> {
+        self.endpoints.clone()
     }
 
     /// The endpoint count wanted per revision. It drops to zero before a
@@ -246,26 +277,19 @@ impl Handle {
 pub struct ControlPlane {
     store: Store,
     world: Arc<World>,
-    /// Endpoints of revisions: from the runtime, or registered through the
-    /// admin API when revisions run elsewhere (not persisted: whoever runs
-    /// the instances registers them again).
-    endpoints: EndpointMap,
-    /// Whether a runtime owns the endpoints (then the admin API may not set them).
-    runtime_managed: bool,
-    /// Revisions going to zero whose endpoints are still published while the
-    /// filters learn to hold their requests.
-    draining: BTreeSet<ObjectKey>,
-    /// Per revision, bumped by every endpoint change; a delayed commit
-    /// applies only if it is still the latest.
-    endpoint_generations: BTreeMap<ObjectKey, u64>,
+    /// Endpoints of revisions, as the runtime reports them through the zero
+    /// gate (registered ones come from the external runtime); shared with
+    /// readers of [`Handle::endpoints`] once published.
+    endpoints: Arc<EndpointMap>,
+    endpoints_tx: watch::Sender<Arc<EndpointMap>>,
+    /// Revisions whose endpoints the zero gate keeps while the filters are
+    /// told they are cold: wanted at zero.
+    cold: BTreeSet<ObjectKey>,
     cache: SnapshotCache,
     /// Turns the plan into the next snapshot, translating only what changed.
     translator: Translator,
     fault: Option<Fault>,
     commands: mpsc::Receiver<Command>,
-    /// For commits sent back by drain tasks; weak so that the loop still ends
-    /// when every handle is gone.
-    commands_back: mpsc::WeakSender<Command>,
     world_tx: watch::Sender<Arc<World>>,
     plan_tx: watch::Sender<Arc<GatewayPlan>>,
     desired_tx: watch::Sender<Arc<BTreeMap<ObjectKey, u32>>>,
@@ -273,44 +297,47 @@ pub struct ControlPlane {
     verdicts_tx: watch::Sender<Arc<BTreeMap<ObjectKey, RevisionReadiness>>>,
     /// The runtime's latest verdicts on revisions it cannot run.
     last_states_verdicts: BTreeMap<ObjectKey, RevisionReadiness>,
+    unreadable_tx: watch::Sender<Arc<Vec<UnreadableObject>>>,
 }
 
 impl ControlPlane {
-    /// Loads the stored world, publishes its first snapshot and returns the
-    /// owner together with a handle for readers and writers.
+    /// Loads the stored world and returns the owner together with a handle
+    /// for readers and writers; the owner publishes its first snapshot once
+    /// it runs, with the runtime's endpoints. Stored objects that cannot be
+    /// read are left out and reported.
     pub fn start(
-        store: Store,
+        mut store: Store,
         cache: SnapshotCache,
         settings: XdsSettings,
         gateway: watch::Receiver<GatewayStatus>,
     ) -> Result<(Self, Handle), ControlError> {
         let world = Arc::new(store.load()?);
+        let (unreadable_tx, unreadable_rx) = watch::channel(Arc::new(store.unreadable().to_vec()));
         let (commands_tx, commands) = mpsc::channel(64);
         let (world_tx, world_rx) = watch::channel(world.clone());
         let (published_tx, published_rx) = watch::channel(Published::default());
         let (plan_tx, plan_rx) = watch::channel(Arc::new(GatewayPlan::default()));
         let (desired_tx, desired_rx) = watch::channel(Arc::new(BTreeMap::new()));
         let (verdicts_tx, verdicts_rx) = watch::channel(Arc::new(BTreeMap::new()));
-        let mut plane = Self {
+        let (endpoints_tx, endpoints_rx) = watch::channel(Arc::default());
+        let plane = Self {
             store,
             world,
-            endpoints: EndpointMap::new(),
-            runtime_managed: false,
-            draining: BTreeSet::new(),
-            endpoint_generations: BTreeMap::new(),
+            endpoints: Arc::default(),
+            endpoints_tx,
+            cold: BTreeSet::new(),
             cache,
             translator: Translator::new(settings),
             fault: None,
             commands,
-            commands_back: commands_tx.downgrade(),
             world_tx,
             plan_tx,
             desired_tx,
             published_tx,
             verdicts_tx,
             last_states_verdicts: BTreeMap::new(),
+            unreadable_tx,
         };
-        plane.publish();
         let handle = Handle {
             commands: commands_tx,
             world: world_rx,
@@ -319,39 +346,47 @@ impl ControlPlane {
             published: published_rx,
             gateway,
             verdicts: verdicts_rx,
+            endpoints: endpoints_rx,
+            unreadable: unreadable_rx,
+            external: None,
         };
         Ok((plane, handle))
     }
 
-    /// Serves commands until every handle is dropped. `activation` tells when
-    /// every gateway filter knows a revision is cold; `runtime`, when given,
-    /// is the source of every revision's endpoints.
-    pub async fn run(mut self, activation: ActivationService, mut runtime: Option<RuntimeStates>) {
-        self.runtime_managed = runtime.is_some();
-        if let Some(states) = &mut runtime {
-            let current = states.borrow_and_update().clone();
-            self.take_runtime_states(&current, &activation);
+    /// Publishes the first snapshot, then serves commands until every handle
+    /// is dropped. `runtime`, when given, is the source of every revision's
+    /// endpoints, already through the zero gate.
+    pub async fn run(mut self, mut runtime: Option<GatedStates>) {
+        match &mut runtime {
+            Some(states) => {
+                let current = states.borrow_and_update().clone();
+                self.take_states(&current, true);
+            }
+            None => {
+                self.publish();
+            }
         }
         loop {
             tokio::select! {
                 command = self.commands.recv() => match command {
-                    Some(command) => self.serve(command, &activation),
+                    Some(command) => self.serve(command),
                     None => return,
                 },
                 changed = changed(&mut runtime) => match changed {
-                    Some(states) => self.take_runtime_states(&states, &activation),
+                    Some(states) => self.take_states(&states, false),
                     None => runtime = None,
                 },
             }
         }
     }
 
-    fn serve(&mut self, command: Command, activation: &ActivationService) {
+    fn serve(&mut self, command: Command) {
         match command {
             Command::Apply { parsed, reply } => {
                 let result = self.apply(&parsed);
                 if result.is_ok() {
                     self.publish_verdicts();
+                    replace_if_changed(&self.unreadable_tx, self.store.unreadable().to_vec());
                 }
                 // The requester may have gone away; the change stands either way.
                 let _ = reply.send(result);
@@ -360,46 +395,32 @@ impl ControlPlane {
                 self.fault = fault;
                 let _ = reply.send(self.publish());
             }
-            Command::SetEndpoints { revision, endpoints, reply } => {
-                if self.runtime_managed {
-                    let _ = reply.send(Err(ControlError::Conflict(format!(
-                        "revision {revision} is run by revgate's runtime, which sets its endpoints; \
-                         start `revgate serve --runtime external` to register endpoints yourself"
-                    ))));
-                } else {
-                    self.set_endpoints(revision, endpoints, Some(reply), activation);
-                }
-            }
-            Command::CommitEndpoints { revision, endpoints, generation, reply } => {
-                let current = self.endpoint_generations.get(&revision) == Some(&generation);
-                if current {
-                    self.draining.remove(&revision);
-                    self.endpoints.insert(revision, endpoints);
-                }
-                // A newer change superseded this one and answers for itself.
-                let published = if current { self.publish() } else { self.published_tx.borrow().clone() };
-                if let Some(reply) = reply {
-                    let _ = reply.send(Ok(published));
-                }
-            }
         }
     }
 
-    /// Follows the runtime: each revision's ready instances become its
-    /// endpoints, and a revision that has none and a reason is not ready.
-    fn take_runtime_states(&mut self, states: &BTreeMap<ObjectKey, RevisionState>, activation: &ActivationService) {
-        let revisions: Vec<ObjectKey> = self.world.revisions.keys().cloned().collect();
-        for revision in revisions {
-            let ready = states.get(&revision).map(|state| state.ready.clone()).unwrap_or_default();
-            // A revision going to zero keeps its endpoints until the filters
-            // know; its pending target is already "none".
-            let pending_zero = ready.is_empty() && self.draining.contains(&revision);
-            let current = self.endpoints.get(&revision).map_or(&[][..], Vec::as_slice);
-            if current != ready.as_slice() && !pending_zero {
-                self.set_endpoints(revision, ready, None, activation);
-            }
+    /// Follows the runtime through the zero gate: each revision's ready
+    /// instances become its endpoints, a revision the gate holds is wanted
+    /// at zero, and a revision that has none and a reason is not ready.
+    fn take_states(&mut self, gated: &Gated<RevisionState>, first: bool) {
+        // Endpoints of revisions not (or no longer) in the world are kept
+        // out by the translation, which follows the plan.
+        let endpoints: EndpointMap = gated
+            .items
+            .iter()
+            .filter(|(_, state)| !state.ready.is_empty())
+            .map(|(key, state)| (key.clone(), state.ready.clone()))
+            .collect();
+        self.cold.clone_from(&gated.cold);
+        if first || endpoints != *self.endpoints {
+            self.endpoints = Arc::new(endpoints);
+            self.publish();
+            self.endpoints_tx.send_replace(self.endpoints.clone());
+        } else {
+            // The snapshot is unchanged: only the wanted counts may be.
+            let plan = self.plan_tx.borrow().clone();
+            self.publish_desired(&plan);
         }
-        self.runtime_verdicts(states);
+        self.runtime_verdicts(&gated.items);
     }
 
     fn runtime_verdicts(&mut self, states: &BTreeMap<ObjectKey, RevisionState>) {
@@ -426,55 +447,10 @@ impl ControlPlane {
         replace_if_changed(&self.verdicts_tx, verdicts);
     }
 
-    /// Takes a revision's new endpoints. Going to zero is two steps, as
-    /// Knative puts the activator in the path before removing the last pod:
-    /// first the filters are told to hold the revision's requests, and only
-    /// once they all know are the endpoints withdrawn from Envoy.
-    fn set_endpoints(
-        &mut self,
-        revision: ObjectKey,
-        endpoints: Vec<Endpoint>,
-        reply: Option<oneshot::Sender<Result<Published, ControlError>>>,
-        activation: &ActivationService,
-    ) {
-        if !self.world.revisions.contains_key(&revision) {
-            if let Some(reply) = reply {
-                let _ = reply.send(Err(ControlError::NotFound(format!("revision {revision} does not exist"))));
-            }
-            return;
-        }
-        let generation = {
-            let generation = self.endpoint_generations.entry(revision.clone()).or_default();
-            *generation += 1;
-            *generation
-        };
-        let has_endpoints = self.endpoints.get(&revision).is_some_and(|e| !e.is_empty());
-        if !endpoints.is_empty() || !has_endpoints {
-            self.draining.remove(&revision);
-            self.endpoints.insert(revision, endpoints);
-            let published = self.publish();
-            if let Some(reply) = reply {
-                let _ = reply.send(Ok(published));
-            }
-            return;
-        }
-        self.draining.insert(revision.clone());
-        // The plan itself is unchanged: only the wanted count drops to zero.
-        let plan = self.plan_tx.borrow().clone();
-        self.publish_desired(&plan);
-        let (activation, commands) = (activation.clone(), self.commands_back.clone());
-        tokio::spawn(async move {
-            activation.until_cold_everywhere(&revision).await;
-            if let Some(commands) = commands.upgrade() {
-                let _ = commands.send(Command::CommitEndpoints { revision, endpoints, generation, reply }).await;
-            }
-        });
-    }
-
     fn apply(&mut self, parsed: &Parsed) -> Result<Applied, ControlError> {
         let (next, changes, warnings) = match parsed {
             Parsed::Delete(references) => {
-                let (next, changes) = self.world.delete(references)?;
+                let (next, changes) = self.delete(references)?;
                 (next, changes, Vec::new())
             }
             Parsed::Apply(documents) => {
@@ -498,10 +474,6 @@ impl ControlPlane {
     /// Builds and publishes the snapshot for the current world.
     fn publish(&mut self) -> Published {
         let plan = self.world.plan(&Observed::default());
-        let revisions = &self.world.revisions;
-        self.endpoints.retain(|revision, _| revisions.contains_key(revision));
-        self.draining.retain(|revision| revisions.contains_key(revision));
-        self.endpoint_generations.retain(|revision, _| revisions.contains_key(revision));
         self.translator.set_route_fault(self.fault.map(Fault::virtual_host));
         // The translator checks what changed for dangling references.
         let snapshot = match self.translator.update(&plan, &self.endpoints) {
@@ -530,14 +502,27 @@ impl ControlPlane {
 }
 
 impl ControlPlane {
-    /// Publishes the endpoint count wanted per revision: registered, else
-    /// static, and zero while draining.
+    /// Deletes the objects `documents` name, including objects whose stored
+    /// rows could not be read: their rows (and the unreadable rows of what
+    /// they own) leave in the same transaction as the rest of the delete.
+    fn delete(&mut self, references: &[Reference]) -> Result<(World, Vec<Change>), ControlError> {
+        if self.store.unreadable().is_empty() {
+            return Ok(self.world.delete(references)?);
+        }
+        let recovery = delete_unreadable(&self.world, self.store.unreadable(), references);
+        let (next, changes) = recovery.world.delete(&recovery.readable)?;
+        self.store.forget_on_save(recovery.rows);
+        Ok((next, recovery.changes.into_iter().chain(changes).collect()))
+    }
+
+    /// Publishes the endpoint count wanted per revision: the runtime's, else
+    /// static, and zero while the zero gate holds its withdrawal.
     fn publish_desired(&self, plan: &GatewayPlan) {
         let desired: BTreeMap<ObjectKey, u32> = plan
             .revisions
             .iter()
             .map(|revision| {
-                let count = if self.draining.contains(&revision.key) {
+                let count = if self.cold.contains(&revision.key) {
                     0
                 } else {
                     let endpoints = self.endpoints.get(&revision.key).or(revision.static_endpoints.as_ref());
@@ -618,5 +603,85 @@ pub fn observed(world: &World, gateway: &GatewayStatus, published: &Published) -
     Observed {
         revisions: BTreeMap::new(),
         ingress: world.routes.keys().map(|key| (key.clone(), state.clone())).collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::Future;
+    use std::pin::Pin;
+
+    use revgate_runtime::RevisionStates;
+
+    use super::*;
+    use crate::zero_gate::{self, ColdNotice};
+
+    const SERVICE: &str = "apiVersion: serving.knative.dev/v1
+kind: Service
+metadata:
+  name: hello
+  namespace: default
+spec:
+  template:
+    spec:
+      containers:
+        - image: example.com/hello
+";
+
+    fn key() -> ObjectKey {
+        ObjectKey::new("default", "hello-00001")
+    }
+
+    fn ready(port: Option<u16>) -> Arc<RevisionStates> {
+        let ready = port.map(|port| Endpoint { host: "127.0.0.1".into(), port }).into_iter().collect();
+        Arc::new(RevisionStates::from([(key(), RevisionState { ready, ..RevisionState::default() })]))
+    }
+
+    /// Gateway filters that hear a revision is cold when the test says so.
+    #[derive(Debug, Default)]
+    struct Filters {
+        heard: watch::Sender<bool>,
+    }
+
+    impl ColdNotice for Filters {
+        fn heard_cold(&self, _: ObjectKey) -> Pin<Box<dyn Future<Output = ()> + Send + 'static>> {
+            let mut heard = self.heard.subscribe();
+            Box::pin(async move {
+                let _ = heard.wait_for(|heard| *heard).await;
+            })
+        }
+    }
+
+    /// The owner task, the zero gate and a runtime, in-process: going to
+    /// zero, the owner wants the revision at zero (the filters are told)
+    /// while Envoy keeps its endpoints, and withdraws them only once the
+    /// gate lets the change through; the owner is never called back.
+    #[tokio::test]
+    async fn the_owner_withdraws_the_last_endpoints_only_after_the_filters_heard() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let store = Store::open(dir.path()).expect("store");
+        let (_gateway, gateway) = watch::channel(GatewayStatus::default());
+        let (plane, handle) =
+            ControlPlane::start(store, SnapshotCache::default(), XdsSettings::default(), gateway).expect("start");
+        let (runtime, states) = watch::channel(Arc::new(RevisionStates::new()));
+        let filters = Arc::new(Filters::default());
+        // Long enough that only the filters can let the withdrawal through.
+        let gated = zero_gate::start(states, filters.clone(), Duration::from_secs(3600));
+        tokio::spawn(plane.run(Some(gated)));
+        let file = ManifestFile { name: "hello.yaml".into(), content: SERVICE.into() };
+        handle.apply(vec![file], false).await.expect("apply");
+        let (mut endpoints, mut desired) = (handle.endpoints(), handle.desired());
+
+        runtime.send_replace(ready(Some(8081)));
+        endpoints.wait_for(|endpoints| endpoints.contains_key(&key())).await.expect("owner");
+        desired.wait_for(|desired| desired.get(&key()) == Some(&1)).await.expect("owner");
+
+        runtime.send_replace(ready(None));
+        desired.wait_for(|desired| desired.get(&key()) == Some(&0)).await.expect("owner");
+        assert!(endpoints.borrow().contains_key(&key()), "Envoy keeps the endpoints while the filters are told");
+
+        filters.heard.send_replace(true);
+        endpoints.wait_for(|endpoints| !endpoints.contains_key(&key())).await.expect("owner");
+        assert_eq!(desired.borrow().get(&key()), Some(&0));
     }
 }

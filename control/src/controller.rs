@@ -12,12 +12,10 @@
 //! ```
 //!
 //! Only the leader scales, so only the leader's autoscaler may count the
-//! gateways' reports: the leader labels its own pod `revgate.dev/leader`,
-//! and the activation Service selects that label, so every filter reaches
-//! the leader. On a change of leader the label moves; the filters' next
-//! poll (within a second) reaches the new one.
+//! gateways' reports: the leader labels its own pod `revgate.dev/leader`
+//! (`revgate_kube::LeaderLabel`), and the activation Service selects that
+//! label, so every filter reaches the leader.
 
-use std::collections::BTreeSet;
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -25,7 +23,7 @@ use anyhow::Context;
 use axum::Router;
 use axum::routing::get;
 use revgate_kube::config::PluginToken;
-use revgate_kube::{ClusterView, ControllerConfig};
+use revgate_kube::{ClusterView, ControllerConfig, LeaderLabel};
 use revgate_model::World;
 use revgate_model::plan::GatewayPlan;
 use revgate_runtime::Runtime;
@@ -35,10 +33,11 @@ use tokio::sync::{broadcast, watch};
 use crate::activation::ActivationService;
 use crate::autoscaling::Autoscaler;
 use crate::cli::ControllerArgs;
-use crate::cold_first::{ColdFirst, ColdNotice, desired_counts};
 use crate::control::replace_if_changed;
 use crate::gateway_auth::{self, GatewayTokenError};
+use crate::http;
 use crate::serve::Shutdown;
+use crate::zero_gate::{GatedRuntime, desired_counts};
 
 pub async fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
     let mut shutdown = Shutdown::install()?;
@@ -75,25 +74,28 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
         .await
         .context("connecting to the Kubernetes API (in a pod, or with the KUBECONFIG context)")?;
     let controller = revgate_kube::start(client.clone(), config)?;
-    let pod = args.pod_namespace.clone().zip(args.pod_name.clone());
-    if pod.is_none() {
+    let label = args
+        .pod_namespace
+        .clone()
+        .zip(args.pod_name.clone())
+        .map(|(namespace, name)| LeaderLabel::new(client.clone(), namespace, name));
+    if label.is_none() {
         tracing::warn!("POD_NAME or POD_NAMESPACE unset: this replica cannot label itself leader (run one replica)");
     }
-    let labeller = tokio::spawn(label_while_leading(client.clone(), pod.clone(), controller.leading.clone()));
+    let labeller = label.clone().map(|label| {
+        let leading = controller.leading.clone();
+        tokio::spawn(async move { label.follow(leading).await })
+    });
 
     let (world, plan) = follow_view(controller.view.clone());
-    let (cold_tx, cold) = watch::channel(BTreeSet::new());
-    let desired = desired_counts(controller.runtime.states(), cold);
     // Istio programs the gateways, so no xDS ACK ever arrives here; the
     // filters confirm endpoints with probes (`release_gate: probe`).
     let (acks, _) = broadcast::channel(1);
+    let (desired_tx, desired) = watch::channel(Arc::default());
     let activation = ActivationService::start(plan.clone(), desired, acks.subscribe());
-    let notice_from = activation.clone();
-    let notice: ColdNotice = Arc::new(move |key| {
-        let activation = notice_from.clone();
-        Box::pin(async move { activation.until_cold_everywhere(&key).await })
-    });
-    let runtime: Arc<dyn Runtime> = Arc::new(ColdFirst::new(controller.runtime.clone(), notice, cold_tx));
+    let runtime = GatedRuntime::start(Arc::new(controller.runtime.clone()), Arc::new(activation.clone()));
+    desired_counts(runtime.states(), runtime.cold(), desired_tx);
+    let runtime: Arc<dyn Runtime> = Arc::new(runtime);
     let (autoscaler, _) = Autoscaler::new(world, plan, activation.clone(), runtime);
     let autoscaler = tokio::spawn(autoscaler.run());
     let health = Router::new().route("/healthz", get(|| async { "ok" }));
@@ -101,16 +103,21 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
 
     let result = tokio::select! {
         () = shutdown.wait() => Ok(()),
-        result = axum::serve(
+        result = http::serve(
             activation_listener,
             gateway_auth::activation_router(activation.router(), activation_addr, gateway_token.as_ref()),
+            "activation service",
         ) => result.context("the activation API stopped"),
-        result = axum::serve(admin_listener, health) => result.context("the health endpoint stopped"),
+        result = http::serve(admin_listener, health, "health endpoint") => result.context("the health endpoint stopped"),
     };
     autoscaler.abort();
-    labeller.abort();
-    if let Some((namespace, name)) = &pod {
-        set_leader_label(&client, namespace, name, false).await;
+    if let Some(labeller) = labeller {
+        labeller.abort();
+    }
+    if let Some(label) = &label
+        && let Err(e) = label.set(false).await
+    {
+        tracing::warn!(error = %e, "leaving without removing the leader label");
     }
     controller.shutdown().await;
     drop(acks);
@@ -133,34 +140,4 @@ fn follow_view(
         }
     });
     (world, plan)
-}
-
-/// The label the activation Service selects: the pod of the leading replica.
-pub const LEADER_LABEL: &str = "revgate.dev/leader";
-
-/// Keeps this replica's pod labelled [`LEADER_LABEL`] exactly while it leads.
-async fn label_while_leading(client: kube::Client, pod: Option<(String, String)>, mut leading: watch::Receiver<bool>) {
-    let Some((namespace, name)) = pod else { return };
-    loop {
-        let lead = *leading.borrow_and_update();
-        set_leader_label(&client, &namespace, &name, lead).await;
-        if leading.changed().await.is_err() {
-            return;
-        }
-    }
-}
-
-/// Sets or removes the leader label on pod `namespace/name`; a failure is
-/// logged (the filters then keep reaching the previous replica until the
-/// next change).
-async fn set_leader_label(client: &kube::Client, namespace: &str, name: &str, lead: bool) {
-    use k8s_openapi::api::core::v1::Pod;
-    use kube::api::{Api, Patch, PatchParams};
-    let value = if lead { serde_json::json!("true") } else { serde_json::Value::Null };
-    let patch = serde_json::json!({ "metadata": { "labels": { LEADER_LABEL: value } } });
-    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
-    match pods.patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await {
-        Ok(_) => tracing::info!(pod = name, lead, "leader label updated"),
-        Err(e) => tracing::warn!(pod = name, lead, error = %e, "cannot update the leader label (RBAC: patch pods)"),
-    }
 }

@@ -10,9 +10,15 @@
 //! ```text
 //! admin API ─▶ ControlPlane ─▶ xDS ─▶ Envoy (filter) ─▶ activation service
 //!                  ▲                                         │ reports, activations
-//!                  │ ready endpoints                         ▼
-//!               Runtime ◀──────── scale(revision, n) ──── Autoscaler (KPA)
+//!                  │ ready endpoints (held while the         ▼
+//!               ZeroGate   filters hear "cold")           Autoscaler (KPA)
+//!                  ▲                                         │
+//!               Runtime ◀──────── scale(revision, n) ────────┘
 //! ```
+//!
+//! Without a runtime that runs revisions (`--runtime external`), the
+//! external runtime takes the endpoints registered through the admin API
+//! and reports them the same way.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -34,8 +40,11 @@ use crate::admin::server::{AdminState, is_loopback, router};
 use crate::autoscaling::Autoscaler;
 use crate::cli::{RuntimeKind, ServeArgs};
 use crate::control::{ControlPlane, Handle};
+use crate::external::ExternalRuntime;
 use crate::gateway_auth;
+use crate::http;
 use crate::store::Store;
+use crate::zero_gate;
 
 const TOKEN_FILE: &str = "admin-token";
 
@@ -160,8 +169,7 @@ impl Server {
     /// Binds every listener (failing with the address and the flag to change
     /// when one is taken) and starts serving.
     pub async fn start(config: ServerConfig) -> anyhow::Result<Self> {
-        std::fs::create_dir_all(&config.state_dir)
-            .with_context(|| format!("creating the state directory {}", config.state_dir.display()))?;
+        // Creates the state directory, owner-only, if it is new.
         let store = Store::open(&config.state_dir)?;
         let token = admin_token(&config.state_dir)?;
         let gateway_token = gateway_auth::for_server(
@@ -207,8 +215,32 @@ impl Server {
         let cache = SnapshotCache::default();
         let xds = XdsServer::new(cache.clone());
         let settings = XdsSettings { listener_port: config.http_port, filter, ..XdsSettings::default() };
+        let registrations = store.registrations();
         let (plane, handle) = ControlPlane::start(store, cache, settings, xds.status())?;
         let activation = ActivationService::start(handle.plan(), handle.desired(), xds.subscribe_acks());
+        // Every revision's endpoints come from a runtime: the process runtime,
+        // or the registrations of revisions that run elsewhere.
+        let (handle, states) = match &runtime {
+            Some(runtime) => {
+                let stored = registrations.load()?;
+                if !stored.is_empty() {
+                    // Registered by an earlier `serve --runtime external`; this
+                    // runtime starts its own instances and reports their endpoints.
+                    tracing::warn!(
+                        revisions = stored.len(),
+                        "ignoring stored endpoints registered for another runtime"
+                    );
+                }
+                (handle, runtime.states())
+            }
+            None => {
+                let external = ExternalRuntime::start(registrations, handle.world_updates())?;
+                let states = external.states();
+                (handle.with_external(external), states)
+            }
+        };
+        // Going to zero, the filters hear first (see `zero_gate`).
+        let states = zero_gate::gate_states(states, Arc::new(activation.clone()));
 
         let (autoscaler, kpa) = match &runtime {
             Some(runtime) => {
@@ -244,8 +276,7 @@ impl Server {
             token: admin_token,
             test_hooks: config.test_hooks,
         });
-        let states = runtime.as_ref().map(|runtime| runtime.states());
-        let plane = tokio::spawn(plane.run(activation.clone(), states));
+        let plane = tokio::spawn(plane.run(Some(states)));
         let mut xds_server = tonic::transport::Server::builder();
         if let Some(tls) = &config.xds_tls {
             xds_server = xds_server.tls_config(tls.server_config()?).context(
@@ -258,11 +289,11 @@ impl Server {
                 .add_service(xds.into_authenticated_service(gateway_auth::xds_auth(xds_addr, &gateway_token)))
                 .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(xds_listener)),
         );
-        let admin = tokio::spawn(async move { axum::serve(admin_listener, admin).await });
+        let admin = tokio::spawn(http::serve(admin_listener, admin, "admin API"));
         let activation_service = activation.clone();
         let activation_api =
             gateway_auth::activation_router(activation.router(), activation_addr, Some(&gateway_token));
-        let activation = tokio::spawn(async move { axum::serve(activation_listener, activation_api).await });
+        let activation = tokio::spawn(http::serve(activation_listener, activation_api, "activation service"));
         Ok(Self {
             handle,
             xds_addr,

@@ -4,21 +4,50 @@
 //! JSON. An apply is one write transaction, so a crash leaves either the old
 //! world or the new one, never a mix. The store is written only by the
 //! control plane's single owner of the world (see `control.rs`).
+//!
+//! Besides the world, the `endpoints` table keeps the endpoints registered
+//! through the admin API (`serve --runtime external`): whoever runs those
+//! instances registered them once, and a restarted control plane must not
+//! withdraw them from Envoy while they still serve. The external runtime
+//! (`external.rs`) writes them through a [`RegistrationStore`].
+//!
+//! A row that cannot be read back (invalid JSON, nesting deeper than the JSON
+//! reader accepts, a malformed key) does not stop the store from opening:
+//! it is set aside as an [`UnreadableObject`], reported, and removed when the
+//! user deletes the object it stood for.
+//!
+//! `state.redb` holds environment values of revisions, so it is created
+//! readable by its owner only, and an existing file is tightened at open.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, TableHandle};
-use revgate_model::World;
-use revgate_model::plan::ObjectKey;
-use serde::Serialize;
+use revgate_model::plan::{Endpoint, ObjectKey};
+use revgate_model::world::{
+    CONFIG_MAP_RESOURCE, CONFIGURATION_RESOURCE, ChangeKind, REVISION_RESOURCE, ROUTE_RESOURCE, SERVICE_RESOURCE,
+};
+use revgate_model::{Change, Reference, ResourceKind, World, names};
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 
 const SERVICES: TableDefinition<&str, &[u8]> = TableDefinition::new("services");
 const CONFIGURATIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("configurations");
 const ROUTES: TableDefinition<&str, &[u8]> = TableDefinition::new("routes");
 const REVISIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("revisions");
 const CONFIG_MAPS: TableDefinition<&str, &[u8]> = TableDefinition::new("configmaps");
+const ENDPOINTS: TableDefinition<&str, &[u8]> = TableDefinition::new("endpoints");
+
+/// The database file inside the state directory.
+pub const STATE_FILE: &str = "state.redb";
+
+/// Mode of `state.redb`: it holds revisions' environment values.
+#[cfg(unix)]
+const FILE_MODE: u32 = 0o600;
+/// Mode of a state directory revgate creates.
+#[cfg(unix)]
+const DIR_MODE: u32 = 0o700;
 
 /// Errors of the state store; each says which file and what to check.
 #[derive(Debug, thiserror::Error)]
@@ -27,40 +56,117 @@ pub enum StoreError {
     Open { path: PathBuf, source: redb::DatabaseError },
     #[error("state database {path}: {message}")]
     Database { path: PathBuf, message: String },
-    #[error("state database {path}: object {key} in table {table} is not valid JSON: {source}")]
-    Corrupt { path: PathBuf, table: String, key: String, source: serde_json::Error },
+    #[error("creating the state directory {path} or restricting it to its owner: {source} (check its permissions)")]
+    Permissions { path: PathBuf, source: std::io::Error },
+}
+
+/// A stored row that could not be read back; the rest of the world loads
+/// without it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct UnreadableObject {
+    /// The table, which is the object's kind (`services`, `revisions`, …).
+    pub table: String,
+    /// `namespace/name`.
+    pub key: String,
+    /// Why it could not be read.
+    pub error: String,
+}
+
+impl UnreadableObject {
+    /// The object's resource, as `kubectl` names it (`services.serving.knative.dev`).
+    pub fn resource(&self) -> &'static str {
+        match self.table.as_str() {
+            "services" => "services.serving.knative.dev",
+            "configurations" => "configurations.serving.knative.dev",
+            "routes" => "routes.serving.knative.dev",
+            "revisions" => "revisions.serving.knative.dev",
+            "configmaps" => "configmaps",
+            _ => "objects",
+        }
+    }
+}
+
+impl std::fmt::Display for UnreadableObject {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} {} is stored but cannot be read ({}); delete it to remove it",
+            self.resource(),
+            self.key,
+            self.error
+        )
+    }
+}
+
+/// Endpoints registered for a revision, as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Registration {
+    pub endpoints: Vec<Endpoint>,
+    /// When they were registered, in seconds since the Unix epoch.
+    pub registered_at: u64,
 }
 
 /// The world, persisted.
 #[derive(Debug)]
 pub struct Store {
-    db: Database,
+    /// Shared with the [`RegistrationStore`] of the same file: redb
+    /// serialises their write transactions.
+    db: Arc<Database>,
     path: PathBuf,
+    /// Rows the last [`Store::load`] could not read and no save removed yet.
+    unreadable: Vec<UnreadableObject>,
+    /// Unreadable rows the next [`Store::save`] removes.
+    forget: Vec<UnreadableObject>,
 }
 
 impl Store {
-    /// Opens (or creates) `state.redb` inside `state_dir`.
+    /// Opens (or creates) `state.redb` inside `state_dir`, creating the
+    /// directory if needed. Both are kept to their owner.
     pub fn open(state_dir: &Path) -> Result<Self, StoreError> {
-        let path = state_dir.join("state.redb");
+        create_private_dir(state_dir)?;
+        let path = state_dir.join(STATE_FILE);
+        restrict_file(&path)?;
         let db = Database::create(&path).map_err(|source| StoreError::Open { path: path.clone(), source })?;
-        Ok(Self { db, path })
+        Ok(Self { db: Arc::new(db), path, unreadable: Vec::new(), forget: Vec::new() })
     }
 
-    /// Reads the whole world.
-    pub fn load(&self) -> Result<World, StoreError> {
+    /// Reads the whole world. Rows that cannot be read are left out and
+    /// listed by [`Store::unreadable`].
+    pub fn load(&mut self) -> Result<World, StoreError> {
         let txn = self.db.begin_read().map_err(|e| self.db_error(e))?;
         let mut world = World::default();
-        read_table(&txn, SERVICES, &self.path, &mut world.services)?;
-        read_table(&txn, CONFIGURATIONS, &self.path, &mut world.configurations)?;
-        read_table(&txn, ROUTES, &self.path, &mut world.routes)?;
-        read_table(&txn, REVISIONS, &self.path, &mut world.revisions)?;
-        read_table(&txn, CONFIG_MAPS, &self.path, &mut world.config_maps)?;
+        let mut unreadable = Vec::new();
+        read_table(&txn, SERVICES, &self.path, &mut world.services, &mut unreadable)?;
+        read_table(&txn, CONFIGURATIONS, &self.path, &mut world.configurations, &mut unreadable)?;
+        read_table(&txn, ROUTES, &self.path, &mut world.routes, &mut unreadable)?;
+        read_table(&txn, REVISIONS, &self.path, &mut world.revisions, &mut unreadable)?;
+        read_table(&txn, CONFIG_MAPS, &self.path, &mut world.config_maps, &mut unreadable)?;
+        self.unreadable = unreadable;
         Ok(world)
     }
 
+    /// The `endpoints` table, for the runtime that owns registrations.
+    pub fn registrations(&self) -> RegistrationStore {
+        RegistrationStore { db: self.db.clone(), path: self.path.clone() }
+    }
+
+    /// Rows that could not be read at start and are still stored.
+    pub fn unreadable(&self) -> &[UnreadableObject] {
+        &self.unreadable
+    }
+
+    /// Marks unreadable rows for removal by the next [`Store::save`], so
+    /// that they go in the same transaction as the rest of a delete.
+    pub fn forget_on_save(&mut self, rows: Vec<UnreadableObject>) {
+        self.forget = rows;
+    }
+
     /// Replaces the stored world by `world` in one transaction, writing only
-    /// the objects that differ from `previous`.
-    pub fn save(&self, previous: &World, world: &World) -> Result<(), StoreError> {
+    /// the objects that differ from `previous`. Registered endpoints of
+    /// revisions that are gone leave with them.
+    pub fn save(&mut self, previous: &World, world: &World) -> Result<(), StoreError> {
+        let forget = std::mem::take(&mut self.forget);
         let txn = self.db.begin_write().map_err(|e| self.db_error(e))?;
         write_table(&txn, SERVICES, &previous.services, &world.services).map_err(|e| self.db_error(e))?;
         write_table(&txn, CONFIGURATIONS, &previous.configurations, &world.configurations)
@@ -68,12 +174,216 @@ impl Store {
         write_table(&txn, ROUTES, &previous.routes, &world.routes).map_err(|e| self.db_error(e))?;
         write_table(&txn, REVISIONS, &previous.revisions, &world.revisions).map_err(|e| self.db_error(e))?;
         write_table(&txn, CONFIG_MAPS, &previous.config_maps, &world.config_maps).map_err(|e| self.db_error(e))?;
+        let gone: Vec<&ObjectKey> =
+            previous.revisions.keys().filter(|key| !world.revisions.contains_key(key)).collect();
+        if !gone.is_empty() {
+            let mut endpoints = txn.open_table(ENDPOINTS).map_err(|e| self.db_error(e))?;
+            for key in gone {
+                endpoints.remove(row_key(key).as_str()).map_err(|e| self.db_error(e))?;
+            }
+        }
+        for row in &forget {
+            remove_row(&txn, row).map_err(|e| self.db_error(e))?;
+        }
+        txn.commit().map_err(|e| self.db_error(e))?;
+        self.unreadable.retain(|row| !forget.contains(row));
+        Ok(())
+    }
+
+    fn db_error(&self, e: impl std::fmt::Display) -> StoreError {
+        StoreError::Database { path: self.path.clone(), message: e.to_string() }
+    }
+}
+
+/// The endpoints registered through the admin API, in the same database
+/// as the world: written by the runtime that owns registrations
+/// (`external`), while the world's [`Store::save`] removes the rows of
+/// revisions that are deleted, in the delete's own transaction.
+#[derive(Debug, Clone)]
+pub struct RegistrationStore {
+    db: Arc<Database>,
+    path: PathBuf,
+}
+
+impl RegistrationStore {
+    /// The endpoints registered per revision. Unreadable rows are skipped
+    /// with a warning: their revision then starts without endpoints, as
+    /// before it was registered.
+    pub fn load(&self) -> Result<BTreeMap<ObjectKey, Registration>, StoreError> {
+        let txn = self.db.begin_read().map_err(|e| self.db_error(e))?;
+        let mut registrations = BTreeMap::new();
+        let mut unreadable = Vec::new();
+        read_table(&txn, ENDPOINTS, &self.path, &mut registrations, &mut unreadable)?;
+        for row in unreadable {
+            tracing::warn!(table = %row.table, key = %row.key, error = %row.error, "ignoring unreadable registered endpoints");
+        }
+        Ok(registrations)
+    }
+
+    /// Stores the endpoints registered for `revision` in one transaction.
+    pub fn save(&self, revision: &ObjectKey, registration: &Registration) -> Result<(), StoreError> {
+        let json = serde_json::to_vec(registration).map_err(|e| self.db_error(e))?;
+        let txn = self.db.begin_write().map_err(|e| self.db_error(e))?;
+        {
+            let mut table = txn.open_table(ENDPOINTS).map_err(|e| self.db_error(e))?;
+            table.insert(row_key(revision).as_str(), json.as_slice()).map_err(|e| self.db_error(e))?;
+        }
         txn.commit().map_err(|e| self.db_error(e))
     }
 
     fn db_error(&self, e: impl std::fmt::Display) -> StoreError {
         StoreError::Database { path: self.path.clone(), message: e.to_string() }
     }
+}
+
+/// A delete that names objects whose stored rows could not be read, made
+/// ready for `World::delete`.
+#[derive(Debug)]
+pub struct UnreadableDelete {
+    /// The world without what the unreadable objects owned and could be read.
+    pub world: World,
+    /// The references naming objects that are in the world.
+    pub readable: Vec<Reference>,
+    /// What leaves besides what `World::delete` reports.
+    pub changes: Vec<Change>,
+    /// The rows to remove with the delete.
+    pub rows: Vec<UnreadableObject>,
+}
+
+/// Plans a delete around unreadable rows, as Knative's owner references
+/// would: an object named by `documents` whose row is unreadable leaves
+/// with its row, and what it owns leaves with it (a Service's Route and
+/// Configuration, a Configuration's revisions) whether readable or not.
+/// Revisions are matched by name when their rows cannot be read: Knative
+/// names them `<configuration>-…`.
+pub fn delete_unreadable(world: &World, unreadable: &[UnreadableObject], references: &[Reference]) -> UnreadableDelete {
+    let mut plan =
+        UnreadableDelete { world: world.clone(), readable: Vec::new(), changes: Vec::new(), rows: Vec::new() };
+    let row_of = |table: &str, key: &ObjectKey| {
+        let key = row_key(key);
+        unreadable.iter().find(|row| row.table == table && row.key == key).cloned()
+    };
+    for reference in references {
+        let key = reference.key.clone();
+        let (table, resource) = match reference.kind {
+            ResourceKind::Service => ("services", SERVICE_RESOURCE),
+            ResourceKind::Configuration => ("configurations", CONFIGURATION_RESOURCE),
+            ResourceKind::Route => ("routes", ROUTE_RESOURCE),
+            ResourceKind::ConfigMap => ("configmaps", CONFIG_MAP_RESOURCE),
+        };
+        let Some(own) = row_of(table, &key) else {
+            plan.readable.push(reference.clone());
+            // A readable owner's readable children leave through
+            // `World::delete`; its unreadable ones leave here.
+            if let ResourceKind::Service | ResourceKind::Configuration = reference.kind {
+                plan.rows.extend(row_of("routes", &key).filter(|_| table == "services"));
+                plan.rows.extend(row_of("configurations", &key).filter(|_| table == "services"));
+                plan.rows.extend(unreadable_revisions(world, unreadable, &key));
+            }
+            continue;
+        };
+        plan.rows.push(own);
+        plan.changes.push(Change { resource: resource.to_owned(), key: key.clone(), change: ChangeKind::Deleted });
+        let configuration = match reference.kind {
+            ResourceKind::Service => {
+                let route = ObjectKey::new(key.namespace.clone(), names::service_route(&key.name));
+                let owned = |owner: Option<&str>| owner == Some(key.name.as_str());
+                if plan.world.routes.get(&route).is_some_and(|r| owned(r.metadata.owner("Service"))) {
+                    plan.world.routes.remove(&route);
+                    plan.changes.push(deleted(ROUTE_RESOURCE, &route));
+                }
+                plan.rows.extend(row_of("routes", &route));
+                let configuration = ObjectKey::new(key.namespace.clone(), names::service_configuration(&key.name));
+                plan.rows.extend(row_of("configurations", &configuration));
+                match plan.world.configurations.get(&configuration) {
+                    Some(c) if owned(c.metadata.owner("Service")) => Some(configuration),
+                    _ => None,
+                }
+            }
+            ResourceKind::Configuration => Some(key.clone()),
+            ResourceKind::Route | ResourceKind::ConfigMap => None,
+        };
+        if let Some(configuration) = configuration {
+            plan.rows.extend(unreadable_revisions(world, unreadable, &configuration));
+            if plan.world.configurations.remove(&configuration).is_some() {
+                plan.changes.push(deleted(CONFIGURATION_RESOURCE, &configuration));
+            }
+            let revisions: Vec<ObjectKey> = plan.world.revisions_of(&configuration).map(|r| r.metadata.key()).collect();
+            for revision in revisions {
+                plan.world.revisions.remove(&revision);
+                plan.changes.push(deleted(REVISION_RESOURCE, &revision));
+            }
+        }
+    }
+    plan.rows.sort();
+    plan.rows.dedup();
+    plan
+}
+
+fn deleted(resource: &str, key: &ObjectKey) -> Change {
+    Change { resource: resource.to_owned(), key: key.clone(), change: ChangeKind::Deleted }
+}
+
+/// Unreadable revision rows named after `configuration` (`<name>-…`), but
+/// not after a longer configuration name that shares the prefix.
+fn unreadable_revisions(
+    world: &World,
+    unreadable: &[UnreadableObject],
+    configuration: &ObjectKey,
+) -> Vec<UnreadableObject> {
+    let prefix = format!("{}-", row_key(configuration));
+    let longer: Vec<String> = world
+        .configurations
+        .keys()
+        .map(|other| format!("{}-", row_key(other)))
+        .filter(|other| other.len() > prefix.len() && other.starts_with(&prefix))
+        .collect();
+    unreadable
+        .iter()
+        .filter(|row| row.table == "revisions" && row.key.starts_with(&prefix))
+        .filter(|row| !longer.iter().any(|other| row.key.starts_with(other)))
+        .cloned()
+        .collect()
+}
+
+/// Creates `dir` (and missing parents) readable by its owner only. An
+/// existing directory is left as it is: it may be one the user shares on
+/// purpose; the database file inside is restricted anyway.
+fn create_private_dir(dir: &Path) -> Result<(), StoreError> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        builder.mode(DIR_MODE);
+    }
+    builder.create(dir).map_err(|source| StoreError::Permissions { path: dir.to_owned(), source })
+}
+
+/// Creates `path` empty and owner-only if it does not exist (redb then
+/// initialises it), or tightens the mode of an existing file.
+fn restrict_file(path: &Path) -> Result<(), StoreError> {
+    let error = |source| StoreError::Permissions { path: path.to_owned(), source };
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(false);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(FILE_MODE);
+    }
+    let file = options.open(path).map_err(error)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = file.metadata().map_err(error)?.permissions().mode() & 0o777;
+        if mode != FILE_MODE {
+            tracing::warn!(file = %path.display(), mode = format!("{mode:o}"), "restricting the state database to its owner (0600)");
+            file.set_permissions(std::fs::Permissions::from_mode(FILE_MODE)).map_err(error)?;
+        }
+    }
+    #[cfg(not(unix))]
+    drop(file);
+    Ok(())
 }
 
 fn row_key(key: &ObjectKey) -> String {
@@ -85,6 +395,7 @@ fn read_table<T: DeserializeOwned>(
     table: TableDefinition<&str, &[u8]>,
     path: &Path,
     into: &mut BTreeMap<ObjectKey, T>,
+    unreadable: &mut Vec<UnreadableObject>,
 ) -> Result<(), StoreError> {
     let db_error = |e: &dyn std::fmt::Display| StoreError::Database { path: path.to_owned(), message: e.to_string() };
     let table_name = table.name().to_owned();
@@ -97,16 +408,21 @@ fn read_table<T: DeserializeOwned>(
     for row in table.iter().map_err(|e| db_error(&e))? {
         let (key, value) = row.map_err(|e| db_error(&e))?;
         let key = key.value();
+        let set_aside = |error: String| UnreadableObject { table: table_name.clone(), key: key.to_owned(), error };
         let Some((namespace, name)) = key.split_once('/') else {
-            return Err(db_error(&format!("malformed key {key:?}")));
+            unreadable.push(set_aside("the key is not namespace/name".to_owned()));
+            continue;
         };
-        let object = serde_json::from_slice(value.value()).map_err(|source| StoreError::Corrupt {
-            path: path.to_owned(),
-            table: table_name.clone(),
-            key: key.to_owned(),
-            source,
-        })?;
-        into.insert(ObjectKey::new(namespace, name), object);
+        match serde_json::from_slice(value.value()) {
+            Ok(object) => {
+                into.insert(ObjectKey::new(namespace, name), object);
+            }
+            Err(e) => unreadable.push(set_aside(e.to_string())),
+        }
+    }
+    for row in unreadable.iter().filter(|row| row.table == table_name) {
+        tracing::warn!(file = %path.display(), table = %row.table, key = %row.key, error = %row.error,
+            "a stored object cannot be read; serving without it (delete it to remove it)");
     }
     Ok(())
 }
@@ -128,4 +444,194 @@ fn write_table<T: Serialize + PartialEq>(
         }
     }
     Ok(())
+}
+
+fn remove_row(txn: &redb::WriteTransaction, row: &UnreadableObject) -> Result<(), Box<dyn std::error::Error>> {
+    let definition = [SERVICES, CONFIGURATIONS, ROUTES, REVISIONS, CONFIG_MAPS]
+        .into_iter()
+        .find(|table| table.name() == row.table)
+        .ok_or_else(|| format!("no table {}", row.table))?;
+    txn.open_table(definition)?.remove(row.key.as_str())?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Writes `value` as the raw row `key` of `table`, as a damaged or
+    /// older store might hold it.
+    pub(crate) fn write_raw_row(state_dir: &Path, table: &str, key: &str, value: &[u8]) {
+        let db = Database::create(state_dir.join(STATE_FILE)).expect("opening the store");
+        let txn = db.begin_write().expect("write transaction");
+        {
+            let definition: TableDefinition<&str, &[u8]> = TableDefinition::new(table);
+            txn.open_table(definition).expect("table").insert(key, value).expect("insert");
+        }
+        txn.commit().expect("commit");
+    }
+
+    fn config_map(name: &str) -> revgate_model::ConfigMap {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": { "name": name, "namespace": "knative-serving" },
+            "data": { "k": "v" },
+        }))
+        .expect("a ConfigMap")
+    }
+
+    fn world_with(names: &[&str]) -> World {
+        let mut world = World::default();
+        for name in names {
+            world.config_maps.insert(ObjectKey::new("knative-serving", *name), config_map(name));
+        }
+        world
+    }
+
+    #[test]
+    fn an_unreadable_row_is_set_aside_and_the_rest_loads() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        {
+            let mut store = Store::open(dir.path()).expect("store");
+            store.save(&World::default(), &world_with(&["config-a", "config-b"])).expect("save");
+        }
+        write_raw_row(dir.path(), "configmaps", "knative-serving/config-b", b"{not json");
+        let deep = format!(r#"{{"unknown": {}{}}}"#, "[".repeat(200), "]".repeat(200));
+        write_raw_row(dir.path(), "services", "default/deep", deep.as_bytes());
+        write_raw_row(dir.path(), "routes", "no-slash", b"{}");
+
+        let mut store = Store::open(dir.path()).expect("store");
+        let world = store.load().expect("a store with unreadable rows still loads");
+        assert_eq!(world.config_maps.keys().map(|k| k.name.as_str()).collect::<Vec<_>>(), ["config-a"]);
+        let rows: Vec<(&str, &str)> =
+            store.unreadable().iter().map(|row| (row.table.as_str(), row.key.as_str())).collect();
+        assert_eq!(
+            rows,
+            [("services", "default/deep"), ("routes", "no-slash"), ("configmaps", "knative-serving/config-b")]
+        );
+        assert!(
+            store.unreadable()[2].error.contains("line 1"),
+            "the reader's error is kept: {:?}",
+            store.unreadable()[2]
+        );
+        let message = store.unreadable()[2].to_string();
+        assert!(message.contains("configmaps knative-serving/config-b") && message.contains("delete it"), "{message}");
+    }
+
+    #[test]
+    fn forgetting_an_unreadable_row_removes_it_with_the_next_save() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        write_raw_row(dir.path(), "configmaps", "knative-serving/config-b", b"{not json");
+        let mut store = Store::open(dir.path()).expect("store");
+        let world = store.load().expect("load");
+        let rows = store.unreadable().to_vec();
+        store.forget_on_save(rows);
+        store.save(&world, &world_with(&["config-a"])).expect("save");
+        assert!(store.unreadable().is_empty());
+        drop(store);
+
+        let mut store = Store::open(dir.path()).expect("store");
+        let world = store.load().expect("load");
+        assert!(store.unreadable().is_empty(), "{:?}", store.unreadable());
+        assert_eq!(world.config_maps.len(), 1);
+    }
+
+    #[test]
+    fn registrations_survive_a_reopen_and_leave_with_their_revision() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let revision = ObjectKey::new("default", "hello-00001");
+        let registration =
+            Registration { endpoints: vec![Endpoint { host: "127.0.0.1".into(), port: 8081 }], registered_at: 42 };
+        {
+            let store = Store::open(dir.path()).expect("store");
+            store.registrations().save(&revision, &registration).expect("save");
+        }
+        let mut store = Store::open(dir.path()).expect("store");
+        assert_eq!(store.registrations().load().expect("read").get(&revision), Some(&registration));
+
+        // A world that had the revision and no longer has it drops its endpoints.
+        let mut previous = World::default();
+        let revision_object: revgate_model::Revision = serde_json::from_value(serde_json::json!({
+            "apiVersion": "serving.knative.dev/v1",
+            "kind": "Revision",
+            "metadata": { "name": "hello-00001", "namespace": "default" },
+            "spec": { "containers": [{ "image": "example.com/hello" }] },
+        }))
+        .expect("a Revision");
+        previous.revisions.insert(revision.clone(), revision_object);
+        store.save(&previous, &World::default()).expect("save");
+        assert!(store.registrations().load().expect("read").is_empty());
+    }
+
+    fn references(file: &str, text: &str) -> Vec<Reference> {
+        revgate_model::parse_references(file, text, &mut revgate_model::decode::Budget::default()).expect("manifest")
+    }
+
+    fn service(name: &str) -> String {
+        format!(
+            "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata:\n  name: {name}\nspec:\n  template:\n    spec:\n      containers:\n      - image: example.com/{name}\n"
+        )
+    }
+
+    fn unreadable(table: &str, key: &str) -> UnreadableObject {
+        UnreadableObject { table: table.into(), key: key.into(), error: "expected value".into() }
+    }
+
+    #[test]
+    fn deleting_an_unreadable_service_takes_what_it_owns_and_nothing_else() {
+        let documents =
+            revgate_model::parse_documents("all.yaml", &(service("hello") + "---\n" + &service("hello-world")))
+                .expect("manifests");
+        let (mut world, _) = World::default().apply(&documents, 0).expect("apply");
+        // As loaded from a store whose Service and revision rows of `hello`
+        // and one revision row of `hello-world` cannot be read.
+        world.services.remove(&ObjectKey::new("default", "hello"));
+        world.revisions.remove(&ObjectKey::new("default", "hello-00001"));
+        world.revisions.remove(&ObjectKey::new("default", "hello-world-00001"));
+        let rows = [
+            unreadable("services", "default/hello"),
+            unreadable("revisions", "default/hello-00001"),
+            unreadable("revisions", "default/hello-world-00001"),
+        ];
+
+        let delete = references("hello.yaml", &service("hello"));
+        let plan = delete_unreadable(&world, &rows, &delete);
+        assert!(plan.readable.is_empty(), "nothing left for World::delete");
+        assert_eq!(plan.rows, [rows[1].clone(), rows[0].clone()], "hello-world's revision stays");
+        let changes: Vec<String> = plan.changes.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            changes,
+            [
+                "service.serving.knative.dev/hello deleted",
+                "route.serving.knative.dev/hello deleted",
+                "configuration.serving.knative.dev/hello deleted"
+            ]
+        );
+        assert!(!plan.world.routes.contains_key(&ObjectKey::new("default", "hello")));
+        assert!(plan.world.configurations.contains_key(&ObjectKey::new("default", "hello-world")));
+
+        // Deleting the readable `hello-world` takes its unreadable revision row.
+        let delete = references("w.yaml", &service("hello-world"));
+        let plan = delete_unreadable(&world, &rows, &delete);
+        assert_eq!(plan.readable.len(), 1);
+        assert_eq!(plan.rows, [rows[2].clone()]);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn the_state_is_readable_by_its_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |path: &Path| std::fs::metadata(path).expect("metadata").permissions().mode() & 0o777;
+        let parent = tempfile::tempdir().expect("temporary directory");
+        let dir = parent.path().join("state");
+        drop(Store::open(&dir).expect("store"));
+        assert_eq!(mode(&dir), 0o700);
+        assert_eq!(mode(&dir.join(STATE_FILE)), 0o600);
+
+        // A database left world-readable by an earlier version is tightened.
+        std::fs::set_permissions(dir.join(STATE_FILE), std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        drop(Store::open(&dir).expect("store"));
+        assert_eq!(mode(&dir.join(STATE_FILE)), 0o600);
+    }
 }

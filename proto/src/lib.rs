@@ -40,15 +40,20 @@ pub use activation::v1::{
 /// any, is a human-readable reason.
 pub mod paths {
     /// `POST`, body [`crate::MetricsReport`], answered `200` with an empty
-    /// body. Reports for revisions the control plane does not know are ignored.
+    /// body. Entries for revisions the control plane does not know are
+    /// dropped; a report with entries, none of them known, is answered `404`.
+    /// A reporter the control plane cannot take on (too many) gets `429`.
     pub const REPORT: &str = "/activation/v1/report";
 
     /// `POST`, body [`crate::ActivationRequest`], answered `200` with an
-    /// empty body once the control plane has registered the demand.
+    /// empty body once the control plane has registered the demand, `404` if
+    /// the revision is not one it knows (nothing is registered: the filter's
+    /// later reports of held requests still carry the demand).
     pub const ACTIVATE: &str = "/activation/v1/activate";
 
     /// `GET` long-poll answered with a [`crate::ReadinessUpdate`]; see
-    /// [`readiness_path`] for the query.
+    /// [`readiness_path`] for the query. A filter VM the control plane
+    /// cannot take on (too many) gets `429` and polls again after a backoff.
     pub const READINESS: &str = "/activation/v1/readiness";
 
     /// Query parameter of [`READINESS`]: the version the caller already has

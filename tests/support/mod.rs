@@ -163,6 +163,12 @@ impl Revgate {
         .await;
     }
 
+    /// The activation service's address (every way of starting one here passes `--activation-addr`).
+    pub fn activation_addr(&self) -> SocketAddr {
+        let at = self.extra.iter().position(|arg| arg == "--activation-addr").expect("--activation-addr was passed");
+        self.extra[at + 1].parse().expect("an address")
+    }
+
     /// Registers the live endpoints of a revision (empty: scaled to zero).
     pub async fn set_endpoints(&self, revision: &str, endpoints: &[SocketAddr]) {
         let endpoints: Vec<String> = endpoints.iter().map(ToString::to_string).collect();

@@ -1,7 +1,7 @@
 //! Scenario 5, autoscaler tick: one decision pass over 10,000 revisions with live
-//! metrics, in-process, with the same crate and the same per-revision
-//! steps as the control plane's tick (`control/src/autoscaling.rs`): the
-//! windows' averages, [`Decider::scale`], then [`Scaler::step`].
+//! metrics, in-process, with the very type the control plane ticks per
+//! revision: [`RevisionAutoscaler::tick`] (the windows' averages, the
+//! decider, the scale-to-zero rules, the scale to ask for).
 //!
 //! Each revision has Knative's default windows (60 s stable, 6 s panic)
 //! filled with a minute of per-second samples that differ between
@@ -13,9 +13,10 @@
 
 use std::time::{Duration, Instant};
 
-use revgate_autoscaler::{
-    Decider, DeciderSpec, Metric, Recommendation, RevisionWindows, Scaler, ScalerSpec, TICK_INTERVAL, WindowSpec,
-};
+use std::collections::BTreeMap;
+
+use revgate_autoscaler::{RevisionAutoscaler, TICK_INTERVAL};
+use revgate_model::autoscaling::{AutoscalerConfig, RevisionScaling};
 use serde_json::json;
 
 use super::{Outcome, Size};
@@ -26,10 +27,7 @@ use crate::stats::Samples;
 const TARGET: f64 = 10.0;
 
 struct Revision {
-    windows: RevisionWindows,
-    decider: Decider,
-    scaler: Scaler,
-    recommendation: Recommendation,
+    kpa: RevisionAutoscaler,
     ready: u32,
 }
 
@@ -46,20 +44,17 @@ impl Lcg {
 pub fn run(size: Size) -> anyhow::Result<Outcome> {
     let revisions_count = 10_000;
     let passes = size.pick(30, 300);
-    let windows = WindowSpec::default();
-    let decider_spec = DeciderSpec { target_value: TARGET, total_value: TARGET / 0.7, ..DeciderSpec::default() };
-    let scaler_spec = ScalerSpec::default();
+    // Knative's defaults, with the target as given (and its 70% utilization).
+    let mut scaling = RevisionScaling::resolve(&BTreeMap::new(), 0, &AutoscalerConfig::default());
+    scaling.target = TARGET;
+    scaling.total_value = TARGET / 0.7;
     let mut random = Lcg(7);
     let mut revisions: Vec<Revision> = (0..revisions_count)
         .map(|i| {
             let ready = (i % 8) as u32 + 1;
-            Revision {
-                windows: RevisionWindows::new(&windows),
-                decider: Decider::new(decider_spec.clone(), ready, 0),
-                scaler: Scaler::new(scaler_spec.clone(), 0),
-                recommendation: Recommendation::before_first_tick(&decider_spec, 1),
-                ready,
-            }
+            let mut kpa = RevisionAutoscaler::new(scaling.clone(), true, ready, 0);
+            let _initial = kpa.first_request(false);
+            Revision { kpa, ready }
         })
         .collect();
 
@@ -67,11 +62,11 @@ pub fn run(size: Size) -> anyhow::Result<Outcome> {
     let mut collect = |revisions: &mut [Revision], now_ms: u64| {
         for revision in revisions.iter_mut() {
             let concurrency = f64::from(revision.ready) * TARGET * (0.5 + random.next());
-            revision.windows.record(now_ms, concurrency, concurrency * 10.0);
+            revision.kpa.record(now_ms, concurrency, concurrency * 10.0);
         }
     };
 
-    let stable_s = windows.stable_window.as_secs();
+    let stable_s = scaling.stable_window.as_secs();
     for second in 0..stable_s {
         collect(&mut revisions, second * 1000);
     }
@@ -84,11 +79,7 @@ pub fn run(size: Size) -> anyhow::Result<Outcome> {
     for _ in 0..passes {
         let started = Instant::now();
         for revision in &mut revisions {
-            if let Some((stable, panic)) = revision.windows.averages(now_ms, Metric::Concurrency) {
-                revision.recommendation = revision.decider.scale(now_ms, revision.ready, stable, panic);
-            }
-            let decision = revision.scaler.step(now_ms, &revision.recommendation, revision.ready, false);
-            scaled += u64::from(decision.apply.is_some());
+            scaled += u64::from(revision.kpa.tick(now_ms, revision.ready, false).is_some());
         }
         pass_ms.push(started.elapsed().as_secs_f64() * 1e3);
 
@@ -119,9 +110,9 @@ pub fn run(size: Size) -> anyhow::Result<Outcome> {
             "In-process, one thread: {passes} timed passes, each preceded by {tick_s} s of samples; windows of \
              {} s (stable) and {} s (panic), filled before the first pass.",
             stable_s,
-            windows.panic_window().as_secs()
+            scaling.panic_window.as_secs()
         ),
-        "The control plane's tick also clones each revision's PodAutoscaler status to publish it; that copy is \
+        "The control plane's tick also renders each revision's PodAutoscaler status to publish it; that copy is \
          not part of the decision and is not timed here."
             .to_owned(),
         "No other implementation runs here, so the baseline is the goal itself.".to_owned(),

@@ -8,7 +8,8 @@
 //! origin the caller uses, so every decision can be replayed and tested by
 //! stepping time forward.
 //!
-//! A revision's autoscaler, driven by the control plane:
+//! A revision's autoscaler, whole, is [`RevisionAutoscaler`]; the control
+//! plane only feeds it and applies what it returns. Inside, per revision:
 //!
 //! 1. every second, [`RevisionWindows::record`] the revision-total concurrency
 //!    and requests per second the gateway reports;
@@ -27,6 +28,9 @@
 //! - [`scaler`]: [`Scaler`], the reconciler's state machine: min/max and
 //!   initial scale, scale to zero with its grace and retention periods, the
 //!   gateway's mode and the revision's `Active` phase.
+//! - [`revision`]: [`RevisionAutoscaler`], the three above for one
+//!   revision, with the scale last asked and its PodAutoscaler status
+//!   ([`KpaStatus`]): `record(now, …)`, `tick(now, …) -> Option<scale>`.
 //! - [`contract`]: [`decide`], a JSON script of decider ticks in, one JSON line
 //!   per tick out; the contract acceptance tests run against.
 //! - [`simulate`](mod@simulate): [`simulate()`](simulate::simulate) a trace
@@ -37,12 +41,14 @@
 
 pub mod contract;
 pub mod decider;
+pub mod revision;
 pub mod scaler;
 pub mod simulate;
 pub mod window;
 
 pub use contract::{ContractError, DecideOutput, decide, to_json_lines};
 pub use decider::{Decider, DeciderSpec, Metric, Recommendation, TICK_INTERVAL};
+pub use revision::{KpaStatus, RevisionAutoscaler, decider_spec, scaler_spec};
 pub use scaler::{Mode, Phase, Reason, ScaleDecision, Scaler, ScalerSpec};
 pub use simulate::{SimulationPoint, to_csv, to_svg};
 pub use window::{Algorithm, MaxWindow, MetricWindow, RevisionWindows, WindowSpec};

@@ -34,7 +34,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use revgate_model::meta::SYSTEM_NAMESPACE;
 use revgate_model::plan::GatewayPlan;
 use revgate_model::{ConfigMap, Observed, World};
-use revgate_runtime::RevisionStates;
+use revgate_runtime_api::RevisionStates;
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio::task::JoinHandle;
 

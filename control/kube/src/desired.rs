@@ -47,7 +47,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use crate::kinds::{Kind, ROUTE_LABEL};
-use crate::readiness::{self, DEPLOYING};
+use crate::readiness;
 use crate::snapshot::{Snapshot, controller_owner};
 
 /// Reason of a status condition when an object that revgate would write
@@ -484,6 +484,11 @@ pub struct StatusWrite {
 /// The status of every live Knative object, where it differs from what the
 /// cluster shows. Conditions keep their `lastTransitionTime` while their
 /// status stays the same.
+///
+/// Every condition comes from the model, computed from what [`observe`]
+/// saw (a revision still deploying included); this step adds only what the
+/// model cannot know: the problems of this pass, replica counts,
+/// `observedGeneration` and transition times.
 pub fn statuses(
     snapshot: &Snapshot,
     world: &World,
@@ -495,15 +500,7 @@ pub fn statuses(
     let pods = readiness::pods(snapshot);
     let mut views: Vec<(Kind, String, Value)> = Vec::new();
     for revision in world.revision_views(observed) {
-        let mut status = revision.status.unwrap_or_default();
-        // The model knows ready and not ready; Knative shows a revision
-        // whose pods are still starting as Unknown, not failed.
-        for c in &mut status.conditions {
-            if c.reason.as_deref() == Some(DEPLOYING) {
-                c.status = ConditionStatus::Unknown.as_str().to_string();
-            }
-        }
-        let mut status = to_value(&status);
+        let mut status = to_value(&revision.status.unwrap_or_default());
         // Knative's `kubectl get revisions` columns: pods ready, pods asked for.
         if let (Some(map), Some(pods)) = (status.as_object_mut(), pods.get(&revision.metadata.name)) {
             map.insert("actualReplicas".to_string(), json!(pods.ready.len()));
@@ -513,25 +510,9 @@ pub fn statuses(
         }
         views.push((Kind::Revision, revision.metadata.name, status));
     }
-    // Configurations whose latest revision is still starting: Knative shows
-    // them (and their Service) Unknown while the model says not ready.
-    let deploying: BTreeSet<String> = world
-        .configurations
-        .keys()
-        .filter(|key| {
-            world.latest_created_revision(key).is_some_and(|r| {
-                matches!(observed.revisions.get(&r.metadata.key()),
-                    Some(RevisionReadiness::NotReady { reason, .. }) if reason == DEPLOYING)
-            })
-        })
-        .map(|key| key.name.clone())
-        .collect();
     let mut configuration_problems: BTreeMap<String, Problem> = BTreeMap::new();
     for configuration in world.configuration_views(observed) {
         let mut status = configuration.status.unwrap_or_default();
-        if deploying.contains(&configuration.metadata.name) {
-            soften(&mut status.conditions, reason::READY);
-        }
         if let Some(p) = problems.get(Kind::Configuration, &configuration.metadata.name) {
             mark(&mut status.conditions, p);
             if let Some(service) = configuration.metadata.labels.get(SERVICE_LABEL) {
@@ -546,10 +527,6 @@ pub fn statuses(
     for service in world.service_views(observed) {
         let name = service.metadata.name;
         let mut status = service.status.unwrap_or_default();
-        if deploying.contains(&names::service_configuration(&name)) {
-            soften(&mut status.conditions, reason::CONFIGURATIONS_READY);
-            settle_ready(&mut status.conditions, &[reason::CONFIGURATIONS_READY, reason::ROUTES_READY]);
-        }
         if let Some(p) = configuration_problems.get(&name) {
             let mirrored = Problem { condition: reason::CONFIGURATIONS_READY, ..p.clone() };
             mark(&mut status.conditions, &mirrored);
@@ -603,31 +580,6 @@ fn mark(conditions: &mut Vec<Condition>, problem: &Problem) {
         }
     }
     conditions.sort_by(|a, b| a.type_.cmp(&b.type_));
-}
-
-/// Turns a False condition into Unknown with reason `Deploying`: the
-/// revision behind it is starting, not failing.
-fn soften(conditions: &mut [Condition], type_: &str) {
-    for c in conditions.iter_mut().filter(|c| c.type_ == type_ && c.status() == ConditionStatus::False) {
-        c.status = ConditionStatus::Unknown.as_str().to_string();
-        c.reason = Some(DEPLOYING.to_string());
-    }
-}
-
-/// Recomputes `Ready` from `parts` as the model does: True when all are,
-/// else a copy of the first False, else of the first Unknown.
-fn settle_ready(conditions: &mut Vec<Condition>, parts: &[&str]) {
-    let pick = |status: ConditionStatus| {
-        parts.iter().find_map(|t| conditions.iter().find(|c| c.type_ == *t && c.status() == status)).cloned()
-    };
-    let ready = match pick(ConditionStatus::False).or_else(|| pick(ConditionStatus::Unknown)) {
-        Some(c) => Condition { type_: reason::READY.to_string(), ..c },
-        None => Condition::new(reason::READY, ConditionStatus::True, None, None),
-    };
-    match conditions.iter_mut().find(|c| c.type_ == reason::READY) {
-        Some(c) => *c = ready,
-        None => conditions.push(ready),
-    }
 }
 
 /// Gives each condition a `lastTransitionTime`: the current one's while

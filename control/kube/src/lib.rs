@@ -37,7 +37,9 @@
 //! - [`mod@reconcile`]: the thin I/O around `desired`: `reconcile(Arc<Namespace>, Arc<Context>)`,
 //!   `error_policy`, backoff.
 //! - [`leader`]: Lease election, a pure decision table and one I/O step.
-//! - [`scale`]: [`KubeRuntime`], the `revgate_runtime::Runtime` the KPA drives.
+//! - [`leader_label`]: [`LeaderLabel`], the leader's pod label that routes the
+//!   gateways' activation calls to the replica that scales.
+//! - [`scale`]: [`KubeRuntime`], the `revgate_runtime_api::Runtime` the KPA drives.
 //! - [`controller`]: watches, stores, dispatch, views, the leader loop; [`run`].
 //!
 //! # Tests
@@ -64,6 +66,7 @@ pub mod controller;
 pub mod desired;
 pub mod kinds;
 pub mod leader;
+pub mod leader_label;
 pub mod readiness;
 pub mod reconcile;
 pub mod scale;
@@ -78,6 +81,7 @@ pub use config::{ConfigError, ControllerConfig};
 pub use controller::{ClusterView, ControllerError, ControllerHandle, run, start};
 pub use kinds::{FIELD_MANAGER, Kind};
 pub use leader::{LeaseElector, LeaseSettings, Role};
+pub use leader_label::{LEADER_LABEL, LeaderLabel, LeaderLabelError};
 pub use reconcile::{Context, ReconcileError, WriteFailure, error_policy, reconcile};
 pub use scale::KubeRuntime;
 pub use snapshot::{ClusterReader, Snapshot};

@@ -11,7 +11,7 @@
 //! | ≥ 1 | any | any | Ready |
 //! | 0 | yes (`ProgressDeadlineExceeded`, `ReplicaFailure`) | any | NotReady, with the Deployment's reason |
 //! | 0 | no | True | Ready: scaled to zero (or pods restarting); the gateway holds requests until pods are back |
-//! | 0 | no | not True | NotReady `Deploying` |
+//! | 0 | no | not True | Deploying: the model shows it Unknown `Deploying` |
 //!
 //! The third row is why the Revision's own status is an input: like
 //! Knative, a revision stays Ready at zero scale, and nothing else in the
@@ -25,13 +25,10 @@ use revgate_model::meta::{Condition, condition};
 use revgate_model::plan::{Endpoint, ObjectKey};
 use revgate_model::status::reason;
 use revgate_model::{Revision, RevisionReadiness};
-use revgate_runtime::{RevisionState, RevisionStates};
+use revgate_runtime_api::{RevisionState, RevisionStates};
 
 use crate::kinds::{Kind, SERVICE_NAME_LABEL, typed};
 use crate::snapshot::Snapshot;
-
-/// The reason of a revision whose pods have not become ready yet.
-pub const DEPLOYING: &str = "Deploying";
 
 /// What the cluster says about one revision's pods.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -116,14 +113,13 @@ pub fn readiness(revision: &Revision, pods: Option<&PodsView>) -> RevisionReadin
     if was_ready {
         RevisionReadiness::Ready
     } else {
-        RevisionReadiness::NotReady {
-            reason: DEPLOYING.to_string(),
+        RevisionReadiness::Deploying {
             message: format!("waiting for the pods of revision {:?} to become ready", revision.metadata.name),
         }
     }
 }
 
-/// The state of every revision of a namespace as a [`revgate_runtime::Runtime`]
+/// The state of every revision of a namespace as a [`revgate_runtime_api::Runtime`]
 /// reports it: ready endpoints, the replicas asked for, and why the pods
 /// do not run.
 pub fn revision_states(snapshot: &Snapshot) -> RevisionStates {
@@ -164,8 +160,7 @@ mod tests {
         let failed =
             PodsView { failure: Some(("ProgressDeadlineExceeded".into(), "too slow".into())), ..PodsView::default() };
         let zero = PodsView { replicas: Some(0), ..PodsView::default() };
-        let deploying =
-            |r: &RevisionReadiness| matches!(r, RevisionReadiness::NotReady { reason, .. } if reason == DEPLOYING);
+        let deploying = |r: &RevisionReadiness| matches!(r, RevisionReadiness::Deploying { .. });
         assert_eq!(readiness(&revision(None), Some(&up)), RevisionReadiness::Ready);
         assert_eq!(
             readiness(&revision(Some(true)), Some(&failed)),

@@ -28,7 +28,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use kube::Client;
 use kube::api::{Api, Patch, PatchParams};
 use revgate_model::plan::ObjectKey;
-use revgate_runtime::{RevisionStates, Runtime, Workload};
+use revgate_runtime_api::{RevisionStates, Runtime, Workload};
 use serde_json::json;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;

@@ -1,5 +1,5 @@
-//! Scenarios: the reconciler, the scale runtime and the elector against a
-//! scripted API server. Each test lists, in order, every request the code
+//! Scenarios: the reconciler, the scale runtime, the elector and the leader
+//! label against a scripted API server. Each test lists, in order, every request the code
 //! must make (method, path, the fields of the body that matter) and the
 //! answer it gets; a request that is missing, extra or different fails the
 //! test, and everything runs under a timeout.
@@ -14,13 +14,14 @@ use std::time::Duration;
 use http::Method;
 use kube::runtime::controller::Action;
 use revgate_model::plan::ObjectKey;
-use revgate_runtime::{Runtime, Workload};
+use revgate_runtime_api::{Runtime, Workload};
 use serde_json::{Value, json};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::kinds::Kind;
 use crate::leader::{LeaseElector, LeaseSettings, Role};
+use crate::leader_label::LeaderLabel;
 use crate::reconcile::{self, DEFAULT_RESYNC, ReconcileError};
 use crate::scale::KubeRuntime;
 use crate::snapshot::Snapshot;
@@ -138,13 +139,19 @@ async fn create() {
             Exchange::apply(Kind::Deployment, "hello-00001-deployment")
                 .expect(owner_uid(Kind::Revision, "hello-00001"))
                 .expect_at("/spec/replicas", json!(1)),
-            Exchange::status(Kind::Revision, "hello-00001").expect(expect_condition(
-                "Ready",
-                "Unknown",
-                Some("Deploying"),
-            )),
+            Exchange::status(Kind::Revision, "hello-00001")
+                .expect(expect_condition("Ready", "Unknown", Some("Deploying")))
+                .expect(expect_condition("ContainerHealthy", "Unknown", Some("Deploying")))
+                .expect(expect_condition("ResourcesAvailable", "Unknown", Some("Deploying"))),
             Exchange::status(Kind::Configuration, "hello")
                 .expect(expect_condition("Ready", "Unknown", Some("Deploying")))
+                .expect(|body| {
+                    assert_eq!(
+                        condition(body, "Ready")["message"],
+                        "revision \"hello-00001\" is not ready: Deploying: \
+                         waiting for the pods of revision \"hello-00001\" to become ready"
+                    )
+                })
                 .expect_at("/status/latestCreatedRevisionName", json!("hello-00001")),
             Exchange::status(Kind::Route, "hello").expect(expect_condition("AllTrafficAssigned", "Unknown", None)),
             Exchange::status(Kind::KnativeService, "hello")
@@ -813,5 +820,85 @@ async fn a_cut_off_leader_steps_down_and_a_leaving_one_releases() {
     assert!(!within(a.tick(t0 + Duration::from_secs(11), wall(), true)).await, "past the renew deadline");
     within(a.release(wall())).await.expect("released");
     drop(a);
+    server.finish().await;
+}
+
+// ----- leader label --------------------------------------------------------------------------
+
+fn pod_path(name: &str) -> String {
+    format!("/api/v1/namespaces/revgate-system/pods/{name}")
+}
+
+/// The label in a merge patch's body (JSON pointer: `/` escaped as `~1`).
+const LEADER_LABEL_POINTER: &str = "/metadata/labels/revgate.dev~1leader";
+
+fn pod(name: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": "revgate-system"}})
+}
+
+/// The leading replica labels its own pod, which the activation Service
+/// selects, so the gateways' reports reach the replica that scales.
+#[tokio::test]
+async fn the_leader_labels_its_pod() {
+    let (client, server) = scripted(vec![
+        Exchange::request(Method::PATCH, &pod_path("revgate-0"))
+            .expect_at(LEADER_LABEL_POINTER, json!("true"))
+            .respond(200, pod("revgate-0")),
+    ]);
+    let (leading_tx, leading) = watch::channel(true);
+    drop(leading_tx);
+    let label = LeaderLabel::new(client, "revgate-system", "revgate-0");
+    within(label.follow(leading)).await;
+    drop(label);
+    server.finish().await;
+}
+
+/// A replica that loses the Lease removes its label (a merge patch setting
+/// it to null), so the activation Service stops sending the gateways to a
+/// replica that no longer scales.
+#[tokio::test]
+async fn a_replica_that_loses_the_lease_removes_its_label() {
+    let (labelled_tx, labelled) = tokio::sync::oneshot::channel();
+    let (client, server) = scripted(vec![
+        Exchange::request(Method::PATCH, &pod_path("revgate-1"))
+            .expect_at(LEADER_LABEL_POINTER, json!("true"))
+            .expect(move |_| {
+                let _ = labelled_tx.send(());
+            })
+            .respond(200, pod("revgate-1")),
+        Exchange::request(Method::PATCH, &pod_path("revgate-1"))
+            .expect_at(LEADER_LABEL_POINTER, Value::Null)
+            .expect(|body| {
+                assert_eq!(
+                    body.pointer("/metadata/labels").and_then(Value::as_object).map(|l| l.len()),
+                    Some(1),
+                    "only the leader label: {body:#}"
+                )
+            })
+            .respond(200, pod("revgate-1")),
+    ]);
+    let (leading_tx, leading) = watch::channel(true);
+    let label = LeaderLabel::new(client, "revgate-system", "revgate-1");
+    let following = tokio::spawn(async move { label.follow(leading).await });
+    within(labelled).await.expect("the leader labelled its pod");
+    leading_tx.send_replace(false);
+    drop(leading_tx);
+    within(following).await.expect("the label follower");
+    server.finish().await;
+}
+
+/// A refused patch says which pod and label, and which permission is missing.
+#[tokio::test]
+async fn a_refused_label_names_the_pod_and_the_permission() {
+    let (client, server) = scripted(vec![Exchange::request(Method::PATCH, &pod_path("revgate-2")).fail(
+        403,
+        "Forbidden",
+        "pods is forbidden",
+    )]);
+    let label = LeaderLabel::new(client, "revgate-system", "revgate-2");
+    let error = within(label.set(true)).await.expect_err("refused").to_string();
+    assert!(error.contains("revgate.dev/leader on pod revgate-system/revgate-2"), "{error}");
+    assert!(error.contains("may patch pods in revgate-system"), "{error}");
+    drop(label);
     server.finish().await;
 }

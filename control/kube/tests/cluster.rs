@@ -21,7 +21,7 @@ use kube::Client;
 use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
 use revgate_kube::{ControllerConfig, Kind};
 use revgate_model::plan::ObjectKey;
-use revgate_runtime::{Runtime, Workload};
+use revgate_runtime_api::{Runtime, Workload};
 use serde_json::{Value, json};
 
 const DEFAULT_IMAGE: &str = "ghcr.io/knative/helloworld-go:latest";

@@ -18,8 +18,9 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 
 use crate::autoscaling::{AUTOSCALER_CONFIG_MAP, AutoscalerConfig};
+use crate::error::ConfigError;
+use crate::host_template::{HostTemplate, TemplateVar};
 use crate::meta::SYSTEM_NAMESPACE;
-use crate::names::{HostTemplate, TemplateVar};
 use crate::resources::ConfigMap;
 
 pub const DOMAIN_CONFIG_MAP: &str = "config-domain";
@@ -28,8 +29,7 @@ pub const FEATURES_CONFIG_MAP: &str = "config-features";
 pub const DEFAULTS_CONFIG_MAP: &str = "config-defaults";
 
 pub const DEFAULT_DOMAIN: &str = "example.com";
-pub const DEFAULT_DOMAIN_TEMPLATE: &str = "{{.Name}}.{{.Namespace}}.{{.Domain}}";
-pub const DEFAULT_TAG_TEMPLATE: &str = "{{.Tag}}-{{.Name}}";
+pub use crate::host_template::{DEFAULT_DOMAIN_TEMPLATE, DEFAULT_TAG_TEMPLATE};
 
 /// Everything configurable, with Knative's defaults.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -39,19 +39,6 @@ pub struct Settings {
     pub features: FeatureSettings,
     pub defaults: RevisionDefaults,
     pub autoscaler: AutoscalerConfig,
-}
-
-/// A problem with one key of a ConfigMap.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
-    pub key: String,
-    pub message: String,
-}
-
-impl ConfigError {
-    pub(crate) fn new(key: &str, message: impl Into<String>) -> Self {
-        Self { key: key.to_string(), message: message.into() }
-    }
 }
 
 impl Settings {

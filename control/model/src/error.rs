@@ -6,8 +6,27 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::manifest::SourceRef;
 use crate::plan::ObjectKey;
+
+/// Where a document came from: a file and the 0-based index of the document in it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct SourceRef {
+    pub file: String,
+    pub document: usize,
+}
+
+impl SourceRef {
+    pub fn new(file: impl Into<String>, document: usize) -> Self {
+        Self { file: file.into(), document }
+    }
+}
+
+/// `file` for the first document, `file#2` for the third.
+impl fmt::Display for SourceRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.document == 0 { f.write_str(&self.file) } else { write!(f, "{}#{}", self.file, self.document) }
+    }
+}
 
 /// One problem with one field of one object.
 ///
@@ -94,4 +113,21 @@ pub struct ApplyError {
 
 fn join_lines(errors: &[FieldError]) -> String {
     errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n")
+}
+
+/// Problems found in one object, as `(field path, message)`; the world
+/// attaches file and object when it turns them into [`FieldError`]s.
+pub type Problems = Vec<(String, String)>;
+
+/// A problem with one key of a ConfigMap.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub key: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    pub(crate) fn new(key: &str, message: impl Into<String>) -> Self {
+        Self { key: key.to_string(), message: message.into() }
+    }
 }

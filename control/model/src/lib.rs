@@ -12,21 +12,27 @@
 //! - [`resources`], [`meta`]: the Knative object types.
 //! - [`config`]: the `knative-serving` ConfigMaps as typed [`config::Settings`].
 //! - [`autoscaling`]: `config-autoscaler` and the `autoscaling.knative.dev/*` annotations,
-//!   validated and resolved per revision ([`autoscaling::RevisionScaling`]).
+//!   parsed once, validated, and resolved per revision ([`autoscaling::RevisionScaling`]).
 //! - [`validation`]: defaulting and validation, as Knative's webhooks do them.
 //! - [`names`]: every derived name: revisions, children, hosts.
+//! - [`host_template`]: `domain-template` and `tag-template`, parsed and rendered.
 //! - [`world`]: the applied state; `apply` and `delete` return a new [`world::World`].
-//! - [`status`]: status of every object and the gateway plan, from the world and [`world::Observed`].
+//! - [`observed`]: what the world cannot know by itself ([`observed::Observed`]): each
+//!   revision's readiness (ready, deploying, not ready) and each route's gateway verdict.
+//! - [`status`]: status of every object and the gateway plan, from the world and what was observed.
 //! - [`plan`]: the contract with the gateway translations.
-//! - [`error`]: [`error::FieldError`], [`error::ManifestError`], [`error::ApplyError`].
+//! - [`error`]: [`error::FieldError`], [`error::ManifestError`], [`error::ApplyError`], and the
+//!   shapes problems take before they become one ([`error::Problems`], [`error::ConfigError`]).
 
 pub mod autoscaling;
 pub mod config;
 pub mod decode;
 pub mod error;
+pub mod host_template;
 pub mod manifest;
 pub mod meta;
 pub mod names;
+pub mod observed;
 pub mod plan;
 pub mod resources;
 mod schema;
@@ -39,6 +45,7 @@ pub use error::{ApplyError, FieldError, ManifestError};
 pub use manifest::{
     Document, Reference, Resource, ResourceKind, SourceRef, parse_documents, parse_documents_within, parse_references,
 };
+pub use observed::{IngressState, Observed, RevisionReadiness};
 pub use plan::{GatewayPlan, ObjectKey};
 pub use resources::{ConfigMap, Configuration, Revision, Route, Service};
-pub use world::{Change, ChangeKind, IngressState, Observed, RevisionReadiness, World};
+pub use world::{Change, ChangeKind, World};

@@ -10,39 +10,18 @@
 //! reads only that identity ([`parse_references`]), as `kubectl` deletes by
 //! reference.
 
-use std::fmt;
-
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::decode::{self, Budget, DecodeError};
+pub use crate::error::SourceRef;
 use crate::error::{FieldError, ManifestError};
 use crate::meta::{DEFAULT_NAMESPACE, SERVING_API_VERSION};
 use crate::plan::ObjectKey;
 use crate::resources::{ConfigMap, Configuration, Route, Service};
 use crate::schema::{self, Shape};
 use crate::validation;
-
-/// Where a document came from: a file and the 0-based index of the document in it.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct SourceRef {
-    pub file: String,
-    pub document: usize,
-}
-
-impl SourceRef {
-    pub fn new(file: impl Into<String>, document: usize) -> Self {
-        Self { file: file.into(), document }
-    }
-}
-
-/// `file` for the first document, `file#2` for the third.
-impl fmt::Display for SourceRef {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.document == 0 { f.write_str(&self.file) } else { write!(f, "{}#{}", self.file, self.document) }
-    }
-}
 
 /// An object a user can apply.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -21,6 +21,15 @@
 //!
 //! A Service's `ConfigurationsReady` and `RoutesReady` mirror its children's
 //! `Ready`; its `Ready` is True when both are, else the first False (or Unknown).
+//!
+//! A Revision's conditions, and the `Ready` of a Configuration whose latest
+//! created revision it is, follow the observed [`RevisionReadiness`]:
+//!
+//! | observed | ContainerHealthy | ResourcesAvailable | Revision Ready | Configuration Ready |
+//! |---|---|---|---|---|
+//! | Ready | True | True | True | True |
+//! | Deploying | Unknown `Deploying` | Unknown `Deploying` | Unknown `Deploying` | Unknown `Deploying` |
+//! | NotReady (reason) | False (reason) | Unknown (reason) | False (reason) | False `RevisionFailed` |
 
 use std::collections::BTreeMap;
 
@@ -28,6 +37,7 @@ use crate::config::Settings;
 use crate::manifest::{Document, Resource};
 use crate::meta::{CONFIGURATION_LABEL, Condition, ConditionStatus, ENDPOINTS_ANNOTATION, SERVICE_LABEL};
 use crate::names::{self, RouteNaming};
+use crate::observed::{IngressState, Observed, RevisionReadiness};
 use crate::plan::{
     GatewayPlan, ObjectKey, RevisionBackend, RoutePlan, Split, TagPlan, UpstreamProtocol, parse_endpoints,
 };
@@ -35,7 +45,7 @@ use crate::resources::{
     Addressable, Configuration, ConfigurationStatus, Revision, RevisionStatus, Route, RouteStatus, Service,
     ServiceStatus, TrafficTarget,
 };
-use crate::world::{IngressState, Observed, RevisionReadiness, World};
+use crate::world::World;
 
 /// Condition types and reasons revgate reports.
 pub mod reason {
@@ -50,6 +60,8 @@ pub mod reason {
     pub const REVISION_MISSING: &str = "RevisionMissing";
     pub const CONFIGURATION_MISSING: &str = "ConfigurationMissing";
     pub const REVISION_FAILED: &str = "RevisionFailed";
+    /// A revision's workload is being deployed (Knative's `ReasonDeploying`).
+    pub const DEPLOYING: &str = "Deploying";
     pub const INGRESS_NOT_CONFIGURED: &str = "IngressNotConfigured";
     pub const GATEWAY_REJECTED: &str = "GatewayRejected";
 }
@@ -352,6 +364,11 @@ impl World {
             None => unknown(reason::READY, reason::REVISION_MISSING, "no revision has been created yet"),
             Some(r) => match observed.readiness(&r.metadata.key()) {
                 RevisionReadiness::Ready => Condition::new(reason::READY, ConditionStatus::True, None, None),
+                RevisionReadiness::Deploying { message } => unknown(
+                    reason::READY,
+                    reason::DEPLOYING,
+                    &format!("revision {:?} is not ready: {}: {message}", r.metadata.name, reason::DEPLOYING),
+                ),
                 RevisionReadiness::NotReady { reason: why, message } => Condition::new(
                     reason::READY,
                     ConditionStatus::False,
@@ -461,6 +478,12 @@ fn revision_status(revision: &Revision, observed: &Observed) -> RevisionStatus {
             .iter()
             .map(|t| Condition::new(t, ConditionStatus::True, None, None))
             .collect(),
+        RevisionReadiness::Deploying { message } => {
+            [reason::CONTAINER_HEALTHY, reason::READY, reason::RESOURCES_AVAILABLE]
+                .iter()
+                .map(|t| unknown(t, reason::DEPLOYING, message))
+                .collect()
+        }
         RevisionReadiness::NotReady { reason: why, message } => {
             let not_ready = |t| Condition::new(t, ConditionStatus::False, Some(why), Some(message.clone()));
             vec![

@@ -7,13 +7,11 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crate::autoscaling;
 use crate::config::Settings;
+use crate::error::Problems;
 use crate::meta::{ENDPOINTS_ANNOTATION, ObjectMeta};
 use crate::names::{self, RouteNaming};
 use crate::plan::parse_endpoints;
 use crate::resources::{RevisionTemplate, TrafficTarget};
-
-/// Problems found, as `(path, message)`.
-pub type Problems = Vec<(String, String)>;
 
 /// Name Knative gives a container that has none (`user-container-<i>` when several).
 pub const DEFAULT_CONTAINER_NAME: &str = "user-container";

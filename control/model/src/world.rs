@@ -16,19 +16,20 @@ use serde::{Deserialize, Serialize};
 
 use crate::autoscaling::RevisionScaling;
 use crate::config::Settings;
-use crate::error::{ApplyError, FieldError};
+use crate::error::{ApplyError, FieldError, Problems};
 use crate::manifest::{Document, Reference, Resource, ResourceKind, SourceRef};
 use crate::meta::{
     CONFIGURATION_GENERATION_LABEL, CONFIGURATION_LABEL, LAST_APPLIED_ANNOTATION, ObjectMeta, OwnerReference,
     SERVICE_LABEL, SERVING_API_VERSION, rfc3339,
 };
 use crate::names;
+pub use crate::observed::{IngressState, Observed, RevisionReadiness};
 use crate::plan::ObjectKey;
 use crate::resources::{
     ConfigMap, Configuration, ConfigurationSpec, ConfigurationStatus, Revision, Route, RouteSpec, Service,
     TrafficTarget,
 };
-use crate::validation::{self, Problems};
+use crate::validation;
 
 /// All applied objects, keyed by namespace and name.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -108,44 +109,6 @@ pub const CONFIG_MAP_RESOURCE: &str = "configmap";
 
 fn change(resource: &str, key: ObjectKey, change: ChangeKind) -> Change {
     Change { resource: resource.to_string(), key, change }
-}
-
-/// What the world cannot know by itself.
-#[derive(Debug, Clone, Default)]
-pub struct Observed {
-    /// Readiness per revision; a revision absent here is ready (in this
-    /// version a revision is ready once created).
-    pub revisions: BTreeMap<ObjectKey, RevisionReadiness>,
-    /// Whether the gateway accepted each route; absent means not yet programmed.
-    pub ingress: BTreeMap<ObjectKey, IngressState>,
-}
-
-impl Observed {
-    pub fn readiness(&self, revision: &ObjectKey) -> &RevisionReadiness {
-        self.revisions.get(revision).unwrap_or(&RevisionReadiness::Ready)
-    }
-
-    pub fn is_ready(&self, revision: &ObjectKey) -> bool {
-        matches!(self.readiness(revision), RevisionReadiness::Ready)
-    }
-}
-
-/// A runtime's verdict on a revision.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RevisionReadiness {
-    Ready,
-    NotReady { reason: String, message: String },
-}
-
-/// The gateway's verdict on a route.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum IngressState {
-    /// Programmed and serving.
-    Ready,
-    /// Not (yet) programmed.
-    NotConfigured,
-    /// The gateway refused the configuration; `message` is its error text.
-    Rejected { message: String },
 }
 
 type Changes = Vec<Change>;

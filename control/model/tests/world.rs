@@ -400,6 +400,43 @@ fn a_failing_revision_keeps_traffic_on_the_last_ready_one() {
     assert_eq!(condition(&conditions, "ContainerHealthy"), ("False".into(), Some("ExitCode1".into())));
 }
 
+/// A revision whose workload is still being deployed is not failing: its
+/// conditions, its Configuration's `Ready` and its Service's
+/// `ConfigurationsReady` and `Ready` are Unknown with Knative's `Deploying`,
+/// while traffic stays on the last ready revision.
+#[test]
+fn a_deploying_revision_is_unknown_not_failed() {
+    let yaml = format!("{}---\n{}", service("hello", "img:1"), service("hello", "img:2"));
+    let (world, _) = apply(&World::default(), &yaml);
+    let mut observed = Observed::default();
+    observed
+        .revisions
+        .insert(key("hello-00002"), RevisionReadiness::Deploying { message: "waiting for the pods".into() });
+    observed.ingress.insert(key("hello"), IngressState::Ready);
+    let deploying = || ("Unknown".to_string(), Some("Deploying".to_string()));
+
+    let revision = world.revision_views(&observed).into_iter().find(|r| r.metadata.name == "hello-00002").expect("rev");
+    let conditions = revision.status.expect("status").conditions;
+    for type_ in ["ContainerHealthy", "ResourcesAvailable", "Ready"] {
+        assert_eq!(condition(&conditions, type_), deploying(), "{type_}");
+    }
+    assert!(conditions.iter().all(|c| c.message.as_deref() == Some("waiting for the pods")), "{conditions:?}");
+
+    let configuration = &world.configuration_views(&observed)[0];
+    let conditions = &configuration.status.as_ref().expect("status").conditions;
+    assert_eq!(condition(conditions, "Ready"), deploying());
+    let message = revgate_model::meta::condition(conditions, "Ready").and_then(|c| c.message.clone());
+    assert_eq!(message.as_deref(), Some("revision \"hello-00002\" is not ready: Deploying: waiting for the pods"));
+
+    let service = &world.service_views(&observed)[0];
+    let status = service.status.as_ref().expect("status");
+    assert_eq!(condition(&status.conditions, "ConfigurationsReady"), deploying());
+    assert_eq!(condition(&status.conditions, "RoutesReady"), ("True".into(), None));
+    assert_eq!(condition(&status.conditions, "Ready"), deploying());
+    assert_eq!(status.latest_ready_revision_name.as_deref(), Some("hello-00001"));
+    assert_eq!(world.plan(&observed).routes[0].splits, [Split { revision: key("hello-00001"), percent: 100 }]);
+}
+
 #[test]
 fn plans_merge_splits_and_list_tags_and_backends() {
     let yaml = "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata: {name: shop}\nspec:\n  template:\n    metadata:\n      name: shop-v2\n      annotations:\n        revgate.dev/endpoints: \"127.0.0.1:8081,127.0.0.1:8082\"\n    spec:\n      containerConcurrency: 5\n      timeoutSeconds: 30\n      containers: [{image: a, ports: [{name: h2c, containerPort: 9000}]}]\n  traffic:\n  - {latestRevision: true, percent: 40, tag: new}\n  - {revisionName: shop-v2, percent: 40, tag: pinned}\n  - {revisionName: shop-v1, percent: 20}\n";

@@ -44,9 +44,21 @@ impl Client {
             format!("cannot reach the revgate control plane at {} (is `revgate serve` running? set --server or REVGATE_SERVER)", self.base)
         })?;
         let status = response.status();
+        // Like kubectl, show the server's warnings (for example stored
+        // objects it could not read) whatever the command.
+        for warning in response.headers().get_all(reqwest::header::WARNING) {
+            if let Ok(text) = warning.to_str() {
+                eprintln!("Warning: {}", warning_text(text));
+            }
+        }
         let body = response.bytes().await.context("reading the control plane's answer")?;
         Ok((status, body.to_vec()))
     }
+}
+
+/// The text of a `Warning` header value (`299 - "text"`).
+fn warning_text(value: &str) -> &str {
+    value.split_once(" - ").map_or(value, |(_, text)| text).trim_matches('"')
 }
 
 /// Prints a rejection and returns the rejection exit code.
@@ -67,7 +79,13 @@ pub async fn apply(args: ManifestArgs, delete: bool) -> anyhow::Result<ExitCode>
     let files = manifests::read_all(&args.files)?;
     let client = Client::new(&args.client);
     let path = if delete { "/v1/delete" } else { "/v1/apply" };
+    let sent: Vec<String> = files.iter().map(|file| format!("{} ({} bytes)", file.name, file.content.len())).collect();
     let (status, body) = client.send(client.request(reqwest::Method::POST, path).json(&ApplyRequest { files })).await?;
+    if status == StatusCode::PAYLOAD_TOO_LARGE {
+        let code = rejected(status, &body);
+        eprintln!("error: the request carried {}", sent.join(", "));
+        return code;
+    }
     if !status.is_success() {
         return rejected(status, &body);
     }

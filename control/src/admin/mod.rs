@@ -9,9 +9,14 @@
 //! | GET | `/v1/activity` | `?namespace=&name=` | per revision: what the gateway filters report |
 //! | GET | `/v1/podautoscalers`, `/v1/serverlessservices` | `?namespace=&name=` | the KPA's decisions; whether the gateway holds each revision's requests |
 //! | GET | `/v1/instances` | `?namespace=&name=` | the runtime's instances of each revision |
-//! | PUT | `/v1/revisions/{ns}/{name}/endpoints` | `{"endpoints":["host:port",…]}` | only with `serve --runtime external` (409 otherwise) |
+//! | PUT | `/v1/revisions/{ns}/{name}/endpoints` | `{"endpoints":["host:port",…]}` | only with `serve --runtime external` (409 otherwise); stored, and restored at start |
+//! | GET | `/v1/unreadable` | | stored objects that could not be read at start (each answer also names them in `Warning` headers) |
 //! | PUT | `/v1/debug/fault` | `{"fault": "duplicate-domain" \| null}` | only with test hooks |
 //! | GET | `/healthz` | | `ok` |
+//!
+//! Bodies over 32 MiB get 413, request heads must arrive within 10 s and
+//! bodies may not stall (see [`server`] for the limits); every limit answers
+//! `{"errors":[…]}` naming it.
 //!
 //! Bound to loopback it needs no credentials; bound elsewhere, every `/v1`
 //! call needs `Authorization: Bearer <token>` with the token from

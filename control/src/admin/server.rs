@@ -1,15 +1,27 @@
 //! The admin API's server side.
+//!
+//! Limits, each answered in the API's error shape (`{"errors": [...]}`):
+//!
+//! | limit | value | answer |
+//! |---|---|---|
+//! | request body | [`BODY_LIMIT`] (32 MiB) | 413, naming the limit |
+//! | request head (line and headers) | all of it within [`HEADER_READ_TIMEOUT`](crate::http::HEADER_READ_TIMEOUT) (10 s), also while a kept-alive connection waits for its next request | the connection is closed |
+//! | request body, between two reads | [`BODY_IDLE_TIMEOUT`] (10 s) | 408, naming the limit |
+//! | request body, in all | [`BODY_READ_TIMEOUT`] (120 s) | 408, naming the limit |
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
-use axum::extract::{Path, Query, Request, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::body::{Body, Bytes};
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use revgate_model::plan::ObjectKey;
 use serde::{Deserialize, Serialize};
+use tokio_stream::StreamExt;
 
 use super::{ApplyRequest, ErrorBody};
 use crate::activation::{ActivationService, RevisionActivity};
@@ -17,6 +29,22 @@ use crate::autoscaling::KpaStatuses;
 use crate::control::{ControlError, Handle, RuntimeStates};
 use crate::faults::Fault;
 use crate::views;
+
+/// The largest request body the admin API reads: an apply of a few
+/// thousand Services fits several times over, and nothing larger is held in
+/// memory.
+pub const BODY_LIMIT: usize = 32 * 1024 * 1024;
+
+/// How long a request body may pause between two reads.
+pub const BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a whole request body may take: a full 32 MiB needs about
+/// 280 KB/s, and reading (or discarding) one body cannot go on forever.
+pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// At most this many unreadable stored objects are named in `Warning`
+/// headers of one answer; `GET /v1/unreadable` lists them all.
+const MAX_WARNINGS: usize = 10;
 
 /// What the admin API serves from.
 #[derive(Debug, Clone)]
@@ -45,12 +73,149 @@ pub fn router(state: AdminState) -> Router {
         .route("/v1/podautoscalers", get(pod_autoscalers))
         .route("/v1/instances", get(instances))
         .route("/v1/serverlessservices", get(serverless_services))
+        .route("/v1/unreadable", get(unreadable))
         .route("/v1/revisions/{namespace}/{name}/endpoints", put(set_endpoints));
     if state.test_hooks {
         v1 = v1.route("/v1/debug/fault", put(set_fault));
     }
-    let v1 = v1.route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    // Layers run outside in: the token is checked before a body is read.
+    let v1 = v1
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .route_layer(middleware::from_fn(read_body))
+        .route_layer(middleware::from_fn_with_state(state.clone(), warn_unreadable))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new().route("/healthz", get(|| async { "ok" })).merge(v1).with_state(state)
+}
+
+/// Reads a request's body within [`BODY_LIMIT`] and the body timeouts
+/// before any handler sees it, so that every handler gets these limits and
+/// their answers in the API's error shape. A body over the limit is read to
+/// its end (within the timeouts) and discarded before the answer: a client
+/// still sending when the server closes would see a reset, not the 413.
+async fn read_body(request: Request, next: Next) -> Response {
+    let (parts, body) = request.into_parts();
+    let body = match read_limited(body).await {
+        Ok(bytes) => bytes,
+        Err(BodyError::TooLarge { size }) => {
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                vec![format!(
+                    "the request body ({}) is larger than the admin API's request body limit of {}: \
+                     apply the manifests in several smaller parts",
+                    size_text(size),
+                    size_text(BODY_LIMIT as u64)
+                )],
+            );
+        }
+        Err(BodyError::Timeout(limit)) => return error(StatusCode::REQUEST_TIMEOUT, vec![limit]),
+        Err(BodyError::Read(e)) => {
+            return error(StatusCode::BAD_REQUEST, vec![format!("reading the request body: {e}")]);
+        }
+    };
+    next.run(Request::from_parts(parts, Body::from(body))).await
+}
+
+#[derive(Debug)]
+enum BodyError {
+    /// `size` bytes were sent (or as many as arrived before a timeout).
+    TooLarge {
+        size: u64,
+    },
+    Timeout(String),
+    Read(axum::Error),
+}
+
+async fn read_limited(body: Body) -> Result<Bytes, BodyError> {
+    let deadline = tokio::time::Instant::now() + BODY_READ_TIMEOUT;
+    let mut stream = body.into_data_stream();
+    let mut buffer: Vec<u8> = Vec::new();
+    let mut size: u64 = 0;
+    loop {
+        let next = tokio::time::timeout(BODY_IDLE_TIMEOUT, stream.next());
+        let chunk = match tokio::time::timeout_at(deadline, next).await {
+            Err(_) if size > BODY_LIMIT as u64 => return Err(BodyError::TooLarge { size }),
+            Err(_) => {
+                return Err(BodyError::Timeout(format!(
+                    "the request body took longer than the admin API's body read timeout of {} s",
+                    BODY_READ_TIMEOUT.as_secs()
+                )));
+            }
+            Ok(Err(_)) if size > BODY_LIMIT as u64 => return Err(BodyError::TooLarge { size }),
+            Ok(Err(_)) => {
+                return Err(BodyError::Timeout(format!(
+                    "the request body stalled for longer than the admin API's body idle timeout of {} s",
+                    BODY_IDLE_TIMEOUT.as_secs()
+                )));
+            }
+            Ok(Ok(None)) => break,
+            Ok(Ok(Some(chunk))) => chunk.map_err(BodyError::Read)?,
+        };
+        size += chunk.len() as u64;
+        if size <= BODY_LIMIT as u64 {
+            buffer.extend_from_slice(&chunk);
+        } else {
+            buffer = Vec::new();
+        }
+    }
+    if size > BODY_LIMIT as u64 { Err(BodyError::TooLarge { size }) } else { Ok(Bytes::from(buffer)) }
+}
+
+/// `33554432` as `32 MiB`, `1536` as `1.5 KiB`.
+fn size_text(bytes: u64) -> String {
+    const UNITS: [&str; 4] = ["bytes", "KiB", "MiB", "GiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 || value.fract() == 0.0 {
+        format!("{value} {}", UNITS[unit])
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+/// Names the stored objects that could not be read in `Warning` headers of
+/// every answer (as the Kubernetes API server warns and `kubectl` prints),
+/// so that whoever uses the CLI learns of them and how to remove them.
+async fn warn_unreadable(State(state): State<AdminState>, request: Request, next: Next) -> Response {
+    let mut response = next.run(request).await;
+    let unreadable = state.control.unreadable();
+    for object in unreadable.iter().take(MAX_WARNINGS) {
+        if let Ok(value) = HeaderValue::from_str(&warning(&object.to_string())) {
+            response.headers_mut().append(header::WARNING, value);
+        }
+    }
+    if unreadable.len() > MAX_WARNINGS {
+        let more = format!(
+            "{} more unreadable stored objects: GET /v1/unreadable lists them",
+            unreadable.len() - MAX_WARNINGS
+        );
+        if let Ok(value) = HeaderValue::from_str(&warning(&more)) {
+            response.headers_mut().append(header::WARNING, value);
+        }
+    }
+    response
+}
+
+/// A `Warning` header value (`299 - "text"`) with `text` made printable ASCII.
+fn warning(text: &str) -> String {
+    let text: String = text
+        .chars()
+        .map(|c| match c {
+            '"' => '\'',
+            '\\' => '/',
+            c if c.is_ascii_graphic() || c == ' ' => c,
+            _ => '?',
+        })
+        .collect();
+    format!("299 - \"{text}\"")
+}
+
+/// `GET /v1/unreadable`: stored objects that could not be read at start.
+async fn unreadable(State(state): State<AdminState>) -> Response {
+    Json(state.control.unreadable().as_ref().clone()).into_response()
 }
 
 /// True when `addr` can only be reached from this machine.
@@ -141,17 +306,26 @@ async fn routes(State(state): State<AdminState>, Query(filter): Query<Filter>) -
 async fn revisions(State(state): State<AdminState>, Query(filter): Query<Filter>) -> Response {
     let world = state.control.world();
     let states = state.instances.as_ref().map(|states| states.borrow().clone()).unwrap_or_default();
+    let registrations = state.control.registrations();
     let views: Vec<serde_json::Value> = world
         .revision_views(&state.control.observed())
         .into_iter()
         .filter(|revision| filter.keeps(&revision.metadata.key()))
         .map(|revision| {
-            let runtime = states.get(&revision.metadata.key());
+            let key = revision.metadata.key();
+            let runtime = states.get(&key);
             let mut view = serde_json::to_value(revision).unwrap_or_default();
             // Knative's replica counts, from the runtime that runs the revision.
             if let (Some(runtime), Some(status)) = (runtime, view.get_mut("status")) {
                 status["actualReplicas"] = serde_json::json!(runtime.ready.len());
                 status["desiredReplicas"] = serde_json::json!(runtime.desired);
+            }
+            // Endpoints registered by whoever runs the revision: how many,
+            // and whether they were registered to this control plane or
+            // restored from the store after a restart.
+            if let (Some(registered), Some(status)) = (registrations.get(&key), view.get_mut("status")) {
+                status["actualReplicas"] = serde_json::json!(registered.endpoints.len());
+                status["registeredEndpoints"] = serde_json::to_value(registered).unwrap_or_default();
             }
             view
         })

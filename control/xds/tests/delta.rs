@@ -255,6 +255,40 @@ async fn reconnect_with_initial_versions_sends_only_what_changed() {
     ads.assert_quiet().await;
 }
 
+/// A control plane that restarts knows nothing of what a reconnecting node
+/// runs: the ACK of its first answer names the resources the node already
+/// held at the current version, though none were sent again.
+#[tokio::test]
+async fn the_first_ack_after_a_reconnect_names_what_the_node_already_holds() {
+    let cache = SnapshotCache::new();
+    cache.set_snapshot(snapshot(&plan(), &endpoints()));
+    let (_server, addr) = start(cache.clone()).await;
+    let mut ads = Delta::open(addr).await;
+    ads.subscribe(EDS, &[CLUSTER_1, CLUSTER_2]).await;
+    let eds = ads.recv().await;
+    drop(ads);
+
+    // A new server on the same snapshot, as after a restart.
+    let (server, addr) = start(cache.clone()).await;
+    let mut acks = server.subscribe_acks();
+    let mut ads = Delta::open(addr).await;
+    ads.send(DeltaDiscoveryRequest {
+        node: node("gw-1"),
+        type_url: EDS.into(),
+        resource_names_subscribe: vec![CLUSTER_1.into(), CLUSTER_2.into()],
+        initial_resource_versions: versions(&eds),
+        ..Default::default()
+    })
+    .await;
+    let first = ads.recv().await;
+    assert!(first.resources.is_empty(), "nothing changed, nothing is sent again");
+    ads.ack(&first).await;
+    let event = timeout(TIMEOUT, acks.recv()).await.unwrap().unwrap();
+    let mut names: Vec<&str> = event.resources.iter().map(|r| r.name.as_str()).collect();
+    names.sort_unstable();
+    assert_eq!((event.type_url.as_str(), names.as_slice()), (EDS, [CLUSTER_1, CLUSTER_2].as_slice()));
+}
+
 fn cds_version(cache: &SnapshotCache) -> String {
     let snapshot = cache.snapshot_for("gw-1").unwrap();
     snapshot.get(revgate_xds::ResourceType::Cluster).resources[CLUSTER_1].version.clone()

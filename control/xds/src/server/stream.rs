@@ -244,6 +244,9 @@ struct Watch {
 struct InFlight {
     version: String,
     resources: Vec<(String, Arc<VersionedResource>)>,
+    /// Delta, first answer: what the client already held at the current
+    /// version and was therefore not sent; its ACK confirms those too.
+    held: Vec<(String, Arc<VersionedResource>)>,
     removed: Vec<String>,
 }
 
@@ -283,6 +286,7 @@ impl Session {
                     let resources = sent
                         .resources
                         .into_iter()
+                        .chain(sent.held)
                         .map(|(name, r)| AckedResource {
                             name,
                             version: r.version.clone(),
@@ -428,6 +432,21 @@ impl Session {
                 (available.version.clone(), removed.into_iter().collect())
             }
         };
+        // A reconnecting delta client already holds these at the current
+        // version, so they are not sent; its ACK of this first answer still
+        // says it runs them, for observers that start afresh (a restarted
+        // control plane's readiness table).
+        let held: Vec<(String, Arc<VersionedResource>)> = if self.api == Api::Delta && !watch.answered {
+            let (wildcard, subscribed, client) = (watch.wildcard, &watch.subscribed, &watch.client);
+            available
+                .resources
+                .iter()
+                .filter(|(name, r)| (wildcard || subscribed.contains(*name)) && client.get(*name) == Some(&r.version))
+                .map(|(name, r)| (name.clone(), r.clone()))
+                .collect()
+        } else {
+            Vec::new()
+        };
         for (name, r) in &resources {
             watch.client.insert(name.clone(), r.version.clone());
         }
@@ -435,7 +454,7 @@ impl Session {
         self.nonce += 1;
         watch.in_flight.insert(
             self.nonce,
-            InFlight { version: version.clone(), resources: resources.clone(), removed: removed.clone() },
+            InFlight { version: version.clone(), resources: resources.clone(), held, removed: removed.clone() },
         );
         watch.answered = true;
         watch.pending = false;

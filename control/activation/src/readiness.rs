@@ -91,6 +91,11 @@ impl ReadinessTable {
         if revisions == self.revisions {
             return false;
         }
+        // Endpoint counts of revisions that left the plan go with them: a
+        // state-of-the-world ACK never says a cluster was removed.
+        for counts in self.acked.values_mut() {
+            counts.retain(|key, _| revisions.contains_key(key));
+        }
         self.revisions = revisions;
         self.version += 1;
         true
@@ -282,6 +287,17 @@ mod tests {
         assert_eq!(ready(&table, "gw-1", "hello-00001"), 1);
         assert!(table.set_desired(&BTreeMap::from([(ObjectKey::new("default", "hello-00001"), 0)])));
         assert_eq!(ready(&table, "gw-1", "hello-00001"), 0, "Envoy still has the endpoint, the filter holds");
+    }
+
+    #[test]
+    fn a_deleted_revision_leaves_nothing_behind() {
+        let mut table = ReadinessTable::default();
+        table.set_plan(&plan(vec![revision("hello-00001", None), revision("gone-00001", None)]));
+        table.record_ack(&eds_ack("gw-1", "gone-00001", 1));
+        assert!(table.set_plan(&plan(vec![revision("hello-00001", None)])));
+        assert_eq!(table.acked.get("gw-1").map(BTreeMap::len), Some(0), "its ACKed endpoint count is forgotten");
+        table.set_plan(&plan(vec![revision("hello-00001", None), revision("gone-00001", None)]));
+        assert_eq!(ready(&table, "gw-1", "gone-00001"), 0, "created again, it waits for a new ACK");
     }
 
     #[test]

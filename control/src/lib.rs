@@ -1,0 +1,63 @@
+//! `revgate`: the control plane of a serverless layer for Envoy gateways, as a
+//! library: the `revgate` binary (`main.rs`) only parses its command line
+//! and calls in here, and tests drive the same tasks in-process.
+//!
+//! # Layout
+//! - `cli`: argument definitions.
+//! - `up`: the whole platform on one machine: control plane, local process
+//!   runtime, and an Envoy gateway (`gateway`) with the filter.
+//! - `serve`: starts the admin API, the xDS server, the activation service and
+//!   the autoscaler around one [`control::ControlPlane`].
+//! - `controller`: cluster mode (`revgate controller`): the Kubernetes
+//!   controller of `revgate-kube` with the activation API and the autoscaler.
+//! - `zero_gate`: the one seam that orders going to zero in both modes: the
+//!   gateway filters hear a revision is cold before its endpoints leave.
+//! - `control`: the single owner of the applied world; turns every change into
+//!   a gateway plan, Envoy resources and an xDS snapshot.
+//! - `external`: the runtime of `serve --runtime external`, whose endpoints
+//!   are registered through the admin API, stored and restored.
+//! - `store`: the world persisted in an embedded database (redb).
+//! - `admin`: the admin HTTP API (server side) and its client used by the CLI.
+//! - `activation` (the `revgate-activation` crate): the service the gateway
+//!   filter calls (metrics reports, activation requests, readiness
+//!   long-polls), over `readiness` (which revisions each Envoy can serve) and
+//!   `metrics` (reports summed per revision).
+//! - `autoscaling`: the KPA task: metric windows, deciders and scale-to-zero
+//!   rules per revision, driving the runtime; `views` shows its decisions as
+//!   Knative PodAutoscalers and ServerlessServices.
+//! - `autoscaler_cli`: `revgate autoscaler decide|simulate`, the KPA offline.
+//! - `manifests`: reading manifest files and directories in `kubectl apply -f` order.
+//! - `gateway_auth`: the gateway token the xDS and activation ports require
+//!   beyond loopback.
+//! - `render`: configuration printed without a running control plane.
+//! - `table`: `kubectl get`-shaped tables.
+//!
+//! Pure logic lives in the `revgate-model` (Knative resources),
+//! `revgate-xds` (Envoy translation and ADS) and `revgate-autoscaler` (the
+//! KPA) crates; `revgate-runtime` runs revisions.
+#![forbid(unsafe_code)]
+
+/// The activation side lives in its own crate; these paths keep its modules
+/// where the rest of the control plane looks for them.
+pub use revgate_activation as activation;
+pub use revgate_activation::{metrics, readiness};
+
+pub mod admin;
+pub mod autoscaler_cli;
+pub mod autoscaling;
+pub mod cli;
+pub mod control;
+pub mod controller;
+pub mod external;
+pub mod faults;
+pub mod gateway;
+pub mod gateway_auth;
+pub mod http;
+pub mod manifests;
+pub mod render;
+pub mod serve;
+pub mod store;
+pub mod table;
+pub mod up;
+pub mod views;
+pub mod zero_gate;
