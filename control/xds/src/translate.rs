@@ -31,6 +31,7 @@ use envoy_types::pb::envoy::config::core::v3::{
     Address, AggregatedConfigSource, ApiVersion, ConfigSource, HeaderValue, HeaderValueOption, Http2ProtocolOptions,
     Locality, Metadata, SocketAddress, address, config_source, header_value_option::HeaderAppendAction, socket_address,
 };
+use envoy_types::pb::envoy::config::core::v3::{DataSource, data_source};
 use envoy_types::pb::envoy::config::endpoint::v3::{
     ClusterLoadAssignment, Endpoint as EnvoyEndpoint, LbEndpoint, LocalityLbEndpoints, lb_endpoint,
 };
@@ -39,6 +40,7 @@ use envoy_types::pb::envoy::config::route::v3::{
     HeaderMatcher, Route, RouteAction, RouteConfiguration, RouteMatch, ScopedRouteConfiguration, VirtualHost,
     WeightedCluster, header_matcher, route, route_action, route_match, scoped_route_configuration, weighted_cluster,
 };
+use envoy_types::pb::envoy::extensions::filters::http::lua::v3::Lua;
 use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     HttpConnectionManager, HttpFilter, ScopedRds, ScopedRoutes, http_connection_manager, http_filter, scoped_routes,
@@ -70,6 +72,23 @@ const LOCALITY_REGION: &str = "revgate";
 /// Envoy's well-known filter and extension names.
 const HCM_FILTER: &str = "envoy.filters.network.http_connection_manager";
 const ROUTER_FILTER: &str = "envoy.filters.http.router";
+const LUA_FILTER: &str = "envoy.filters.http.lua";
+
+/// Lowercases a `:authority` that has an ASCII capital and has Envoy pick
+/// the route again. Scope keys are compared byte for byte, while hosts are
+/// case-insensitive (RFC 9110 §4.2.3): without this, `Host: Hello.example.com`
+/// finds no scope and gets 404. Hosts already in lowercase (what browsers and
+/// most clients send) pass untouched, so the common path only runs `find`.
+/// Lua patterns and `string.lower` are ASCII-only, as hosts are.
+const LOWERCASE_HOST_LUA: &str = r#"function envoy_on_request(request_handle)
+  local headers = request_handle:headers()
+  local host = headers:get(":authority")
+  if host ~= nil and host:find("%u") ~= nil then
+    headers:replace(":authority", host:lower())
+    request_handle:clearRouteCache()
+  end
+end
+"#;
 pub(crate) const HTTP_PROTOCOL_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
 
 /// Knobs of the generated listener.
@@ -256,7 +275,8 @@ pub fn http_listener(
     stream_idle_timeout: Duration,
     filters_before_router: Vec<HttpFilter>,
 ) -> Listener {
-    let mut http_filters = filters_before_router;
+    let mut http_filters = vec![lowercase_host_filter()];
+    http_filters.extend(filters_before_router);
     http_filters.push(router_filter());
     let hcm = HttpConnectionManager {
         stat_prefix: names::HTTP_STAT_PREFIX.to_owned(),
@@ -276,6 +296,24 @@ pub fn http_listener(
             }],
             ..Default::default()
         }],
+        ..Default::default()
+    }
+}
+
+/// The first HTTP filter: makes scope selection case-insensitive by
+/// lowercasing a host that is not (see [`LOWERCASE_HOST_LUA`]). It runs
+/// before the data-path filter, which reads the route Envoy picks.
+fn lowercase_host_filter() -> HttpFilter {
+    let lua = Lua {
+        default_source_code: Some(DataSource {
+            specifier: Some(data_source::Specifier::InlineString(LOWERCASE_HOST_LUA.to_owned())),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    HttpFilter {
+        name: LUA_FILTER.to_owned(),
+        config_type: Some(http_filter::ConfigType::TypedConfig(to_any(&lua))),
         ..Default::default()
     }
 }
@@ -809,7 +847,7 @@ pub(crate) mod tests {
         };
         let hcm = HttpConnectionManager::decode(any.value.as_slice()).expect("hcm");
         let names: Vec<_> = hcm.http_filters.iter().map(|f| f.name.as_str()).collect();
-        assert_eq!(names, ["revgate.hold", ROUTER_FILTER]);
+        assert_eq!(names, [LUA_FILTER, "revgate.hold", ROUTER_FILTER]);
     }
 
     #[test]

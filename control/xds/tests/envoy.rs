@@ -199,7 +199,7 @@ async fn status_for(port: u16, host: &str) -> u16 {
 }
 
 /// Scoped routes pick a host's routes by the host in `:authority`, with or
-/// without a port, tag hosts included; a host with no scope is answered
+/// without a port and in any case, tag hosts included; a host with no scope is answered
 /// 404 by Envoy itself. A change to one Route, or to one revision's
 /// endpoints, reaches Envoy as that one resource (SotW included) and leaves
 /// every other host routed.
@@ -248,8 +248,12 @@ async fn scopes_over(api: Api) {
         "other.default.example.com",
         "nobody.default.example.com",
         "nobody.default.example.com:8080",
+        // Hosts are case-insensitive; scope keys are not.
+        "Hello.Default.Example.COM",
+        "CANDIDATE-hello.default.example.com:8080",
+        "Nobody.default.example.com",
     ];
-    let expected = [200, 200, 200, 200, 200, 404, 404];
+    let expected = [200, 200, 200, 200, 200, 404, 404, 200, 200, 404];
     let statuses = async || {
         let mut seen = Vec::new();
         for host in hosts {
@@ -293,5 +297,9 @@ async fn scopes_over(api: Api) {
 
     assert!(first.is_ok(), "{api:?}: Envoy never routed every host as expected");
     assert!(acked, "{api:?}: Envoy did not ACK the change: {:#?}", server.status().borrow());
-    assert_eq!(after, [200, 200, 404, 404, 200, 404, 404], "{api:?}: only the removed tag host is gone: {hosts:?}");
+    assert_eq!(
+        after,
+        [200, 200, 404, 404, 200, 404, 404, 200, 404, 404],
+        "{api:?}: only the removed tag host is gone: {hosts:?}"
+    );
 }
