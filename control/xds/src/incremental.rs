@@ -6,8 +6,9 @@
 //! | input                                   | resources                                  |
 //! |-----------------------------------------|--------------------------------------------|
 //! | a revision and its endpoints            | its cluster and load assignment (CDS, EDS) |
-//! | a Route, the hosts it owns, its         | its route configuration (RDS) and one      |
-//! | revisions' timeouts, tag-header routing | scope per host (SRDS)                      |
+//! | a Route, the hosts it owns, its         | its virtual hosts, in its shard's route    |
+//! | revisions' timeouts, tag-header routing | configuration (RDS), one scope per host    |
+//! |                                         | (SRDS)                                     |
 //! | the settings and the longest timeout    | the listener (LDS), the control cluster    |
 //!
 //! [`Translator::update`] compares each object of the new plan with what it
@@ -16,13 +17,14 @@
 //! translates and encodes only the objects that differ, and applies those
 //! resources to the previous snapshot ([`crate::snapshot::SnapshotBuilder`]):
 //! types nothing touched stay shared, so an endpoint change is an EDS-only
-//! change and a split change is one RDS resource. It checks consistency
+//! change and a split change is one RDS resource (its shard, rebuilt from
+//! the virtual hosts kept per Route: see [`crate::names::ROUTE_SHARDS`]). It checks consistency
 //! incrementally too: what the changed resources load exists, and nothing
 //! left loads what was removed (a count of references per name). The
 //! translation itself is the pure [`crate::translate`](mod@crate::translate); equal inputs give
 //! the resources `translate` gives.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,7 +40,7 @@ use crate::snapshot::{
 };
 use crate::translate::{
     XdsSettings, claim_hosts, effective_stream_idle_timeout, http_listener, revision_endpoints, revision_resources,
-    route_resources, route_timeouts,
+    route_resources, route_timeouts, shard_configuration,
 };
 
 /// Translates successive plans into successive snapshots, each change
@@ -53,6 +55,10 @@ pub struct Translator {
     /// In the order of the last plan.
     revisions: Vec<RevisionEntry>,
     routes: Vec<RouteEntry>,
+    /// Per shard, the virtual hosts of each Route in it (those owning a
+    /// host): a change rebuilds its shard from these without translating
+    /// the shard's other Routes.
+    shards: HashMap<u32, BTreeMap<ObjectKey, Vec<VirtualHost>>>,
     /// Every revision's timeout (seconds), for the routes that send to it.
     timeouts: HashMap<ObjectKey, u64>,
     /// The listener's input: the effective idle timeout.
@@ -100,6 +106,7 @@ impl Translator {
             snapshot: Arc::new(Snapshot::empty()),
             revisions: Vec::new(),
             routes: Vec::new(),
+            shards: HashMap::new(),
             timeouts: HashMap::new(),
             listener: None,
             control_cluster: false,
@@ -223,8 +230,9 @@ impl Translator {
     fn update_routes(&mut self, plan: &GatewayPlan, retimed: &HashSet<ObjectKey>, changes: &mut Changes) {
         let fault = self.route_fault.is_some();
         let (paired, removed) = align(std::mem::take(&mut self.routes), &plan.routes, |e| &e.key, |r| &r.key);
+        let mut touched = BTreeSet::new();
         for entry in removed {
-            remove_route(&entry, changes);
+            remove_route(&mut self.shards, &entry, &mut touched, changes);
         }
         let timeout_of = |key: &ObjectKey| self.timeouts.get(key).copied();
         let mut entries = Vec::with_capacity(plan.routes.len());
@@ -262,21 +270,13 @@ impl Translator {
                     entries.push(entry);
                     continue;
                 }
-                remove_route(&entry, changes);
+                remove_route(&mut self.shards, &entry, &mut touched, changes);
             }
-            let resources = route_resources(
-                route,
-                &input.owned,
-                input.tag_header_routing,
-                &input.timeouts,
-                self.route_fault.as_ref(),
-            );
-            let scopes = resources.map(|(configuration, scopes)| {
-                changes.upsert(
-                    ResourceType::Route,
-                    &configuration.name,
-                    VersionedResource::new(&configuration.name, &configuration, Vec::new()),
-                );
+            let resources = route_resources(route, &input.owned, input.tag_header_routing, &input.timeouts);
+            let scopes = resources.map(|(virtual_hosts, scopes)| {
+                let shard = crate::names::route_shard(&route.key);
+                self.shards.entry(shard).or_default().insert(route.key.clone(), virtual_hosts);
+                touched.insert(shard);
                 scopes
                     .iter()
                     .map(|scope| {
@@ -288,6 +288,24 @@ impl Translator {
             entries.push(RouteEntry { key: route.key.clone(), input, scopes });
         }
         self.routes = entries;
+        for shard in touched {
+            let name = crate::names::shard_route_configuration(shard);
+            match self.shards.get(&shard) {
+                Some(members) if !members.is_empty() => {
+                    let configuration =
+                        shard_configuration(shard, members.values().flatten().cloned(), self.route_fault.as_ref());
+                    changes.upsert(
+                        ResourceType::Route,
+                        &name,
+                        VersionedResource::new(&name, &configuration, Vec::new()),
+                    );
+                }
+                _ => {
+                    self.shards.remove(&shard);
+                    changes.remove(ResourceType::Route, &name);
+                }
+            }
+        }
     }
 
     fn update_listener(&mut self, plan: &GatewayPlan, changes: &mut Changes) -> Result<(), SnapshotError> {
@@ -370,13 +388,23 @@ fn align<E, T>(
     (paired, previous.into_iter().flatten().collect())
 }
 
-fn remove_route(entry: &RouteEntry, changes: &mut Changes) {
-    if let Some(scopes) = &entry.scopes {
-        changes.remove(ResourceType::Route, &crate::names::route_configuration(&entry.key));
-        for scope in scopes {
-            changes.remove(ResourceType::ScopedRoute, scope);
-        }
+/// Removes a Route's scopes and takes its virtual hosts out of its shard,
+/// which `touched` collects for rebuilding.
+fn remove_route(
+    shards: &mut HashMap<u32, BTreeMap<ObjectKey, Vec<VirtualHost>>>,
+    entry: &RouteEntry,
+    touched: &mut BTreeSet<u32>,
+    changes: &mut Changes,
+) {
+    let Some(scopes) = &entry.scopes else { return };
+    for scope in scopes {
+        changes.remove(ResourceType::ScopedRoute, scope);
     }
+    let shard = crate::names::route_shard(&entry.key);
+    if let Some(members) = shards.get_mut(&shard) {
+        members.remove(&entry.key);
+    }
+    touched.insert(shard);
 }
 
 /// Resources to remove and to add or replace. Removals apply first, so a

@@ -539,7 +539,7 @@ mod tests {
                 resource_type: ResourceType::ScopedRoute,
                 name: "host|candidate-hello.default.example.com".into(),
                 referenced_type: ResourceType::Route,
-                referenced: "route|default|hello".into(),
+                referenced: "routes|193".into(),
             })
         );
 

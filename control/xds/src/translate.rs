@@ -22,7 +22,7 @@
 //! resource, not every host's. A host named by no route has no scope and
 //! gets Envoy's 404.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::time::Duration;
 
@@ -149,16 +149,19 @@ pub fn translate(plan: &GatewayPlan, endpoints: &EndpointMap, settings: &XdsSett
         clusters.push(crate::filter::control_cluster(filter));
     }
     let idle_timeout = effective_stream_idle_timeout(plan, settings);
-    let mut routes = Vec::new();
+    let mut shards: BTreeMap<u32, BTreeMap<&ObjectKey, Vec<VirtualHost>>> = BTreeMap::new();
     let mut scoped_routes = Vec::new();
     for (route, owned) in plan.routes.iter().zip(claim_hosts(plan)) {
         let timeouts = route_timeouts(route, |key| revisions.get(key).map(|r| r.timeout_seconds));
-        if let Some((configuration, scopes)) = route_resources(route, &owned, plan.tag_header_routing, &timeouts, None)
-        {
-            routes.push(configuration);
+        if let Some((virtual_hosts, scopes)) = route_resources(route, &owned, plan.tag_header_routing, &timeouts) {
+            shards.entry(names::route_shard(&route.key)).or_default().insert(&route.key, virtual_hosts);
             scoped_routes.extend(scopes);
         }
     }
+    let routes = shards
+        .into_iter()
+        .map(|(shard, members)| shard_configuration(shard, members.into_values().flatten(), None))
+        .collect();
     Resources {
         listeners: vec![http_listener(settings, idle_timeout, filters)],
         scoped_routes,
@@ -219,30 +222,28 @@ pub fn route_timeouts(route: &RoutePlan, timeout_of: impl Fn(&ObjectKey) -> Opti
         .collect()
 }
 
-/// A Route's route configuration and one scope per host it owns (`owned`,
-/// from [`claim_hosts`]); `None` when it owns no host. `timeouts` come from
-/// [`route_timeouts`]; `extra` is appended to the virtual hosts (fault
-/// injection in tests).
+/// A Route's virtual hosts and one scope per host it owns (`owned`, from
+/// [`claim_hosts`]), each scope selecting the route configuration of the
+/// Route's shard; `None` when it owns no host. `timeouts` come from
+/// [`route_timeouts`].
 pub fn route_resources(
     route: &RoutePlan,
     owned: &[bool],
     tag_header_routing: bool,
     timeouts: &[u64],
-    extra: Option<&VirtualHost>,
-) -> Option<(RouteConfiguration, Vec<ScopedRouteConfiguration>)> {
+) -> Option<(Vec<VirtualHost>, Vec<ScopedRouteConfiguration>)> {
     let name = names::route_configuration(&route.key);
     let hosts = std::iter::once(&route.host).chain(route.tags.iter().map(|t| &t.host));
     let owned_hosts: Vec<&String> = hosts.zip(owned).filter(|(_, owned)| **owned).map(|(h, _)| h).collect();
     if owned_hosts.is_empty() {
         return None;
     }
-    let mut virtual_hosts: Vec<VirtualHost> = route_virtual_hosts(route, tag_header_routing, timeouts)
+    let virtual_hosts: Vec<VirtualHost> = route_virtual_hosts(route, tag_header_routing, timeouts)
         .into_iter()
         .zip(owned)
         .filter(|(_, owned)| **owned)
         .map(|(vhost, _)| vhost)
         .collect();
-    virtual_hosts.extend(extra.cloned());
     let scopes = owned_hosts
         .into_iter()
         .map(|host| ScopedRouteConfiguration {
@@ -256,7 +257,24 @@ pub fn route_resources(
             ..Default::default()
         })
         .collect();
-    Some((RouteConfiguration { name, virtual_hosts, ..Default::default() }, scopes))
+    Some((virtual_hosts, scopes))
+}
+
+/// The route configuration of one shard: the virtual hosts of its Routes,
+/// in key order, then `extra` (fault injection in tests). Every scope of a
+/// host in the shard selects it; a virtual host matches its domains as
+/// Envoy always does, so sharing a configuration routes as one per Route
+/// did.
+pub fn shard_configuration(
+    shard: u32,
+    virtual_hosts: impl IntoIterator<Item = VirtualHost>,
+    extra: Option<&VirtualHost>,
+) -> RouteConfiguration {
+    RouteConfiguration {
+        name: names::shard_route_configuration(shard),
+        virtual_hosts: virtual_hosts.into_iter().chain(extra.cloned()).collect(),
+        ..Default::default()
+    }
 }
 
 /// The HCM `stream_idle_timeout` for a plan: the configured one, raised to
@@ -871,10 +889,10 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn each_route_is_one_route_configuration_selected_by_a_scope_per_host() {
+    fn each_route_is_in_its_shards_route_configuration_selected_by_a_scope_per_host() {
         let r = translate(&plan(), &endpoints(), &XdsSettings::default());
         let names: Vec<_> = r.routes.iter().map(|c| c.name.as_str()).collect();
-        assert_eq!(names, ["route|default|hello"]);
+        assert_eq!(names, ["routes|193"]);
         let scopes: Vec<_> = r
             .scoped_routes
             .iter()
@@ -890,12 +908,8 @@ pub(crate) mod tests {
         assert_eq!(
             scopes,
             [
-                ("host|hello.default.example.com", "hello.default.example.com", "route|default|hello"),
-                (
-                    "host|candidate-hello.default.example.com",
-                    "candidate-hello.default.example.com",
-                    "route|default|hello"
-                ),
+                ("host|hello.default.example.com", "hello.default.example.com", "routes|193"),
+                ("host|candidate-hello.default.example.com", "candidate-hello.default.example.com", "routes|193"),
             ]
         );
     }
@@ -909,7 +923,27 @@ pub(crate) mod tests {
         plan.routes.push(other);
         let r = translate(&plan, &endpoints(), &XdsSettings::default());
         assert!(r.routes.iter().flat_map(|c| &c.virtual_hosts).all(|v| v.name != "route|default|other"));
-        assert!(r.routes.iter().all(|c| c.name != "route|default|other"), "a Route owning no host has no routes");
+        assert_eq!(r.routes.len(), 1, "a Route owning no host adds no route configuration");
         assert_eq!(r.scoped_routes.len(), 2, "one scope per host");
+    }
+
+    #[test]
+    fn routes_of_one_shard_share_its_route_configuration() {
+        let mut plan = plan();
+        let shard = names::route_shard(&key("hello"));
+        let twin = (0..)
+            .map(|i| key(&format!("twin-{i}")))
+            .find(|k| names::route_shard(k) == shard)
+            .expect("every shard is reached");
+        let mut other = plan.routes[0].clone();
+        other.key = twin.clone();
+        other.host = format!("{}.default.example.com", twin.name);
+        other.tags.clear();
+        plan.routes.push(other);
+        let r = translate(&plan, &endpoints(), &XdsSettings::default());
+        assert_eq!(r.routes.len(), 1, "one configuration for the shard");
+        let vhosts: Vec<_> = r.routes[0].virtual_hosts.iter().map(|v| v.name.as_str()).collect();
+        assert_eq!(vhosts, ["route|default|hello", "tag|default|hello|candidate", &names::route_virtual_host(&twin)]);
+        assert!(r.scoped_routes.iter().all(|s| s.route_configuration_name == r.routes[0].name));
     }
 }

@@ -66,8 +66,14 @@ fn cluster_names() -> Vec<String> {
     (0..SERVICES).flat_map(|i| [1, 2].map(|n| format!("rev|default|s-{i}-0000{n}"))).collect()
 }
 
+/// The route configurations: one per shard that holds a Route.
 fn route_names() -> Vec<String> {
-    (0..SERVICES).map(|i| format!("route|default|s-{i}")).collect()
+    let shards: BTreeSet<String> = (0..SERVICES).map(changed_route_configuration_of).collect();
+    shards.into_iter().collect()
+}
+
+fn changed_route_configuration_of(i: usize) -> String {
+    revgate_xds::names::route_configuration(&ObjectKey::new("default", format!("s-{i}")))
 }
 
 /// A control plane as `revgate serve` runs it: the translator publishes
@@ -263,7 +269,7 @@ async fn delta_sends_only_the_changed_route_among_1000_services() {
     assert!(ads.drain().await.is_empty(), "nothing more after the initial sync");
 
     plane.publish(&world(40), &endpoints(8080));
-    let bytes = only(&ads.drain().await, RDS, "route|default|s-7");
+    let bytes = only(&ads.drain().await, RDS, &changed_route_configuration_of(7));
     let ten_services = whole * 10 / SERVICES;
     assert!(bytes <= ten_services, "{bytes} bytes for one change; 10 Services' share is {ten_services}");
     println!("delta, one route change among {SERVICES} Services: {bytes} bytes (whole configuration {whole})");
@@ -289,7 +295,7 @@ async fn sotw_sends_only_the_changed_route_among_1000_services() {
     assert!(ads.drain().await.is_empty(), "nothing more after the initial sync");
 
     plane.publish(&world(40), &endpoints(8080));
-    let bytes = only(&ads.drain().await, RDS, "route|default|s-7");
+    let bytes = only(&ads.drain().await, RDS, &changed_route_configuration_of(7));
     let ten_services = whole * 10 / SERVICES;
     assert!(bytes <= ten_services, "{bytes} bytes for one change; 10 Services' share is {ten_services}");
 }

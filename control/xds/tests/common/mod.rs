@@ -124,7 +124,8 @@ pub const LDS: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
 pub const SRDS: &str = "type.googleapis.com/envoy.config.route.v3.ScopedRouteConfiguration";
 pub const RDS: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
 /// The route configuration of Route `hello`, which its hosts' scopes select.
-pub const HELLO_ROUTES: &str = "route|default|hello";
+/// The route configuration of the shard `default/hello` is in.
+pub const HELLO_ROUTES: &str = "routes|193";
 
 pub const CLUSTER_1: &str = "rev|default|hello-00001";
 pub const CLUSTER_2: &str = "rev|default|hello-00002";
