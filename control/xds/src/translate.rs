@@ -27,6 +27,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use envoy_types::pb::envoy::config::cluster::v3::{CircuitBreakers, Cluster, cluster};
+use envoy_types::pb::envoy::config::core::v3::TypedExtensionConfig;
 use envoy_types::pb::envoy::config::core::v3::{
     Address, AggregatedConfigSource, ApiVersion, ConfigSource, HeaderValue, HeaderValueOption, Http2ProtocolOptions,
     Locality, Metadata, SocketAddress, address, config_source, header_value_option::HeaderAppendAction, socket_address,
@@ -40,14 +41,19 @@ use envoy_types::pb::envoy::config::route::v3::{
     HeaderMatcher, Route, RouteAction, RouteConfiguration, RouteMatch, ScopedRouteConfiguration, VirtualHost,
     WeightedCluster, header_matcher, route, route_action, route_match, scoped_route_configuration, weighted_cluster,
 };
+use envoy_types::pb::envoy::extensions::common::matching::v3::ExtensionWithMatcher;
+use envoy_types::pb::envoy::extensions::filters::common::matcher::action::v3::SkipFilter;
 use envoy_types::pb::envoy::extensions::filters::http::lua::v3::Lua;
 use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     HttpConnectionManager, HttpFilter, ScopedRds, ScopedRoutes, http_connection_manager, http_filter, scoped_routes,
 };
 use envoy_types::pb::envoy::extensions::upstreams::http::v3::{HttpProtocolOptions, http_protocol_options};
+use envoy_types::pb::envoy::r#type::matcher::v3::HttpRequestHeaderMatchInput;
 use envoy_types::pb::envoy::r#type::matcher::v3::{StringMatcher, string_matcher};
 use envoy_types::pb::google::protobuf::{Any, Duration as PbDuration, Struct, UInt32Value, Value, value};
+use envoy_types::pb::xds::core::v3::TypedExtensionConfig as XdsTypedExtensionConfig;
+use envoy_types::pb::xds::r#type::matcher::v3 as xds_matcher;
 use prost::Name;
 use revgate_model::plan::{
     Endpoint, EndpointMap, GatewayPlan, ObjectKey, RevisionBackend, RoutePlan, UpstreamProtocol,
@@ -320,8 +326,14 @@ pub fn http_listener(
 
 /// The first HTTP filter: makes scope selection case-insensitive by
 /// lowercasing a host that is not (see [`LOWERCASE_HOST_LUA`]). It runs
-/// before the data-path filter, which reads the route Envoy picks.
+/// before the data-path filter, which reads the route Envoy picks. A
+/// matcher skips it unless `:authority` has a capital, so the common
+/// request pays one regular-expression match, not a Lua call (measured on
+/// direct responses: about 2 µs per request either way, within the noise,
+/// but no Lua coroutine for requests that need none).
 fn lowercase_host_filter() -> HttpFilter {
+    use xds_matcher::matcher::{OnMatch, matcher_list, on_match};
+    use xds_matcher::{RegexMatcher, StringMatcher, regex_matcher, string_matcher};
     let lua = Lua {
         default_source_code: Some(DataSource {
             specifier: Some(data_source::Specifier::InlineString(LOWERCASE_HOST_LUA.to_owned())),
@@ -329,9 +341,44 @@ fn lowercase_host_filter() -> HttpFilter {
         }),
         ..Default::default()
     };
+    let no_capital = matcher_list::predicate::SinglePredicate {
+        input: Some(XdsTypedExtensionConfig {
+            name: "authority".to_owned(),
+            typed_config: Some(to_any(&HttpRequestHeaderMatchInput { header_name: ":authority".to_owned() })),
+        }),
+        matcher: Some(matcher_list::predicate::single_predicate::Matcher::ValueMatch(StringMatcher {
+            match_pattern: Some(string_matcher::MatchPattern::SafeRegex(RegexMatcher {
+                regex: "^[^A-Z]*$".to_owned(),
+                engine_type: Some(regex_matcher::EngineType::GoogleRe2(regex_matcher::GoogleRe2 {})),
+            })),
+            ..Default::default()
+        })),
+    };
+    let matcher = xds_matcher::Matcher {
+        matcher_type: Some(xds_matcher::matcher::MatcherType::MatcherList(xds_matcher::matcher::MatcherList {
+            matchers: vec![matcher_list::FieldMatcher {
+                predicate: Some(matcher_list::Predicate {
+                    match_type: Some(matcher_list::predicate::MatchType::SinglePredicate(no_capital)),
+                }),
+                on_match: Some(OnMatch {
+                    on_match: Some(on_match::OnMatch::Action(XdsTypedExtensionConfig {
+                        name: "skip".to_owned(),
+                        typed_config: Some(to_any(&SkipFilter {})),
+                    })),
+                    ..Default::default()
+                }),
+            }],
+        })),
+        ..Default::default()
+    };
+    let filter = ExtensionWithMatcher {
+        xds_matcher: Some(matcher),
+        extension_config: Some(TypedExtensionConfig { name: LUA_FILTER.to_owned(), typed_config: Some(to_any(&lua)) }),
+        ..Default::default()
+    };
     HttpFilter {
         name: LUA_FILTER.to_owned(),
-        config_type: Some(http_filter::ConfigType::TypedConfig(to_any(&lua))),
+        config_type: Some(http_filter::ConfigType::TypedConfig(to_any(&filter))),
         ..Default::default()
     }
 }
