@@ -77,9 +77,11 @@ pub fn tag_virtual_host(route: &ObjectKey, tag: &str) -> String {
 /// How many route configurations the Routes are spread over. Envoy opens
 /// one RDS subscription per route configuration the scopes name, and loading
 /// 10,000 of them (one per Route) took Envoy half again as long as loading
-/// one configuration from a file; a change resends its shard, so shards stay
-/// small: about ten Routes each at 10,000 Routes.
-pub const ROUTE_SHARDS: u32 = 1024;
+/// one configuration from a file. A change resends its shard, and a large
+/// apply touches nearly every shard, so shards stay small: two or three
+/// Routes each at 10,000 (1,024 larger shards loaded slower than one
+/// configuration per Route, BENCHMARKS.md).
+pub const ROUTE_SHARDS: u32 = 4096;
 
 /// The shard of a Route: FNV-1a of its key, so it is the same in every
 /// process and release (Envoy keeps what it has across control-plane
