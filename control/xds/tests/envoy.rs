@@ -202,7 +202,7 @@ async fn status_for(port: u16, host: &str) -> u16 {
 /// without a port and in any case, tag hosts included; a host with no scope is answered
 /// 404 by Envoy itself. A change to one Route, or to one revision's
 /// endpoints, reaches Envoy as that one resource (SotW included) and leaves
-/// every other host routed.
+/// every other host routed, the other Route in the same shard included.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scopes_route_by_host_and_partial_updates_keep_other_hosts() {
     for api in [Api::Sotw, Api::Delta] {
@@ -224,12 +224,17 @@ async fn scopes_over(api: Api) {
         (key("hello-00001"), endpoint(upstream_port)),
         (key("hello-00002"), endpoint(upstream_port)),
     ]);
-    // A second Route on the first revision; the upstream speaks HTTP/1.1 only.
+    // A second Route on the first revision, in the same route configuration
+    // (shard) as the first; the upstream speaks HTTP/1.1 only.
+    let shard = revgate_xds::names::route_shard(&key("hello"));
+    let other =
+        (0..).map(|i| key(&format!("other-{i}"))).find(|k| revgate_xds::names::route_shard(k) == shard).unwrap();
+    let other_host = format!("{}.default.example.com", other.name);
     let mut plan = plan();
     plan.revisions[1].protocol = UpstreamProtocol::Http1;
     plan.routes.push(RoutePlan {
-        key: key("other"),
-        host: "other.default.example.com".into(),
+        key: other.clone(),
+        host: other_host.clone(),
         splits: vec![Split { revision: key("hello-00001"), percent: 100 }],
         tags: Vec::new(),
     });
@@ -245,7 +250,7 @@ async fn scopes_over(api: Api) {
         "hello.default.example.com:8080",
         "candidate-hello.default.example.com",
         "candidate-hello.default.example.com:80",
-        "other.default.example.com",
+        other_host.as_str(),
         "nobody.default.example.com",
         "nobody.default.example.com:8080",
         // Hosts are case-insensitive; scope keys are not.
