@@ -130,6 +130,23 @@ async fn a_request_to_a_cold_revision_is_held_and_released_once_an_endpoint_is_a
     }
 }
 
+/// Hosts are case-insensitive: a cold request whose `Host` has capitals is
+/// held like any other and released once the revision has an endpoint
+/// (Envoy picks its route again after lowercasing the host, and the filter
+/// must see that route, not none).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cold_request_with_capitals_in_its_host_is_held_and_released() {
+    let s = setup(&service("cold", 0, 300), "{}").await;
+    let backend = Backend::start("cold-backend").await;
+    let client = s.envoy.client();
+    let request = tokio::spawn(async move { client.get("Cold.Default.Example.COM", "/").await });
+    wait_activations(&s.revgate, REVISION, 1).await;
+    assert!(!request.is_finished(), "the request is held while the revision has no endpoint");
+    s.revgate.set_endpoints(REVISION, &[backend.addr]).await;
+    let reply = request.await.expect("request task");
+    assert_eq!((reply.status, reply.body.as_str()), (200, "cold-backend"), "{reply:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_concurrent_held_requests_all_complete_after_activation() {
     let s = setup(&service("cold", 0, 300), "{}").await;

@@ -85,13 +85,18 @@ const LUA_FILTER: &str = "envoy.filters.http.lua";
 /// case-insensitive (RFC 9110 §4.2.3): without this, `Host: Hello.example.com`
 /// finds no scope and gets 404. Hosts already in lowercase (what browsers and
 /// most clients send) pass untouched, so the common path only runs `find`.
-/// Lua patterns and `string.lower` are ASCII-only, as hosts are.
+/// Lua patterns and `string.lower` are ASCII-only, as hosts are. Clearing
+/// the route cache also clears the route the gateway filter reads (it reads
+/// `xds.cluster_name`, which does not pick a route again), so the script
+/// asks for the route's metadata, which does: without it, a cold revision's
+/// request passed the filter unheld and got 503.
 const LOWERCASE_HOST_LUA: &str = r#"function envoy_on_request(request_handle)
   local headers = request_handle:headers()
   local host = headers:get(":authority")
   if host ~= nil and host:find("%u") ~= nil then
     headers:replace(":authority", host:lower())
     request_handle:clearRouteCache()
+    request_handle:metadata()
   end
 end
 "#;
