@@ -8,26 +8,6 @@ use std::time::Instant;
 
 use support::{Backend, Envoy, Revgate, stdout, wait_for};
 
-/// The first version of the Service: one revision on backend `a`.
-fn first_version(a: &Backend) -> String {
-    format!(
-        r#"apiVersion: serving.knative.dev/v1
-kind: Service
-metadata:
-  name: hello
-spec:
-  template:
-    metadata:
-      annotations:
-        revgate.dev/endpoints: "{a}"
-    spec:
-      containers:
-      - image: example.com/hello:v1
-"#,
-        a = a.endpoint()
-    )
-}
-
 /// The second version: a new template on backend `b` (revision `hello-00002`,
 /// tagged `canary`) and a split between the two revisions.
 fn second_version(b: &Backend, percent_a: u32) -> String {
@@ -59,7 +39,7 @@ spec:
 /// Both versions in one file, applied in order as `kubectl apply -f` does:
 /// two revisions.
 fn two_revisions(a: &Backend, b: &Backend, percent_a: u32) -> String {
-    format!("{}---\n{}", first_version(a), second_version(b, percent_a))
+    format!("{}---\n{}", support::hello_on(a), second_version(b, percent_a))
 }
 
 const HOST: &str = "hello.default.example.com";
@@ -186,7 +166,7 @@ async fn deleting_a_service_removes_its_routes_and_clusters() {
     assert!(s.envoy.clusters().await.contains("rev|default|hello-00001"));
 
     // Any manifest naming the Service deletes it, with its revisions.
-    let file = s.revgate.write_manifest(&first_version(&s.a));
+    let file = s.revgate.write_manifest(&support::hello_on(&s.a));
     let out = s.revgate.cli(&["delete", "-f", file.to_str().expect("utf-8 path")]);
     assert!(out.status.success(), "{}", support::stderr(&out));
     assert!(stdout(&out).contains("service.serving.knative.dev/hello deleted"), "{}", stdout(&out));

@@ -14,7 +14,7 @@ use std::time::Duration;
 use prost::Message;
 use revgate_proto::{ActivationRequest, MetricsReport, ReadinessUpdate, RevisionMetrics, paths};
 use serde_json::Value;
-use support::{Backend, Envoy, Revgate, wait_for};
+use support::{Backend, Envoy, Revgate, service_manifest as service, wait_for};
 
 const HOST: &str = "cold.default.example.com";
 const REVISION: &str = "cold-00001";
@@ -33,21 +33,6 @@ const FLOOD_QUICK_POLLS: usize = 5_000;
 const MAX_RSS_GROWTH_KB: u64 = 30 * 1024;
 /// The bound on its log growth: a few rate-limited lines per kind of event.
 const MAX_LOG_GROWTH_BYTES: u64 = 8 * 1024;
-
-fn service(name: &str) -> String {
-    format!(
-        r#"apiVersion: serving.knative.dev/v1
-kind: Service
-metadata:
-  name: {name}
-spec:
-  template:
-    spec:
-      containers:
-      - image: example.com/{name}:v1
-"#
-    )
-}
 
 /// The `--activation-addr` the harness gave `revgate serve`.
 fn activation_addr(revgate: &Revgate) -> SocketAddr {

@@ -14,26 +14,6 @@ const HOST: &str = "hello.default.example.com";
 const CANARY_HOST: &str = "canary-hello.default.example.com";
 const ROUTE_HOST: &str = "web.default.example.com";
 
-/// The first version of the Service: revision `hello-00001` on backend `a`.
-fn first(a: &Backend) -> String {
-    format!(
-        r#"apiVersion: serving.knative.dev/v1
-kind: Service
-metadata:
-  name: hello
-spec:
-  template:
-    metadata:
-      annotations:
-        revgate.dev/endpoints: "{a}"
-    spec:
-      containers:
-      - image: example.com/hello:v1
-"#,
-        a = a.endpoint(),
-    )
-}
-
 /// The second version: revision `hello-00002` on backend `b`, and a 50/50
 /// split whose second entry, tagged `canary`, names `second`.
 fn second(b: &Backend, second: &str) -> String {
@@ -144,7 +124,12 @@ async fn a_split_naming_a_missing_revision_keeps_serving_the_last_traffic() {
     let mut revgate = Revgate::start(&dir.path().join("state"), support::free_port()).await;
     let envoy = Envoy::start_ads(dir.path(), &revgate, false).await;
 
-    revgate.apply(&format!("{}---\n{}---\n{}", first(&a), second(&b, "hello-00002"), bare_route("hello-00001")));
+    revgate.apply(&format!(
+        "{}---\n{}---\n{}",
+        support::hello_on(&a),
+        second(&b, "hello-00002"),
+        bare_route("hello-00001")
+    ));
     revgate.wait_acked(&envoy.node_id).await;
     envoy.wait_body(CANARY_HOST, &[], "hello-b").await;
     envoy.wait_body(ROUTE_HOST, &[], "hello-a").await;

@@ -508,6 +508,44 @@ impl Backend {
     }
 }
 
+/// A Knative Service `name` with one container (`example.com/{name}:v1`) and
+/// nothing else: whoever runs its revisions registers their endpoints.
+pub fn service_manifest(name: &str) -> String {
+    format!(
+        r#"apiVersion: serving.knative.dev/v1
+kind: Service
+metadata:
+  name: {name}
+spec:
+  template:
+    spec:
+      containers:
+      - image: example.com/{name}:v1
+"#
+    )
+}
+
+/// The Service `hello` whose first revision, `hello-00001`, runs on
+/// `backend` (static endpoints, `revgate.dev/endpoints`).
+pub fn hello_on(backend: &Backend) -> String {
+    format!(
+        r#"apiVersion: serving.knative.dev/v1
+kind: Service
+metadata:
+  name: hello
+spec:
+  template:
+    metadata:
+      annotations:
+        revgate.dev/endpoints: "{}"
+    spec:
+      containers:
+      - image: example.com/hello:v1
+"#,
+        backend.endpoint()
+    )
+}
+
 impl Drop for Backend {
     fn drop(&mut self) {
         self.task.abort();
