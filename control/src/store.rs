@@ -349,7 +349,7 @@ fn unreadable_revisions(
 /// Creates `dir` (and missing parents) readable by its owner only. An
 /// existing directory is left as it is: it may be one the user shares on
 /// purpose; the database file inside is restricted anyway.
-fn create_private_dir(dir: &Path) -> Result<(), StoreError> {
+pub fn create_private_dir(dir: &Path) -> Result<(), StoreError> {
     let mut builder = std::fs::DirBuilder::new();
     builder.recursive(true);
     #[cfg(unix)]

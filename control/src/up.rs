@@ -27,6 +27,7 @@ use crate::control::{ControlError, Handle};
 use crate::gateway::{Envoy, FilterOrigin, envoy_version, find_envoy, find_filter};
 use crate::manifests::{self, ManifestFile};
 use crate::serve::{AddressFlags, LOG_DIR, Server, ServerConfig, Shutdown};
+use crate::store;
 
 /// The node id of the gateway `revgate up` starts.
 const NODE_ID: &str = "revgate-gateway";
@@ -73,6 +74,9 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     };
     step(format_args!("gateway filter {} ({how})", filter.display()));
 
+    // Created before anything is written into it, so that it is the owner's
+    // only, as `Store::open` would create it.
+    store::create_private_dir(&args.state_dir)?;
     // A killed `up` on this state directory may have left its Envoy running,
     // holding the ports this one needs: stop it first. (Its instances are
     // the process runtime's, which stops them as it starts.)
