@@ -192,7 +192,8 @@ impl Handle {
     /// Registers the live endpoints of a revision whose instances run outside
     /// revgate (replacing earlier ones; empty means scaled to zero). Answers
     /// once the owner published them — going to zero, once every filter
-    /// heard and the endpoints left — with what is published.
+    /// heard and the endpoints left — with what is published. A revision
+    /// deleted meanwhile takes its registration with it, stored or not.
     pub async fn set_endpoints(
         &self,
         revision: ObjectKey,
@@ -204,9 +205,10 @@ impl Handle {
                  start `revgate serve --runtime external` to register endpoints yourself"
             )));
         };
-        external.register(revision.clone(), endpoints.clone()).map_err(|e| match e {
+        external.register(revision.clone(), endpoints.clone()).await.map_err(|e| match e {
             RegistrationError::UnknownRevision { .. } => ControlError::NotFound(e.to_string()),
             RegistrationError::Store { source, .. } => ControlError::Store(source),
+            RegistrationError::ShuttingDown { .. } => ControlError::ShuttingDown,
         })?;
         let mut applied = self.endpoints.clone();
         let published =
