@@ -458,8 +458,12 @@ impl ControlPlane {
                 (next, changes, warnings)
             }
         };
-        self.store.save(&self.world, &next)?;
         let changed = *self.world != next;
+        // An apply that changes nothing writes nothing (a write transaction
+        // is a durable commit), unless unreadable rows leave with it.
+        if changed || self.store.forgets_on_save() {
+            self.store.save(&self.world, &next)?;
+        }
         self.world = Arc::new(next);
         let published = if changed {
             self.world_tx.send_replace(self.world.clone());

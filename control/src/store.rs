@@ -162,6 +162,11 @@ impl Store {
         self.forget = rows;
     }
 
+    /// Whether the next [`Store::save`] removes unreadable rows.
+    pub fn forgets_on_save(&self) -> bool {
+        !self.forget.is_empty()
+    }
+
     /// Replaces the stored world by `world` in one transaction, writing only
     /// the objects that differ from `previous`. Registered endpoints of
     /// revisions that are gone leave with them.
