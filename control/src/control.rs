@@ -18,7 +18,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use revgate_model::decode::Budget;
 use revgate_model::plan::{Endpoint, EndpointMap, GatewayPlan, ObjectKey};
@@ -37,6 +37,7 @@ pub use crate::external::{EndpointsOrigin, EndpointsSource};
 use crate::external::{ExternalRuntime, RegistrationError};
 use crate::faults::Fault;
 use crate::manifests::ManifestFile;
+use crate::publish::{replace_if_changed, unix_now};
 use crate::store::{Store, StoreError, UnreadableObject, delete_unreadable};
 use crate::zero_gate::Gated;
 
@@ -548,22 +549,6 @@ async fn changed<T: Clone>(receiver: &mut Option<watch::Receiver<T>>) -> Option<
         },
         None => std::future::pending().await,
     }
-}
-
-/// Publishes `value` unless it equals what readers have, so they wake only
-/// for real changes.
-pub fn replace_if_changed<T: PartialEq>(tx: &watch::Sender<Arc<T>>, value: T) {
-    tx.send_if_modified(|current| {
-        let changed = **current != value;
-        if changed {
-            *current = Arc::new(value);
-        }
-        changed
-    });
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 /// Derives each route's ingress state from what the connected gateways

@@ -16,7 +16,6 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, Weak};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use revgate_model::World;
 use revgate_model::plan::{Endpoint, ObjectKey};
@@ -24,7 +23,7 @@ use revgate_runtime::{RevisionState, RevisionStates};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use crate::control::replace_if_changed;
+use crate::publish::{replace_if_changed, unix_now};
 use crate::store::{Registration, RegistrationStore, StoreError};
 
 /// Where a revision's endpoints come from when they are registered through
@@ -232,10 +231,6 @@ fn forget(registry: &Mutex<Registry>, world: &mut watch::Receiver<Arc<World>>) {
 /// (every update is one insert or removal followed by a publish).
 fn lock(registry: &Mutex<Registry>) -> std::sync::MutexGuard<'_, Registry> {
     registry.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 #[cfg(test)]

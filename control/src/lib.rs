@@ -31,6 +31,8 @@
 //!   beyond loopback.
 //! - `render`: configuration printed without a running control plane.
 //! - `table`: `kubectl get`-shaped tables.
+//! - `http`: serving the HTTP APIs with a header read timeout per connection.
+//! - `publish`: publishing owned state on `watch` channels only when it changed.
 //!
 //! Pure logic lives in the `revgate-model` (Knative resources),
 //! `revgate-xds` (Envoy translation and ADS) and `revgate-autoscaler` (the
@@ -54,6 +56,7 @@ pub mod gateway;
 pub mod gateway_auth;
 pub mod http;
 pub mod manifests;
+pub mod publish;
 pub mod render;
 pub mod serve;
 pub mod store;

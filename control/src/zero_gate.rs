@@ -44,7 +44,7 @@ use tokio::sync::watch;
 use tokio::task::{AbortHandle, JoinSet};
 
 use crate::activation::{ActivationService, COLD_NOTICE_TIMEOUT};
-use crate::control::replace_if_changed;
+use crate::publish::replace_if_changed;
 
 /// Waits until every live gateway filter heard that a revision is cold
 /// (wanted at zero endpoints). It need not give up by itself: the gate stops
