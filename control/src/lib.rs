@@ -29,6 +29,8 @@
 //! - `manifests`: reading manifest files and directories in `kubectl apply -f` order.
 //! - `gateway_auth`: the gateway token the xDS and activation ports require
 //!   beyond loopback.
+//! - `private_file`: files that hold secrets (the tokens, Envoy's
+//!   bootstrap), written owner-only and atomically.
 //! - `render`: configuration printed without a running control plane.
 //! - `table`: `kubectl get`-shaped tables.
 //! - `http`: serving the HTTP APIs with a header read timeout per connection.
@@ -56,6 +58,7 @@ pub mod gateway;
 pub mod gateway_auth;
 pub mod http;
 pub mod manifests;
+pub mod private_file;
 pub mod publish;
 pub mod render;
 pub mod serve;
