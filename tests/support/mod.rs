@@ -546,6 +546,35 @@ spec:
     )
 }
 
+/// The second version of `hello` (see [`hello_on`]): a new template on
+/// `backend` (revision `hello-00002`) and a split that gives `hello-00001`
+/// `percent_first` percent and the rest, tagged `canary`, to `second`.
+pub fn hello_split(backend: &Backend, percent_first: u32, second: &str) -> String {
+    format!(
+        r#"apiVersion: serving.knative.dev/v1
+kind: Service
+metadata:
+  name: hello
+spec:
+  template:
+    metadata:
+      annotations:
+        revgate.dev/endpoints: "{b}"
+    spec:
+      containers:
+      - image: example.com/hello:v2
+  traffic:
+  - revisionName: hello-00001
+    percent: {percent_first}
+  - revisionName: {second}
+    percent: {percent_second}
+    tag: canary
+"#,
+        b = backend.endpoint(),
+        percent_second = 100 - percent_first
+    )
+}
+
 impl Drop for Backend {
     fn drop(&mut self) {
         self.task.abort();
