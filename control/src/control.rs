@@ -602,23 +602,8 @@ mod tests {
     use revgate_runtime::RevisionStates;
 
     use super::*;
+    use crate::testing::{HELLO_SERVICE as SERVICE, hello_revision as key};
     use crate::zero_gate::{self, ColdNotice};
-
-    const SERVICE: &str = "apiVersion: serving.knative.dev/v1
-kind: Service
-metadata:
-  name: hello
-  namespace: default
-spec:
-  template:
-    spec:
-      containers:
-        - image: example.com/hello
-";
-
-    fn key() -> ObjectKey {
-        ObjectKey::new("default", "hello-00001")
-    }
 
     fn ready(port: Option<u16>) -> Arc<RevisionStates> {
         let ready = port.map(|port| Endpoint { host: "127.0.0.1".into(), port }).into_iter().collect();

@@ -240,22 +240,7 @@ mod tests {
 
     use super::*;
     use crate::store::Store;
-
-    const SERVICE: &str = "apiVersion: serving.knative.dev/v1
-kind: Service
-metadata:
-  name: hello
-  namespace: default
-spec:
-  template:
-    spec:
-      containers:
-        - image: example.com/hello
-";
-
-    fn key() -> ObjectKey {
-        ObjectKey::new("default", "hello-00001")
-    }
+    use crate::testing::{HELLO_SERVICE as SERVICE, hello_revision as key};
 
     fn world() -> Arc<World> {
         let documents = parse_documents_within("hello.yaml", SERVICE, &mut Budget::default()).expect("manifest");

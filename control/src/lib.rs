@@ -67,3 +67,6 @@ pub mod table;
 pub mod up;
 pub mod views;
 pub mod zero_gate;
+
+#[cfg(test)]
+mod testing;
