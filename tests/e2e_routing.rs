@@ -8,58 +8,10 @@ use std::time::Instant;
 
 use support::{Backend, Envoy, Revgate, stdout, wait_for};
 
-/// The first version of the Service: one revision on backend `a`.
-fn first_version(a: &Backend) -> String {
-    format!(
-        r#"apiVersion: serving.knative.dev/v1
-kind: Service
-metadata:
-  name: hello
-spec:
-  template:
-    metadata:
-      annotations:
-        revgate.dev/endpoints: "{a}"
-    spec:
-      containers:
-      - image: example.com/hello:v1
-"#,
-        a = a.endpoint()
-    )
-}
-
-/// The second version: a new template on backend `b` (revision `hello-00002`,
-/// tagged `canary`) and a split between the two revisions.
-fn second_version(b: &Backend, percent_a: u32) -> String {
-    format!(
-        r#"apiVersion: serving.knative.dev/v1
-kind: Service
-metadata:
-  name: hello
-spec:
-  template:
-    metadata:
-      annotations:
-        revgate.dev/endpoints: "{b}"
-    spec:
-      containers:
-      - image: example.com/hello:v2
-  traffic:
-  - revisionName: hello-00001
-    percent: {percent_a}
-  - revisionName: hello-00002
-    percent: {percent_b}
-    tag: canary
-"#,
-        b = b.endpoint(),
-        percent_b = 100 - percent_a
-    )
-}
-
 /// Both versions in one file, applied in order as `kubectl apply -f` does:
 /// two revisions.
 fn two_revisions(a: &Backend, b: &Backend, percent_a: u32) -> String {
-    format!("{}---\n{}", first_version(a), second_version(b, percent_a))
+    format!("{}---\n{}", support::hello_on(a), support::hello_split(b, percent_a, "hello-00002"))
 }
 
 const HOST: &str = "hello.default.example.com";
@@ -153,7 +105,7 @@ async fn route_change_converges(delta: bool) {
     let before = s.revgate.gateway().await;
 
     let started = Instant::now();
-    s.revgate.apply(&second_version(&s.b, 0));
+    s.revgate.apply(&support::hello_split(&s.b, 0, "hello-00002"));
     let versions = s.revgate.wait_acked(&s.envoy.node_id).await;
     let to_ack = started.elapsed();
     assert_ne!(
@@ -186,7 +138,7 @@ async fn deleting_a_service_removes_its_routes_and_clusters() {
     assert!(s.envoy.clusters().await.contains("rev|default|hello-00001"));
 
     // Any manifest naming the Service deletes it, with its revisions.
-    let file = s.revgate.write_manifest(&first_version(&s.a));
+    let file = s.revgate.write_manifest(&support::hello_on(&s.a));
     let out = s.revgate.cli(&["delete", "-f", file.to_str().expect("utf-8 path")]);
     assert!(out.status.success(), "{}", support::stderr(&out));
     assert!(stdout(&out).contains("service.serving.knative.dev/hello deleted"), "{}", stdout(&out));
@@ -217,7 +169,7 @@ async fn a_rejected_update_keeps_the_last_good_config_and_shows_in_status() {
         .await
         .expect("admin API");
     assert!(armed.status().is_success());
-    s.revgate.apply(&second_version(&s.b, 0));
+    s.revgate.apply(&support::hello_split(&s.b, 0, "hello-00002"));
     let node = s.envoy.node_id.clone();
     let message = wait_for("the gateway to NACK", async || {
         let view = s.revgate.gateway().await;
@@ -271,12 +223,12 @@ async fn restarting_the_control_plane_keeps_state_and_envoy_keeps_serving() {
 
     // Envoy reconnects by itself and takes changes made after the restart.
     s.revgate.wait_acked(&s.envoy.node_id).await;
-    let unchanged = s.revgate.apply(&second_version(&s.b, 100));
+    let unchanged = s.revgate.apply(&support::hello_split(&s.b, 100, "hello-00002"));
     assert!(
         unchanged.contains("unchanged") && !unchanged.contains("hello-00003"),
         "re-applying creates no revision: {unchanged}"
     );
-    s.revgate.apply(&second_version(&s.b, 0));
+    s.revgate.apply(&support::hello_split(&s.b, 0, "hello-00002"));
     s.revgate.wait_acked(&s.envoy.node_id).await;
     s.envoy.wait_body(HOST, &[], "hello-b").await;
 }

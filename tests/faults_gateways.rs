@@ -28,26 +28,6 @@ use tonic::Streaming;
 const CDS: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
 const STRAY: &str = "stray-client";
 
-/// A Service whose one revision runs on `backend` (static endpoints).
-fn warm_service(backend: &Backend) -> String {
-    format!(
-        r#"apiVersion: serving.knative.dev/v1
-kind: Service
-metadata:
-  name: hello
-spec:
-  template:
-    metadata:
-      annotations:
-        revgate.dev/endpoints: "{}"
-    spec:
-      containers:
-      - image: example.com/hello:v1
-"#,
-        backend.endpoint()
-    )
-}
-
 /// A Service with no endpoints yet: its revision `cold-00001` is at zero.
 const COLD_SERVICE: &str = r#"apiVersion: serving.knative.dev/v1
 kind: Service
@@ -149,7 +129,7 @@ async fn a_stray_xds_client_that_nacks_and_leaves_stops_counting() {
     let revgate = Revgate::start(&dir.path().join("state"), free_port()).await;
     let envoy = envoy_from_rendered_bootstrap(dir.path(), &revgate, revgate.xds_addr).await;
     let backend = Backend::start("hello").await;
-    revgate.apply(&warm_service(&backend));
+    revgate.apply(&support::hello_on(&backend));
     revgate.wait_acked(&envoy.node_id).await;
     let s = Setup { backend, envoy, revgate, _dir: dir };
     s.envoy.wait_body("hello.default.example.com", &[], "hello").await;
@@ -236,7 +216,7 @@ async fn beyond_loopback_only_gateways_with_the_token_are_served() {
     // A real Envoy from the rendered bootstrap connects and serves.
     let envoy = envoy_from_rendered_bootstrap(dir.path(), &revgate, xds).await;
     let backend = Backend::start("hello").await;
-    revgate.apply(&warm_service(&backend));
+    revgate.apply(&support::hello_on(&backend));
     revgate.apply(COLD_SERVICE);
     revgate.wait_acked(&envoy.node_id).await;
     let s = Setup { backend, envoy, revgate, _dir: dir };
@@ -450,7 +430,7 @@ async fn mutual_tls_admits_only_gateways_with_a_certificate_the_ca_signed() {
     std::fs::write(&bootstrap, &out.stdout).expect("writing the bootstrap");
     let envoy = Envoy::start(dir.path(), &bootstrap, admin_port, revgate.http_port, &node_id).await;
     let backend = Backend::start("hello").await;
-    revgate.apply(&warm_service(&backend));
+    revgate.apply(&support::hello_on(&backend));
     revgate.wait_acked(&envoy.node_id).await;
     let s = Setup { backend, envoy, revgate, _dir: dir };
     s.envoy.wait_body("hello.default.example.com", &[], "hello").await;

@@ -14,53 +14,6 @@ const HOST: &str = "hello.default.example.com";
 const CANARY_HOST: &str = "canary-hello.default.example.com";
 const ROUTE_HOST: &str = "web.default.example.com";
 
-/// The first version of the Service: revision `hello-00001` on backend `a`.
-fn first(a: &Backend) -> String {
-    format!(
-        r#"apiVersion: serving.knative.dev/v1
-kind: Service
-metadata:
-  name: hello
-spec:
-  template:
-    metadata:
-      annotations:
-        revgate.dev/endpoints: "{a}"
-    spec:
-      containers:
-      - image: example.com/hello:v1
-"#,
-        a = a.endpoint(),
-    )
-}
-
-/// The second version: revision `hello-00002` on backend `b`, and a 50/50
-/// split whose second entry, tagged `canary`, names `second`.
-fn second(b: &Backend, second: &str) -> String {
-    format!(
-        r#"apiVersion: serving.knative.dev/v1
-kind: Service
-metadata:
-  name: hello
-spec:
-  template:
-    metadata:
-      annotations:
-        revgate.dev/endpoints: "{b}"
-    spec:
-      containers:
-      - image: example.com/hello:v2
-  traffic:
-  - revisionName: hello-00001
-    percent: 50
-  - revisionName: {second}
-    percent: 50
-    tag: canary
-"#,
-        b = b.endpoint(),
-    )
-}
-
 /// A bare Route sending everything to `revision`.
 fn bare_route(revision: &str) -> String {
     format!(
@@ -144,14 +97,23 @@ async fn a_split_naming_a_missing_revision_keeps_serving_the_last_traffic() {
     let mut revgate = Revgate::start(&dir.path().join("state"), support::free_port()).await;
     let envoy = Envoy::start_ads(dir.path(), &revgate, false).await;
 
-    revgate.apply(&format!("{}---\n{}---\n{}", first(&a), second(&b, "hello-00002"), bare_route("hello-00001")));
+    revgate.apply(&format!(
+        "{}---\n{}---\n{}",
+        support::hello_on(&a),
+        support::hello_split(&b, 50, "hello-00002"),
+        bare_route("hello-00001")
+    ));
     revgate.wait_acked(&envoy.node_id).await;
     envoy.wait_body(CANARY_HOST, &[], "hello-b").await;
     envoy.wait_body(ROUTE_HOST, &[], "hello-a").await;
 
     let load = Load::start(&envoy);
     load.wait_more(30).await;
-    let file = revgate.write_manifest(&format!("{}---\n{}", second(&b, "hello-00009"), bare_route("hello-00009")));
+    let file = revgate.write_manifest(&format!(
+        "{}---\n{}",
+        support::hello_split(&b, 50, "hello-00009"),
+        bare_route("hello-00009")
+    ));
     let out = revgate.cli(&["apply", "-f", file.to_str().expect("utf-8 path")]);
     assert!(out.status.success(), "the apply is accepted, as in Knative: {}", stderr(&out));
     let warnings = stderr(&out);

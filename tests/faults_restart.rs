@@ -11,26 +11,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde_json::Value;
-use support::{Backend, DEADLINE, Envoy, Revgate, stderr, stdout, wait_for};
+use support::{Backend, DEADLINE, Envoy, Revgate, service_manifest as service, stderr, stdout, wait_for};
 
 const HOST: &str = "hello.default.example.com";
 const REVISION: &str = "hello-00001";
-
-/// A Service without static endpoints: whoever runs it registers them.
-fn service(name: &str) -> String {
-    format!(
-        r#"apiVersion: serving.knative.dev/v1
-kind: Service
-metadata:
-  name: {name}
-spec:
-  template:
-    spec:
-      containers:
-      - image: example.com/{name}:v1
-"#
-    )
-}
 
 /// Fields drop in order: the processes go before the directory holding their logs.
 struct Setup {

@@ -91,6 +91,12 @@ async fn two_ready(up: &Up) -> Vec<i32> {
 async fn the_next_up_stops_what_a_killed_up_left_running() {
     let dir = tempfile::tempdir().expect("temp dir");
     let mut up = Up::start(dir.path(), MANIFESTS).await;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.path().join("state")).expect("state directory").permissions().mode();
+        assert_eq!(mode & 0o777, 0o700, "revgate up creates its state directory for its owner only");
+    }
     let old_instances: Vec<Seen> = two_ready(&up).await.into_iter().map(Seen::now).collect();
     let old_envoy = Seen::now(up.envoy_pid());
 

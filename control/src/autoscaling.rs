@@ -36,7 +36,7 @@ use tokio::sync::{broadcast, watch};
 use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::activation::{Activation, ActivationService};
-use crate::control::replace_if_changed;
+use crate::publish::replace_if_changed;
 
 /// Knative's bucket size: the collector records one stat per second.
 const COLLECT_INTERVAL: Duration = Duration::from_secs(1);

@@ -19,7 +19,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use revgate_model::decode::Budget;
 use revgate_model::plan::{Endpoint, EndpointMap, GatewayPlan, ObjectKey};
@@ -39,6 +39,7 @@ pub use crate::external::{EndpointsOrigin, EndpointsSource};
 use crate::external::{ExternalRuntime, RegistrationError};
 use crate::faults::Fault;
 use crate::manifests::ManifestFile;
+use crate::publish::{replace_if_changed, unix_now};
 use crate::store::{Store, StoreError, UnreadableObject, delete_unreadable};
 use crate::zero_gate::Gated;
 
@@ -194,7 +195,8 @@ impl Handle {
     /// Registers the live endpoints of a revision whose instances run outside
     /// revgate (replacing earlier ones; empty means scaled to zero). Answers
     /// once the owner published them — going to zero, once every filter
-    /// heard and the endpoints left — with what is published.
+    /// heard and the endpoints left — with what is published. A revision
+    /// deleted meanwhile takes its registration with it, stored or not.
     pub async fn set_endpoints(
         &self,
         revision: ObjectKey,
@@ -206,9 +208,10 @@ impl Handle {
                  start `revgate serve --runtime external` to register endpoints yourself"
             )));
         };
-        external.register(revision.clone(), endpoints.clone()).map_err(|e| match e {
+        external.register(revision.clone(), endpoints.clone()).await.map_err(|e| match e {
             RegistrationError::UnknownRevision { .. } => ControlError::NotFound(e.to_string()),
             RegistrationError::Store { source, .. } => ControlError::Store(source),
+            RegistrationError::ShuttingDown { .. } => ControlError::ShuttingDown,
         })?;
         let mut applied = self.endpoints.clone();
         let published =
@@ -459,8 +462,12 @@ impl ControlPlane {
                 (next, changes, warnings)
             }
         };
-        self.store.save(&self.world, &next)?;
         let changed = *self.world != next;
+        // An apply that changes nothing writes nothing (a write transaction
+        // is a durable commit), unless unreadable rows leave with it.
+        if changed || self.store.forgets_on_save() {
+            self.store.save(&self.world, &next)?;
+        }
         self.world = Arc::new(next);
         let published = if changed {
             self.world_tx.send_replace(self.world.clone());
@@ -547,22 +554,6 @@ async fn changed<T: Clone>(receiver: &mut Option<watch::Receiver<T>>) -> Option<
     }
 }
 
-/// Publishes `value` unless it equals what readers have, so they wake only
-/// for real changes.
-pub fn replace_if_changed<T: PartialEq>(tx: &watch::Sender<Arc<T>>, value: T) {
-    tx.send_if_modified(|current| {
-        let changed = **current != value;
-        if changed {
-            *current = Arc::new(value);
-        }
-        changed
-    });
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
-}
-
 /// Derives each route's ingress state from what the connected gateways
 /// acknowledged: a route is programmed once some gateway ACKed the versions
 /// currently published, and rejected while a gateway NACKs them.
@@ -614,23 +605,8 @@ mod tests {
     use revgate_runtime::RevisionStates;
 
     use super::*;
+    use crate::testing::{HELLO_SERVICE as SERVICE, hello_revision as key};
     use crate::zero_gate::{self, ColdNotice};
-
-    const SERVICE: &str = "apiVersion: serving.knative.dev/v1
-kind: Service
-metadata:
-  name: hello
-  namespace: default
-spec:
-  template:
-    spec:
-      containers:
-        - image: example.com/hello
-";
-
-    fn key() -> ObjectKey {
-        ObjectKey::new("default", "hello-00001")
-    }
 
     fn ready(port: Option<u16>) -> Arc<RevisionStates> {
         let ready = port.map(|port| Endpoint { host: "127.0.0.1".into(), port }).into_iter().collect();

@@ -33,9 +33,9 @@ use tokio::sync::{broadcast, watch};
 use crate::activation::ActivationService;
 use crate::autoscaling::Autoscaler;
 use crate::cli::ControllerArgs;
-use crate::control::replace_if_changed;
 use crate::gateway_auth::{self, GatewayTokenError};
 use crate::http;
+use crate::publish::replace_if_changed;
 use crate::serve::Shutdown;
 use crate::zero_gate::{GatedRuntime, desired_counts};
 

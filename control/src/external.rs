@@ -10,21 +10,20 @@
 //! Registrations are stored before they are published (what Envoy is sent is
 //! always what a restart restores), restored at start, and shown in each
 //! revision's status as `registeredEndpoints` with `source: Registered` or
-//! `Restored`.
+//! `Restored`. A deleted revision's registration leaves with it, from the
+//! store as from what is published, so that a revision created again under
+//! the same name starts with none.
 
 use std::collections::BTreeMap;
-use std::future::Future;
-use std::pin::Pin;
-use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex, Weak};
 
 use revgate_model::World;
 use revgate_model::plan::{Endpoint, ObjectKey};
-use revgate_runtime::{RevisionState, RevisionStates, Runtime, Workload};
+use revgate_runtime::{RevisionState, RevisionStates};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use crate::control::replace_if_changed;
+use crate::publish::{replace_if_changed, unix_now};
 use crate::store::{Registration, RegistrationStore, StoreError};
 
 /// Where a revision's endpoints come from when they are registered through
@@ -66,11 +65,18 @@ pub enum RegistrationError {
     UnknownRevision { revision: ObjectKey },
     #[error("storing the endpoints of revision {revision}: {source}")]
     Store { revision: ObjectKey, source: StoreError },
+    #[error("the endpoints of revision {revision} were not registered: revgate is shutting down")]
+    ShuttingDown { revision: ObjectKey },
 }
 
 /// The registrations and what they publish. Behind a mutex because the
-/// admin API's handlers register concurrently; every update is a store write
-/// and two `watch` sends, never held across an `.await`.
+/// admin API's handlers register concurrently, and the world's deletes drop
+/// registrations meanwhile; every update is a store write and two `watch`
+/// sends, made on a blocking thread and never held across an `.await`.
+///
+/// Whether a revision exists is read from the world under the lock: a
+/// registration then either precedes the delete that removes it, or sees
+/// the revision gone.
 #[derive(Debug)]
 struct Registry {
     store: RegistrationStore,
@@ -95,8 +101,9 @@ impl Registry {
             .iter()
             .map(|(key, (registration, origin))| (key.clone(), EndpointsSource::new(registration, *origin)))
             .collect();
-        replace_if_changed(&self.states, states);
+        // Sources first: whoever sees the states change finds their sources current.
         replace_if_changed(&self.sources, sources);
+        replace_if_changed(&self.states, states);
     }
 }
 
@@ -112,9 +119,14 @@ pub struct ExternalRuntime {
 impl ExternalRuntime {
     /// Restores the stored registrations of revisions in the world and
     /// starts following the world, forgetting the registrations of deleted
-    /// revisions (the world's store removes their rows).
+    /// revisions. Stored registrations of revisions no longer stored are
+    /// removed first.
     pub fn start(store: RegistrationStore, world: watch::Receiver<Arc<World>>) -> Result<Self, StoreError> {
         let current = world.borrow().clone();
+        let orphans = store.remove_orphans(&current)?;
+        if !orphans.is_empty() {
+            tracing::info!(revisions = orphans.len(), "removed the stored endpoints of revisions that no longer exist");
+        }
         let entries = store
             .load()?
             .into_iter()
@@ -133,18 +145,20 @@ impl ExternalRuntime {
     /// Registers the live endpoints of `revision` (replacing earlier ones;
     /// none means it has no ready instance), stored before they are
     /// published.
-    pub fn register(&self, revision: ObjectKey, endpoints: Vec<Endpoint>) -> Result<(), RegistrationError> {
-        if !self.world.borrow().revisions.contains_key(&revision) {
-            return Err(RegistrationError::UnknownRevision { revision });
+    pub async fn register(&self, revision: ObjectKey, endpoints: Vec<Endpoint>) -> Result<(), RegistrationError> {
+        let (registry, world) = (self.registry.clone(), self.world.clone());
+        let key = revision.clone();
+        // A durable store commit under a lock: on a blocking thread, not an async worker.
+        match tokio::task::spawn_blocking(move || register(&registry, &world, revision, endpoints)).await {
+            Ok(registered) => registered,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(_) => Err(RegistrationError::ShuttingDown { revision: key }),
         }
-        let registration = Registration { endpoints, registered_at: unix_now() };
-        let mut registry = lock(&self.registry);
-        if let Err(source) = registry.store.save(&revision, &registration) {
-            return Err(RegistrationError::Store { revision, source });
-        }
-        registry.entries.insert(revision, (registration, EndpointsOrigin::Registered));
-        registry.publish();
-        Ok(())
+    }
+
+    /// Every revision's registered endpoints, as ready endpoints.
+    pub fn states(&self) -> watch::Receiver<Arc<RevisionStates>> {
+        self.states.clone()
     }
 
     /// Per revision with registered endpoints: where they come from.
@@ -153,49 +167,70 @@ impl ExternalRuntime {
     }
 }
 
-/// Drops the registrations of revisions that left the world; ends with the runtime.
-async fn forget_deleted(registry: std::sync::Weak<Mutex<Registry>>, mut world: watch::Receiver<Arc<World>>) {
+/// Stores and publishes a registration, if its revision is in the world
+/// when the registry is locked. Blocks on the store.
+fn register(
+    registry: &Mutex<Registry>,
+    world: &watch::Receiver<Arc<World>>,
+    revision: ObjectKey,
+    endpoints: Vec<Endpoint>,
+) -> Result<(), RegistrationError> {
+    let mut registry = lock(registry);
+    if !world.borrow().revisions.contains_key(&revision) {
+        return Err(RegistrationError::UnknownRevision { revision });
+    }
+    let registration = Registration { endpoints, registered_at: unix_now() };
+    if let Err(source) = registry.store.save(&revision, &registration) {
+        return Err(RegistrationError::Store { revision, source });
+    }
+    registry.entries.insert(revision, (registration, EndpointsOrigin::Registered));
+    registry.publish();
+    Ok(())
+}
+
+/// Drops the registrations of revisions that left the world, with their
+/// rows; ends with the runtime.
+async fn forget_deleted(registry: Weak<Mutex<Registry>>, mut world: watch::Receiver<Arc<World>>) {
     while world.changed().await.is_ok() {
-        let current = world.borrow_and_update().clone();
         let Some(registry) = registry.upgrade() else { return };
-        let mut registry = lock(&registry);
-        let before = registry.entries.len();
-        registry.entries.retain(|key, _| current.revisions.contains_key(key));
-        if registry.entries.len() != before {
-            registry.publish();
+        match tokio::task::spawn_blocking(move || {
+            forget(&registry, &mut world);
+            world
+        })
+        .await
+        {
+            Ok(following) => world = following,
+            Err(_) => return,
         }
     }
 }
 
-impl Runtime for ExternalRuntime {
-    /// The registrar decides how many instances run; nothing to do.
-    fn scale(&self, _: &Workload, _: u32) {}
-
-    fn remove(&self, key: &ObjectKey) {
-        let mut registry = lock(&self.registry);
-        if registry.entries.remove(key).is_some() {
-            registry.publish();
-        }
+/// Drops the registrations of revisions not in the latest world, read under
+/// the registry's lock so that a registration made since is judged by the
+/// world it was made in. Blocks on the store.
+fn forget(registry: &Mutex<Registry>, world: &mut watch::Receiver<Arc<World>>) {
+    let mut registry = lock(registry);
+    let current = world.borrow_and_update().clone();
+    let gone: Vec<ObjectKey> =
+        registry.entries.keys().filter(|key| !current.revisions.contains_key(*key)).cloned().collect();
+    if gone.is_empty() {
+        return;
     }
-
-    fn states(&self) -> watch::Receiver<Arc<RevisionStates>> {
-        self.states.clone()
+    // The world's delete removed their rows, unless a registration was
+    // stored after it and before the world showed it.
+    if let Err(e) = registry.store.remove(&gone) {
+        tracing::warn!(error = %e, "removing the stored endpoints of deleted revisions failed; the next start removes them");
     }
-
-    /// The instances belong to whoever registered them: nothing to stop.
-    fn shutdown(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
-        Box::pin(async {})
+    for key in &gone {
+        registry.entries.remove(key);
     }
+    registry.publish();
 }
 
 /// Locks the registry; its data stays consistent even if a holder panicked
 /// (every update is one insert or removal followed by a publish).
 fn lock(registry: &Mutex<Registry>) -> std::sync::MutexGuard<'_, Registry> {
     registry.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -205,22 +240,7 @@ mod tests {
 
     use super::*;
     use crate::store::Store;
-
-    const SERVICE: &str = "apiVersion: serving.knative.dev/v1
-kind: Service
-metadata:
-  name: hello
-  namespace: default
-spec:
-  template:
-    spec:
-      containers:
-        - image: example.com/hello
-";
-
-    fn key() -> ObjectKey {
-        ObjectKey::new("default", "hello-00001")
-    }
+    use crate::testing::{HELLO_SERVICE as SERVICE, hello_revision as key};
 
     fn world() -> Arc<World> {
         let documents = parse_documents_within("hello.yaml", SERVICE, &mut Budget::default()).expect("manifest");
@@ -244,11 +264,11 @@ spec:
         let runtime = ExternalRuntime::start(store.registrations(), world_rx.clone()).expect("start");
 
         let unknown = ObjectKey::new("default", "made-up-00001");
-        let refused = runtime.register(unknown.clone(), vec![endpoint(8081)]).expect_err("unknown revision");
+        let refused = runtime.register(unknown.clone(), vec![endpoint(8081)]).await.expect_err("unknown revision");
         assert!(refused.to_string().contains("revision default/made-up-00001 does not exist"), "{refused}");
         assert!(runtime.states().borrow().is_empty() && store.registrations().load().expect("read").is_empty());
 
-        runtime.register(key(), vec![endpoint(8081)]).expect("register");
+        runtime.register(key(), vec![endpoint(8081)]).await.expect("register");
         assert_eq!(ready(&runtime), Some(vec![endpoint(8081)]));
         let registered = runtime.sources()[&key()].clone();
         assert_eq!(registered.source, EndpointsOrigin::Registered);
@@ -262,7 +282,7 @@ spec:
         assert_eq!(restored.registered_at, registered.registered_at);
 
         // Registering none keeps the revision, at zero endpoints.
-        runtime.register(key(), Vec::new()).expect("register");
+        runtime.register(key(), Vec::new()).await.expect("register");
         assert_eq!(ready(&runtime), Some(Vec::new()));
 
         // A deleted revision's registration is forgotten.
@@ -270,5 +290,60 @@ spec:
         let mut states = runtime.states();
         states.wait_for(|states| states.is_empty()).await.expect("runtime");
         assert!(runtime.sources().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_registration_racing_the_delete_of_its_revision_leaves_nothing_behind() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let mut store = Store::open(dir.path()).expect("store");
+        store.save(&World::default(), &world()).expect("save");
+        let (world_tx, world_rx) = watch::channel(world());
+        let runtime = ExternalRuntime::start(store.registrations(), world_rx).expect("start");
+
+        // The owner stores the delete; the registration lands before the
+        // world shows it.
+        store.save(&world(), &World::default()).expect("delete");
+        runtime.register(key(), vec![endpoint(8081)]).await.expect("registered while the revision is shown");
+        world_tx.send_replace(Arc::new(World::default()));
+        let mut states = runtime.states();
+        states.wait_for(|states| states.is_empty()).await.expect("runtime");
+        assert!(runtime.sources().is_empty());
+        assert!(store.registrations().load().expect("read").is_empty(), "its row left with it");
+
+        // Once the world shows the delete, a registration is refused.
+        let refused = runtime.register(key(), vec![endpoint(8081)]).await.expect_err("deleted revision");
+        assert!(matches!(refused, RegistrationError::UnknownRevision { .. }), "{refused}");
+        assert!(store.registrations().load().expect("read").is_empty());
+
+        // A revision created again under the same name starts with no endpoints.
+        world_tx.send_replace(world());
+        let restarted = ExternalRuntime::start(store.registrations(), watch::channel(world()).1).expect("restart");
+        assert_eq!(ready(&runtime), None);
+        assert_eq!(ready(&restarted), None);
+    }
+
+    #[tokio::test]
+    async fn stored_endpoints_of_revisions_that_are_gone_are_removed_at_start() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let unreadable = ObjectKey::new("default", "damaged-00001");
+        crate::store::tests::write_raw_row(dir.path(), "revisions", "default/damaged-00001", b"{not json");
+        let mut store = Store::open(dir.path()).expect("store");
+        let current = store.load().expect("load");
+        assert_eq!(store.unreadable().len(), 1);
+        store.save(&current, &world()).expect("save");
+        let registered = Registration { endpoints: vec![endpoint(8081)], registered_at: 1 };
+        let gone = ObjectKey::new("default", "gone-00001");
+        for revision in [key(), gone.clone(), unreadable.clone()] {
+            store.registrations().save(&revision, &registered).expect("stored registration");
+        }
+
+        let runtime = ExternalRuntime::start(store.registrations(), watch::channel(world()).1).expect("start");
+        assert_eq!(ready(&runtime), Some(vec![endpoint(8081)]));
+        let stored = store.registrations().load().expect("read");
+        assert_eq!(
+            stored.keys().cloned().collect::<Vec<_>>(),
+            [unreadable, key()],
+            "the revision that is gone lost its row; the unreadable one kept it"
+        );
     }
 }

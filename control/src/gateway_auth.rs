@@ -23,6 +23,8 @@ use axum::response::{IntoResponse, Response};
 use revgate_xds::server::auth::{self, Refusal, TokenError};
 use revgate_xds::{GatewayAuth, GatewayToken};
 
+use crate::private_file::{self, TokenFileError};
+
 /// The token's file in the state directory, beside `admin-token`.
 pub const GATEWAY_TOKEN_FILE: &str = "gateway-token";
 /// The environment variable that carries the token itself.
@@ -36,8 +38,8 @@ const ACTIVATION_PORT: &str = "the activation service";
 pub enum GatewayTokenError {
     #[error("reading the gateway token from {path}: {source} (check --gateway-token-file)")]
     Read { path: PathBuf, source: std::io::Error },
-    #[error("creating the gateway token {path}: {source} (is the state directory writable?)")]
-    Create { path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    StateFile(#[from] TokenFileError),
     #[error("the gateway token in {origin} is unusable: {source}")]
     Invalid { origin: String, source: TokenError },
     #[error(
@@ -74,17 +76,7 @@ pub fn for_server(
     if let Some(token) = explicit(file, env)? {
         return Ok(token);
     }
-    let path = state_dir.join(GATEWAY_TOKEN_FILE);
-    match std::fs::read_to_string(&path) {
-        Ok(text) => return parse(&text, path.display().to_string()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(source) => return Err(GatewayTokenError::Read { path, source }),
-    }
-    let bytes: [u8; 32] = rand::random();
-    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    crate::serve::write_private(&path, &token)
-        .map_err(|source| GatewayTokenError::Create { path: path.clone(), source })?;
-    parse(&token, path.display().to_string())
+    Ok(private_file::read_or_create_token(&state_dir.join(GATEWAY_TOKEN_FILE))?)
 }
 
 /// The token given explicitly, else the one in `state_dir` if there is one

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use axum::Router;
 use tokio::net::TcpListener;
+use tokio::task::JoinSet;
 
 /// How long a client may take to send a request's line and headers, and how
 /// long an idle kept-alive connection stays open: a client that holds a
@@ -21,8 +22,14 @@ pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves `router` on `listener` until the task is dropped; `api` names the
 /// API in log lines.
+///
+/// The connections belong to this future: dropping it (aborting its task)
+/// closes them too, kept-alive connections and long polls included.
 pub async fn serve(listener: TcpListener, router: Router, api: &'static str) -> std::io::Result<()> {
+    let mut connections = JoinSet::new();
     loop {
+        // Finished connections leave the set as new ones arrive.
+        while connections.try_join_next().is_some() {}
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
             Err(e) => {
@@ -34,7 +41,7 @@ pub async fn serve(listener: TcpListener, router: Router, api: &'static str) -> 
             }
         };
         let service = hyper_util::service::TowerToHyperService::new(router.clone());
-        tokio::spawn(async move {
+        connections.spawn(async move {
             let connection = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(HEADER_READ_TIMEOUT)

@@ -29,8 +29,12 @@
 //! - `manifests`: reading manifest files and directories in `kubectl apply -f` order.
 //! - `gateway_auth`: the gateway token the xDS and activation ports require
 //!   beyond loopback.
+//! - `private_file`: files that hold secrets (the tokens, Envoy's
+//!   bootstrap), written owner-only and atomically.
 //! - `render`: configuration printed without a running control plane.
 //! - `table`: `kubectl get`-shaped tables.
+//! - `http`: serving the HTTP APIs with a header read timeout per connection.
+//! - `publish`: publishing owned state on `watch` channels only when it changed.
 //!
 //! Pure logic lives in the `revgate-model` (Knative resources),
 //! `revgate-xds` (Envoy translation and ADS) and `revgate-autoscaler` (the
@@ -54,6 +58,8 @@ pub mod gateway;
 pub mod gateway_auth;
 pub mod http;
 pub mod manifests;
+pub mod private_file;
+pub mod publish;
 pub mod render;
 pub mod serve;
 pub mod store;
@@ -61,3 +67,6 @@ pub mod table;
 pub mod up;
 pub mod views;
 pub mod zero_gate;
+
+#[cfg(test)]
+mod testing;

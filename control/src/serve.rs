@@ -43,6 +43,7 @@ use crate::control::{ControlPlane, Handle};
 use crate::external::ExternalRuntime;
 use crate::gateway_auth;
 use crate::http;
+use crate::private_file;
 use crate::store::Store;
 use crate::zero_gate;
 
@@ -171,7 +172,8 @@ impl Server {
     pub async fn start(config: ServerConfig) -> anyhow::Result<Self> {
         // Creates the state directory, owner-only, if it is new.
         let store = Store::open(&config.state_dir)?;
-        let token = admin_token(&config.state_dir)?;
+        let token =
+            private_file::read_or_create_token(&config.state_dir.join(TOKEN_FILE)).context("the admin API's token")?;
         let gateway_token = gateway_auth::for_server(
             config.gateway_token_file.as_deref(),
             gateway_auth::from_env(),
@@ -183,12 +185,24 @@ impl Server {
         let xds_listener = bind(config.xds_addr, "the xDS server", flags.xds).await?;
         let admin_listener = bind(config.admin_addr, "the admin API", flags.admin).await?;
         let activation_addr = activation_listener.local_addr()?;
+        let xds_addr = xds_listener.local_addr()?;
+        let admin_addr = admin_listener.local_addr()?;
+
+        // Every file-based setting is read and checked before the runtime
+        // starts: once it runs, a failure must also stop it.
         let filter = match &config.wasm_filter {
             Some(path) => {
                 Some(filter_settings(path, activation_addr, &gateway_token, config.filter_config.as_deref())?)
             }
             None => None,
         };
+        let mut xds_server = tonic::transport::Server::builder();
+        if let Some(tls) = &config.xds_tls {
+            xds_server = xds_server.tls_config(tls.server_config()?).context(
+                "configuring mutual TLS for the xDS server (--xds-tls-cert, --xds-tls-key, --xds-client-ca)",
+            )?;
+            tracing::info!(client_ca = %tls.client_ca.display(), "xDS speaks mutual TLS");
+        }
         let runtime: Option<Arc<dyn Runtime>> = match config.runtime {
             RuntimeKind::External => None,
             RuntimeKind::Process => {
@@ -216,27 +230,39 @@ impl Server {
         let xds = XdsServer::new(cache.clone());
         let settings = XdsSettings { listener_port: config.http_port, filter, ..XdsSettings::default() };
         let registrations = store.registrations();
-        let (plane, handle) = ControlPlane::start(store, cache, settings, xds.status())?;
-        let activation = ActivationService::start(handle.plan(), handle.desired(), xds.subscribe_acks());
-        // Every revision's endpoints come from a runtime: the process runtime,
-        // or the registrations of revisions that run elsewhere.
-        let (handle, states) = match &runtime {
-            Some(runtime) => {
-                let stored = registrations.load()?;
-                if !stored.is_empty() {
-                    // Registered by an earlier `serve --runtime external`; this
-                    // runtime starts its own instances and reports their endpoints.
-                    tracing::warn!(
-                        revisions = stored.len(),
-                        "ignoring stored endpoints registered for another runtime"
-                    );
+        // From here on the runtime may run instances: a step that fails stops it.
+        let wired = ControlPlane::start(store, cache, settings, xds.status()).and_then(|(plane, handle)| {
+            let activation = ActivationService::start(handle.plan(), handle.desired(), xds.subscribe_acks());
+            // Every revision's endpoints come from a runtime: the process
+            // runtime, or the registrations of revisions that run elsewhere.
+            let (handle, states) = match &runtime {
+                Some(runtime) => {
+                    let stored = registrations.load()?;
+                    if !stored.is_empty() {
+                        // Registered by an earlier `serve --runtime external`; this
+                        // runtime starts its own instances and reports their endpoints.
+                        tracing::warn!(
+                            revisions = stored.len(),
+                            "ignoring stored endpoints registered for another runtime"
+                        );
+                    }
+                    (handle, runtime.states())
                 }
-                (handle, runtime.states())
-            }
-            None => {
-                let external = ExternalRuntime::start(registrations, handle.world_updates())?;
-                let states = external.states();
-                (handle.with_external(external), states)
+                None => {
+                    let external = ExternalRuntime::start(registrations, handle.world_updates())?;
+                    let states = external.states();
+                    (handle.with_external(external), states)
+                }
+            };
+            Ok((plane, handle, activation, states))
+        });
+        let (plane, handle, activation, states) = match wired {
+            Ok(wired) => wired,
+            Err(e) => {
+                if let Some(runtime) = &runtime {
+                    runtime.shutdown().await;
+                }
+                return Err(e.into());
             }
         };
         // Going to zero, the filters hear first (see `zero_gate`).
@@ -256,8 +282,6 @@ impl Server {
             tracing::info!(file = %config.state_dir.join(TOKEN_FILE).display(), "admin API bound beyond loopback: bearer token required");
             Some(token)
         };
-        let xds_addr = xds_listener.local_addr()?;
-        let admin_addr = admin_listener.local_addr()?;
         tracing::info!(
             xds = %xds_addr,
             admin = %admin_addr,
@@ -277,13 +301,6 @@ impl Server {
             test_hooks: config.test_hooks,
         });
         let plane = tokio::spawn(plane.run(Some(states)));
-        let mut xds_server = tonic::transport::Server::builder();
-        if let Some(tls) = &config.xds_tls {
-            xds_server = xds_server.tls_config(tls.server_config()?).context(
-                "configuring mutual TLS for the xDS server (--xds-tls-cert, --xds-tls-key, --xds-client-ca)",
-            )?;
-            tracing::info!(client_ca = %tls.client_ca.display(), "xDS speaks mutual TLS");
-        }
         let xds = tokio::spawn(
             xds_server
                 .add_service(xds.into_authenticated_service(gateway_auth::xds_auth(xds_addr, &gateway_token)))
@@ -408,34 +425,6 @@ fn filter_settings(
         control_address,
         configuration: configuration.to_string(),
     })
-}
-
-/// Reads the admin token, creating it on first start (readable by the owner only).
-fn admin_token(state_dir: &Path) -> anyhow::Result<String> {
-    let path = state_dir.join(TOKEN_FILE);
-    match std::fs::read_to_string(&path) {
-        Ok(token) => return Ok(token.trim().to_owned()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
-    }
-    let bytes: [u8; 32] = rand::random();
-    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    write_private(&path, &token).with_context(|| format!("writing {}", path.display()))?;
-    Ok(token)
-}
-
-/// Creates `path` with `content`, readable and writable by the owner only.
-#[cfg(unix)]
-pub(crate) fn write_private(path: &Path, content: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
-    file.write_all(content.as_bytes())
-}
-
-#[cfg(not(unix))]
-pub(crate) fn write_private(path: &Path, content: &str) -> std::io::Result<()> {
-    std::fs::write(path, content)
 }
 
 /// Ctrl-C (SIGINT) and SIGTERM, registered as soon as this is created so

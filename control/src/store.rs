@@ -162,6 +162,11 @@ impl Store {
         self.forget = rows;
     }
 
+    /// Whether the next [`Store::save`] removes unreadable rows.
+    pub fn forgets_on_save(&self) -> bool {
+        !self.forget.is_empty()
+    }
+
     /// Replaces the stored world by `world` in one transaction, writing only
     /// the objects that differ from `previous`. Registered endpoints of
     /// revisions that are gone leave with them.
@@ -229,6 +234,46 @@ impl RegistrationStore {
             table.insert(row_key(revision).as_str(), json.as_slice()).map_err(|e| self.db_error(e))?;
         }
         txn.commit().map_err(|e| self.db_error(e))
+    }
+
+    /// Removes the endpoints registered for `revisions` in one transaction.
+    pub fn remove(&self, revisions: &[ObjectKey]) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(|e| self.db_error(e))?;
+        {
+            let mut table = txn.open_table(ENDPOINTS).map_err(|e| self.db_error(e))?;
+            for revision in revisions {
+                table.remove(row_key(revision).as_str()).map_err(|e| self.db_error(e))?;
+            }
+        }
+        txn.commit().map_err(|e| self.db_error(e))
+    }
+
+    /// Removes, in one transaction, the endpoints registered for revisions
+    /// that are not in `world` and have no stored row either, and returns
+    /// them. A revision whose row could not be read keeps its endpoints: it
+    /// is still stored, and may be read again once its row is fixed.
+    pub fn remove_orphans(&self, world: &World) -> Result<Vec<ObjectKey>, StoreError> {
+        let txn = self.db.begin_write().map_err(|e| self.db_error(e))?;
+        let mut orphans = Vec::new();
+        {
+            let revisions = txn.open_table(REVISIONS).map_err(|e| self.db_error(e))?;
+            let mut endpoints = txn.open_table(ENDPOINTS).map_err(|e| self.db_error(e))?;
+            for row in endpoints.iter().map_err(|e| self.db_error(e))? {
+                let (key, _) = row.map_err(|e| self.db_error(e))?;
+                // A key that is not namespace/name names no revision; `load` warns of it.
+                let Some((namespace, name)) = key.value().split_once('/') else { continue };
+                let revision = ObjectKey::new(namespace, name);
+                let stored = revisions.get(key.value()).map_err(|e| self.db_error(e))?.is_some();
+                if !stored && !world.revisions.contains_key(&revision) {
+                    orphans.push(revision);
+                }
+            }
+            for revision in &orphans {
+                endpoints.remove(row_key(revision).as_str()).map_err(|e| self.db_error(e))?;
+            }
+        }
+        txn.commit().map_err(|e| self.db_error(e))?;
+        Ok(orphans)
     }
 
     fn db_error(&self, e: impl std::fmt::Display) -> StoreError {
@@ -349,7 +394,7 @@ fn unreadable_revisions(
 /// Creates `dir` (and missing parents) readable by its owner only. An
 /// existing directory is left as it is: it may be one the user shares on
 /// purpose; the database file inside is restricted anyway.
-fn create_private_dir(dir: &Path) -> Result<(), StoreError> {
+pub fn create_private_dir(dir: &Path) -> Result<(), StoreError> {
     let mut builder = std::fs::DirBuilder::new();
     builder.recursive(true);
     #[cfg(unix)]
@@ -456,7 +501,7 @@ fn remove_row(txn: &redb::WriteTransaction, row: &UnreadableObject) -> Result<()
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// Writes `value` as the raw row `key` of `table`, as a damaged or

@@ -26,7 +26,9 @@ use crate::cli::{RuntimeKind, UpArgs};
 use crate::control::{ControlError, Handle};
 use crate::gateway::{Envoy, FilterOrigin, envoy_version, find_envoy, find_filter};
 use crate::manifests::{self, ManifestFile};
+use crate::private_file;
 use crate::serve::{AddressFlags, LOG_DIR, Server, ServerConfig, Shutdown};
+use crate::store;
 
 /// The node id of the gateway `revgate up` starts.
 const NODE_ID: &str = "revgate-gateway";
@@ -73,6 +75,9 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     };
     step(format_args!("gateway filter {} ({how})", filter.display()));
 
+    // Created before anything is written into it, so that it is the owner's
+    // only, as `Store::open` would create it.
+    store::create_private_dir(&args.state_dir)?;
     // A killed `up` on this state directory may have left its Envoy running,
     // holding the ports this one needs: stop it first. (Its instances are
     // the process runtime's, which stops them as it starts.)
@@ -175,7 +180,8 @@ async fn serve(
         token: Some(platform.gateway_token.clone()),
         tls: None,
     })?;
-    write_owner_only(&bootstrap, &yaml).with_context(|| format!("writing {}", bootstrap.display()))?;
+    // Owner-only: the bootstrap carries the gateway token.
+    private_file::write(&bootstrap, &yaml).with_context(|| format!("writing {}", bootstrap.display()))?;
     // Envoy runs one filter VM per worker; the count is passed explicitly so
     // that revgate knows how many filters to wait for.
     let workers = args.envoy_concurrency.unwrap_or_else(|| {
@@ -312,16 +318,4 @@ fn domain_config_map(domain: &str) -> ManifestFile {
             serde_json::Value::String(domain.to_owned())
         ),
     }
-}
-
-/// Writes `content` to `path`, readable by the owner only: the bootstrap
-/// carries the gateway token.
-fn write_owner_only(path: &Path, content: &str) -> std::io::Result<()> {
-    std::fs::write(path, content)?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    }
-    Ok(())
 }

@@ -13,6 +13,7 @@
 //! | not zero | anything | the input, at once | no (a pending withdrawal is superseded) |
 //! | zero | not zero | what was shown, until every filter heard R is cold or [`COLD_NOTICE_TIMEOUT`] passed; then the input | yes, while it waits |
 //! | zero | zero | the input | no |
+//! | zero | nothing (only where [`Withdrawal::HOLD_UNSEEN`], as cluster mode's scales) | nothing, until every filter heard R is cold or [`COLD_NOTICE_TIMEOUT`] passed; then the input | yes, while it waits |
 //! | absent (the revision is gone) | anything | nothing, at once | no |
 //!
 //! "Cold" is what the filters are told: the revisions in [`Gated::cold`]
@@ -43,7 +44,7 @@ use tokio::sync::watch;
 use tokio::task::{AbortHandle, JoinSet};
 
 use crate::activation::{ActivationService, COLD_NOTICE_TIMEOUT};
-use crate::control::replace_if_changed;
+use crate::publish::replace_if_changed;
 
 /// Waits until every live gateway filter heard that a revision is cold
 /// (wanted at zero endpoints). It need not give up by itself: the gate stops
@@ -228,8 +229,21 @@ pub fn start<T: Withdrawal + std::fmt::Debug>(
                     waits.follow(step);
                 }
                 Some(done) = waits.tasks.join_next_with_id(), if !waits.tasks.is_empty() => {
-                    // A cancelled wait, or one superseded after it finished, lets nothing through.
-                    let Ok((id, revision)) = done else { continue };
+                    // A cancelled wait, or one superseded after it finished, lets nothing through;
+                    // a wait that panicked lets its withdrawal through, as on timeout, rather than
+                    // leave the revision cold for good.
+                    let (id, revision) = match done {
+                        Ok(done) => done,
+                        Err(e) if e.is_panic() => {
+                            let id = e.id();
+                            let waiting = waits.pending.iter().find(|(_, wait)| wait.id() == id);
+                            let Some(revision) = waiting.map(|(key, _)| key.clone()) else { continue };
+                            tracing::warn!(%revision, "waiting for the gateway filters to hear the revision is cold \
+                                failed; removing its endpoints anyway");
+                            (id, revision)
+                        }
+                        Err(_) => continue,
+                    };
                     if waits.pending.get(&revision).map(AbortHandle::id) != Some(id) {
                         continue;
                     }
@@ -521,6 +535,31 @@ mod tests {
         tokio::time::advance(Duration::from_millis(1)).await;
         s.gated.wait_for(|gated| gated.cold.is_empty()).await.expect("gate task");
         assert_eq!(s.shown(), (Vec::new(), false), "withdrawn at the timeout");
+    }
+
+    /// Filters whose wait for a revision to be heard cold fails.
+    #[derive(Debug)]
+    struct Broken;
+
+    impl ColdNotice for Broken {
+        fn heard_cold(&self, _: ObjectKey) -> Pin<Box<dyn Future<Output = ()> + Send + 'static>> {
+            Box::pin(async {
+                tokio::task::yield_now().await;
+                panic!("the wait for the filters failed");
+            })
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_withdrawal_goes_through_when_the_wait_for_the_filters_panics() {
+        let (runtime, states_rx) = watch::channel(states(&[8081]));
+        let mut gated = start(states_rx, Arc::new(Broken), COLD_NOTICE_TIMEOUT);
+
+        runtime.send_replace(states(&[]));
+        let withdrawn = gated.wait_for(|gated| gated.items.get(&key()).is_some_and(|state| state.ready.is_empty()));
+        let shown =
+            tokio::time::timeout(COLD_NOTICE_TIMEOUT / 2, withdrawn).await.expect("withdrawn before the timeout");
+        assert!(shown.expect("gate task").cold.is_empty(), "no longer cold");
     }
 
     /// Knative-style steps of the gate's rules alone: (input, filters heard

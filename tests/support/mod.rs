@@ -508,6 +508,66 @@ impl Backend {
     }
 }
 
+/// A Knative Service `name` with one container (`example.com/{name}:v1`) and
+/// nothing else: whoever runs its revisions registers their endpoints.
+pub fn service_manifest(name: &str) -> String {
+    format!(
+        r#"apiVersion: serving.knative.dev/v1
+kind: Service
+metadata:
+  name: {name}
+spec:
+  template:
+    spec:
+      containers:
+      - image: example.com/{name}:v1
+"#
+    )
+}
+
+/// The Service `hello` whose first revision, `hello-00001`, runs on
+/// `backend` (static endpoints, `revgate.dev/endpoints`).
+pub fn hello_on(backend: &Backend) -> String {
+    hello_version(backend, "v1")
+}
+
+/// The second version of `hello` (see [`hello_on`]): a new template on
+/// `backend` (revision `hello-00002`) and a split that gives `hello-00001`
+/// `percent_first` percent and the rest, tagged `canary`, to `second`.
+pub fn hello_split(backend: &Backend, percent_first: u32, second: &str) -> String {
+    format!(
+        r#"{template}  traffic:
+  - revisionName: hello-00001
+    percent: {percent_first}
+  - revisionName: {second}
+    percent: {percent_second}
+    tag: canary
+"#,
+        template = hello_version(backend, "v2"),
+        percent_second = 100 - percent_first
+    )
+}
+
+/// The Service `hello` with image tag `tag`, its template's endpoints on `backend`.
+fn hello_version(backend: &Backend, tag: &str) -> String {
+    format!(
+        r#"apiVersion: serving.knative.dev/v1
+kind: Service
+metadata:
+  name: hello
+spec:
+  template:
+    metadata:
+      annotations:
+        revgate.dev/endpoints: "{}"
+    spec:
+      containers:
+      - image: example.com/hello:{tag}
+"#,
+        backend.endpoint()
+    )
+}
+
 impl Drop for Backend {
     fn drop(&mut self) {
         self.task.abort();

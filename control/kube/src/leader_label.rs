@@ -13,6 +13,8 @@
 //! | `true` | `revgate.dev/leader: "true"` |
 //! | `false` | absent |
 
+use std::time::Duration;
+
 use k8s_openapi::api::core::v1::Pod;
 use kube::Client;
 use kube::api::{Api, Patch, PatchParams};
@@ -20,6 +22,12 @@ use tokio::sync::watch;
 
 /// The label the activation Service selects: the pod of the leading replica.
 pub const LEADER_LABEL: &str = "revgate.dev/leader";
+
+/// The first wait before a failed label patch is tried again.
+pub const RETRY_FIRST: Duration = Duration::from_millis(500);
+
+/// The longest wait between two tries of a failed label patch.
+pub const RETRY_MAX: Duration = Duration::from_secs(30);
 
 /// Why the label could not be set or removed.
 #[derive(Debug, thiserror::Error)]
@@ -70,18 +78,61 @@ impl LeaderLabel {
     }
 
     /// Keeps the label exactly while `leading` says this replica leads,
-    /// until its sender is gone. A failed patch is logged and not retried:
-    /// the filters keep reaching the previous replica until the next change.
+    /// until its sender is gone. A failed patch is retried with backoff
+    /// (from [`RETRY_FIRST`] doubling to [`RETRY_MAX`]) until it succeeds or
+    /// leadership changes again: while the new leader's label is missing,
+    /// the activation Service selects no pod and no gateway filter reaches
+    /// the autoscaler, so scaling from zero would stop cluster-wide.
     pub async fn follow(&self, mut leading: watch::Receiver<bool>) {
         loop {
             let lead = *leading.borrow_and_update();
-            match self.set(lead).await {
-                Ok(()) => tracing::info!(pod = %self.name, lead, "leader label updated"),
-                Err(e) => tracing::warn!(error = %e, "cannot update the leader label"),
-            }
-            if leading.changed().await.is_err() {
-                return;
+            match self.set_until_done(lead, &mut leading).await {
+                Outcome::Applied => {
+                    if leading.changed().await.is_err() {
+                        return;
+                    }
+                }
+                // The new value is read at the top of the loop.
+                Outcome::Superseded => {}
+                Outcome::Closed => return,
             }
         }
     }
+
+    /// Sets the label to `lead`, trying again with backoff, until it is set
+    /// or `leading` changes.
+    async fn set_until_done(&self, lead: bool, leading: &mut watch::Receiver<bool>) -> Outcome {
+        let mut delay = RETRY_FIRST;
+        let mut failures = 0_u32;
+        loop {
+            match self.set(lead).await {
+                Ok(()) => {
+                    tracing::info!(pod = %self.name, lead, failures, "leader label updated");
+                    return Outcome::Applied;
+                }
+                Err(e) => {
+                    // One line per streak of failures; the count ends it.
+                    if failures == 0 {
+                        tracing::warn!(error = %e, "cannot update the leader label; retrying with backoff");
+                    }
+                    failures += 1;
+                }
+            }
+            tokio::select! {
+                () = tokio::time::sleep(delay) => delay = (delay * 2).min(RETRY_MAX),
+                changed = leading.changed() => {
+                    return if changed.is_ok() { Outcome::Superseded } else { Outcome::Closed };
+                }
+            }
+        }
+    }
+}
+
+/// How one attempt to follow a value of `leading` ended.
+enum Outcome {
+    Applied,
+    /// Leadership changed before the label could be set.
+    Superseded,
+    /// The sender of `leading` is gone.
+    Closed,
 }

@@ -902,3 +902,28 @@ async fn a_refused_label_names_the_pod_and_the_permission() {
     drop(label);
     server.finish().await;
 }
+
+/// A failed label patch is tried again with backoff until it succeeds:
+/// without the label, the activation Service selects no pod and no gateway
+/// filter reaches the autoscaler.
+#[tokio::test(start_paused = true)]
+async fn a_failed_label_patch_is_retried_until_it_succeeds() {
+    let (labelled_tx, labelled) = tokio::sync::oneshot::channel();
+    let (client, server) = scripted(vec![
+        Exchange::request(Method::PATCH, &pod_path("revgate-3")).fail(500, "InternalError", "etcd is sad"),
+        Exchange::request(Method::PATCH, &pod_path("revgate-3")).fail(409, "Conflict", "try again"),
+        Exchange::request(Method::PATCH, &pod_path("revgate-3"))
+            .expect_at(LEADER_LABEL_POINTER, json!("true"))
+            .expect(move |_| {
+                let _ = labelled_tx.send(());
+            })
+            .respond(200, pod("revgate-3")),
+    ]);
+    let (leading_tx, leading) = watch::channel(true);
+    let label = LeaderLabel::new(client, "revgate-system", "revgate-3");
+    let following = tokio::spawn(async move { label.follow(leading).await });
+    within(labelled).await.expect("the label is set after two failed patches");
+    drop(leading_tx);
+    within(following).await.expect("the label follower");
+    server.finish().await;
+}

@@ -20,6 +20,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use revgate_model::plan::ObjectKey;
+use revgate_xds::BearerToken;
 use serde::{Deserialize, Serialize};
 use tokio_stream::StreamExt;
 
@@ -56,7 +57,7 @@ pub struct AdminState {
     /// The runtime's instances, when revgate runs the revisions.
     pub instances: Option<RuntimeStates>,
     /// Required bearer token, when the API is bound beyond loopback.
-    pub token: Option<String>,
+    pub token: Option<BearerToken>,
     pub test_hooks: bool,
 }
 
@@ -225,9 +226,9 @@ pub fn is_loopback(addr: &SocketAddr) -> bool {
 
 async fn require_token(State(state): State<AdminState>, headers: HeaderMap, request: Request, next: Next) -> Response {
     if let Some(token) = &state.token {
-        let presented =
-            headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
-        if presented != Some(token.as_str()) {
+        // The same check as the gateway ports': constant time, any case of `Bearer`.
+        let presented = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+        if !presented.is_some_and(|value| token.is_presented_by(value)) {
             return error(
                 StatusCode::UNAUTHORIZED,
                 vec!["this admin API requires `Authorization: Bearer <token>`; the token is in <state-dir>/admin-token (pass it with --token or REVGATE_TOKEN)".to_owned()],

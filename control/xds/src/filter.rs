@@ -6,6 +6,7 @@
 //! Pure builders: [`crate::translate::translate`] adds both when
 //! [`crate::translate::XdsSettings::filter`] is set.
 
+use std::fmt;
 use std::net::SocketAddr;
 
 use envoy_types::pb::envoy::config::cluster::v3::{Cluster, cluster};
@@ -30,7 +31,10 @@ const WASM_RUNTIME: &str = "envoy.wasm.runtime.v8";
 const FILTER_ID: &str = "revgate";
 
 /// Where the filter's code is and how it reaches the control plane.
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// Its `Debug` redacts the configuration's `token` (the gateway token the
+/// filter presents), so that the settings can be logged.
+#[derive(Clone, PartialEq, Eq)]
 pub struct FilterSettings {
     /// Path of the built `.wasm` on the gateway's file system.
     pub wasm_path: String,
@@ -38,6 +42,34 @@ pub struct FilterSettings {
     pub control_address: SocketAddr,
     /// The filter's own JSON configuration (see `revgate-filter`'s `config`).
     pub configuration: String,
+}
+
+/// The configuration key that holds the gateway token.
+const TOKEN_KEY: &str = "token";
+
+impl fmt::Debug for FilterSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FilterSettings")
+            .field("wasm_path", &self.wasm_path)
+            .field("control_address", &self.control_address)
+            .field("configuration", &redacted(&self.configuration))
+            .finish()
+    }
+}
+
+/// The configuration with its token replaced; all of it replaced when it is
+/// not a JSON object, since where a token would be cannot be told then.
+fn redacted(configuration: &str) -> String {
+    const REDACTED: &str = "<redacted>";
+    match serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(configuration) {
+        Ok(mut object) => {
+            if let Some(token) = object.get_mut(TOKEN_KEY) {
+                *token = serde_json::Value::from(REDACTED);
+            }
+            serde_json::Value::Object(object).to_string()
+        }
+        Err(_) => REDACTED.to_owned(),
+    }
 }
 
 /// The wasm HTTP filter, to run ahead of the router.
@@ -89,5 +121,24 @@ pub fn control_cluster(settings: &FilterSettings) -> Cluster {
             ..Default::default()
         }),
         ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_never_shows_the_token() {
+        let settings = FilterSettings {
+            wasm_path: "/filter.wasm".to_owned(),
+            control_address: SocketAddr::from(([127, 0, 0, 1], 9092)),
+            configuration: r#"{"control_cluster":"revgate_control","token":"s3cret-0123456789"}"#.to_owned(),
+        };
+        let shown = format!("{settings:?}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(shown.contains("revgate_control") && shown.contains("<redacted>"), "{shown}");
+        let unparsable = FilterSettings { configuration: "token s3cret".to_owned(), ..settings };
+        assert!(!format!("{unparsable:?}").contains("s3cret"));
     }
 }

@@ -35,6 +35,8 @@ pub mod translate;
 pub use descriptors::DescriptorError;
 pub use filter::FilterSettings;
 pub use incremental::Translator;
-pub use server::{AckEvent, AckedResource, Api, GatewayAuth, GatewayStatus, GatewayToken, SnapshotCache, XdsServer};
+pub use server::{
+    AckEvent, AckedResource, Api, BearerToken, GatewayAuth, GatewayStatus, GatewayToken, SnapshotCache, XdsServer,
+};
 pub use snapshot::{ResourceType, Snapshot, SnapshotError};
 pub use translate::{Resources, XdsSettings, translate};

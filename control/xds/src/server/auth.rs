@@ -1,5 +1,5 @@
-//! Gateway authentication: the token a gateway presents to the control
-//! plane's ports.
+//! Bearer tokens, and gateway authentication: the token a gateway presents
+//! to the control plane's ports.
 //!
 //! Istio and Envoy Gateway authenticate every xDS client; revgate does too
 //! whenever a port is reachable beyond loopback. Envoy presents the token as
@@ -8,6 +8,10 @@
 //! filter presents the same header on its calls to the activation service.
 //! On loopback, whoever can connect can already read the state directory,
 //! so the token is sent but not required.
+//!
+//! The admin API's token is a [`BearerToken`] too, checked the same way
+//! ([`BearerToken::is_presented_by`]): one type, one comparison, for every
+//! port that requires a token.
 
 use std::fmt;
 use std::sync::Arc;
@@ -20,20 +24,24 @@ pub const AUTHORIZATION: &str = "authorization";
 /// The scheme in front of the token.
 pub const BEARER: &str = "Bearer ";
 
-/// A shared secret the gateways present. Its `Debug` never shows it, so
-/// that it cannot end up in a log line by accident.
+/// A shared secret a client presents as `authorization: Bearer <token>`.
+/// Never empty, never short; its `Debug` never shows it, so that it cannot
+/// end up in a log line by accident.
 #[derive(Clone, PartialEq, Eq)]
-pub struct GatewayToken(Arc<str>);
+pub struct BearerToken(Arc<str>);
+
+/// The token the gateways present to the xDS and activation ports.
+pub type GatewayToken = BearerToken;
 
 /// Why a token cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TokenError {
-    #[error("the gateway token is empty; it needs at least {MIN_TOKEN_LEN} characters")]
+    #[error("the token is empty; it needs at least {MIN_TOKEN_LEN} characters")]
     Empty,
-    #[error("the gateway token has {len} characters; it needs at least {MIN_TOKEN_LEN} (e.g. `openssl rand -hex 32`)")]
+    #[error("the token has {len} characters; it needs at least {MIN_TOKEN_LEN} (e.g. `openssl rand -hex 32`)")]
     TooShort { len: usize },
     #[error(
-        "the gateway token may hold only visible ASCII characters without spaces (it travels in an HTTP header); \
+        "the token may hold only visible ASCII characters without spaces (it travels in an HTTP header); \
          e.g. `openssl rand -hex 32`"
     )]
     Characters,
@@ -42,7 +50,7 @@ pub enum TokenError {
 /// Shortest token accepted: guessing one must not be practical.
 pub const MIN_TOKEN_LEN: usize = 16;
 
-impl GatewayToken {
+impl BearerToken {
     /// A token from its text, surrounding whitespace (a file's newline) removed.
     pub fn new(text: &str) -> Result<Self, TokenError> {
         let token = text.trim();
@@ -73,19 +81,24 @@ impl GatewayToken {
     /// not reveal the token a byte at a time.
     pub fn is_presented_by(&self, authorization: &str) -> bool {
         let Some(presented) = strip_bearer(authorization) else { return false };
-        let (a, b) = (presented.as_bytes(), self.0.as_bytes());
-        let mut difference = a.len() ^ b.len();
-        for (i, expected) in b.iter().enumerate() {
-            difference |= usize::from(a.get(i).copied().unwrap_or(0) ^ expected);
-        }
-        difference == 0
+        constant_time_eq(presented.as_bytes(), self.0.as_bytes())
     }
 }
 
-impl fmt::Debug for GatewayToken {
+impl fmt::Debug for BearerToken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("GatewayToken(<redacted>)")
+        f.write_str("BearerToken(<redacted>)")
     }
+}
+
+/// Whether `presented` equals `expected`, in time that depends only on the
+/// length of `expected`: every byte is compared, whatever differs first.
+fn constant_time_eq(presented: &[u8], expected: &[u8]) -> bool {
+    let mut difference = presented.len() ^ expected.len();
+    for (i, byte) in expected.iter().enumerate() {
+        difference |= usize::from(presented.get(i).copied().unwrap_or(0) ^ byte);
+    }
+    difference == 0
 }
 
 /// The token of a `Bearer` header value (the scheme is case-insensitive).
@@ -114,7 +127,7 @@ pub enum Refusal {
 
 /// Checks an `authorization` header value against `required`: `Ok` when no
 /// token is required or the right one is presented.
-pub fn check(required: Option<&GatewayToken>, authorization: Option<&str>, port: &'static str) -> Result<(), Refusal> {
+pub fn check(required: Option<&BearerToken>, authorization: Option<&str>, port: &'static str) -> Result<(), Refusal> {
     let Some(token) = required else { return Ok(()) };
     match authorization {
         None => Err(Refusal::Missing { port }),
@@ -127,7 +140,7 @@ pub fn check(required: Option<&GatewayToken>, authorization: Option<&str>, port:
 /// `UNAUTHENTICATED` unless it presents the token, when one is required.
 #[derive(Debug, Clone, Default)]
 pub struct GatewayAuth {
-    required: Option<GatewayToken>,
+    required: Option<BearerToken>,
 }
 
 impl GatewayAuth {
@@ -137,13 +150,8 @@ impl GatewayAuth {
     }
 
     /// Only clients presenting `token` are served.
-    pub fn require(token: GatewayToken) -> Self {
+    pub fn require(token: BearerToken) -> Self {
         Self { required: Some(token) }
-    }
-
-    /// Whether a token is required.
-    pub fn is_required(&self) -> bool {
-        self.required.is_some()
     }
 }
 
@@ -173,18 +181,53 @@ mod tests {
 
     #[test]
     fn tokens_are_checked_and_never_shown() {
-        let token = GatewayToken::new(&format!("{TOKEN}\n")).expect("a valid token");
+        let token = BearerToken::new(&format!("{TOKEN}\n")).expect("a valid token");
         assert_eq!(token.expose(), TOKEN);
         assert!(!format!("{token:?}").contains(TOKEN));
-        assert_eq!(GatewayToken::new(" "), Err(TokenError::Empty));
-        assert_eq!(GatewayToken::new("short"), Err(TokenError::TooShort { len: 5 }));
-        assert_eq!(GatewayToken::new("0123456789 abcdef0123"), Err(TokenError::Characters));
+        assert_eq!(BearerToken::new(""), Err(TokenError::Empty));
+        assert_eq!(BearerToken::new(" \n"), Err(TokenError::Empty));
+        assert_eq!(BearerToken::new("short"), Err(TokenError::TooShort { len: 5 }));
+        assert_eq!(BearerToken::new("0123456789 abcdef0123"), Err(TokenError::Characters));
+    }
+
+    #[test]
+    fn a_token_is_presented_only_by_exactly_itself() {
+        let token = BearerToken::new(TOKEN).expect("a valid token");
+        for (presented, expected) in [
+            (format!("Bearer {TOKEN}"), true),
+            (format!("BEARER {TOKEN} "), true),
+            ("Bearer ".to_owned(), false),
+            ("Bearer".to_owned(), false),
+            (String::new(), false),
+            (format!("Bearer {}", &TOKEN[..TOKEN.len() - 1]), false),
+            (format!("Bearer {TOKEN}0"), false),
+            (format!("Bearer {TOKEN}\0"), false),
+            (format!("Basic {TOKEN}"), false),
+        ] {
+            assert_eq!(token.is_presented_by(&presented), expected, "{presented:?}");
+        }
+    }
+
+    #[test]
+    fn the_comparison_looks_at_every_byte_of_the_expected_token() {
+        let expected = TOKEN.as_bytes();
+        assert!(constant_time_eq(expected, expected));
+        assert!(!constant_time_eq(b"", expected));
+        assert!(!constant_time_eq(&expected[..4], expected), "a prefix");
+        let mut last = expected.to_vec();
+        if let Some(byte) = last.last_mut() {
+            *byte ^= 1;
+        }
+        assert!(!constant_time_eq(&last, expected), "only the last byte differs");
+        let mut longer = expected.to_vec();
+        longer.push(0);
+        assert!(!constant_time_eq(&longer, expected), "a zero byte beyond the end");
     }
 
     #[test]
     fn only_the_right_bearer_token_passes_when_one_is_required() {
-        let token = GatewayToken::new(TOKEN).expect("a valid token");
-        type Case<'a> = (Option<&'a GatewayToken>, Option<&'a str>, Result<(), Refusal>);
+        let token = BearerToken::new(TOKEN).expect("a valid token");
+        type Case<'a> = (Option<&'a BearerToken>, Option<&'a str>, Result<(), Refusal>);
         let cases: [Case<'_>; 7] = [
             (None, None, Ok(())),
             (None, Some("Bearer wrong"), Ok(())),

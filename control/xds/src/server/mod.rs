@@ -28,7 +28,7 @@ use tokio::sync::{broadcast, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-pub use auth::{GatewayAuth, GatewayToken};
+pub use auth::{BearerToken, GatewayAuth, GatewayToken};
 pub use cache::SnapshotCache;
 use status::StatusRecorder;
 pub use status::{AckEvent, AckedResource, Api, DISCONNECT_GRACE, GatewayStatus, Nack, NodeStatus, TypeStatus};
@@ -71,13 +71,11 @@ impl XdsServer {
         &self.cache
     }
 
-    /// The tonic service to add to a `tonic::transport::Server`.
-    pub fn into_service(self) -> AggregatedDiscoveryServiceServer<XdsServer> {
-        AggregatedDiscoveryServiceServer::new(self)
-    }
-
-    /// The tonic service behind `auth`: streams that do not present the
-    /// token it requires end with `UNAUTHENTICATED` before they start.
+    /// The tonic service to add to a `tonic::transport::Server`, behind
+    /// `auth`: streams that do not present the token it requires end with
+    /// `UNAUTHENTICATED` before they start. It is the only way to serve ADS,
+    /// so that no server can forget the check ([`GatewayAuth::open`] says
+    /// so explicitly where none is needed).
     pub fn into_authenticated_service(
         self,
         auth: GatewayAuth,
