@@ -123,11 +123,13 @@ struct PageQuery {
 async fn page(State(dashboard): State<Dashboard>, Query(query): Query<PageQuery>) -> Response {
     if query.token.is_none() {
         let mut response = Html(PAGE).into_response();
-        // The page is the only thing that may run scripts here, and only its own.
+        // Nothing from elsewhere: only the page's own script and style, only
+        // requests back to this address, and no framing by other sites.
         response.headers_mut().insert(
             header::CONTENT_SECURITY_POLICY,
             HeaderValue::from_static(
-                "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src 'self' data:",
+                "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; \
+                 img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
             ),
         );
         return response;
