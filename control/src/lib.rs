@@ -18,6 +18,8 @@
 //!   are registered through the admin API, stored and restored.
 //! - `store`: the world persisted in an embedded database (redb).
 //! - `admin`: the admin HTTP API (server side) and its client used by the CLI.
+//! - `dashboard`: the live web page the admin address serves at `/`, and
+//!   its JSON feed with a bounded history ring.
 //! - `activation` (the `revgate-activation` crate): the service the gateway
 //!   filter calls (metrics reports, activation requests, readiness
 //!   long-polls), over `readiness` (which revisions each Envoy can serve) and
@@ -52,6 +54,7 @@ pub mod autoscaling;
 pub mod cli;
 pub mod control;
 pub mod controller;
+pub mod dashboard;
 pub mod external;
 pub mod faults;
 pub mod gateway;

@@ -301,6 +301,7 @@ fn print_urls(handle: &Handle, args: &UpArgs) {
         println!("  {}/{}  {url}", service.metadata.namespace, service.metadata.name);
         println!("    curl -H 'Host: {host}' localhost:{}", args.http_port);
     }
+    println!("\n  Dashboard  http://127.0.0.1:{}/", args.admin_port);
     let server =
         if args.admin_port == 9090 { String::new() } else { format!(" --server http://127.0.0.1:{}", args.admin_port) };
     println!(

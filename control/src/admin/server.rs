@@ -28,6 +28,7 @@ use super::{ApplyRequest, ErrorBody};
 use crate::activation::{ActivationService, RevisionActivity};
 use crate::autoscaling::KpaStatuses;
 use crate::control::{ControlError, Handle, RuntimeStates};
+use crate::dashboard;
 use crate::faults::Fault;
 use crate::views;
 
@@ -85,7 +86,18 @@ pub fn router(state: AdminState) -> Router {
         .route_layer(middleware::from_fn(read_body))
         .route_layer(middleware::from_fn_with_state(state.clone(), warn_unreadable))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
-    Router::new().route("/healthz", get(|| async { "ok" })).merge(v1).with_state(state)
+    // The dashboard reads the same sources under the same token rule, and
+    // lets a browser present the token in a cookie (see `dashboard`).
+    let dashboard = dashboard::router(
+        dashboard::Sources {
+            control: state.control.clone(),
+            activation: state.activation.clone(),
+            kpa: state.kpa.clone(),
+            instances: state.instances.clone(),
+        },
+        state.token.clone(),
+    );
+    Router::new().route("/healthz", get(|| async { "ok" })).merge(v1).with_state(state).merge(dashboard)
 }
 
 /// Reads a request's body within [`BODY_LIMIT`] and the body timeouts
