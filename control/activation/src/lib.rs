@@ -29,11 +29,15 @@
 //! - `readiness`: the readiness table: which revisions each Envoy can
 //!   serve, from the plan, the wanted counts and the xDS ACKs (pure).
 //! - `metrics`: the filters' reports, summed per revision (pure).
+//! - `counters`: the reports added up since the start, per revision —
+//!   requests by status code, duration histograms, refusals (pure); read
+//!   with [`ActivationService::counters`].
 //! - `bookkeeping`: pollers and activation records, with their expiry (pure).
 //! - `log_throttle`: one log line per kind of event and interval (pure).
 #![forbid(unsafe_code)]
 
 mod bookkeeping;
+pub mod counters;
 mod log_throttle;
 pub mod metrics;
 pub mod readiness;
@@ -62,6 +66,7 @@ use self::bookkeeping::{
     ActivationRecords, FilterVm, MAX_POLLS_PER_VM, POLLER_IDLE_TIMEOUT, PollRefused, Pollers, Waiting,
 };
 use self::log_throttle::{LOG_INTERVAL, LogThrottle};
+use crate::counters::CountersSnapshot;
 use crate::metrics::{Aggregator, ReportError, RevisionTotals};
 use crate::readiness::ReadinessTable;
 
@@ -124,7 +129,9 @@ impl Refusal {
             Self::BadMessage { .. } | Self::BadBody { .. } | Self::BadQuery { .. } | Self::IdTooLong { .. } => {
                 StatusCode::BAD_REQUEST
             }
-            Self::Report(ReportError::RepeatedRevision { .. }) => StatusCode::BAD_REQUEST,
+            Self::Report(ReportError::RepeatedRevision { .. } | ReportError::BadEntry { .. }) => {
+                StatusCode::BAD_REQUEST
+            }
             Self::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnknownRevision { .. } | Self::Report(ReportError::UnknownRevision { .. }) => StatusCode::NOT_FOUND,
             Self::TooManyPollers { .. }
@@ -139,7 +146,7 @@ impl Refusal {
             Self::BadMessage { .. } | Self::BadBody { .. } | Self::BadQuery { .. } | Self::IdTooLong { .. } => {
                 "bad request"
             }
-            Self::Report(ReportError::RepeatedRevision { .. }) => "bad request",
+            Self::Report(ReportError::RepeatedRevision { .. } | ReportError::BadEntry { .. }) => "bad request",
             Self::TooLarge { .. } => "message too large",
             Self::UnknownRevision { .. } => "activation of an unknown revision",
             Self::Report(ReportError::UnknownRevision { .. }) => "metrics of an unknown revision",
@@ -328,6 +335,23 @@ impl ActivationService {
             entry.last_activation = Some(last.clone());
         }
         activity
+    }
+
+    /// The cumulative counters of every revision in the plan: requests by
+    /// status code, their durations, held time and refusals. A cheap copy
+    /// (shared until the next report), for `/metrics` and for comparing two
+    /// moments ([`counters::RevisionCounters::saturating_sub`]).
+    pub fn counters(&self) -> CountersSnapshot {
+        let plan = self.plan.borrow().clone();
+        let revisions = revisions(&plan);
+        let known = |key: &ObjectKey| revisions.contains(key);
+        lock(&self.demand).aggregator.counters(&known)
+    }
+
+    /// Requests held in the gateways right now, per revision, from the
+    /// filters' current reports.
+    pub fn held_now(&self) -> BTreeMap<ObjectKey, u64> {
+        self.activity().into_iter().map(|(key, activity)| (key, activity.totals.held)).collect()
     }
 
     pub fn router(self) -> Router {
