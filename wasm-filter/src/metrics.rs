@@ -181,6 +181,7 @@ fn revision_metrics(key: &RevisionKey, stats: &mut RevisionStats, now_ns: u64) -
         responses_5xx: stats.responses_5xx,
         latency: None,
         held: stats.held.current(),
+        in_flight: stats.in_flight.current(),
         average_held_concurrency: held_in_window.then_some(average_held),
         durations: stats
             .durations
@@ -257,6 +258,7 @@ mod tests {
         let first = m.take_report(T0 + 1000 * MS, "gw", "r").unwrap();
         assert_eq!(first.revisions[0].average_concurrency, 1.0);
         assert_eq!(first.revisions[0].requests, 0);
+        assert_eq!(first.revisions[0].in_flight, 1, "still in flight when reported");
         assert!(first.revisions[0].durations.is_empty());
         assert_eq!(first.revisions[0].average_held_concurrency, None, "nothing held: absent");
         m.left(&key, T0 + 1500 * MS);

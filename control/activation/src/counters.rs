@@ -115,19 +115,16 @@ impl DurationHistogram {
         DURATION_BOUNDS_SECONDS.last().copied()
     }
 
-    /// `(upper bound, observations at or below it)` per bucket, the last at
-    /// `+Inf`: the exposition's `_bucket` series.
-    pub fn cumulative_buckets(&self) -> Vec<(f64, u64)> {
-        let mut total = 0u64;
+    /// `(upper bound, observations in the bucket)` per bucket, not
+    /// cumulative, the last at `+Inf`: what an exposition encoder sums into
+    /// the `_bucket` series.
+    pub fn buckets(&self) -> Vec<(f64, u64)> {
         DURATION_BOUNDS_SECONDS
             .iter()
             .copied()
             .chain(std::iter::once(f64::INFINITY))
             .enumerate()
-            .map(|(index, bound)| {
-                total = total.saturating_add(self.buckets.get(index).copied().unwrap_or(0));
-                (bound, total)
-            })
+            .map(|(index, bound)| (bound, self.buckets.get(index).copied().unwrap_or(0)))
             .collect()
     }
 }
@@ -148,6 +145,9 @@ pub struct RevisionCounters {
     pub held: DurationHistogram,
     /// The filter's own answers (503) per `x-revgate-reason`.
     pub reasons: BTreeMap<String, u64>,
+    /// Activation requests: requests held for the revision while it had no
+    /// ready endpoints, one per filter VM and cold start.
+    pub activations: u64,
 }
 
 impl RevisionCounters {
@@ -185,6 +185,7 @@ impl RevisionCounters {
                     (reason.clone(), n.saturating_sub(earlier.reasons.get(reason).copied().unwrap_or(0)))
                 })
                 .collect(),
+            activations: self.activations.saturating_sub(earlier.activations),
         }
     }
 
@@ -234,6 +235,12 @@ impl Counters {
             let key = ObjectKey::new(metrics.namespace.as_str(), metrics.revision.as_str());
             Arc::make_mut(self.revisions.entry(key).or_default()).add(metrics);
         }
+    }
+
+    /// Counts an activation request for `key` (a revision of the plan).
+    pub fn activated(&mut self, key: &ObjectKey) {
+        let counters = Arc::make_mut(self.revisions.entry(key.clone()).or_default());
+        counters.activations = counters.activations.saturating_add(1);
     }
 
     /// The counters of the revisions still `known`; the others are forgotten.
@@ -330,10 +337,10 @@ mod tests {
         let mut slow = DurationHistogram::default();
         slow.merge(&DurationHistogram::from_proto(&proto(14, 1, 60.0)));
         assert_eq!(slow.quantile(0.99), Some(10.0));
-        let buckets = h.cumulative_buckets();
+        let buckets = h.buckets();
         assert_eq!(buckets.len(), DURATION_BUCKETS);
-        assert_eq!(buckets[4], (0.075, 90));
-        assert_eq!(buckets.last(), Some(&(f64::INFINITY, 100)));
+        assert_eq!((buckets[4], buckets[8]), ((0.075, 90), (0.75, 10)));
+        assert_eq!(buckets.last(), Some(&(f64::INFINITY, 0)));
     }
 
     #[test]

@@ -492,7 +492,11 @@ async fn activate(State(service): State<ActivationService>, bytes: Result<Bytes,
             activation.revision, activation.node, activation.held
         )
     });
-    lock(&service.demand).activations.record(activation.clone());
+    {
+        let mut demand = lock(&service.demand);
+        demand.aggregator.activated(&activation.revision);
+        demand.activations.record(activation.clone());
+    }
     // Nobody listening (no autoscaler) is fine: the activation is recorded.
     let _ = service.activations.send(activation);
     StatusCode::OK.into_response()

@@ -73,6 +73,9 @@ pub struct RevisionTotals {
     pub responses_5xx: u64,
     /// Requests held right now.
     pub held: u64,
+    /// Requests in flight to the revision right now.
+    #[serde(default)]
+    pub in_flight: u64,
     /// The p99 latency of the requests in the reporters' last windows, all
     /// reporters together, in milliseconds (held time included; 0 when
     /// none finished).
@@ -166,6 +169,11 @@ impl Aggregator {
         Ok(())
     }
 
+    /// Counts an activation request for `key`, a revision of the plan.
+    pub fn activated(&mut self, key: &ObjectKey) {
+        self.cumulative.activated(key);
+    }
+
     /// The cumulative counters of the revisions in `known` (the others are
     /// forgotten): a cheap copy, shared until the next report.
     pub fn counters(&mut self, known: &dyn Fn(&ObjectKey) -> bool) -> CountersSnapshot {
@@ -197,6 +205,7 @@ impl Aggregator {
                 total.requests += metrics.requests;
                 total.responses_5xx += metrics.responses_5xx;
                 total.held += metrics.held;
+                total.in_flight += metrics.in_flight;
                 total.reporters += 1;
             }
         }

@@ -1,11 +1,17 @@
 //! Knative's hello-world sample app: answers `Hello <TARGET>!` on `$PORT`
 //! (default 8080). `K_REVISION`, when set, is added so a reader can see which
-//! revision answered a split. On SIGTERM (or Ctrl-C) it stops accepting,
+//! revision answered a split. `FAIL_PERCENT` (0–100, default 0) answers
+//! that share of requests with a 500, spread evenly (every request whose
+//! running count crosses the next multiple of 100/`FAIL_PERCENT`), to show
+//! errors in metrics and rollouts. On SIGTERM (or Ctrl-C) it stops accepting,
 //! finishes the requests in flight, and exits 0.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::Router;
+use axum::http::StatusCode;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> std::io::Result<()> {
@@ -15,9 +21,19 @@ async fn main() -> std::io::Result<()> {
         Ok(revision) => format!("Hello {target}! ({revision})\n"),
         Err(_) => format!("Hello {target}!\n"),
     };
+    let fail_percent: u64 = std::env::var("FAIL_PERCENT").ok().and_then(|p| p.parse().ok()).unwrap_or(0).min(100);
+    let served = Arc::new(AtomicU64::new(0));
     let app = Router::new().fallback(move || {
         let greeting = greeting.clone();
-        async move { greeting }
+        let n = served.fetch_add(1, Ordering::Relaxed);
+        let fails = (n + 1) * fail_percent / 100 > n * fail_percent / 100;
+        async move {
+            if fails {
+                (StatusCode::INTERNAL_SERVER_ERROR, "Failing on purpose (FAIL_PERCENT)\n".to_owned())
+            } else {
+                (StatusCode::OK, greeting)
+            }
+        }
     });
     let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], port))).await?;
     eprintln!("helloworld: listening on {}", listener.local_addr()?);
