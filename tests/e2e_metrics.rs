@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde_json::Value;
-use support::{GatewayClient, Up, repo_root, wait_for};
+use support::{GatewayClient, Revgate, Up, free_port, repo_root, wait_for};
 
 /// `hello` answers 30% of its requests with a 500 (the example app's
 /// `FAIL_PERCENT`); `autoscale` holds each request 300 ms, so concurrent
@@ -243,6 +243,13 @@ async fn every_request_is_counted_once_by_status_code_and_the_autoscaler_gauges_
         assert_eq!(buckets, 15, "Knative's 14 latency bounds and +Inf");
     }
     assert_eq!(metrics.sum(count, &revision("autoscale-00001")), 0.0, "nothing sent there yet");
+    // revgate's own: the gateway took its configuration, the instances started.
+    assert!(metrics.sum("revgate_xds_acks_total", &[("node", "revgate-gateway")]) >= 5.0, "an ACK per xDS type");
+    assert_eq!(metrics.sum("revgate_xds_nacks_total", &[]), 0.0);
+    assert!(metrics.value("revgate_xds_snapshot_builds_total", &[]).is_some_and(|n| n >= 1.0));
+    assert_eq!(metrics.value("revgate_instance_starts_total", &hello), Some(1.0));
+    assert_eq!(metrics.value("revgate_instance_crashes_total", &hello), Some(0.0));
+    assert_eq!(metrics.types.get("revgate_request_held_duration_seconds").map(String::as_str), Some("histogram"));
 
     // The OpenMetrics form parses under the stricter OpenMetrics parser.
     let (content_type, text) =
@@ -334,4 +341,38 @@ async fn envoy_stats_name_each_revision_cluster_as_flagger_queries_it() {
         !stats.samples.iter().any(|s| s.labels.get("envoy_cluster_name").is_some_and(|c| c.starts_with("rev|"))),
         "no revision cluster is named by its xDS name"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_need_the_admin_token_beyond_loopback_unless_served_on_their_own_address() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let state = dir.path().join("state");
+    let admin_port = free_port();
+    let metrics_addr = format!("127.0.0.1:{}", free_port());
+    let extra = [
+        "--activation-addr".to_owned(),
+        format!("127.0.0.1:{}", free_port()),
+        "--metrics-addr".to_owned(),
+        metrics_addr.clone(),
+    ];
+    let admin = format!("0.0.0.0:{admin_port}").parse().expect("address");
+    let xds = format!("127.0.0.1:{}", free_port()).parse().expect("address");
+    let _revgate = Revgate::start_with(&state, free_port(), admin, xds, &extra).await;
+
+    let http = reqwest::Client::new();
+    let on_admin = format!("http://127.0.0.1:{admin_port}/metrics");
+    let refused = http.get(&on_admin).send().await.expect("admin API");
+    assert_eq!(refused.status().as_u16(), 401);
+    assert!(refused.text().await.unwrap_or_default().contains("Authorization: Bearer"), "the answer names the token");
+    let token = std::fs::read_to_string(state.join("admin-token")).expect("the admin token");
+    let with_token = http.get(&on_admin).bearer_auth(token.trim()).send().await.expect("admin API");
+    assert_eq!(with_token.status().as_u16(), 200);
+    parse(&with_token.text().await.unwrap_or_default(), false);
+
+    // Its own listener: no token, and nothing but /metrics.
+    let (_, text) = get(&format!("http://{metrics_addr}/metrics"), None).await;
+    let metrics = parse(&text, false);
+    assert_eq!(metrics.types.get("kn_serving_invocation_duration_seconds").map(String::as_str), Some("histogram"));
+    let other = http.get(format!("http://{metrics_addr}/v1/services")).send().await.expect("metrics endpoint");
+    assert_eq!(other.status().as_u16(), 404);
 }

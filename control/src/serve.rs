@@ -215,6 +215,7 @@ impl Server {
             )?;
             tracing::info!(client_ca = %tls.client_ca.display(), "xDS speaks mutual TLS");
         }
+        let mut instance_counts = None;
         let runtime: Option<Arc<dyn Runtime>> = match config.runtime {
             RuntimeKind::External => None,
             RuntimeKind::Process => {
@@ -234,6 +235,7 @@ impl Server {
                     drain: DRAIN,
                     ..ProcessConfig::default()
                 })?;
+                instance_counts = Some(runtime.instance_counts());
                 Some(Arc::new(runtime))
             }
         };
@@ -307,7 +309,12 @@ impl Server {
         );
 
         let exporter = Arc::new(Exporter::new(
-            RevisionSources { activation: activation.clone(), kpa: kpa.clone(), world: handle.world_updates() },
+            RevisionSources {
+                activation: activation.clone(),
+                kpa: kpa.clone(),
+                control: handle.clone(),
+                instances: instance_counts,
+            },
             &xds_metrics,
         ));
         let admin = router(AdminState {

@@ -16,6 +16,8 @@
 //! | `kn_revision_panic_mode` | gauge | 1 while the KPA panics |
 //! | `kn_revision_{concurrency,rps}_{stable,panic,target}` | gauge | the KPA's observed values and target, by its metric |
 //! | `kn_revision_capacity_excess` | gauge | the KPA's excess burst capacity |
+//! | `revgate_instance_{starts,crashes,restarts}_total` | counter | the process runtime's instances |
+//! | `revgate_xds_snapshot_builds_total`, `revgate_xds_snapshot_build_seconds_total` | counter (no labels) | the control plane's published snapshots |
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -31,10 +33,12 @@ use revgate_autoscaler::KpaStatus;
 use revgate_model::World;
 use revgate_model::meta::{CONFIGURATION_LABEL, SERVICE_LABEL};
 use revgate_model::plan::ObjectKey;
+use revgate_runtime::{InstanceCounts, InstanceCountsByRevision};
 use tokio::sync::watch;
 
 use crate::activation::{ActivationService, RevisionActivity};
 use crate::autoscaling::KpaStatuses;
+use crate::control::{Handle, Published};
 
 /// Where the per-revision families come from.
 #[derive(Debug, Clone)]
@@ -42,7 +46,10 @@ pub struct RevisionSources {
     pub activation: ActivationService,
     /// The KPA statuses, when revgate runs the revisions.
     pub kpa: Option<KpaStatuses>,
-    pub world: watch::Receiver<Arc<World>>,
+    /// The control plane: the world (for labels) and the snapshots published.
+    pub control: Handle,
+    /// The process runtime's starts, crashes and restarts, when it runs the revisions.
+    pub instances: Option<watch::Receiver<Arc<InstanceCountsByRevision>>>,
 }
 
 /// Encodes the per-revision families on each scrape.
@@ -52,6 +59,9 @@ pub struct RevisionCollector {
 }
 
 type Labels = Vec<(&'static str, String)>;
+
+/// Which of a revision's instance counts a family shows.
+type PickCount = fn(&InstanceCounts) -> u64;
 
 /// Which of a revision's histograms a family shows.
 type PickHistogram = fn(&RevisionCounters) -> &DurationHistogram;
@@ -63,6 +73,8 @@ struct Scrape {
     activity: BTreeMap<ObjectKey, RevisionActivity>,
     kpa: Arc<BTreeMap<ObjectKey, KpaStatus>>,
     world: Arc<World>,
+    published: Published,
+    instances: Arc<InstanceCountsByRevision>,
 }
 
 impl Scrape {
@@ -89,7 +101,9 @@ impl RevisionCollector {
             counters: self.sources.activation.counters(),
             activity: self.sources.activation.activity(),
             kpa: self.sources.kpa.as_ref().map(|kpa| kpa.borrow().clone()).unwrap_or_default(),
-            world: self.sources.world.borrow().clone(),
+            world: self.sources.control.world(),
+            published: self.sources.control.published(),
+            instances: self.sources.instances.as_ref().map(|counts| counts.borrow().clone()).unwrap_or_default(),
         }
     }
 }
@@ -100,8 +114,41 @@ impl Collector for RevisionCollector {
         encode_histograms(&mut encoder, &scrape)?;
         encode_counters(&mut encoder, &scrape)?;
         encode_gateway_gauges(&mut encoder, &scrape)?;
-        encode_kpa_gauges(&mut encoder, &scrape)
+        encode_kpa_gauges(&mut encoder, &scrape)?;
+        encode_control_counters(&mut encoder, &scrape)
     }
+}
+
+/// The control plane's snapshots and the runtime's instances.
+fn encode_control_counters(encoder: &mut DescriptorEncoder, scrape: &Scrape) -> Result<(), std::fmt::Error> {
+    let builds = encoder.encode_descriptor(
+        "revgate_xds_snapshot_builds",
+        "xDS snapshots the control plane built and published",
+        None,
+        MetricType::Counter,
+    )?;
+    ConstCounter::new(scrape.published.generation).encode(builds)?;
+    let seconds = encoder.encode_descriptor(
+        "revgate_xds_snapshot_build_seconds",
+        "Time spent building xDS snapshots, in all (divide its rate by the builds' for the average build time)",
+        None,
+        MetricType::Counter,
+    )?;
+    ConstCounter::new(scrape.published.build_seconds_total).encode(seconds)?;
+    let families: [(&str, &str, PickCount); 3] = [
+        ("revgate_instance_starts", "Revision instance processes started, restarts included", |c| c.starts),
+        ("revgate_instance_crashes", "Revision instance processes that ended or failed to start while wanted", |c| {
+            c.crashes
+        }),
+        ("revgate_instance_restarts", "Crashed revision instances started again", |c| c.restarts),
+    ];
+    for (name, help, count) in families {
+        let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+        for (key, counts) in scrape.instances.iter() {
+            ConstCounter::new(count(counts)).encode(family.encode_family(&scrape.labels(key))?)?;
+        }
+    }
+    Ok(())
 }
 
 fn encode_histograms(encoder: &mut DescriptorEncoder, scrape: &Scrape) -> Result<(), std::fmt::Error> {
