@@ -6,7 +6,8 @@
 //! (Python `prometheus_client`, installed by `scripts/install-tools.sh` into
 //! `.tools/python`), not matched as strings.
 //!
-//! Run: `cargo build -p autoscale -p helloworld && cargo test -p revgate --test e2e_metrics`.
+//! Run: `cargo test -p revgate --test e2e_metrics` (the example apps are
+//! built on first use).
 
 mod support;
 
