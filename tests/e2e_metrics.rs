@@ -20,8 +20,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use serde_json::Value;
 use support::{GatewayClient, Revgate, Up, free_port, repo_root, wait_for};
 
-/// `hello` answers 30% of its requests with a 500 (the example app's
-/// `FAIL_PERCENT`); `autoscale` holds each request 300 ms, so concurrent
+/// `hello` starts at zero, so its first request is a cold start, and answers
+/// 30% of its requests with a 500 (the example app's `FAIL_PERCENT`); `autoscale` holds each request 300 ms, so concurrent
 /// clients make concurrency the KPA sees.
 const MANIFESTS: &str = r#"
 apiVersion: v1
@@ -31,6 +31,7 @@ metadata:
   namespace: knative-serving
 data:
   stable-window: "6s"
+  allow-zero-initial-scale: "true"
 ---
 apiVersion: serving.knative.dev/v1
 kind: Service
@@ -39,6 +40,9 @@ metadata:
   namespace: default
 spec:
   template:
+    metadata:
+      annotations:
+        autoscaling.knative.dev/initial-scale: "0"
     spec:
       containers:
         - image: ghcr.io/knative/helloworld-go:latest
@@ -248,9 +252,14 @@ async fn every_request_is_counted_once_by_status_code_and_the_autoscaler_gauges_
     assert!(metrics.sum("revgate_xds_acks_total", &[("node", "revgate-gateway")]) >= 5.0, "an ACK per xDS type");
     assert_eq!(metrics.sum("revgate_xds_nacks_total", &[]), 0.0);
     assert!(metrics.value("revgate_xds_snapshot_builds_total", &[]).is_some_and(|n| n >= 1.0));
-    assert_eq!(metrics.value("revgate_instance_starts_total", &hello), Some(1.0));
+    assert_eq!(metrics.value("revgate_instance_starts_total", &hello), Some(1.0), "one cold start");
+    assert_eq!(metrics.value("revgate_activations_total", &hello), Some(1.0));
+    assert_eq!(metrics.value("revgate_activation_duration_seconds_count", &hello), Some(1.0));
+    assert!(metrics.value("revgate_request_held_duration_seconds_count", &hello).is_some_and(|n| n >= 1.0));
     assert_eq!(metrics.value("revgate_instance_crashes_total", &hello), Some(0.0));
     assert_eq!(metrics.types.get("revgate_request_held_duration_seconds").map(String::as_str), Some("histogram"));
+    let autoscale_count = metrics.value("revgate_activation_duration_seconds_count", &revision("autoscale-00001"));
+    assert!(autoscale_count.is_none_or(|n| n == 0.0), "min-scale 1: never cold, no cold start timed");
 
     // The OpenMetrics form parses under the stricter OpenMetrics parser.
     let (content_type, text) =

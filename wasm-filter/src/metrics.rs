@@ -10,6 +10,7 @@
 
 use std::collections::BTreeMap;
 
+use prost::Message;
 use revgate_proto::{MAX_STATUS_CODES_PER_REVISION, MetricsReport, ReasonCount, RevisionMetrics, StatusDurations};
 
 use crate::averager::ConcurrencyAverager;
@@ -17,6 +18,12 @@ use crate::histogram::DurationRecorder;
 use crate::revision::RevisionKey;
 
 const NS_PER_MS: u64 = 1_000_000;
+
+/// Bytes of a report's entries past which the rest go without their
+/// histograms (durations, held time): the counts, concurrency and held
+/// requests the autoscaler needs always fit, well inside the activation
+/// service's 1 MiB message limit, however many revisions had traffic.
+pub const HISTOGRAM_BUDGET_BYTES: usize = 512 * 1024;
 
 /// Status code of requests without a response (and of codes beyond the
 /// bound per window).
@@ -159,6 +166,7 @@ impl Metrics {
         if revisions.is_empty() {
             return None;
         }
+        keep_within_budget(&mut revisions);
         Some(MetricsReport {
             node_id: node_id.to_owned(),
             reporter: reporter.to_owned(),
@@ -166,6 +174,27 @@ impl Metrics {
             window_ms: now_ns.saturating_sub(window_start_ns) / NS_PER_MS,
             revisions,
         })
+    }
+}
+
+/// Drops the histograms of the entries past [`HISTOGRAM_BUDGET_BYTES`].
+fn keep_within_budget(revisions: &mut [RevisionMetrics]) {
+    let mut used = 0usize;
+    let mut stripped = 0usize;
+    for entry in revisions.iter_mut() {
+        if used.saturating_add(entry.encoded_len()) > HISTOGRAM_BUDGET_BYTES {
+            entry.durations.clear();
+            entry.upstream_duration = None;
+            entry.held_duration = None;
+            stripped += 1;
+        }
+        used = used.saturating_add(entry.encoded_len());
+    }
+    if stripped > 0 {
+        log::warn!(
+            "revgate: {stripped} revisions reported without their duration histograms this window \
+             (a report keeps them within {HISTOGRAM_BUDGET_BYTES} bytes)"
+        );
     }
 }
 
@@ -288,6 +317,22 @@ mod tests {
 #[cfg(test)]
 mod bounds {
     use super::*;
+
+    #[test]
+    fn a_report_of_many_busy_revisions_keeps_within_its_budget() {
+        let mut m = Metrics::new(0);
+        for index in 0..4000 {
+            let key = RevisionKey::new("default", &format!("revision-{index:05}"));
+            for status in 200..216 {
+                m.finished(&key, Finished { status, duration_ns: 1, held_ns: Some(1), refused: None });
+            }
+        }
+        let report = m.take_report(1_000 * NS_PER_MS, "gw", "r").unwrap();
+        assert_eq!(report.revisions.len(), 4000, "every revision's counts are reported");
+        assert!(report.revisions.iter().all(|r| r.requests == 16));
+        assert!(report.encoded_len() < 1024 * 1024, "{} bytes", report.encoded_len());
+        assert!(report.revisions[0].durations.len() == 16 && report.revisions[3999].durations.is_empty());
+    }
 
     #[test]
     fn codes_beyond_the_bound_count_under_status_zero() {

@@ -58,6 +58,21 @@ impl DurationHistogram {
         self.sum_seconds
     }
 
+    /// Counts one duration of `seconds`.
+    pub fn observe(&mut self, seconds: f64) {
+        let seconds = if seconds.is_finite() { seconds.max(0.0) } else { 0.0 };
+        if self.buckets.is_empty() {
+            self.buckets = vec![0; DURATION_BUCKETS];
+        }
+        let index =
+            DURATION_BOUNDS_SECONDS.iter().position(|bound| seconds <= *bound).unwrap_or(DURATION_BOUNDS_SECONDS.len());
+        if let Some(count) = self.buckets.get_mut(index) {
+            *count = count.saturating_add(1);
+        }
+        self.sum_seconds += seconds;
+        self.count = self.count.saturating_add(1);
+    }
+
     /// Adds `other`'s observations.
     pub fn merge(&mut self, other: &Self) {
         if other.count == 0 {
@@ -148,6 +163,9 @@ pub struct RevisionCounters {
     /// Activation requests: requests held for the revision while it had no
     /// ready endpoints, one per filter VM and cold start.
     pub activations: u64,
+    /// Cold starts: from the first activation request while no gateway
+    /// could reach the revision to the first gateway ACKing its endpoints.
+    pub activation_duration: DurationHistogram,
 }
 
 impl RevisionCounters {
@@ -186,6 +204,7 @@ impl RevisionCounters {
                 })
                 .collect(),
             activations: self.activations.saturating_sub(earlier.activations),
+            activation_duration: self.activation_duration.saturating_sub(&earlier.activation_duration),
         }
     }
 
@@ -226,6 +245,9 @@ pub type CountersSnapshot = BTreeMap<ObjectKey, Arc<RevisionCounters>>;
 #[derive(Debug, Default)]
 pub struct Counters {
     revisions: CountersSnapshot,
+    /// Revisions in a cold start: when its first activation request came
+    /// (Unix ms). At most one entry per revision of the plan.
+    cold_since: BTreeMap<ObjectKey, u64>,
 }
 
 impl Counters {
@@ -237,15 +259,48 @@ impl Counters {
         }
     }
 
-    /// Counts an activation request for `key` (a revision of the plan).
-    pub fn activated(&mut self, key: &ObjectKey) {
+    /// Counts an activation request for `key` (a revision of the plan) at
+    /// `now_ms`; the first while `key` is `ready` nowhere starts timing a
+    /// cold start.
+    pub fn activated(&mut self, key: &ObjectKey, ready: bool, now_ms: u64) {
         let counters = Arc::make_mut(self.revisions.entry(key.clone()).or_default());
         counters.activations = counters.activations.saturating_add(1);
+        if !ready {
+            self.cold_since.entry(key.clone()).or_insert(now_ms);
+        }
+    }
+
+    /// Ends the cold starts of the revisions now `ready` somewhere, at
+    /// `now_ms`; forgets those of revisions no longer `known`.
+    pub fn observe_ready(
+        &mut self,
+        ready: &dyn Fn(&ObjectKey) -> bool,
+        known: &dyn Fn(&ObjectKey) -> bool,
+        now_ms: u64,
+    ) {
+        let revisions = &mut self.revisions;
+        self.cold_since.retain(|key, since| {
+            if !known(key) {
+                return false;
+            }
+            if !ready(key) {
+                return true;
+            }
+            let seconds = now_ms.saturating_sub(*since) as f64 / 1000.0;
+            Arc::make_mut(revisions.entry(key.clone()).or_default()).activation_duration.observe(seconds);
+            false
+        });
+    }
+
+    /// Whether a cold start of some revision is being timed.
+    pub fn timing_cold_starts(&self) -> bool {
+        !self.cold_since.is_empty()
     }
 
     /// The counters of the revisions still `known`; the others are forgotten.
     pub fn snapshot(&mut self, known: &dyn Fn(&ObjectKey) -> bool) -> CountersSnapshot {
         self.revisions.retain(|key, _| known(key));
+        self.cold_since.retain(|key, _| known(key));
         self.revisions.clone()
     }
 }
@@ -352,6 +407,25 @@ mod tests {
         all.merge(&DurationHistogram::from_proto(&proto(9, 1, 0.9)));
         assert!(all.quantile(0.99).is_some_and(|p99| p99 <= 0.005), "{:?}", all.quantile(0.99));
         assert!(all.quantile(1.0).is_some_and(|max| max > 0.75));
+    }
+
+    #[test]
+    fn a_cold_start_is_timed_from_its_first_activation_to_ready() {
+        let mut counters = Counters::default();
+        let all = |_: &ObjectKey| true;
+        counters.activated(&hello(), false, 1_000);
+        counters.activated(&hello(), false, 1_200); // another VM: same cold start
+        counters.observe_ready(&|_| false, &all, 1_500);
+        assert!(counters.timing_cold_starts());
+        counters.observe_ready(&|_| true, &all, 1_800);
+        assert!(!counters.timing_cold_starts());
+        counters.activated(&hello(), true, 2_000); // already ready: nothing to time
+        let snapshot = counters.snapshot(&all);
+        let timed = &snapshot[&hello()];
+        assert_eq!(timed.activations, 3);
+        assert_eq!(timed.activation_duration.count(), 1);
+        assert!((timed.activation_duration.sum_seconds() - 0.8).abs() < 1e-9);
+        assert_eq!(timed.activation_duration.quantile(1.0), Some(1.0), "in Knative's (0.75, 1] bucket");
     }
 
     #[test]

@@ -251,13 +251,15 @@ impl ActivationService {
         tokio::spawn(own_readiness(plan.clone(), desired, acks, readiness_tx));
         let log = Arc::new(Mutex::new(LogThrottle::default()));
         tokio::spawn(count_unlogged(Arc::downgrade(&log)));
+        let demand = Arc::new(Mutex::new(Demand {
+            aggregator: Aggregator::new(MAX_FILTER_VMS),
+            activations: ActivationRecords::default(),
+        }));
+        tokio::spawn(time_cold_starts(readiness.clone(), Arc::downgrade(&demand)));
         Self {
             readiness,
             plan,
-            demand: Arc::new(Mutex::new(Demand {
-                aggregator: Aggregator::new(MAX_FILTER_VMS),
-                activations: ActivationRecords::default(),
-            })),
+            demand,
             pollers: Arc::new(watch::Sender::new(Pollers::new(MAX_FILTER_VMS))),
             log,
             activations: broadcast::Sender::new(256),
@@ -433,6 +435,18 @@ async fn own_readiness(
     }
 }
 
+/// Follows the readiness table and ends the cold starts being timed as
+/// their revisions become ready on some gateway; ends with the service.
+async fn time_cold_starts(mut readiness: watch::Receiver<Arc<ReadinessTable>>, demand: Weak<Mutex<Demand>>) {
+    while readiness.changed().await.is_ok() {
+        let table = readiness.borrow_and_update().clone();
+        let Some(demand) = demand.upgrade() else { return };
+        let ready = |key: &ObjectKey| table.ready_anywhere(key);
+        let known = |key: &ObjectKey| table.knows(key);
+        lock(&demand).aggregator.observe_ready(&ready, &known, unix_ms());
+    }
+}
+
 /// Every [`LOG_INTERVAL`], logs how many events of each kind were left out
 /// of the log and not counted in a line since; ends with the service.
 async fn count_unlogged(log: Weak<Mutex<LogThrottle>>) {
@@ -493,8 +507,9 @@ async fn activate(State(service): State<ActivationService>, bytes: Result<Bytes,
         )
     });
     {
+        let ready = service.readiness.borrow().ready_anywhere(&activation.revision);
         let mut demand = lock(&service.demand);
-        demand.aggregator.activated(&activation.revision);
+        demand.aggregator.activated(&activation.revision, ready, activation.at_unix_ms);
         demand.activations.record(activation.clone());
     }
     // Nobody listening (no autoscaler) is fine: the activation is recorded.

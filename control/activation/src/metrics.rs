@@ -169,9 +169,23 @@ impl Aggregator {
         Ok(())
     }
 
-    /// Counts an activation request for `key`, a revision of the plan.
-    pub fn activated(&mut self, key: &ObjectKey) {
-        self.cumulative.activated(key);
+    /// Counts an activation request for `key`, a revision of the plan,
+    /// timing the cold start it begins unless `key` is `ready` already.
+    pub fn activated(&mut self, key: &ObjectKey, ready: bool, now_ms: u64) {
+        self.cumulative.activated(key, ready, now_ms);
+    }
+
+    /// Ends the cold starts of the revisions `ready` now (see
+    /// [`Counters::observe_ready`]); cheap while none is being timed.
+    pub fn observe_ready(
+        &mut self,
+        ready: &dyn Fn(&ObjectKey) -> bool,
+        known: &dyn Fn(&ObjectKey) -> bool,
+        now_ms: u64,
+    ) {
+        if self.cumulative.timing_cold_starts() {
+            self.cumulative.observe_ready(ready, known, now_ms);
+        }
     }
 
     /// The cumulative counters of the revisions in `known` (the others are

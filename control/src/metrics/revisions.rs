@@ -10,6 +10,7 @@
 //! | `revgate_request_upstream_duration_seconds` | histogram | durations without the held time |
 //! | `revgate_gateway_replies_total` | counter, + `reason` | the filter's own 503s by `x-revgate-reason` |
 //! | `revgate_activations_total` | counter | activation requests from the filters |
+//! | `revgate_activation_duration_seconds` | histogram | cold starts, from the first activation request to the first gateway's ACK of endpoints |
 //! | `kn_revision_request_concurrency` | gauge | time-averaged requests at the gateway (in flight and held), last window |
 //! | `kn_revision_request_queued` / `_active` | gauge | requests held / in flight now |
 //! | `kn_revision_pods_desired` / `_count` | gauge | the KPA's desired scale / ready instances |
@@ -165,7 +166,7 @@ fn encode_histograms(encoder: &mut DescriptorEncoder, scrape: &Scrape) -> Result
             histogram_sample(family.encode_family(&labels)?, histogram)?;
         }
     }
-    let per_revision: [(&str, &str, PickHistogram); 2] = [
+    let per_revision: [(&str, &str, PickHistogram); 3] = [
         (
             "revgate_request_held_duration",
             "How long requests were held at the gateway (revision at zero, or at its containerConcurrency) before they went on or were answered",
@@ -175,6 +176,11 @@ fn encode_histograms(encoder: &mut DescriptorEncoder, scrape: &Scrape) -> Result
             "revgate_request_upstream_duration",
             "Duration of each request through the gateway without the time it was held: what the revision took",
             |c| &c.duration,
+        ),
+        (
+            "revgate_activation_duration",
+            "Cold starts: from the first activation request for a revision no gateway could reach to the first gateway acknowledging its endpoints",
+            |c| &c.activation_duration,
         ),
     ];
     for (name, help, histogram) in per_revision {
