@@ -322,7 +322,7 @@ mod bounds {
     fn a_report_of_many_busy_revisions_keeps_within_its_budget() {
         let mut m = Metrics::new(0);
         for index in 0..4000 {
-            let key = RevisionKey::new("default", &format!("revision-{index:05}"));
+            let key = RevisionKey::new("default", format!("revision-{index:05}"));
             for status in 200..216 {
                 m.finished(&key, Finished { status, duration_ns: 1, held_ns: Some(1), refused: None });
             }
