@@ -289,7 +289,8 @@ async fn every_request_is_counted_once_by_status_code_and_the_autoscaler_gauges_
             && m.value("kn_revision_concurrency_panic", &autoscale).is_some_and(|v| v > 1.0)
             && m.value("kn_revision_concurrency_stable", &autoscale).is_some_and(|v| v > 0.0)
             && m.value("kn_revision_pods_count", &autoscale).is_some_and(|v| v >= 1.0)
-            && m.value("kn_revision_pods_desired", &autoscale).is_some_and(|v| v >= 1.0);
+            && m.value("kn_revision_pods_desired", &autoscale).is_some_and(|v| v >= 1.0)
+            && m.value("kn_revision_pods_requested", &autoscale).is_some_and(|v| v >= 1.0);
         loaded.then_some(())
     })
     .await;

@@ -350,12 +350,6 @@ impl ActivationService {
         lock(&self.demand).aggregator.counters(&known)
     }
 
-    /// Requests held in the gateways right now, per revision, from the
-    /// filters' current reports.
-    pub fn held_now(&self) -> BTreeMap<ObjectKey, u64> {
-        self.activity().into_iter().map(|(key, activity)| (key, activity.totals.held)).collect()
-    }
-
     pub fn router(self) -> Router {
         Router::new()
             .route(paths::REPORT, post(report))

@@ -13,7 +13,7 @@
 //! | `revgate_activation_duration_seconds` | histogram | cold starts, from the first activation request to the first gateway's ACK of endpoints |
 //! | `kn_revision_request_concurrency` | gauge | time-averaged requests at the gateway (in flight and held), last window |
 //! | `kn_revision_request_queued` / `_active` | gauge | requests held / in flight now |
-//! | `kn_revision_pods_desired` / `_count` | gauge | the KPA's desired scale / ready instances |
+//! | `kn_revision_pods_desired` / `_requested` / `_count` | gauge | the KPA's desired scale / the scale asked of the runtime / ready instances |
 //! | `kn_revision_panic_mode` | gauge | 1 while the KPA panics |
 //! | `kn_revision_{concurrency,rps}_{stable,panic,target}` | gauge | the KPA's observed values and target, by its metric |
 //! | `kn_revision_capacity_excess` | gauge | the KPA's excess burst capacity |
@@ -282,8 +282,14 @@ fn encode_kpa_gauges(encoder: &mut DescriptorEncoder, scrape: &Scrape) -> Result
     )?;
     gauge_family(
         encoder,
+        "kn_revision_pods_requested",
+        "Number of pods autoscaler requested from the runtime",
+        rows(|s| s.requested_scale.map(f64::from)),
+    )?;
+    gauge_family(
+        encoder,
         "kn_revision_pods_count",
-        "Number of pods that are ready",
+        "Number of pods that are allocated currently (ready)",
         rows(|s| Some(f64::from(s.actual_scale))),
     )?;
     gauge_family(
