@@ -63,6 +63,18 @@ spec:
     spec:
       containers:
         - image: ghcr.io/knative/autoscale-go:latest
+---
+apiVersion: serving.knative.dev/v1
+kind: Service
+metadata:
+  name: broken
+  namespace: default
+spec:
+  template:
+    spec:
+      timeoutSeconds: 1
+      containers:
+        - image: ghcr.io/knative/no-such-image:latest
 "#;
 
 const HELLO: &str = "hello.default.example.com";
@@ -260,6 +272,22 @@ async fn every_request_is_counted_once_by_status_code_and_the_autoscaler_gauges_
     assert_eq!(metrics.types.get("revgate_request_held_duration_seconds").map(String::as_str), Some("histogram"));
     let autoscale_count = metrics.value("revgate_activation_duration_seconds_count", &revision("autoscale-00001"));
     assert!(autoscale_count.is_none_or(|n| n == 0.0), "min-scale 1: never cold, no cold start timed");
+
+    // A revision that never starts: its request waits out its 1 s timeout
+    // and gets the filter's own 503, counted by reason.
+    let reply = client.get("broken.default.example.com", "/").await;
+    assert_eq!((reply.status, reply.reason.as_deref()), (503, Some("activation-timeout")), "{}", reply.body);
+    let broken = revision("broken-00001");
+    let reason: Vec<(&str, &str)> = broken.iter().copied().chain([("reason", "activation-timeout")]).collect();
+    let metrics = wait_for("the filter's 503 counted by reason", async || {
+        let metrics = scrape(&up).await;
+        (metrics.value("revgate_gateway_replies_total", &reason) == Some(1.0)).then_some(metrics)
+    })
+    .await;
+    let code: Vec<(&str, &str)> = broken.iter().copied().chain([("http_response_status_code", "503")]).collect();
+    assert_eq!(metrics.value(count, &code), Some(1.0));
+    let held = metrics.value("revgate_request_held_duration_seconds_sum", &broken).unwrap_or_default();
+    assert!(held >= 1.0, "held for its whole timeout: {held}");
 
     // The OpenMetrics form parses under the stricter OpenMetrics parser.
     let (content_type, text) =
