@@ -34,6 +34,11 @@ use axum::routing::get;
 use prometheus_client::encoding::{prometheus_text, text};
 use prometheus_client::registry::Registry;
 
+pub use revgate_activation::counters::{CountersSnapshot, DurationHistogram, RevisionCounters};
+/// The gateway filters' reports summed per revision (the activation crate's
+/// aggregation), where the rest of the control plane looks for them.
+pub use revgate_activation::metrics::{Aggregator, FRESHNESS_INTERVALS, MAX_FRESHNESS_MS, ReportError, RevisionTotals};
+
 pub use self::own::XdsMetrics;
 pub use self::revisions::{RevisionCollector, RevisionSources};
 
