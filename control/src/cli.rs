@@ -101,6 +101,11 @@ pub struct ServeArgs {
     /// Enable the admin API's fault-injection endpoints (tests only).
     #[arg(long, hide = true, env = "REVGATE_TEST_HOOKS")]
     pub test_hooks: bool,
+    /// Also serve `GET /metrics` on this address, without a token (the
+    /// Prometheus convention). The admin API serves it too, under its own
+    /// token rules.
+    #[arg(long)]
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 #[derive(Debug, Args)]

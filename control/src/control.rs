@@ -70,6 +70,9 @@ pub struct Published {
     pub generation: u64,
     /// Version per xDS type (`CDS`, `EDS`, `LDS`, `SRDS`, `RDS`).
     pub versions: BTreeMap<String, String>,
+    /// Seconds spent building every snapshot so far (for `/metrics`).
+    #[serde(skip)]
+    pub build_seconds_total: f64,
 }
 
 /// The result of an apply or delete.
@@ -480,6 +483,7 @@ impl ControlPlane {
 
     /// Builds and publishes the snapshot for the current world.
     fn publish(&mut self) -> Published {
+        let started = std::time::Instant::now();
         let plan = self.world.plan(&Observed::default());
         self.translator.set_route_fault(self.fault.map(Fault::virtual_host));
         // The translator checks what changed for dangling references.
@@ -498,6 +502,7 @@ impl ControlPlane {
                 .iter()
                 .map(|kind| (kind.short_name().to_owned(), snapshot.version(*kind).to_owned()))
                 .collect(),
+            build_seconds_total: self.published_tx.borrow().build_seconds_total + started.elapsed().as_secs_f64(),
         };
         self.cache.set_snapshot(snapshot);
         self.publish_desired(&plan);

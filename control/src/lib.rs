@@ -24,6 +24,8 @@
 //!   filter calls (metrics reports, activation requests, readiness
 //!   long-polls), over `readiness` (which revisions each Envoy can serve) and
 //!   `metrics` (reports summed per revision).
+//! - `metrics`: `GET /metrics`, Prometheus families under Knative's names,
+//!   read at scrape time from their owners' published state.
 //! - `autoscaling`: the KPA task: metric windows, deciders and scale-to-zero
 //!   rules per revision, driving the runtime; `views` shows its decisions as
 //!   Knative PodAutoscalers and ServerlessServices.
@@ -46,7 +48,7 @@
 /// The activation side lives in its own crate; these paths keep its modules
 /// where the rest of the control plane looks for them.
 pub use revgate_activation as activation;
-pub use revgate_activation::{metrics, readiness};
+pub use revgate_activation::readiness;
 
 pub mod admin;
 pub mod autoscaler_cli;
@@ -61,6 +63,7 @@ pub mod gateway;
 pub mod gateway_auth;
 pub mod http;
 pub mod manifests;
+pub mod metrics;
 pub mod private_file;
 pub mod publish;
 pub mod render;

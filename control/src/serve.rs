@@ -43,6 +43,7 @@ use crate::control::{ControlPlane, Handle};
 use crate::external::ExternalRuntime;
 use crate::gateway_auth;
 use crate::http;
+use crate::metrics::{Exporter, RevisionSources, XdsMetrics};
 use crate::private_file;
 use crate::store::Store;
 use crate::zero_gate;
@@ -86,6 +87,8 @@ pub struct ServerConfig {
     pub xds_tls: Option<XdsTlsFiles>,
     /// The flags that set the addresses, named in errors.
     pub flags: AddressFlags,
+    /// `--metrics-addr`: `/metrics` on a listener of its own, without a token.
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 /// PEM files for mutual TLS on the xDS port.
@@ -143,6 +146,7 @@ impl From<&ServeArgs> for ServerConfig {
                 _ => None,
             },
             flags: AddressFlags { xds: "--xds-addr", admin: "--admin-addr", activation: "--activation-addr" },
+            metrics_addr: args.metrics_addr,
         }
     }
 }
@@ -154,6 +158,8 @@ pub struct Server {
     pub xds_addr: SocketAddr,
     pub admin_addr: SocketAddr,
     pub activation_addr: SocketAddr,
+    /// Where `--metrics-addr` serves `/metrics`, if it was given.
+    pub metrics_addr: Option<SocketAddr>,
     /// What the gateway filters report and which of them are in sync.
     pub activation_service: ActivationService,
     /// The token gateways present (required on ports bound beyond loopback).
@@ -164,6 +170,7 @@ pub struct Server {
     xds: JoinHandle<Result<(), tonic::transport::Error>>,
     admin: JoinHandle<std::io::Result<()>>,
     activation: JoinHandle<std::io::Result<()>>,
+    metrics: Option<JoinHandle<std::io::Result<()>>>,
 }
 
 impl Server {
@@ -184,6 +191,11 @@ impl Server {
         let activation_listener = bind(config.activation_addr, "the activation service", flags.activation).await?;
         let xds_listener = bind(config.xds_addr, "the xDS server", flags.xds).await?;
         let admin_listener = bind(config.admin_addr, "the admin API", flags.admin).await?;
+        let metrics_listener = match config.metrics_addr {
+            Some(addr) => Some(bind(addr, "the metrics endpoint", "--metrics-addr").await?),
+            None => None,
+        };
+        let metrics_addr = metrics_listener.as_ref().map(TcpListener::local_addr).transpose()?;
         let activation_addr = activation_listener.local_addr()?;
         let xds_addr = xds_listener.local_addr()?;
         let admin_addr = admin_listener.local_addr()?;
@@ -203,6 +215,7 @@ impl Server {
             )?;
             tracing::info!(client_ca = %tls.client_ca.display(), "xDS speaks mutual TLS");
         }
+        let mut instance_counts = None;
         let runtime: Option<Arc<dyn Runtime>> = match config.runtime {
             RuntimeKind::External => None,
             RuntimeKind::Process => {
@@ -222,12 +235,14 @@ impl Server {
                     drain: DRAIN,
                     ..ProcessConfig::default()
                 })?;
+                instance_counts = Some(runtime.instance_counts());
                 Some(Arc::new(runtime))
             }
         };
 
         let cache = SnapshotCache::default();
-        let xds = XdsServer::new(cache.clone());
+        let xds_metrics = XdsMetrics::default();
+        let xds = XdsServer::with_callbacks(cache.clone(), Arc::new(xds_metrics.clone()));
         let settings = XdsSettings { listener_port: config.http_port, filter, ..XdsSettings::default() };
         let registrations = store.registrations();
         // From here on the runtime may run instances: a step that fails stops it.
@@ -286,12 +301,22 @@ impl Server {
             xds = %xds_addr,
             admin = %admin_addr,
             activation = %activation_addr,
+            metrics = ?metrics_addr,
             filter = ?config.wasm_filter,
             runtime = ?config.runtime,
             state_dir = %config.state_dir.display(),
             "revgate control plane serving"
         );
 
+        let exporter = Arc::new(Exporter::new(
+            RevisionSources {
+                activation: activation.clone(),
+                kpa: kpa.clone(),
+                control: handle.clone(),
+                instances: instance_counts,
+            },
+            &xds_metrics,
+        ));
         let admin = router(AdminState {
             control: handle.clone(),
             activation: activation.clone(),
@@ -299,7 +324,10 @@ impl Server {
             instances: runtime.as_ref().map(|runtime| runtime.states()),
             token: admin_token,
             test_hooks: config.test_hooks,
+            metrics: exporter.clone(),
         });
+        let metrics = metrics_listener
+            .map(|listener| tokio::spawn(http::serve(listener, crate::metrics::router(exporter), "metrics endpoint")));
         let plane = tokio::spawn(plane.run(Some(states)));
         let xds = tokio::spawn(
             xds_server
@@ -316,6 +344,7 @@ impl Server {
             xds_addr,
             admin_addr,
             activation_addr,
+            metrics_addr,
             activation_service,
             gateway_token,
             runtime,
@@ -324,6 +353,7 @@ impl Server {
             xds,
             admin,
             activation,
+            metrics,
         })
     }
 
@@ -350,7 +380,14 @@ impl Server {
                 None => std::future::pending().await,
             }
         };
+        let metrics = async {
+            match &mut self.metrics {
+                Some(task) => task.await,
+                None => std::future::pending().await,
+            }
+        };
         let result = tokio::select! {
+            result = metrics => flatten(result).context("the metrics endpoint stopped"),
             result = &mut self.xds => flatten(result).context("the xDS server stopped"),
             result = &mut self.admin => flatten(result).context("the admin API stopped"),
             result = &mut self.activation => flatten(result).context("the activation service stopped"),
@@ -371,6 +408,9 @@ impl Server {
         }
         for task in [&self.xds.abort_handle(), &self.admin.abort_handle(), &self.activation.abort_handle()] {
             task.abort();
+        }
+        if let Some(metrics) = &self.metrics {
+            metrics.abort();
         }
         self.plane.abort();
     }

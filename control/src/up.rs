@@ -99,6 +99,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         gateway_token_file: None,
         xds_tls: None,
         flags: AddressFlags { xds: "--xds-port", admin: "--admin-port", activation: "--activation-port" },
+        metrics_addr: None,
     })
     .await?;
     step(format_args!(
@@ -304,6 +305,10 @@ fn print_urls(handle: &Handle, args: &UpArgs) {
     println!("\n  Dashboard  http://127.0.0.1:{}/", args.admin_port);
     let server =
         if args.admin_port == 9090 { String::new() } else { format!(" --server http://127.0.0.1:{}", args.admin_port) };
+    println!(
+        "\nMetrics: http://127.0.0.1:{}/metrics   ·   Envoy stats: http://127.0.0.1:{}/stats/prometheus",
+        args.admin_port, args.envoy_admin_port
+    );
     println!(
         "\nWatch it scale: revgate get kpa{server}   ·   revgate get revisions{server}   ·   logs in {}/{LOG_DIR}\nPress Ctrl-C to stop.",
         args.state_dir.display()

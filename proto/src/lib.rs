@@ -10,8 +10,10 @@
 //!
 //! # Layout
 //! - [`activation::v1`] (re-exported at the root): the generated messages
-//!   [`MetricsReport`], [`RevisionMetrics`], [`LatencySummary`],
+//!   [`MetricsReport`], [`RevisionMetrics`], [`DurationHistogram`],
+//!   [`StatusDurations`], [`ReasonCount`], [`LatencySummary`],
 //!   [`ActivationRequest`], [`ReadinessUpdate`], [`RevisionReadiness`].
+//! - [`DURATION_BOUNDS_SECONDS`] and the bounds of a report's entries.
 //! - [`paths`]: HTTP paths, query parameters, content type and timing
 //!   constants of the transport.
 //!
@@ -30,8 +32,33 @@ pub mod activation {
 }
 
 pub use activation::v1::{
-    ActivationRequest, LatencySummary, MetricsReport, ReadinessUpdate, RevisionMetrics, RevisionReadiness,
+    ActivationRequest, DurationHistogram, LatencySummary, MetricsReport, ReadinessUpdate, ReasonCount, RevisionMetrics,
+    RevisionReadiness, StatusDurations,
 };
+
+/// The upper bounds, in seconds, of the buckets of every
+/// [`DurationHistogram`]: Knative's request latency boundaries (the
+/// queue-proxy's `kn.serving.invocation.duration`), so dashboards and
+/// alerts written for Knative read revgate's histograms the same way. One
+/// more bucket counts what lies above the last bound.
+pub const DURATION_BOUNDS_SECONDS: [f64; 14] =
+    [0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0];
+
+/// Entries of [`DurationHistogram::bucket_counts`]: the bounds and the bucket
+/// above them.
+pub const DURATION_BUCKETS: usize = DURATION_BOUNDS_SECONDS.len() + 1;
+
+/// The most distinct status codes one [`RevisionMetrics`] lists in
+/// `durations`. The filter counts the codes beyond it under status 0, so a
+/// backend answering many odd codes cannot grow a report; the control plane
+/// refuses an entry with more.
+pub const MAX_STATUS_CODES_PER_REVISION: usize = 16;
+
+/// The most entries of `refusals` in one [`RevisionMetrics`], and the
+/// longest reason (bytes) the control plane takes.
+pub const MAX_REASONS_PER_REVISION: usize = 8;
+/// See [`MAX_REASONS_PER_REVISION`].
+pub const MAX_REASON_BYTES: usize = 64;
 
 /// The HTTP side of the contract.
 ///
@@ -174,7 +201,19 @@ mod tests {
                 responses_5xx: 1,
                 latency: Some(LatencySummary { p50_ms: 1.0, p90_ms: 2.0, p99_ms: 3.0, max_ms: 4.0 }),
                 held: 2,
+                in_flight: 3,
                 average_held_concurrency: Some(0.5),
+                durations: vec![StatusDurations {
+                    status_code: 200,
+                    duration: Some(DurationHistogram {
+                        bucket_counts: vec![1; DURATION_BUCKETS],
+                        sum_seconds: 20.0,
+                        count: DURATION_BUCKETS as u64,
+                    }),
+                }],
+                upstream_duration: None,
+                held_duration: Some(DurationHistogram::default()),
+                refusals: vec![ReasonCount { reason: "activation-timeout".into(), count: 1 }],
             }],
         };
         assert_eq!(MetricsReport::decode(report.encode_to_vec().as_slice()).unwrap(), report);

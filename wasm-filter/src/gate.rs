@@ -27,7 +27,7 @@ use std::collections::HashMap;
 use crate::breaker::{self, SharedStore};
 use crate::config::{FilterConfig, ReleaseGate};
 use crate::hold::{Held, HoldQueue};
-use crate::metrics::Metrics;
+use crate::metrics::{Finished, Metrics};
 use crate::probe::{self, Confirmed, ProbeCall, Probes};
 use crate::readiness::{self, Readiness, ReadinessTable};
 use crate::reply::LocalReply;
@@ -67,7 +67,7 @@ pub enum Effect {
 enum Phase {
     Waiting,
     Admitted { slot: bool },
-    Refused { status: u32 },
+    Refused { status: u32, reason: &'static str },
 }
 
 #[derive(Debug, Clone)]
@@ -77,6 +77,8 @@ struct Tracked {
     cluster: String,
     metadata_cc: Option<u32>,
     started_ns: u64,
+    /// How long it was held, once it stopped waiting (released or refused).
+    held_ns: Option<u64>,
     phase: Phase,
 }
 
@@ -161,7 +163,8 @@ impl Gate {
     /// A request's headers arrived for `target` (HTTP context `id`).
     pub fn on_request(&mut self, id: u32, target: Target, now_ns: u64, store: &dyn SharedStore) -> Decision {
         let Target { key, cluster, metadata_container_concurrency: metadata_cc } = target;
-        let mut tracked = Tracked { key, cluster, metadata_cc, started_ns: now_ns, phase: Phase::Waiting };
+        let mut tracked =
+            Tracked { key, cluster, metadata_cc, started_ns: now_ns, held_ns: None, phase: Phase::Waiting };
         let line = self.line(&tracked.key);
         // Nobody jumps the queue: with requests already waiting, a new one waits too.
         let admission = match line {
@@ -190,7 +193,7 @@ impl Gate {
                 }
                 Err(full) => {
                     let reply = LocalReply::held_requests_limit(&tracked.key, full.held);
-                    tracked.phase = Phase::Refused { status: reply.status };
+                    tracked.phase = Phase::Refused { status: reply.status, reason: reply.reason };
                     Decision::Refuse(reply)
                 }
             },
@@ -257,6 +260,7 @@ impl Gate {
             self.metrics.admitted(key, now_ns);
             if let Some(tracked) = self.requests.get_mut(&front.id) {
                 tracked.phase = Phase::Admitted { slot };
+                tracked.held_ns = Some(now_ns.saturating_sub(tracked.started_ns));
             }
             effects.push(Effect::Resume(front.id));
         }
@@ -399,7 +403,8 @@ impl Gate {
                 let reply = LocalReply::activation_timeout(&key, timeout_ms);
                 self.metrics.unheld(&key, now_ns);
                 if let Some(tracked) = self.requests.get_mut(&held.id) {
-                    tracked.phase = Phase::Refused { status: reply.status };
+                    tracked.phase = Phase::Refused { status: reply.status, reason: reply.reason };
+                    tracked.held_ns = Some(now_ns.saturating_sub(tracked.started_ns));
                 }
                 effects.push(Effect::Reply(held.id, reply));
             }
@@ -415,10 +420,13 @@ impl Gate {
         let Some(tracked) = self.requests.remove(&id) else { return Vec::new() };
         let key = &tracked.key;
         let mut freed_slot = false;
+        let mut held_ns = tracked.held_ns;
+        let mut refused = None;
         let status = match tracked.phase {
             Phase::Waiting => {
                 self.queue.remove(key, id);
                 self.metrics.unheld(key, now_ns);
+                held_ns = Some(now_ns.saturating_sub(tracked.started_ns));
                 status.unwrap_or(0)
             }
             Phase::Admitted { slot } => {
@@ -431,9 +439,13 @@ impl Gate {
                 }
                 status.unwrap_or(0)
             }
-            Phase::Refused { status: ours } => status.unwrap_or(ours),
+            Phase::Refused { status: ours, reason } => {
+                refused = Some(reason);
+                status.unwrap_or(ours)
+            }
         };
-        self.metrics.finished(key, status, now_ns.saturating_sub(tracked.started_ns));
+        let duration_ns = now_ns.saturating_sub(tracked.started_ns);
+        self.metrics.finished(key, Finished { status, duration_ns, held_ns, refused });
         if freed_slot && self.queue.len(key) > 0 { self.pump(key, now_ns, store) } else { Vec::new() }
     }
 
@@ -520,6 +532,12 @@ mod tests {
         let rev = &report.revisions[0];
         assert_eq!((rev.requests, rev.held), (1, 0));
         assert!(rev.average_held_concurrency.unwrap() > 0.0);
+        // Held 3 ms, then 7 ms upstream: 10 ms as the client saw it.
+        let seconds = |h: &Option<revgate_proto::DurationHistogram>| h.as_ref().map(|h| (h.count, h.sum_seconds));
+        assert_eq!(rev.durations[0].status_code, 200);
+        assert_eq!(seconds(&rev.durations[0].duration), Some((1, 0.010)));
+        assert_eq!(seconds(&rev.held_duration), Some((1, 0.003)));
+        assert_eq!(seconds(&rev.upstream_duration), Some((1, 0.007)));
     }
 
     #[test]
@@ -539,6 +557,12 @@ mod tests {
             (report.revisions[0].requests, report.revisions[0].responses_5xx, report.revisions[0].held),
             (1, 1, 3)
         );
+        assert_eq!(
+            report.revisions[0].refusals,
+            vec![revgate_proto::ReasonCount { reason: HELD_REQUESTS_LIMIT.into(), count: 1 }],
+            "counted by x-revgate-reason"
+        );
+        assert_eq!(report.revisions[0].durations[0].status_code, 503, "no status from Envoy: the filter's own");
     }
 
     #[test]

@@ -1,96 +1,56 @@
-//! A small latency histogram: log-linear buckets over microseconds, 8 linear
-//! sub-buckets per power of two (the HDR-histogram idea with 3 significant
-//! bits). A quantile is reported as the upper bound of its bucket, so it
-//! overstates the true value by at most 12.5%, never understates it, and is
-//! capped at the exact maximum. Memory is fixed: 304 counters per revision
-//! per VM, covering 1 µs to ~12 days (longer values count in the last bucket).
+//! A duration histogram over Knative's request latency boundaries
+//! ([`DURATION_BOUNDS_SECONDS`], 5 ms to 10 s, and one bucket above).
+//!
+//! Every reporter counts into the same fixed buckets, so the control plane
+//! adds the histograms of every worker of every gateway and gets a true
+//! distribution: a p99 over all of them, not the worst of per-reporter
+//! percentiles. Memory is fixed: 15 counters, a sum and a count.
 
-/// Linear sub-buckets per power of two.
-const SUB_BITS: u32 = 3;
-const SUB: u64 = 1 << SUB_BITS;
-/// Values are clamped below 2^40 µs (~12.7 days).
-const MAX_EXPONENT: u32 = 40;
-const BUCKETS: usize = (SUB + (MAX_EXPONENT - SUB_BITS) as u64 * SUB) as usize;
-const MAX_VALUE_US: u64 = (1 << MAX_EXPONENT) - 1;
+use revgate_proto::{DURATION_BOUNDS_SECONDS, DURATION_BUCKETS, DurationHistogram};
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LatencyHistogram {
-    counts: Vec<u64>,
-    total: u64,
-    max_us: u64,
+const NS_PER_SECOND: f64 = 1e9;
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DurationRecorder {
+    counts: [u64; DURATION_BUCKETS],
+    sum_seconds: f64,
+    count: u64,
 }
 
-impl Default for LatencyHistogram {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl LatencyHistogram {
+impl DurationRecorder {
     pub fn new() -> Self {
-        Self { counts: vec![0; BUCKETS], total: 0, max_us: 0 }
+        Self::default()
     }
 
-    pub fn record(&mut self, latency_us: u64) {
-        let value = latency_us.min(MAX_VALUE_US);
-        if let Some(count) = self.counts.get_mut(bucket_of(value)) {
+    /// Counts one duration of `ns` nanoseconds.
+    pub fn record(&mut self, ns: u64) {
+        let seconds = ns as f64 / NS_PER_SECOND;
+        let index = bucket_of(seconds);
+        if let Some(count) = self.counts.get_mut(index) {
             *count = count.saturating_add(1);
         }
-        self.total = self.total.saturating_add(1);
-        self.max_us = self.max_us.max(latency_us);
+        self.sum_seconds += seconds;
+        self.count = self.count.saturating_add(1);
     }
 
     pub fn count(&self) -> u64 {
-        self.total
+        self.count
     }
 
-    pub fn max_us(&self) -> u64 {
-        self.max_us
-    }
-
-    /// The `q` quantile (0 < q ≤ 1) in µs: the upper bound of the bucket
-    /// holding the `ceil(q × count)`-th smallest value. 0 when empty.
-    pub fn quantile_us(&self, q: f64) -> u64 {
-        if self.total == 0 {
-            return 0;
+    /// The histogram as the report carries it (no buckets when empty).
+    pub fn to_proto(&self) -> DurationHistogram {
+        DurationHistogram {
+            bucket_counts: if self.count == 0 { Vec::new() } else { self.counts.to_vec() },
+            sum_seconds: self.sum_seconds,
+            count: self.count,
         }
-        let rank = ((q.clamp(0.0, 1.0) * self.total as f64).ceil() as u64).clamp(1, self.total);
-        let mut seen = 0u64;
-        for (index, count) in self.counts.iter().enumerate() {
-            seen = seen.saturating_add(*count);
-            if seen >= rank {
-                return upper_bound(index).min(self.max_us);
-            }
-        }
-        self.max_us
-    }
-
-    pub fn clear(&mut self) {
-        self.counts.iter_mut().for_each(|c| *c = 0);
-        self.total = 0;
-        self.max_us = 0;
     }
 }
 
-fn bucket_of(value: u64) -> usize {
-    if value < SUB {
-        return value as usize;
-    }
-    let exponent = 63 - value.leading_zeros(); // ≥ SUB_BITS
-    let shift = exponent - SUB_BITS;
-    let sub = (value >> shift) & (SUB - 1);
-    (SUB + u64::from(shift) * SUB + sub) as usize
-}
-
-/// The largest value that falls in bucket `index`.
-fn upper_bound(index: usize) -> u64 {
-    let index = index as u64;
-    if index < SUB {
-        return index;
-    }
-    let shift = (index - SUB) / SUB;
-    let sub = (index - SUB) % SUB;
-    ((SUB + sub + 1) << shift) - 1
+/// The index of the bucket holding `seconds`: the first bound at or above
+/// it, or the bucket above the last bound.
+fn bucket_of(seconds: f64) -> usize {
+    DURATION_BOUNDS_SECONDS.iter().position(|bound| seconds <= *bound).unwrap_or(DURATION_BOUNDS_SECONDS.len())
 }
 
 #[cfg(test)]
@@ -98,58 +58,39 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    const MS: u64 = 1_000_000;
+
     #[test]
-    fn buckets_are_contiguous_and_increasing() {
-        assert_eq!(BUCKETS, 304);
-        let mut previous = None;
-        for index in 0..BUCKETS {
-            let upper = upper_bound(index);
-            assert_eq!(bucket_of(upper), index);
-            if let Some(p) = previous {
-                assert_eq!(bucket_of(p + 1), index, "no gap before bucket {index}");
-            }
-            previous = Some(upper);
-        }
-        assert_eq!(previous, Some(MAX_VALUE_US));
+    fn values_fall_in_knatives_buckets_bounds_inclusive() {
+        let mut h = DurationRecorder::new();
+        assert_eq!(h.to_proto(), DurationHistogram::default(), "empty: no buckets");
+        h.record(0);
+        h.record(5 * MS); // exactly the first bound: first bucket
+        h.record(6 * MS);
+        h.record(700 * MS);
+        h.record(11_000 * MS); // above 10 s: the last bucket
+        let p = h.to_proto();
+        assert_eq!(p.bucket_counts.len(), 15);
+        assert_eq!(p.bucket_counts, vec![2, 1, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 1]);
+        assert_eq!(p.count, 5);
+        assert!((p.sum_seconds - 11.711).abs() < 1e-9, "{}", p.sum_seconds);
     }
 
     #[test]
-    fn quantiles_of_a_known_distribution() {
-        let mut h = LatencyHistogram::new();
-        assert_eq!(h.quantile_us(0.5), 0);
-        for ms in 1..=100u64 {
-            h.record(ms * 1000);
-        }
-        let within = |got: u64, want: u64| got >= want && got as f64 <= want as f64 * 1.125;
-        assert!(within(h.quantile_us(0.5), 50_000), "{}", h.quantile_us(0.5));
-        assert!(within(h.quantile_us(0.9), 90_000), "{}", h.quantile_us(0.9));
-        assert!(within(h.quantile_us(0.99), 99_000), "{}", h.quantile_us(0.99));
-        assert_eq!(h.quantile_us(1.0), 100_000, "capped at the exact max");
-        assert_eq!(h.max_us(), 100_000);
-        h.clear();
-        assert_eq!((h.count(), h.quantile_us(0.99)), (0, 0));
-    }
-
-    #[test]
-    fn huge_values_are_clamped_but_max_is_exact() {
-        let mut h = LatencyHistogram::new();
+    fn huge_values_count_above_the_last_bound() {
+        let mut h = DurationRecorder::new();
         h.record(u64::MAX);
-        assert_eq!(h.max_us(), u64::MAX);
-        assert_eq!(h.quantile_us(0.5), MAX_VALUE_US);
+        assert_eq!(h.to_proto().bucket_counts.last(), Some(&1));
     }
 
     proptest! {
         #[test]
-        fn quantile_overstates_by_at_most_an_eighth(values in proptest::collection::vec(0u64..10_000_000, 1..200), q in 0.01f64..1.0) {
-            let mut h = LatencyHistogram::new();
+        fn buckets_always_add_up_to_the_count(values in proptest::collection::vec(any::<u64>(), 0..100)) {
+            let mut h = DurationRecorder::new();
             for v in &values { h.record(*v); }
-            let mut sorted = values.clone();
-            sorted.sort_unstable();
-            let rank = ((q * values.len() as f64).ceil() as usize).clamp(1, values.len());
-            let exact = sorted[rank - 1];
-            let got = h.quantile_us(q);
-            prop_assert!(got >= exact);
-            prop_assert!(got as f64 <= exact as f64 * 1.125 + 1.0, "got {got}, exact {exact}");
+            let p = h.to_proto();
+            prop_assert_eq!(p.count, values.len() as u64);
+            prop_assert_eq!(p.bucket_counts.iter().sum::<u64>(), p.count);
         }
     }
 }

@@ -8,9 +8,11 @@
 //! - **Throttle** a revision with a `containerConcurrency` to
 //!   `cc × ready endpoints` requests in flight across all of Envoy's worker
 //!   VMs (the activator's breaker), queueing the rest.
-//! - **Report** each revision's time-weighted concurrency, requests, 5xx,
-//!   latency and held requests every `report_interval_ms` (the
-//!   queue-proxy's and activator's stats).
+//! - **Report** each revision's time-weighted concurrency, requests by
+//!   status code with their durations (histograms over Knative's latency
+//!   boundaries), held requests and how long they were held, and its own
+//!   503s by reason, every `report_interval_ms` (the queue-proxy's and
+//!   activator's stats).
 //!
 //! Requests whose cluster is not a revision's, and requests for revisions the
 //! control plane has not described (no answer yet, control plane down,

@@ -1,16 +1,46 @@
 //! Per-revision traffic seen by one VM, turned into a `MetricsReport` every
-//! reporting window: what Knative's queue-proxy (concurrency, requests) and
-//! activator (held demand) would report.
+//! reporting window: what Knative's queue-proxy (concurrency, requests and
+//! their durations) and activator (held demand) would report.
+//!
+//! Durations are counted in fixed buckets ([`DurationRecorder`]) per
+//! response status code, so the control plane can add up every reporter's.
+//! Bounded: at most [`MAX_STATUS_CODES_PER_REVISION`] codes per revision per
+//! window (more count under status 0), and refusal reasons are the filter's
+//! own few constants.
 
 use std::collections::BTreeMap;
 
-use revgate_proto::{LatencySummary, MetricsReport, RevisionMetrics};
+use prost::Message;
+use revgate_proto::{MAX_STATUS_CODES_PER_REVISION, MetricsReport, ReasonCount, RevisionMetrics, StatusDurations};
 
 use crate::averager::ConcurrencyAverager;
-use crate::histogram::LatencyHistogram;
+use crate::histogram::DurationRecorder;
 use crate::revision::RevisionKey;
 
 const NS_PER_MS: u64 = 1_000_000;
+
+/// Bytes of a report's entries past which the rest go without their
+/// histograms (durations, held time): the counts, concurrency and held
+/// requests the autoscaler needs always fit, well inside the activation
+/// service's 1 MiB message limit, however many revisions had traffic.
+pub const HISTOGRAM_BUDGET_BYTES: usize = 512 * 1024;
+
+/// Status code of requests without a response (and of codes beyond the
+/// bound per window).
+const NO_STATUS: u32 = 0;
+
+/// How one request ended, as the gate saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Finished {
+    /// The response status (0: none, e.g. the client left).
+    pub status: u32,
+    /// From the request headers to the end of the stream.
+    pub duration_ns: u64,
+    /// How long it was held, if it was.
+    pub held_ns: Option<u64>,
+    /// The `x-revgate-reason` of the filter's own answer, if it gave one.
+    pub refused: Option<&'static str>,
+}
 
 #[derive(Debug, Clone)]
 struct RevisionStats {
@@ -19,7 +49,10 @@ struct RevisionStats {
     held_in_window: bool,
     requests: u64,
     responses_5xx: u64,
-    latency: LatencyHistogram,
+    durations: BTreeMap<u32, DurationRecorder>,
+    upstream: DurationRecorder,
+    held_for: DurationRecorder,
+    refusals: BTreeMap<&'static str, u64>,
 }
 
 impl RevisionStats {
@@ -30,8 +63,21 @@ impl RevisionStats {
             held_in_window: false,
             requests: 0,
             responses_5xx: 0,
-            latency: LatencyHistogram::new(),
+            durations: BTreeMap::new(),
+            upstream: DurationRecorder::new(),
+            held_for: DurationRecorder::new(),
+            refusals: BTreeMap::new(),
         }
+    }
+
+    /// Starts the next window: the counts restart, the averagers carry on.
+    fn clear_counts(&mut self) {
+        self.requests = 0;
+        self.responses_5xx = 0;
+        self.durations.clear();
+        self.upstream = DurationRecorder::new();
+        self.held_for = DurationRecorder::new();
+        self.refusals.clear();
     }
 }
 
@@ -78,15 +124,27 @@ impl Metrics {
         self.stats(key).held.decrement(now_ns);
     }
 
-    /// A request finished with `status` (0: no response, e.g. client abort)
-    /// after `latency_ns`.
-    pub fn finished(&mut self, key: &RevisionKey, status: u32, latency_ns: u64) {
+    /// A request's stream ended: it is counted once, under its status code.
+    pub fn finished(&mut self, key: &RevisionKey, finished: Finished) {
         let stats = self.stats(key);
         stats.requests = stats.requests.saturating_add(1);
-        if (500..600).contains(&status) {
+        if (500..600).contains(&finished.status) {
             stats.responses_5xx = stats.responses_5xx.saturating_add(1);
         }
-        stats.latency.record(latency_ns / 1_000);
+        // One entry is kept free for status 0, where codes beyond the bound go.
+        let known = stats.durations.contains_key(&finished.status);
+        let room = stats.durations.len() + 1 < MAX_STATUS_CODES_PER_REVISION;
+        let code = if known || room { finished.status } else { NO_STATUS };
+        stats.durations.entry(code).or_default().record(finished.duration_ns);
+        let held_ns = finished.held_ns.unwrap_or(0);
+        stats.upstream.record(finished.duration_ns.saturating_sub(held_ns));
+        if let Some(held_ns) = finished.held_ns {
+            stats.held_for.record(held_ns);
+        }
+        if let Some(reason) = finished.refused {
+            let count = stats.refusals.entry(reason).or_insert(0);
+            *count = count.saturating_add(1);
+        }
     }
 
     /// Closes the window at `now_ns` and returns its report, or `None` when
@@ -101,15 +159,14 @@ impl Metrics {
             if busy {
                 revisions.push(revision_metrics(key, stats, now_ns));
             }
-            stats.requests = 0;
-            stats.responses_5xx = 0;
-            stats.latency.clear();
+            stats.clear_counts();
             stats.held_in_window = stats.held.current() > 0;
             busy
         });
         if revisions.is_empty() {
             return None;
         }
+        keep_within_budget(&mut revisions);
         Some(MetricsReport {
             node_id: node_id.to_owned(),
             reporter: reporter.to_owned(),
@@ -120,24 +177,53 @@ impl Metrics {
     }
 }
 
+/// Drops the histograms of the entries past [`HISTOGRAM_BUDGET_BYTES`].
+fn keep_within_budget(revisions: &mut [RevisionMetrics]) {
+    let mut used = 0usize;
+    let mut stripped = 0usize;
+    for entry in revisions.iter_mut() {
+        if used.saturating_add(entry.encoded_len()) > HISTOGRAM_BUDGET_BYTES {
+            entry.durations.clear();
+            entry.upstream_duration = None;
+            entry.held_duration = None;
+            stripped += 1;
+        }
+        used = used.saturating_add(entry.encoded_len());
+    }
+    if stripped > 0 {
+        log::warn!(
+            "revgate: {stripped} revisions reported without their duration histograms this window \
+             (a report keeps them within {HISTOGRAM_BUDGET_BYTES} bytes)"
+        );
+    }
+}
+
 fn revision_metrics(key: &RevisionKey, stats: &mut RevisionStats, now_ns: u64) -> RevisionMetrics {
     let held_in_window = stats.held_in_window;
     let average_held = stats.held.take_window(now_ns);
-    let ms = |us: u64| us as f64 / 1_000.0;
+    let histogram = |recorder: &DurationRecorder| (recorder.count() > 0).then(|| recorder.to_proto());
     RevisionMetrics {
         namespace: key.namespace.clone(),
         revision: key.revision.clone(),
         average_concurrency: stats.in_flight.take_window(now_ns),
         requests: stats.requests,
         responses_5xx: stats.responses_5xx,
-        latency: (stats.latency.count() > 0).then(|| LatencySummary {
-            p50_ms: ms(stats.latency.quantile_us(0.50)),
-            p90_ms: ms(stats.latency.quantile_us(0.90)),
-            p99_ms: ms(stats.latency.quantile_us(0.99)),
-            max_ms: ms(stats.latency.max_us()),
-        }),
+        latency: None,
         held: stats.held.current(),
+        in_flight: stats.in_flight.current(),
         average_held_concurrency: held_in_window.then_some(average_held),
+        durations: stats
+            .durations
+            .iter()
+            .map(|(code, recorder)| StatusDurations { status_code: *code, duration: Some(recorder.to_proto()) })
+            .collect(),
+        upstream_duration: histogram(&stats.upstream),
+        held_duration: histogram(&stats.held_for),
+        refusals: stats
+            .refusals
+            .iter()
+            .map(|(reason, count)| ReasonCount { reason: (*reason).to_owned(), count: *count })
+            .collect(),
     }
 }
 
@@ -157,9 +243,12 @@ mod tests {
         m.unheld(&key, T0 + 200 * MS);
         m.admitted(&key, T0 + 200 * MS);
         m.left(&key, T0 + 700 * MS);
-        m.finished(&key, 200, 700 * MS);
+        m.finished(&key, Finished { status: 200, duration_ns: 700 * MS, held_ns: Some(200 * MS), refused: None });
         // One request refused with 503 at once.
-        m.finished(&key, 503, MS);
+        m.finished(
+            &key,
+            Finished { status: 503, duration_ns: MS, held_ns: None, refused: Some("held-requests-limit") },
+        );
 
         let report = m.take_report(T0 + 1000 * MS, "gw", "gw/1").unwrap();
         assert_eq!((report.node_id.as_str(), report.reporter.as_str()), ("gw", "gw/1"));
@@ -170,9 +259,24 @@ mod tests {
         assert!((rev.average_concurrency - 0.5).abs() < 1e-9);
         assert!((rev.average_held_concurrency.unwrap() - 0.2).abs() < 1e-9);
         assert_eq!((rev.requests, rev.responses_5xx, rev.held), (2, 1, 0));
-        let latency = rev.latency.unwrap();
-        assert!(latency.p99_ms >= 700.0 && latency.max_ms == 700.0, "{latency:?}");
-        assert!(latency.p50_ms >= 1.0 && latency.p50_ms <= 1.125, "{latency:?}");
+        let by_code: Vec<(u32, Vec<u64>)> = rev
+            .durations
+            .iter()
+            .map(|d| (d.status_code, d.duration.clone().unwrap_or_default().bucket_counts))
+            .collect();
+        assert_eq!(
+            by_code,
+            vec![
+                (200, vec![0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0]),
+                (503, vec![1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
+            ],
+            "held time included: 700 ms falls under 0.75 s"
+        );
+        let upstream = rev.upstream_duration.clone().unwrap();
+        assert_eq!((upstream.count, upstream.bucket_counts[7]), (2, 1), "500 ms upstream, under 0.5 s");
+        let held = rev.held_duration.clone().unwrap();
+        assert_eq!((held.count, held.bucket_counts[6]), (1, 1), "held 200 ms, under 0.25 s");
+        assert_eq!(rev.refusals, vec![ReasonCount { reason: "held-requests-limit".into(), count: 1 }]);
     }
 
     #[test]
@@ -183,10 +287,11 @@ mod tests {
         let first = m.take_report(T0 + 1000 * MS, "gw", "r").unwrap();
         assert_eq!(first.revisions[0].average_concurrency, 1.0);
         assert_eq!(first.revisions[0].requests, 0);
-        assert_eq!(first.revisions[0].latency, None);
+        assert_eq!(first.revisions[0].in_flight, 1, "still in flight when reported");
+        assert!(first.revisions[0].durations.is_empty());
         assert_eq!(first.revisions[0].average_held_concurrency, None, "nothing held: absent");
         m.left(&key, T0 + 1500 * MS);
-        m.finished(&key, 200, 1500 * MS);
+        m.finished(&key, Finished { status: 200, duration_ns: 1500 * MS, held_ns: None, refused: None });
         let second = m.take_report(T0 + 2000 * MS, "gw", "r").unwrap();
         assert_eq!(second.window_start_unix_ms, 1_700_000_001_000);
         assert!((second.revisions[0].average_concurrency - 0.5).abs() < 1e-9);
@@ -206,5 +311,45 @@ mod tests {
         assert_eq!(second.revisions[0].held, 1);
         assert_eq!(second.revisions[0].average_held_concurrency, Some(1.0));
         assert_eq!(second.revisions[0].average_concurrency, 0.0);
+    }
+}
+
+#[cfg(test)]
+mod bounds {
+    use super::*;
+
+    #[test]
+    fn a_report_of_many_busy_revisions_keeps_within_its_budget() {
+        let mut m = Metrics::new(0);
+        for index in 0..4000 {
+            let key = RevisionKey::new("default", format!("revision-{index:05}"));
+            for status in 200..216 {
+                m.finished(&key, Finished { status, duration_ns: 1, held_ns: Some(1), refused: None });
+            }
+        }
+        let report = m.take_report(1_000 * NS_PER_MS, "gw", "r").unwrap();
+        assert_eq!(report.revisions.len(), 4000, "every revision's counts are reported");
+        assert!(report.revisions.iter().all(|r| r.requests == 16));
+        assert!(report.encoded_len() < 1024 * 1024, "{} bytes", report.encoded_len());
+        assert!(report.revisions[0].durations.len() == 16 && report.revisions[3999].durations.is_empty());
+    }
+
+    #[test]
+    fn codes_beyond_the_bound_count_under_status_zero() {
+        let key = RevisionKey::new("default", "odd");
+        let mut m = Metrics::new(0);
+        for status in 200..240 {
+            m.finished(&key, Finished { status, duration_ns: 1, held_ns: None, refused: None });
+        }
+        m.finished(&key, Finished { status: 200, duration_ns: 1, held_ns: None, refused: None });
+        let report = m.take_report(1_000 * NS_PER_MS, "gw", "r").unwrap();
+        let durations = &report.revisions[0].durations;
+        assert_eq!(durations.len(), MAX_STATUS_CODES_PER_REVISION);
+        let count = |code: u32| {
+            durations.iter().find(|d| d.status_code == code).and_then(|d| d.duration.as_ref()).map_or(0, |h| h.count)
+        };
+        assert_eq!(count(200), 2, "a code already listed keeps counting");
+        assert_eq!(count(NO_STATUS), 40 - (MAX_STATUS_CODES_PER_REVISION as u64 - 1));
+        assert_eq!(durations.iter().filter_map(|d| d.duration.as_ref()).map(|h| h.count).sum::<u64>(), 41);
     }
 }

@@ -29,11 +29,15 @@
 //! - `readiness`: the readiness table: which revisions each Envoy can
 //!   serve, from the plan, the wanted counts and the xDS ACKs (pure).
 //! - `metrics`: the filters' reports, summed per revision (pure).
+//! - `counters`: the reports added up since the start, per revision —
+//!   requests by status code, duration histograms, refusals (pure); read
+//!   with [`ActivationService::counters`].
 //! - `bookkeeping`: pollers and activation records, with their expiry (pure).
 //! - `log_throttle`: one log line per kind of event and interval (pure).
 #![forbid(unsafe_code)]
 
 mod bookkeeping;
+pub mod counters;
 mod log_throttle;
 pub mod metrics;
 pub mod readiness;
@@ -62,6 +66,7 @@ use self::bookkeeping::{
     ActivationRecords, FilterVm, MAX_POLLS_PER_VM, POLLER_IDLE_TIMEOUT, PollRefused, Pollers, Waiting,
 };
 use self::log_throttle::{LOG_INTERVAL, LogThrottle};
+use crate::counters::CountersSnapshot;
 use crate::metrics::{Aggregator, ReportError, RevisionTotals};
 use crate::readiness::ReadinessTable;
 
@@ -124,7 +129,9 @@ impl Refusal {
             Self::BadMessage { .. } | Self::BadBody { .. } | Self::BadQuery { .. } | Self::IdTooLong { .. } => {
                 StatusCode::BAD_REQUEST
             }
-            Self::Report(ReportError::RepeatedRevision { .. }) => StatusCode::BAD_REQUEST,
+            Self::Report(ReportError::RepeatedRevision { .. } | ReportError::BadEntry { .. }) => {
+                StatusCode::BAD_REQUEST
+            }
             Self::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnknownRevision { .. } | Self::Report(ReportError::UnknownRevision { .. }) => StatusCode::NOT_FOUND,
             Self::TooManyPollers { .. }
@@ -139,7 +146,7 @@ impl Refusal {
             Self::BadMessage { .. } | Self::BadBody { .. } | Self::BadQuery { .. } | Self::IdTooLong { .. } => {
                 "bad request"
             }
-            Self::Report(ReportError::RepeatedRevision { .. }) => "bad request",
+            Self::Report(ReportError::RepeatedRevision { .. } | ReportError::BadEntry { .. }) => "bad request",
             Self::TooLarge { .. } => "message too large",
             Self::UnknownRevision { .. } => "activation of an unknown revision",
             Self::Report(ReportError::UnknownRevision { .. }) => "metrics of an unknown revision",
@@ -244,13 +251,15 @@ impl ActivationService {
         tokio::spawn(own_readiness(plan.clone(), desired, acks, readiness_tx));
         let log = Arc::new(Mutex::new(LogThrottle::default()));
         tokio::spawn(count_unlogged(Arc::downgrade(&log)));
+        let demand = Arc::new(Mutex::new(Demand {
+            aggregator: Aggregator::new(MAX_FILTER_VMS),
+            activations: ActivationRecords::default(),
+        }));
+        tokio::spawn(time_cold_starts(readiness.clone(), Arc::downgrade(&demand)));
         Self {
             readiness,
             plan,
-            demand: Arc::new(Mutex::new(Demand {
-                aggregator: Aggregator::new(MAX_FILTER_VMS),
-                activations: ActivationRecords::default(),
-            })),
+            demand,
             pollers: Arc::new(watch::Sender::new(Pollers::new(MAX_FILTER_VMS))),
             log,
             activations: broadcast::Sender::new(256),
@@ -328,6 +337,17 @@ impl ActivationService {
             entry.last_activation = Some(last.clone());
         }
         activity
+    }
+
+    /// The cumulative counters of every revision in the plan: requests by
+    /// status code, their durations, held time and refusals. A cheap copy
+    /// (shared until the next report), for `/metrics` and for comparing two
+    /// moments ([`counters::RevisionCounters::saturating_sub`]).
+    pub fn counters(&self) -> CountersSnapshot {
+        let plan = self.plan.borrow().clone();
+        let revisions = revisions(&plan);
+        let known = |key: &ObjectKey| revisions.contains(key);
+        lock(&self.demand).aggregator.counters(&known)
     }
 
     pub fn router(self) -> Router {
@@ -409,6 +429,18 @@ async fn own_readiness(
     }
 }
 
+/// Follows the readiness table and ends the cold starts being timed as
+/// their revisions become ready on some gateway; ends with the service.
+async fn time_cold_starts(mut readiness: watch::Receiver<Arc<ReadinessTable>>, demand: Weak<Mutex<Demand>>) {
+    while readiness.changed().await.is_ok() {
+        let table = readiness.borrow_and_update().clone();
+        let Some(demand) = demand.upgrade() else { return };
+        let ready = |key: &ObjectKey| table.ready_anywhere(key);
+        let known = |key: &ObjectKey| table.knows(key);
+        lock(&demand).aggregator.observe_ready(&ready, &known, unix_ms());
+    }
+}
+
 /// Every [`LOG_INTERVAL`], logs how many events of each kind were left out
 /// of the log and not counted in a line since; ends with the service.
 async fn count_unlogged(log: Weak<Mutex<LogThrottle>>) {
@@ -468,7 +500,12 @@ async fn activate(State(service): State<ActivationService>, bytes: Result<Bytes,
             activation.revision, activation.node, activation.held
         )
     });
-    lock(&service.demand).activations.record(activation.clone());
+    {
+        let ready = service.readiness.borrow().ready_anywhere(&activation.revision);
+        let mut demand = lock(&service.demand);
+        demand.aggregator.activated(&activation.revision, ready, activation.at_unix_ms);
+        demand.activations.record(activation.clone());
+    }
     // Nobody listening (no autoscaler) is fine: the activation is recorded.
     let _ = service.activations.send(activation);
     StatusCode::OK.into_response()

@@ -11,12 +11,21 @@
 //! Only what revgate can use is kept, so no client can make it grow: the
 //! entries of revisions in the gateway plan, once each, from at most a set
 //! number of reporters, each forgotten once its report is stale.
+//!
+//! Every recorded report is also added, once, to the cumulative
+//! [`Counters`] (requests by status code, durations, held time, refusals),
+//! which `/metrics` and rollouts read through [`Aggregator::counters`].
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use revgate_model::plan::ObjectKey;
-use revgate_proto::MetricsReport;
+use revgate_proto::{
+    DURATION_BUCKETS, MAX_REASON_BYTES, MAX_REASONS_PER_REVISION, MAX_STATUS_CODES_PER_REVISION, MetricsReport,
+    RevisionMetrics,
+};
 use serde::{Deserialize, Serialize};
+
+use crate::counters::{Counters, CountersSnapshot, DurationHistogram};
 
 /// A report stays current for this many of its own windows, so one late or
 /// lost report does not make a revision look idle.
@@ -45,6 +54,8 @@ pub enum ReportError {
         MAX_FRESHNESS_MS / 1000
     )]
     TooManyReporters { limit: usize, node: String, reporter: String },
+    #[error("{field} {detail}; the metrics report was not recorded")]
+    BadEntry { field: String, detail: String },
 }
 
 /// Current totals for one revision across every reporter.
@@ -62,7 +73,12 @@ pub struct RevisionTotals {
     pub responses_5xx: u64,
     /// Requests held right now.
     pub held: u64,
-    /// The worst p99 latency among reporters, in milliseconds.
+    /// Requests in flight to the revision right now.
+    #[serde(default)]
+    pub in_flight: u64,
+    /// The p99 latency of the requests in the reporters' last windows, all
+    /// reporters together, in milliseconds (held time included; 0 when
+    /// none finished).
     pub p99_ms: f64,
     /// How many reporters contributed.
     pub reporters: usize,
@@ -90,12 +106,14 @@ pub struct Aggregator {
     /// When stale reporters are next swept out on a report, so a stream of
     /// new reporters costs one pass per second, not one per report.
     next_sweep_ms: u64,
+    /// Every recorded report, added up per revision.
+    cumulative: Counters,
 }
 
 impl Aggregator {
     /// Keeps the reports of at most `max_reporters` reporters.
     pub fn new(max_reporters: usize) -> Self {
-        Self { latest: BTreeMap::new(), max_reporters, next_sweep_ms: 0 }
+        Self { latest: BTreeMap::new(), max_reporters, next_sweep_ms: 0, cumulative: Counters::default() }
     }
 
     /// Reporters whose report is kept.
@@ -120,6 +138,7 @@ impl Aggregator {
                 let revision = ObjectKey::new(metrics.namespace.as_str(), metrics.revision.as_str());
                 return Err(ReportError::RepeatedRevision { index, revision });
             }
+            check_entry(index, metrics)?;
         }
         let unknown = report
             .revisions
@@ -145,8 +164,34 @@ impl Aggregator {
             let (node, reporter) = key;
             return Err(ReportError::TooManyReporters { limit: self.max_reporters, node, reporter });
         }
+        self.cumulative.add(&report.revisions);
         self.latest.insert(key, Latest { received_ms: now_ms, report });
         Ok(())
+    }
+
+    /// Counts an activation request for `key`, a revision of the plan,
+    /// timing the cold start it begins unless `key` is `ready` already.
+    pub fn activated(&mut self, key: &ObjectKey, ready: bool, now_ms: u64) {
+        self.cumulative.activated(key, ready, now_ms);
+    }
+
+    /// Ends the cold starts of the revisions `ready` now (see
+    /// [`Counters::observe_ready`]); cheap while none is being timed.
+    pub fn observe_ready(
+        &mut self,
+        ready: &dyn Fn(&ObjectKey) -> bool,
+        known: &dyn Fn(&ObjectKey) -> bool,
+        now_ms: u64,
+    ) {
+        if self.cumulative.timing_cold_starts() {
+            self.cumulative.observe_ready(ready, known, now_ms);
+        }
+    }
+
+    /// The cumulative counters of the revisions in `known` (the others are
+    /// forgotten): a cheap copy, shared until the next report.
+    pub fn counters(&mut self, known: &dyn Fn(&ObjectKey) -> bool) -> CountersSnapshot {
+        self.cumulative.snapshot(known)
     }
 
     /// Totals at `now_ms` for the revisions in `known`; reports for other
@@ -155,12 +200,17 @@ impl Aggregator {
     pub fn totals(&mut self, known: &dyn Fn(&ObjectKey) -> bool, now_ms: u64) -> BTreeMap<ObjectKey, RevisionTotals> {
         self.latest.retain(|_, latest| latest.is_fresh(now_ms));
         let mut totals: BTreeMap<ObjectKey, RevisionTotals> = BTreeMap::new();
+        let mut durations: BTreeMap<ObjectKey, DurationHistogram> = BTreeMap::new();
         for latest in self.latest.values() {
             let window_s = latest.report.window_ms.max(1) as f64 / 1000.0;
             for metrics in &latest.report.revisions {
                 let key = ObjectKey::new(metrics.namespace.as_str(), metrics.revision.as_str());
                 if !known(&key) {
                     continue;
+                }
+                let merged = durations.entry(key.clone()).or_default();
+                for entry in metrics.durations.iter().filter_map(|d| d.duration.as_ref()) {
+                    merged.merge(&DurationHistogram::from_proto(entry));
                 }
                 let total = totals.entry(key).or_default();
                 total.concurrency += metrics.average_concurrency;
@@ -169,12 +219,96 @@ impl Aggregator {
                 total.requests += metrics.requests;
                 total.responses_5xx += metrics.responses_5xx;
                 total.held += metrics.held;
-                total.p99_ms = total.p99_ms.max(metrics.latency.as_ref().map_or(0.0, |l| l.p99_ms));
+                total.in_flight += metrics.in_flight;
                 total.reporters += 1;
+            }
+        }
+        for (key, merged) in durations {
+            if let (Some(total), Some(p99)) = (totals.get_mut(&key), merged.quantile(0.99)) {
+                total.p99_ms = p99 * 1000.0;
             }
         }
         totals
     }
+}
+
+/// Checks one entry's histograms and lists against the contract's bounds,
+/// naming the field at fault.
+fn check_entry(index: usize, metrics: &RevisionMetrics) -> Result<(), ReportError> {
+    let bad = |field: String, detail: String| Err(ReportError::BadEntry { field, detail });
+    let at = format!("revisions[{index}]");
+    if metrics.durations.len() > MAX_STATUS_CODES_PER_REVISION {
+        return bad(
+            format!("{at}.durations"),
+            format!(
+                "lists {} status codes, more than MAX_STATUS_CODES_PER_REVISION = {MAX_STATUS_CODES_PER_REVISION}",
+                metrics.durations.len()
+            ),
+        );
+    }
+    let mut codes = BTreeSet::new();
+    for (i, entry) in metrics.durations.iter().enumerate() {
+        if entry.status_code > 999 || !codes.insert(entry.status_code) {
+            return bad(
+                format!("{at}.durations[{i}].status_code"),
+                format!("is {}, not a status code (0, or 100–999) listed once", entry.status_code),
+            );
+        }
+        if let Some(h) = &entry.duration {
+            check_histogram(format!("{at}.durations[{i}].duration"), h)?;
+        }
+    }
+    if let Some(h) = &metrics.upstream_duration {
+        check_histogram(format!("{at}.upstream_duration"), h)?;
+    }
+    if let Some(h) = &metrics.held_duration {
+        check_histogram(format!("{at}.held_duration"), h)?;
+    }
+    if metrics.refusals.len() > MAX_REASONS_PER_REVISION {
+        return bad(
+            format!("{at}.refusals"),
+            format!(
+                "lists {} reasons, more than MAX_REASONS_PER_REVISION = {MAX_REASONS_PER_REVISION}",
+                metrics.refusals.len()
+            ),
+        );
+    }
+    for (i, refusal) in metrics.refusals.iter().enumerate() {
+        if refusal.reason.is_empty() || refusal.reason.len() > MAX_REASON_BYTES {
+            return bad(
+                format!("{at}.refusals[{i}].reason"),
+                format!(
+                    "is {} bytes; a reason is 1 to MAX_REASON_BYTES = {MAX_REASON_BYTES} bytes",
+                    refusal.reason.len()
+                ),
+            );
+        }
+    }
+    Ok(())
+}
+
+fn check_histogram(field: String, h: &revgate_proto::DurationHistogram) -> Result<(), ReportError> {
+    let buckets = h.bucket_counts.len();
+    if buckets != 0 && buckets != DURATION_BUCKETS {
+        return Err(ReportError::BadEntry {
+            field: format!("{field}.bucket_counts"),
+            detail: format!("has {buckets} buckets; Knative's boundaries make {DURATION_BUCKETS} (or none when empty)"),
+        });
+    }
+    let total = h.bucket_counts.iter().fold(0u64, |a, b| a.saturating_add(*b));
+    if total != h.count {
+        return Err(ReportError::BadEntry {
+            field: format!("{field}.count"),
+            detail: format!("is {}, but its buckets add up to {total}", h.count),
+        });
+    }
+    if !h.sum_seconds.is_finite() || h.sum_seconds < 0.0 {
+        return Err(ReportError::BadEntry {
+            field: format!("{field}.sum_seconds"),
+            detail: format!("is {}; a sum of durations is finite and not negative", h.sum_seconds),
+        });
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -319,5 +453,57 @@ mod tests {
         record(&mut aggregator, report, 0);
         assert_eq!(aggregator.totals(&any, MAX_FRESHNESS_MS).len(), 1);
         assert!(aggregator.totals(&any, MAX_FRESHNESS_MS + 1).is_empty(), "at most MAX_FRESHNESS_MS");
+    }
+
+    fn histogram(bucket: usize, n: u64) -> revgate_proto::DurationHistogram {
+        let mut bucket_counts = vec![0; DURATION_BUCKETS];
+        bucket_counts[bucket] = n;
+        revgate_proto::DurationHistogram { bucket_counts, sum_seconds: 0.0, count: n }
+    }
+
+    fn with_durations(reporter: &str, bucket: usize, n: u64) -> MetricsReport {
+        let mut report = report("gw", reporter, "hello-00001", 1.0, n);
+        report.revisions[0].durations =
+            vec![revgate_proto::StatusDurations { status_code: 200, duration: Some(histogram(bucket, n)) }];
+        report
+    }
+
+    #[test]
+    fn p99_is_over_every_reporters_requests_together() {
+        let mut aggregator = aggregator();
+        // 99 fast requests on one worker, one slow on another: the worst
+        // per-worker p99 would be slow, the true p99 of the 100 is fast.
+        record(&mut aggregator, with_durations("w1", 0, 99), 0);
+        record(&mut aggregator, with_durations("w2", 9, 1), 0);
+        let totals = aggregator.totals(&any, 0);
+        let p99 = totals[&ObjectKey::new("default", "hello-00001")].p99_ms;
+        assert!(p99 > 0.0 && p99 <= 5.0, "{p99}");
+        let counted = aggregator.counters(&any);
+        assert_eq!(counted[&ObjectKey::new("default", "hello-00001")].requests(), 100);
+    }
+
+    #[test]
+    fn malformed_entries_are_refused_naming_the_field_and_count_nothing() {
+        let mut aggregator = aggregator();
+        let mut short = with_durations("w1", 0, 3);
+        if let Some(h) = short.revisions[0].durations[0].duration.as_mut() {
+            h.bucket_counts.pop();
+        }
+        let refused = aggregator.record(short, &any, 0).expect_err("refused");
+        assert!(
+            refused.to_string().starts_with("revisions[0].durations[0].duration.bucket_counts has 14 buckets"),
+            "{refused}"
+        );
+        let mut lying = with_durations("w1", 0, 3);
+        if let Some(h) = lying.revisions[0].durations[0].duration.as_mut() {
+            h.count = 4;
+        }
+        let refused = aggregator.record(lying, &any, 0).expect_err("refused");
+        assert!(refused.to_string().contains("durations[0].duration.count is 4, but its buckets add up to 3"));
+        let mut codes = with_durations("w1", 0, 1);
+        codes.revisions[0].durations[0].status_code = 1000;
+        assert!(matches!(aggregator.record(codes, &any, 0), Err(ReportError::BadEntry { .. })));
+        assert_eq!(aggregator.reporters(), 0);
+        assert!(aggregator.counters(&any).is_empty());
     }
 }

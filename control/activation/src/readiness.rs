@@ -144,6 +144,23 @@ impl ReadinessTable {
         changed
     }
 
+    /// Whether `revision` is in the plan this table follows.
+    pub fn knows(&self, revision: &ObjectKey) -> bool {
+        self.revisions.contains_key(revision)
+    }
+
+    /// Whether some gateway node can send `revision` traffic: it ACKed
+    /// endpoints for it (or they are inlined) and the control plane wants
+    /// some. The end of a cold start.
+    pub fn ready_anywhere(&self, revision: &ObjectKey) -> bool {
+        let Some(facts) = self.revisions.get(revision) else { return false };
+        let wanted = self.desired(revision).unwrap_or(u32::MAX);
+        let acked = facts
+            .inlined_endpoints
+            .unwrap_or_else(|| self.acked.values().filter_map(|node| node.get(revision)).copied().max().unwrap_or(0));
+        acked.min(wanted) > 0
+    }
+
     /// The update for one node: every known revision with the endpoints that
     /// node runs. A node whose filter `probes` (it confirms endpoints in its
     /// own Envoy before releasing) gets the registered endpoints instead: it
@@ -240,9 +257,13 @@ mod tests {
         assert_eq!(ready(&table, "gw-1", "hello-00001"), 2);
         assert_eq!(ready(&table, "gw-2", "hello-00001"), 0, "another Envoy has not ACKed yet");
 
+        let key = ObjectKey::new("default", "hello-00001");
+        assert!(table.ready_anywhere(&key) && table.knows(&key), "a cold start ends at the first node's ACK");
+        assert!(!table.ready_anywhere(&ObjectKey::new("default", "made-up")));
         assert!(!table.record_ack(&eds_ack("gw-1", "hello-00001", 2)), "the same ACK changes nothing");
         assert!(table.record_ack(&eds_ack("gw-1", "hello-00001", 0)), "scaled to zero");
         assert_eq!(ready(&table, "gw-1", "hello-00001"), 0);
+        assert!(!table.ready_anywhere(&key));
     }
 
     #[test]

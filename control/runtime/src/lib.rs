@@ -50,7 +50,7 @@ mod process;
 
 pub use error::RuntimeError;
 pub use images::ImageMap;
-pub use process::{ProcessConfig, ProcessRuntime, RECORD_FILE};
+pub use process::{InstanceCounts, InstanceCountsByRevision, ProcessConfig, ProcessRuntime, RECORD_FILE};
 // The contract, re-exported so that users of the process runtime need one
 // dependency; it is defined in `revgate-runtime-api`, which the Kubernetes
 // runtime shares without compiling this crate's process machinery.

@@ -15,8 +15,8 @@ use revgate_model::plan::{Endpoint, ObjectKey};
 use revgate_model::resources::{Container, ContainerPort, EnvVar, RevisionSpec};
 use revgate_runtime::record::{ProcessRecord, RecordedProcess};
 use revgate_runtime::{
-    ImageMap, InstanceStatus, Phase, ProcessConfig, ProcessRuntime, RECORD_FILE, RevisionState, RevisionStates,
-    Runtime, Workload,
+    ImageMap, InstanceCounts, InstanceStatus, Phase, ProcessConfig, ProcessRuntime, RECORD_FILE, RevisionState,
+    RevisionStates, Runtime, Workload,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
@@ -315,6 +315,12 @@ async fn crashing_instances_restart_with_growing_backoff() {
     .await;
     assert_eq!(third.instances.len(), 1, "the instance restarts in place");
     assert_eq!(third.instances[0].restarts, 2);
+    let counts = runtime.instance_counts().borrow()[&ObjectKey::new("default", "crash-00001")];
+    assert_eq!(
+        counts,
+        InstanceCounts { starts: 3, crashes: 3, restarts: 2 },
+        "counted for /metrics: three starts, each crashed, two restarts so far"
+    );
     let text = wait_for_log(&third.instances[0].log, "exited with exit status: 3").await;
     assert_eq!(text.lines().filter(|l| *l == "boom").count(), 3, "{text}");
 

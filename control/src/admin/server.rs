@@ -60,6 +60,8 @@ pub struct AdminState {
     /// Required bearer token, when the API is bound beyond loopback.
     pub token: Option<BearerToken>,
     pub test_hooks: bool,
+    /// What `GET /metrics` serves (under the same token rules).
+    pub metrics: std::sync::Arc<crate::metrics::Exporter>,
 }
 
 pub fn router(state: AdminState) -> Router {
@@ -76,7 +78,11 @@ pub fn router(state: AdminState) -> Router {
         .route("/v1/instances", get(instances))
         .route("/v1/serverlessservices", get(serverless_services))
         .route("/v1/unreadable", get(unreadable))
-        .route("/v1/revisions/{namespace}/{name}/endpoints", put(set_endpoints));
+        .route("/v1/revisions/{namespace}/{name}/endpoints", put(set_endpoints))
+        .route(
+            "/metrics",
+            get(|State(state): State<AdminState>, headers| crate::metrics::scrape(State(state.metrics), headers)),
+        );
     if state.test_hooks {
         v1 = v1.route("/v1/debug/fault", put(set_fault));
     }

@@ -51,6 +51,15 @@ pub fn revision_cluster(revision: &ObjectKey) -> String {
     format!("{REVISION_CLUSTER_PREFIX}{SEPARATOR}{}{SEPARATOR}{}", revision.namespace, revision.name)
 }
 
+/// The name a revision's cluster has in Envoy's statistics:
+/// `<namespace>/<revision>`, so `/stats/prometheus` labels its series
+/// `envoy_cluster_name="default/hello-00001"`, as Flagger's Knative
+/// provider queries them (`envoy_cluster_upstream_rq`,
+/// `envoy_cluster_upstream_rq_time_bucket`).
+pub fn revision_stat_name(revision: &ObjectKey) -> String {
+    format!("{}/{}", revision.namespace, revision.name)
+}
+
 /// Inverse of [`revision_cluster`]; `None` for any other cluster name.
 pub fn parse_revision_cluster(cluster: &str) -> Option<ObjectKey> {
     let mut parts = cluster.split(SEPARATOR);

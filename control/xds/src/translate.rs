@@ -566,6 +566,7 @@ fn base_cluster(revision: &RevisionBackend) -> Cluster {
 
     Cluster {
         name: names::revision_cluster(&revision.key),
+        alt_stat_name: names::revision_stat_name(&revision.key),
         connect_timeout: Some(pb_duration(CONNECT_TIMEOUT)),
         metadata: Some(metadata),
         typed_extension_protocol_options,
@@ -806,6 +807,8 @@ pub(crate) mod tests {
         let r = translate(&plan(), &endpoints(), &XdsSettings::default());
         let names: Vec<_> = r.clusters.iter().map(|c| c.name.as_str()).collect();
         assert_eq!(names, ["rev|default|hello-00001", "rev|default|hello-00002"]);
+        let stat_names: Vec<_> = r.clusters.iter().map(|c| c.alt_stat_name.as_str()).collect();
+        assert_eq!(stat_names, ["default/hello-00001", "default/hello-00002"], "as Flagger queries Envoy's stats");
         for c in &r.clusters {
             assert_eq!(
                 c.cluster_discovery_type,

@@ -25,8 +25,8 @@ use std::time::Instant;
 use revgate_model::plan::{Endpoint, ObjectKey};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::ProcessConfig;
 use super::supervisor::{self, Exit, Stop, Supervised, seconds};
+use super::{InstanceCounts, InstanceCountsByRevision, ProcessConfig};
 use crate::backoff::Backoff;
 use crate::images::ImageMap;
 use crate::launch::{self, Launch, NotRunnable};
@@ -78,6 +78,15 @@ struct Context {
     ports: BTreeSet<u16>,
     /// Every process that may run, for the next start should this one be killed.
     record: ProcessRecord,
+    /// Starts, crashes and restarts per revision; only the actor writes.
+    counts: watch::Sender<Arc<InstanceCountsByRevision>>,
+}
+
+impl Context {
+    /// Bumps one of `key`'s instance counters.
+    fn count(&self, key: &ObjectKey, bump: impl FnOnce(&mut InstanceCounts)) {
+        self.counts.send_modify(|counts| bump(Arc::make_mut(counts).entry(key.clone()).or_default()));
+    }
 }
 
 struct Revision {
@@ -121,6 +130,7 @@ pub(super) async fn run(
     mut record: ProcessRecord,
     leftovers: Vec<RecordedProcess>,
     states: watch::Sender<Arc<RevisionStates>>,
+    counts: watch::Sender<Arc<InstanceCountsByRevision>>,
     commands: mpsc::UnboundedReceiver<Command>,
 ) {
     // Before anything starts: a new instance must not be mistaken for an old one,
@@ -136,7 +146,7 @@ pub(super) async fn run(
     record.clear();
     let (events, events_rx) = mpsc::unbounded_channel();
     let actor = Actor {
-        ctx: Context { config, events, ports: BTreeSet::new(), record },
+        ctx: Context { config, events, ports: BTreeSet::new(), record, counts },
         revisions: BTreeMap::new(),
         states,
         shutting_down: false,
@@ -288,6 +298,7 @@ impl Actor {
                     && let Ok(launch) = &revision.launch
                 {
                     instance.restarts += 1;
+                    self.ctx.count(key, |c| c.restarts = c.restarts.saturating_add(1));
                     instance.spawn(key, Arc::clone(launch), &mut self.ctx);
                 }
             }
@@ -317,6 +328,7 @@ impl Actor {
         }
         if revision.removed && revision.instances.is_empty() {
             self.revisions.remove(key);
+            self.ctx.counts.send_if_modified(|counts| Arc::make_mut(counts).remove(key).is_some());
         }
     }
 
@@ -453,6 +465,7 @@ impl Instance {
     /// Starts a new process for this instance on a fresh port.
     fn spawn(&mut self, key: &ObjectKey, launch: Arc<Launch>, ctx: &mut Context) {
         self.run += 1;
+        ctx.count(key, |c| c.starts = c.starts.saturating_add(1));
         self.phase = Phase::Starting;
         self.pid = None;
         self.started_unix_ms = None;
@@ -487,6 +500,7 @@ impl Instance {
 
     /// The process ended while wanted: wait, then start it again.
     fn crashed(&mut self, key: &ObjectKey, exit: &Exit, ctx: &Context) {
+        ctx.count(key, |c| c.crashes = c.crashes.saturating_add(1));
         let ready_for = self.ready_since.map(|since| since.elapsed());
         let delay = self.backoff.on_crash(ready_for);
         self.phase = Phase::CrashLoop;

@@ -33,6 +33,21 @@ use crate::{RevisionStates, Runtime, Workload};
 
 use actor::Command;
 
+/// What happened to one revision's instances since the runtime started (or
+/// since the revision came back after a removal): counters for `/metrics`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct InstanceCounts {
+    /// Processes started, restarts included.
+    pub starts: u64,
+    /// Processes that ended, or failed to start, while wanted.
+    pub crashes: u64,
+    /// Crashed instances started again.
+    pub restarts: u64,
+}
+
+/// [`InstanceCounts`] of every revision the runtime knows.
+pub type InstanceCountsByRevision = std::collections::BTreeMap<ObjectKey, InstanceCounts>;
+
 /// How long a stopping instance keeps running, out of rotation, before SIGTERM.
 pub const DEFAULT_DRAIN: Duration = Duration::from_secs(2);
 /// The runtime record's file name in the log directory. Namespaces are DNS
@@ -94,6 +109,7 @@ impl Default for ProcessConfig {
 pub struct ProcessRuntime {
     commands: mpsc::UnboundedSender<Command>,
     states: watch::Receiver<Arc<RevisionStates>>,
+    counts: watch::Receiver<Arc<InstanceCountsByRevision>>,
 }
 
 impl ProcessRuntime {
@@ -114,8 +130,14 @@ impl ProcessRuntime {
 
         let (commands, commands_rx) = mpsc::unbounded_channel();
         let (states_tx, states) = watch::channel(Arc::default());
-        tokio.spawn(actor::run(config, record, leftovers, states_tx, commands_rx));
-        Ok(Self { commands, states })
+        let (counts_tx, counts) = watch::channel(Arc::default());
+        tokio.spawn(actor::run(config, record, leftovers, states_tx, counts_tx, commands_rx));
+        Ok(Self { commands, states, counts })
+    }
+
+    /// Starts, crashes and restarts per revision, published by the actor.
+    pub fn instance_counts(&self) -> watch::Receiver<Arc<InstanceCountsByRevision>> {
+        self.counts.clone()
     }
 
     fn send(&self, command: Command) {

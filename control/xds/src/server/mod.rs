@@ -6,11 +6,13 @@
 //! from the [`SnapshotCache`] and compares versions; it never builds content.
 //! Protocol events go to one `status` recorder, which publishes a
 //! [`GatewayStatus`] and broadcasts [`AckEvent`]s; a node whose streams are
-//! gone is forgotten after [`DISCONNECT_GRACE`]. Off loopback, [`auth`]'s
+//! gone is forgotten after [`DISCONNECT_GRACE`]. The same events go to
+//! [`XdsCallbacks`] (counted as metrics). Off loopback, [`auth`]'s
 //! interceptor admits only gateways that present the token.
 
 pub mod auth;
 mod cache;
+mod callbacks;
 mod status;
 mod stream;
 
@@ -30,6 +32,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 pub use auth::{BearerToken, GatewayAuth, GatewayToken};
 pub use cache::SnapshotCache;
+pub use callbacks::{NoCallbacks, XdsCallbacks};
 use status::StatusRecorder;
 pub use status::{AckEvent, AckedResource, Api, DISCONNECT_GRACE, GatewayStatus, Nack, NodeStatus, TypeStatus};
 use tonic::service::interceptor::InterceptedService;
@@ -53,7 +56,12 @@ impl XdsServer {
     /// A server that forgets a disconnected node after `grace` rather than
     /// [`DISCONNECT_GRACE`] (tests that watch a node go).
     pub fn with_disconnect_grace(cache: SnapshotCache, grace: Duration) -> XdsServer {
-        XdsServer { cache, recorder: Arc::new(StatusRecorder::new(grace)) }
+        XdsServer { cache, recorder: Arc::new(StatusRecorder::new(grace, Arc::new(NoCallbacks))) }
+    }
+
+    /// A server that also reports every response, ACK and NACK to `callbacks`.
+    pub fn with_callbacks(cache: SnapshotCache, callbacks: Arc<dyn XdsCallbacks>) -> XdsServer {
+        XdsServer { cache, recorder: Arc::new(StatusRecorder::new(DISCONNECT_GRACE, callbacks)) }
     }
 
     /// Per node and type: what was sent, accepted and rejected.

@@ -36,6 +36,7 @@ use envoy_types::pb::google::protobuf::Any;
 use serde::Serialize;
 use tokio::sync::{broadcast, watch};
 
+use super::XdsCallbacks;
 use crate::snapshot::ResourceType;
 
 /// Which ADS variant a node's stream speaks.
@@ -136,6 +137,7 @@ pub(crate) struct StatusRecorder {
     presence: Mutex<BTreeMap<String, Presence>>,
     /// [`DISCONNECT_GRACE`] unless a test shortens it.
     grace: Duration,
+    callbacks: Arc<dyn XdsCallbacks>,
 }
 
 /// A node's streams, as the recorder counts them.
@@ -148,12 +150,13 @@ struct Presence {
 }
 
 impl StatusRecorder {
-    pub(crate) fn new(grace: Duration) -> Self {
+    pub(crate) fn new(grace: Duration, callbacks: Arc<dyn XdsCallbacks>) -> Self {
         Self {
             status: watch::Sender::new(GatewayStatus::default()),
             acks: broadcast::Sender::new(ACK_EVENTS_CAPACITY),
             presence: Mutex::new(BTreeMap::new()),
             grace,
+            callbacks,
         }
     }
 
@@ -247,6 +250,7 @@ impl StatusRecorder {
         removed: usize,
     ) {
         tracing::debug!(node, %resource_type, version, resources, removed, "xDS response sent");
+        self.callbacks.response_sent(node, resource_type.short_name());
         self.update_type(node, resource_type, |t| t.sent_version = Some(version.to_owned()));
     }
 
@@ -257,8 +261,10 @@ impl StatusRecorder {
         version: &str,
         resources: Vec<AckedResource>,
         removed: Vec<String>,
+        elapsed: Duration,
     ) {
         tracing::debug!(node, %resource_type, version, "xDS ACK");
+        self.callbacks.acked(node, resource_type.short_name(), elapsed);
         let now = SystemTime::now();
         self.update_type(node, resource_type, |t| {
             t.acked_version = Some(version.to_owned());
@@ -283,6 +289,7 @@ impl StatusRecorder {
             error = message,
             "Envoy rejected the configuration (NACK); it keeps serving the last accepted version"
         );
+        self.callbacks.nacked(node, resource_type.short_name());
         let now = SystemTime::now();
         self.update_type(node, resource_type, |t| {
             t.nack = Some(Nack { version: version.to_owned(), message: message.to_owned(), at: now });
@@ -318,7 +325,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_node_is_forgotten_only_after_a_full_grace_without_streams() {
-        let recorder = Arc::new(StatusRecorder::new(GRACE));
+        let recorder = Arc::new(StatusRecorder::new(GRACE, Arc::new(crate::server::NoCallbacks)));
         recorder.stream_opened("gw", Api::Sotw);
         recorder.stream_closed("gw");
         let left = node(&recorder).expect("shown during the grace");

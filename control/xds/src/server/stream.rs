@@ -248,6 +248,8 @@ struct InFlight {
     /// version and was therefore not sent; its ACK confirms those too.
     held: Vec<(String, Arc<VersionedResource>)>,
     removed: Vec<String>,
+    /// When it was sent, for the time to its ACK.
+    sent_at: std::time::Instant,
 }
 
 impl Session {
@@ -293,7 +295,14 @@ impl Session {
                             resource: r.resource.clone(),
                         })
                         .collect();
-                    self.recorder.ack(&self.node, resource_type, &sent.version, resources, sent.removed)
+                    self.recorder.ack(
+                        &self.node,
+                        resource_type,
+                        &sent.version,
+                        resources,
+                        sent.removed,
+                        sent.sent_at.elapsed(),
+                    )
                 }
                 // SotW: a request that changes names after its ACK carries the same nonce.
                 (None, _) => {
@@ -454,7 +463,13 @@ impl Session {
         self.nonce += 1;
         watch.in_flight.insert(
             self.nonce,
-            InFlight { version: version.clone(), resources: resources.clone(), held, removed: removed.clone() },
+            InFlight {
+                version: version.clone(),
+                resources: resources.clone(),
+                held,
+                removed: removed.clone(),
+                sent_at: std::time::Instant::now(),
+            },
         );
         watch.answered = true;
         watch.pending = false;
