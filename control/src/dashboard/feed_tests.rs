@@ -146,6 +146,7 @@ fn a_gateway_shows_its_acked_versions_and_envoys_rejection() {
     let published = Published {
         generation: 7,
         versions: BTreeMap::from([("CDS".into(), "c2".into()), ("RDS".into(), "r2".into())]),
+        ..Published::default()
     };
     let acked = |version: &str| TypeStatus { acked_version: Some(version.into()), ..TypeStatus::default() };
     let rejected = TypeStatus {

@@ -48,6 +48,15 @@ impl Admin {
         }
         let (_acks, acks) = broadcast::channel(1);
         let activation = ActivationService::start(handle.plan(), handle.desired(), acks);
+        let metrics = crate::metrics::Exporter::new(
+            crate::metrics::RevisionSources {
+                activation: activation.clone(),
+                kpa: None,
+                control: handle.clone(),
+                instances: None,
+            },
+            &crate::metrics::XdsMetrics::default(),
+        );
         let state = AdminState {
             control: handle,
             activation,
@@ -55,6 +64,7 @@ impl Admin {
             instances: None,
             token: token.map(|t| BearerToken::new(t).expect("token")),
             test_hooks: false,
+            metrics: std::sync::Arc::new(metrics),
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("address");
