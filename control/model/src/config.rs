@@ -4,7 +4,7 @@
 //! | ConfigMap | keys read | default |
 //! |---|---|---|
 //! | `config-domain` | `<domain>: ""` (default domain) or `<domain>: "selector: {label: value}"` | `example.com` |
-//! | `config-network` | `domain-template`, `tag-template` | `{{.Name}}.{{.Namespace}}.{{.Domain}}`, `{{.Tag}}-{{.Name}}` |
+//! | `config-network` | `domain-template`, `tag-template`, `rollout-duration` (seconds) | `{{.Name}}.{{.Namespace}}.{{.Domain}}`, `{{.Tag}}-{{.Name}}`, `0` |
 //! | `config-features` | `tag-header-based-routing` (`Enabled`/`Disabled`) | `Disabled` |
 //! | `config-defaults` | `revision-timeout-seconds`, `max-revision-timeout-seconds`, `revision-response-start-timeout-seconds`, `revision-idle-timeout-seconds`, `container-concurrency`, `container-concurrency-max-limit` | 300, 600, 300, 0, 0, 1000 |
 //! | `config-autoscaler` | `container-concurrency-target-percentage`, `container-concurrency-target-default`, `requests-per-second-target-default`, `target-burst-capacity`, `stable-window`, `panic-window-percentage`, `panic-threshold-percentage`, `max-scale-up-rate`, `max-scale-down-rate`, `enable-scale-to-zero`, `scale-to-zero-grace-period`, `scale-to-zero-pod-retention-period`, `activator-capacity`, `initial-scale`, `allow-zero-initial-scale`, `min-scale`, `max-scale`, `scale-down-delay`, `max-scale-limit`, `pod-autoscaler-class` | 70, 100, 200, 211, 60s, 10, 200, 1000, 2, true, 30s, 0s, 100, 1, false, 0, 0, 0s, 0, `kpa.autoscaling.knative.dev` (see [`crate::autoscaling`]) |
@@ -167,11 +167,14 @@ fn check_domain(domain: &str) -> Result<(), String> {
     }
 }
 
-/// `config-network`: host templates.
+/// `config-network`: host templates and the rollout duration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NetworkSettings {
     pub domain_template: HostTemplate,
     pub tag_template: HostTemplate,
+    /// `rollout-duration`: seconds over which a `latestRevision` target moves
+    /// to a new revision (0: at once), unless a Route's annotation says otherwise.
+    pub rollout_duration_secs: u64,
 }
 
 impl Default for NetworkSettings {
@@ -179,6 +182,7 @@ impl Default for NetworkSettings {
         Self {
             domain_template: HostTemplate::default_domain_template(),
             tag_template: HostTemplate::default_tag_template(),
+            rollout_duration_secs: 0,
         }
     }
 }
@@ -209,6 +213,19 @@ impl NetworkSettings {
                     "must use both {{.Tag}} and {{.Name}}, or tags of different routes would share a host",
                 )),
                 Ok(t) => settings.tag_template = t,
+            }
+        }
+        if let Some(text) = data.get("rollout-duration") {
+            // Knative reads it as a whole number of seconds, not negative.
+            match text.trim().parse::<i64>() {
+                Ok(secs) if secs >= 0 => settings.rollout_duration_secs = secs.unsigned_abs(),
+                Ok(_) => {
+                    errors.push(ConfigError::new("rollout-duration", format!("must be a positive number, was: {text}")))
+                }
+                Err(_) => errors.push(ConfigError::new(
+                    "rollout-duration",
+                    format!("{text:?} is not a whole number of seconds, e.g. \"120\""),
+                )),
             }
         }
         if errors.is_empty() { Ok(settings) } else { Err(errors) }
