@@ -188,14 +188,25 @@ impl Driver {
         Ok((driver, RolloutHandle { commands: commands_tx, states: states_rx }))
     }
 
-    /// Ticks every [`TICK`] and serves controls, until the control plane stops.
+    /// Ticks every [`TICK`] and on every change of the world, and serves
+    /// controls, until the control plane stops.
     pub async fn run(mut self) {
         let mut ticks = tokio::time::interval(TICK);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut open = true;
+        let (mut open, mut following) = (true, true);
         loop {
+            let next_step = self.next_step();
             tokio::select! {
                 _ = ticks.tick() => self.tick(),
+                // Knative requeues a Route for its next step time; so does this.
+                () = sleep_until(next_step) => self.tick(),
+                // A change is merged at once, as Knative reconciles a Route on
+                // every change: a revision created within a tick of the one
+                // before it still rolls out from the state that served it.
+                changed = self.world.changed(), if following => match changed {
+                    Ok(()) => self.tick(),
+                    Err(_) => following = false,
+                },
                 command = self.commands.recv(), if open => match command {
                     Some(Command::Control { route, control, reply }) => {
                         let _ = reply.send(self.control(&route, control));
@@ -204,6 +215,19 @@ impl Driver {
                 },
             }
         }
+    }
+
+    /// When the next step of a progressing rollout is due, if after now.
+    fn next_step(&self) -> Option<Instant> {
+        let now_ms = self.now_ms();
+        let due_ms = self
+            .states
+            .values()
+            .flat_map(|state| &state.configurations)
+            .filter(|c| c.in_progress() && c.step.step_duration_ms > 0 && c.step.next_step_ms > now_ms)
+            .map(|c| c.step.next_step_ms)
+            .min()?;
+        Some(Instant::now() + Duration::from_millis(due_ms - now_ms))
     }
 
     fn now_ms(&self) -> u64 {
@@ -229,7 +253,7 @@ impl Driver {
         let elapsed = now.duration_since(self.last_tick);
         self.last_tick = now;
         let now_ms = self.now_ms();
-        let world = self.world.borrow().clone();
+        let world = self.world.borrow_and_update().clone();
         let observed = (self.observed)();
         let settings = world.settings();
         let totals = self.figures.totals();
@@ -283,6 +307,14 @@ impl Driver {
     fn publish(&mut self, states: Rollouts) {
         self.states = Arc::new(states);
         self.states_tx.send_replace(self.states.clone());
+    }
+}
+
+/// Sleeps until `deadline`; forever without one.
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
     }
 }
 
