@@ -380,6 +380,9 @@ mod tests {
         assert_eq!(s.defaults.revision_timeout_seconds, 300);
         assert_eq!(s.defaults.max_revision_timeout_seconds, 600);
         assert_eq!(s.defaults.container_concurrency_max_limit, 1000);
+        assert_eq!(s.network.rollout_duration_secs, 0, "config-network rollout-duration: immediate");
+        let rolling = Settings::from_config_maps([&map(NETWORK_CONFIG_MAP, &[("rollout-duration", "120")])]);
+        assert_eq!(rolling.network.rollout_duration_secs, 120);
     }
 
     #[test]
@@ -402,6 +405,8 @@ mod tests {
             (DOMAIN_CONFIG_MAP, &[("a.org", "selector: [1]")][..], "a.org"),
             (NETWORK_CONFIG_MAP, &[("domain-template", "{{.Namespace}}.{{.Domain}}")][..], "domain-template"),
             (NETWORK_CONFIG_MAP, &[("tag-template", "{{.Name}}")][..], "tag-template"),
+            (NETWORK_CONFIG_MAP, &[("rollout-duration", "-5")][..], "rollout-duration"),
+            (NETWORK_CONFIG_MAP, &[("rollout-duration", "2m")][..], "rollout-duration"),
             (NETWORK_CONFIG_MAP, &[("domain-template", "{{.Name}}.{{.Oops}}")][..], "domain-template"),
             (FEATURES_CONFIG_MAP, &[("tag-header-based-routing", "yes")][..], "tag-header-based-routing"),
             (DEFAULTS_CONFIG_MAP, &[("revision-timeout-seconds", "ten")][..], "revision-timeout-seconds"),

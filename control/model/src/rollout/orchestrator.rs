@@ -30,8 +30,8 @@ const MS_PER_SECOND: f64 = 1000.0;
 /// What the Route asks for, without a rollout: each `latestRevision`
 /// target's configuration and tag with its latest ready revision at the
 /// target's whole percent (Knative's `BuildRollout`). Targets of the same
-/// configuration and tag add up; configurations without a ready revision
-/// are left out. Sorted by tag, then configuration.
+/// configuration and tag add up; targets at 0% and configurations without
+/// a ready revision are left out. Sorted by tag, then configuration.
 pub fn goal(world: &World, route: &Route, observed: &Observed) -> RouteRollout {
     let mut configurations: Vec<ConfigurationRollout> = Vec::new();
     let Some(traffic) = world.traffic_in_effect(route) else { return RouteRollout::default() };
@@ -40,6 +40,10 @@ pub fn goal(world: &World, route: &Route, observed: &Observed) -> RouteRollout {
         let key = ObjectKey::new(route.metadata.namespace.clone(), configuration.clone());
         let Some(latest) = world.latest_ready_revision(&key, observed) else { continue };
         let percent = u32::try_from(target.percent.unwrap_or(0)).unwrap_or(0);
+        // Knative leaves out targets that carry no traffic.
+        if percent == 0 {
+            continue;
+        }
         match configurations.iter_mut().find(|c| &c.configuration == configuration && c.tag == target.tag) {
             Some(c) => {
                 c.percent += percent;

@@ -72,8 +72,8 @@ fn matching_goal<'a>(goal: &'a RouteRollout, c: &ConfigurationRollout) -> Option
 
 /// Shows in a Route's status the split actually served, and the `Rollout`
 /// condition. `status.traffic` lists, for a target in rollout, each of its
-/// revisions with its share, the candidate last (Knative's rollout traffic:
-/// the older revisions with `latestRevision: false`).
+/// revisions with its share, oldest first, each with the target's tag, URL
+/// and `latestRevision`, as Knative's `GetRevisionTrafficTargets` lists them.
 pub fn overlay_route_status(world: &World, route: &Route, status: &mut RouteStatus, rollout: &RouteRollout) {
     let spec = RolloutSpec::from_annotations(&route.metadata.annotations, &world.settings());
     if spec.duration_secs > 0
@@ -91,19 +91,11 @@ pub fn overlay_route_status(world: &World, route: &Route, status: &mut RouteStat
                 })
             });
             match rolled {
-                Some(c) => {
-                    let last = c.revisions.len() - 1;
-                    for (i, r) in c.revisions.iter().enumerate() {
-                        traffic.push(TrafficTarget {
-                            revision_name: Some(r.revision.clone()),
-                            percent: Some(i64::from(r.percent)),
-                            latest_revision: Some(i == last),
-                            tag: if i == last { shown.tag.clone() } else { None },
-                            url: if i == last { shown.url.clone() } else { None },
-                            ..shown.clone()
-                        });
-                    }
-                }
+                Some(c) => traffic.extend(c.revisions.iter().map(|r| TrafficTarget {
+                    revision_name: Some(r.revision.clone()),
+                    percent: Some(i64::from(r.percent)),
+                    ..shown.clone()
+                })),
                 None => traffic.push(shown.clone()),
             }
         }

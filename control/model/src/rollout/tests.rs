@@ -239,7 +239,7 @@ fn the_plan_and_the_status_serve_the_rollouts_split() {
         status.traffic.iter().map(|t| (t.revision_name.clone(), t.percent, t.latest_revision)).collect();
     assert_eq!(
         traffic,
-        [(Some("hello-00001".into()), Some(99), Some(false)), (Some("hello-00002".into()), Some(1), Some(true))]
+        [(Some("hello-00001".into()), Some(99), Some(true)), (Some("hello-00002".into()), Some(1), Some(true))]
     );
     let rollout = status.conditions.iter().find(|c| c.type_ == ROLLOUT_CONDITION).expect("Rollout condition");
     assert_eq!((rollout.status.as_str(), rollout.reason.as_deref()), ("Unknown", Some("Progressing")));
