@@ -242,6 +242,20 @@ async fn operators_abort_retry_and_promote_and_a_restart_resumes_the_rollout() {
     let dir = tempfile::tempdir().expect("temporary directory");
     let annotations = [("serving.knative.dev/rollout-duration", "300s")];
     let (up, client) = up_with_hello(dir.path(), &annotations).await;
+
+    // A bad gate is refused at apply, naming the file, the object, the
+    // annotation and its value; nothing changes.
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(&bad, hello("v2", &[("revgate.dev/rollout-max-error-rate", "5%")], &[])).expect("manifest");
+    let refused = up.cli(&["apply", "-f", bad.to_str().expect("utf-8 path")]);
+    let error = support::stderr(&refused);
+    assert!(!refused.status.success(), "{error}");
+    for part in ["bad.yaml", "hello", "metadata.annotations[revgate.dev/rollout-max-error-rate]", "\"5%\""] {
+        assert!(error.contains(part), "{part} in {error}");
+    }
+    let revisions = up.get_json("/v1/revisions?namespace=default").await;
+    assert_eq!(revisions.as_array().map(Vec::len), Some(1), "nothing created: {revisions}");
+
     apply(&up, dir.path(), &hello("v2", &annotations, &[]));
     wait_for("the rollout to start", async || {
         rollout_condition(&up).await.filter(|(_, reason, _)| reason == "Progressing")
