@@ -411,9 +411,10 @@ impl ControlPlane {
                     None => runtime = None,
                 },
                 rolled = changed(&mut self.rollouts) => match rolled {
-                    Some(_) => {
+                    // Most changes are the candidates' figures: only a new split publishes.
+                    Some(_) => if **self.plan_tx.borrow() != self.current_plan() {
                         self.publish();
-                    }
+                    },
                     None => self.rollouts = None,
                 },
             }
@@ -515,12 +516,18 @@ impl ControlPlane {
         Ok(Applied { changes: changes.iter().map(Change::to_string).collect(), published, warnings })
     }
 
-    /// Builds and publishes the snapshot for the current world.
-    fn publish(&mut self) -> Published {
-        let plan = match &self.rollouts {
+    /// The plan for the current world, each Route in rollout serving the
+    /// rollout driver's split.
+    fn current_plan(&self) -> GatewayPlan {
+        match &self.rollouts {
             Some(rollouts) => self.world.plan_with_rollouts(&Observed::default(), &rollouts.borrow()),
             None => self.world.plan(&Observed::default()),
-        };
+        }
+    }
+
+    /// Builds and publishes the snapshot for the current world.
+    fn publish(&mut self) -> Published {
+        let plan = self.current_plan();
         self.translator.set_route_fault(self.fault.map(Fault::virtual_host));
         // The translator checks what changed for dangling references.
         let snapshot = match self.translator.update(&plan, &self.endpoints) {
