@@ -66,6 +66,8 @@ struct Sample {
     candidate: usize,
     /// Anything but a 200 from one of the two revisions.
     other: Vec<(u16, String)>,
+    /// When the batch was answered.
+    answered: Option<Instant>,
 }
 
 impl Sample {
@@ -87,6 +89,7 @@ async fn sample(client: &GatewayClient, n: usize) -> Sample {
             }
         }
     }
+    sample.answered = Some(Instant::now());
     sample
 }
 
@@ -191,7 +194,12 @@ async fn a_candidate_answering_500_rolls_back_by_itself_naming_the_metric() {
     let (up, client) = up_with_hello(dir.path(), &annotations).await;
     apply(&up, dir.path(), &hello("v2", &annotations, &[("FAIL_PERCENT", "30")]));
     let (message, samples) = traffic_until(&up, &client, "Aborted").await;
-    println!("aborted after {} requests: {message}", samples.len() * 50);
+    let first_500 = samples.iter().find(|s| !s.other.is_empty()).and_then(|s| s.answered);
+    println!(
+        "aborted after {} requests, {:.1} s after the batch with the first 500: {message}",
+        samples.len() * 50,
+        first_500.map_or(f64::NAN, |t| t.elapsed().as_secs_f64())
+    );
     assert!(message.contains("5xx error rate") && message.contains("revgate.dev/rollout-max-error-rate"), "{message}");
 
     settled_on(&client, PREVIOUS).await;
