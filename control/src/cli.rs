@@ -41,6 +41,40 @@ pub enum Command {
     /// Knative's KPA offline: replay decisions or whole load traces.
     #[command(subcommand)]
     Autoscaler(AutoscalerCommand),
+    /// A Route's gradual rollout: where it stands, or promote, abort, retry.
+    ///
+    /// A Route (or Service) with `serving.knative.dev/rollout-duration` moves
+    /// its `latestRevision` target to a new revision in steps from 1%, as
+    /// Knative does; gates (`revgate.dev/rollout-max-error-rate`,
+    /// `rollout-max-latency`, `rollout-min-requests`) judge each step from the
+    /// gateway's figures and roll back on a breach.
+    Rollout(RolloutArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RolloutArgs {
+    /// status: the current step, the candidate's figures per step and the
+    /// history; promote: all of the target's traffic to the candidate now;
+    /// abort: all of it back to the previous revision; retry: roll the
+    /// aborted revision out again from 1%.
+    pub action: RolloutAction,
+    /// The Route (a Service's Route has the Service's name).
+    pub route: String,
+    /// Namespace.
+    #[arg(short = 'n', long, default_value = "default")]
+    pub namespace: String,
+    #[arg(short = 'o', long, value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RolloutAction {
+    Status,
+    Promote,
+    Abort,
+    Retry,
 }
 
 #[derive(Debug, Args)]

@@ -23,6 +23,7 @@ use std::time::Duration;
 
 use revgate_model::decode::Budget;
 use revgate_model::plan::{Endpoint, EndpointMap, GatewayPlan, ObjectKey};
+use revgate_model::rollout::Rollouts;
 use revgate_model::{
     ApplyError, Document, ManifestError, Reference, RevisionReadiness, World, parse_documents_within, parse_references,
     world::{Change, IngressState, Observed},
@@ -40,6 +41,7 @@ use crate::external::{ExternalRuntime, RegistrationError};
 use crate::faults::Fault;
 use crate::manifests::ManifestFile;
 use crate::publish::{replace_if_changed, unix_now};
+use crate::rollout::RolloutHandle;
 use crate::store::{Store, StoreError, UnreadableObject, delete_unreadable};
 use crate::zero_gate::Gated;
 
@@ -156,6 +158,8 @@ pub struct Handle {
     /// The runtime that takes registered endpoints, when revisions run
     /// outside revgate (`serve --runtime external`).
     external: Option<ExternalRuntime>,
+    /// The rollout driver, when one runs (`serve`, `up`).
+    rollouts: Option<RolloutHandle>,
 }
 
 impl std::fmt::Debug for Command {
@@ -187,6 +191,23 @@ impl Handle {
         let (reply, answer) = oneshot::channel();
         self.commands.send(Command::SetFault { fault, reply }).await.map_err(|_| ControlError::ShuttingDown)?;
         answer.await.map_err(|_| ControlError::ShuttingDown)
+    }
+
+    /// Takes the rollout driver whose states the views show and whose
+    /// controls the admin API serves.
+    pub fn with_rollouts(mut self, rollouts: RolloutHandle) -> Self {
+        self.rollouts = Some(rollouts);
+        self
+    }
+
+    /// The rollout driver, if one runs.
+    pub fn rollouts(&self) -> Option<&RolloutHandle> {
+        self.rollouts.as_ref()
+    }
+
+    /// Every Route's rollout state (none without a driver).
+    pub fn rollout_states(&self) -> Arc<Rollouts> {
+        self.rollouts.as_ref().map(|r| r.states().borrow().clone()).unwrap_or_default()
     }
 
     /// Takes `external` as the runtime that registered endpoints go to.
@@ -304,6 +325,8 @@ pub struct ControlPlane {
     /// The runtime's latest verdicts on revisions it cannot run.
     last_states_verdicts: BTreeMap<ObjectKey, RevisionReadiness>,
     unreadable_tx: watch::Sender<Arc<Vec<UnreadableObject>>>,
+    /// The rollout driver's states: the split each Route in rollout serves.
+    rollouts: Option<watch::Receiver<Arc<Rollouts>>>,
 }
 
 impl ControlPlane {
@@ -343,6 +366,7 @@ impl ControlPlane {
             verdicts_tx,
             last_states_verdicts: BTreeMap::new(),
             unreadable_tx,
+            rollouts: None,
         };
         let handle = Handle {
             commands: commands_tx,
@@ -355,8 +379,15 @@ impl ControlPlane {
             endpoints: endpoints_rx,
             unreadable: unreadable_rx,
             external: None,
+            rollouts: None,
         };
         Ok((plane, handle))
+    }
+
+    /// Serves each Route in rollout with the split the rollout driver gives
+    /// it, and publishes again whenever that changes.
+    pub fn follow_rollouts(&mut self, rollouts: watch::Receiver<Arc<Rollouts>>) {
+        self.rollouts = Some(rollouts);
     }
 
     /// Publishes the first snapshot, then serves commands until every handle
@@ -381,6 +412,13 @@ impl ControlPlane {
                 changed = changed(&mut runtime) => match changed {
                     Some(states) => self.take_states(&states, false),
                     None => runtime = None,
+                },
+                rolled = changed(&mut self.rollouts) => match rolled {
+                    // Most changes are the candidates' figures: only a new split publishes.
+                    Some(_) => if **self.plan_tx.borrow() != self.current_plan() {
+                        self.publish();
+                    },
+                    None => self.rollouts = None,
                 },
             }
         }
@@ -481,10 +519,19 @@ impl ControlPlane {
         Ok(Applied { changes: changes.iter().map(Change::to_string).collect(), published, warnings })
     }
 
+    /// The plan for the current world, each Route in rollout serving the
+    /// rollout driver's split.
+    fn current_plan(&self) -> GatewayPlan {
+        match &self.rollouts {
+            Some(rollouts) => self.world.plan_with_rollouts(&Observed::default(), &rollouts.borrow()),
+            None => self.world.plan(&Observed::default()),
+        }
+    }
+
     /// Builds and publishes the snapshot for the current world.
     fn publish(&mut self) -> Published {
         let started = std::time::Instant::now();
-        let plan = self.world.plan(&Observed::default());
+        let plan = self.current_plan();
         self.translator.set_route_fault(self.fault.map(Fault::virtual_host));
         // The translator checks what changed for dangling references.
         let snapshot = match self.translator.update(&plan, &self.endpoints) {

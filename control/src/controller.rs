@@ -16,16 +16,18 @@
 //! (`revgate_kube::LeaderLabel`), and the activation Service selects that
 //! label, so every filter reaches the leader.
 
+use std::collections::BTreeMap;
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
 use axum::Router;
 use axum::routing::get;
-use revgate_kube::config::PluginToken;
+use revgate_kube::config::{FiguresSource, PluginToken};
 use revgate_kube::{ClusterView, ControllerConfig, LeaderLabel};
 use revgate_model::World;
-use revgate_model::plan::GatewayPlan;
+use revgate_model::plan::{GatewayPlan, ObjectKey};
+use revgate_model::rollout::StepMeasurement;
 use revgate_runtime::Runtime;
 use tokio::net::TcpListener;
 use tokio::sync::{broadcast, watch};
@@ -36,6 +38,7 @@ use crate::cli::ControllerArgs;
 use crate::gateway_auth::{self, GatewayTokenError};
 use crate::http;
 use crate::publish::replace_if_changed;
+use crate::rollout::CandidateSample;
 use crate::serve::Shutdown;
 use crate::zero_gate::{GatedRuntime, desired_counts};
 
@@ -73,6 +76,10 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
     let client = kube::Client::try_default()
         .await
         .context("connecting to the Kubernetes API (in a pod, or with the KUBECONFIG context)")?;
+    // The rollout gates read the activation API's reports, which start once
+    // the controller's plan exists: they are bound when it does.
+    let reports = Arc::new(std::sync::OnceLock::<ActivationService>::new());
+    config.figures = FiguresSource(Some(candidate_figures(reports.clone())));
     let controller = revgate_kube::start(client.clone(), config)?;
     let label = args
         .pod_namespace
@@ -93,6 +100,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
     let (acks, _) = broadcast::channel(1);
     let (desired_tx, desired) = watch::channel(Arc::default());
     let activation = ActivationService::start(plan.clone(), desired, acks.subscribe());
+    let _ = reports.set(activation.clone());
     let runtime = GatedRuntime::start(Arc::new(controller.runtime.clone()), Arc::new(activation.clone()));
     desired_counts(runtime.states(), runtime.cold(), desired_tx);
     let runtime: Arc<dyn Runtime> = Arc::new(runtime);
@@ -140,4 +148,23 @@ fn follow_view(
         }
     });
     (world, plan)
+}
+
+/// What the gateways measured of a rollout candidate since the last pass
+/// asked, from the activation API's reports (see [`CandidateSample`]).
+fn candidate_figures(reports: Arc<std::sync::OnceLock<ActivationService>>) -> revgate_kube::rollouts::CandidateFigures {
+    let samples: std::sync::Mutex<BTreeMap<ObjectKey, (CandidateSample, std::time::Instant)>> = Default::default();
+    Arc::new(move |revision: &ObjectKey| {
+        let Some(totals) = reports.get().map(|a| a.activity()).and_then(|mut a| a.remove(revision)).map(|a| a.totals)
+        else {
+            return StepMeasurement::default();
+        };
+        // A small lock of plain data, never held across an `.await`.
+        let mut samples = samples.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let now = std::time::Instant::now();
+        let (sample, last) = samples.entry(revision.clone()).or_insert((CandidateSample::default(), now));
+        let measured = sample.take(&totals, now.duration_since(*last));
+        *last = now;
+        measured
+    })
 }

@@ -16,6 +16,9 @@
 //!   a gateway plan, Envoy resources and an xDS snapshot.
 //! - `external`: the runtime of `serve --runtime external`, whose endpoints
 //!   are registered through the admin API, stored and restored.
+//! - `rollout`: the rollout driver, the one owner of every Route's rollout
+//!   state (Knative's gradual rollout, judged by gates on the gateway's
+//!   figures); `rollout_cli` is `revgate rollout status|promote|abort|retry`.
 //! - `store`: the world persisted in an embedded database (redb).
 //! - `admin`: the admin HTTP API (server side) and its client used by the CLI.
 //! - `dashboard`: the live web page the admin address serves at `/`, and
@@ -67,6 +70,8 @@ pub mod metrics;
 pub mod private_file;
 pub mod publish;
 pub mod render;
+pub mod rollout;
+pub mod rollout_cli;
 pub mod serve;
 pub mod store;
 pub mod table;

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use revgate::cli::{AutoscalerCommand, Cli, Command, RenderCommand};
-use revgate::{admin, autoscaler_cli, controller, render, serve, up};
+use revgate::{admin, autoscaler_cli, controller, render, rollout_cli, serve, up};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -32,6 +32,7 @@ fn main() -> ExitCode {
             Command::Render(RenderCommand::Istio(args)) => render::istio(args),
             Command::Autoscaler(AutoscalerCommand::Decide(args)) => autoscaler_cli::decide(args),
             Command::Autoscaler(AutoscalerCommand::Simulate(args)) => autoscaler_cli::simulate(args),
+            Command::Rollout(args) => rollout_cli::run(args).await,
         }
     });
     match result {

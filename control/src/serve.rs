@@ -45,6 +45,7 @@ use crate::gateway_auth;
 use crate::http;
 use crate::metrics::{Exporter, RevisionSources, XdsMetrics};
 use crate::private_file;
+use crate::rollout::Driver;
 use crate::store::Store;
 use crate::zero_gate;
 
@@ -166,6 +167,8 @@ pub struct Server {
     pub gateway_token: GatewayToken,
     runtime: Option<Arc<dyn Runtime>>,
     plane: JoinHandle<()>,
+    /// The rollout driver (`rollout`).
+    rollouts: JoinHandle<()>,
     autoscaler: Option<JoinHandle<()>>,
     xds: JoinHandle<Result<(), tonic::transport::Error>>,
     admin: JoinHandle<std::io::Result<()>>,
@@ -245,6 +248,7 @@ impl Server {
         let xds = XdsServer::with_callbacks(cache.clone(), Arc::new(xds_metrics.clone()));
         let settings = XdsSettings { listener_port: config.http_port, filter, ..XdsSettings::default() };
         let registrations = store.registrations();
+        let rollout_store = store.rollouts();
         // From here on the runtime may run instances: a step that fails stops it.
         let wired = ControlPlane::start(store, cache, settings, xds.status()).and_then(|(plane, handle)| {
             let activation = ActivationService::start(handle.plan(), handle.desired(), xds.subscribe_acks());
@@ -282,6 +286,29 @@ impl Server {
         };
         // Going to zero, the filters hear first (see `zero_gate`).
         let states = zero_gate::gate_states(states, Arc::new(activation.clone()));
+        // The rollout driver: its states are the owner's input for the splits.
+        let (plane, handle, rollout_driver) = {
+            let observer = handle.clone();
+            match Driver::start(
+                rollout_store,
+                handle.world_updates(),
+                move || observer.observed(),
+                Arc::new(activation.clone()),
+            ) {
+                Ok((driver, rollouts)) => {
+                    let mut plane = plane;
+                    plane.follow_rollouts(rollouts.states());
+                    (plane, handle.with_rollouts(rollouts), driver)
+                }
+                Err(e) => {
+                    if let Some(runtime) = &runtime {
+                        runtime.shutdown().await;
+                    }
+                    return Err(e.into());
+                }
+            }
+        };
+        let rollout_driver = tokio::spawn(rollout_driver.run());
 
         let (autoscaler, kpa) = match &runtime {
             Some(runtime) => {
@@ -349,6 +376,7 @@ impl Server {
             gateway_token,
             runtime,
             plane,
+            rollouts: rollout_driver,
             autoscaler,
             xds,
             admin,
@@ -392,6 +420,7 @@ impl Server {
             result = &mut self.admin => flatten(result).context("the admin API stopped"),
             result = &mut self.activation => flatten(result).context("the activation service stopped"),
             result = &mut self.plane => result.context("the control plane stopped"),
+            result = &mut self.rollouts => result.context("the rollout driver stopped"),
             result = autoscaler => result.context("the autoscaler stopped"),
         };
         result.err().unwrap_or_else(|| anyhow::anyhow!("a server task ended"))
@@ -413,6 +442,7 @@ impl Server {
             metrics.abort();
         }
         self.plane.abort();
+        self.rollouts.abort();
     }
 }
 

@@ -38,6 +38,7 @@ const ROUTES: TableDefinition<&str, &[u8]> = TableDefinition::new("routes");
 const REVISIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("revisions");
 const CONFIG_MAPS: TableDefinition<&str, &[u8]> = TableDefinition::new("configmaps");
 const ENDPOINTS: TableDefinition<&str, &[u8]> = TableDefinition::new("endpoints");
+const ROLLOUTS: TableDefinition<&str, &[u8]> = TableDefinition::new("rollouts");
 
 /// The database file inside the state directory.
 pub const STATE_FILE: &str = "state.redb";
@@ -151,6 +152,11 @@ impl Store {
         RegistrationStore { db: self.db.clone(), path: self.path.clone() }
     }
 
+    /// The `rollouts` table, for the rollout driver (`rollout.rs`).
+    pub fn rollouts(&self) -> RolloutStore {
+        RolloutStore { db: self.db.clone(), path: self.path.clone() }
+    }
+
     /// Rows that could not be read at start and are still stored.
     pub fn unreadable(&self) -> &[UnreadableObject] {
         &self.unreadable
@@ -193,6 +199,55 @@ impl Store {
         txn.commit().map_err(|e| self.db_error(e))?;
         self.unreadable.retain(|row| !forget.contains(row));
         Ok(())
+    }
+
+    fn db_error(&self, e: impl std::fmt::Display) -> StoreError {
+        StoreError::Database { path: self.path.clone(), message: e.to_string() }
+    }
+}
+
+/// Each Route's rollout state, one row per Route in the `rollouts` table,
+/// written only by the rollout driver, so that a restarted control plane
+/// resumes a rollout where it was.
+#[derive(Debug, Clone)]
+pub struct RolloutStore {
+    db: Arc<Database>,
+    path: PathBuf,
+}
+
+impl RolloutStore {
+    /// Every stored rollout. An unreadable row is skipped with a warning:
+    /// its Route then serves what it asks for, as before a rollout.
+    pub fn load(&self) -> Result<BTreeMap<ObjectKey, revgate_model::rollout::RouteRollout>, StoreError> {
+        let txn = self.db.begin_read().map_err(|e| self.db_error(e))?;
+        let mut rollouts = BTreeMap::new();
+        let mut unreadable = Vec::new();
+        read_table(&txn, ROLLOUTS, &self.path, &mut rollouts, &mut unreadable)?;
+        for row in unreadable {
+            tracing::warn!(table = %row.table, key = %row.key, error = %row.error, "ignoring an unreadable rollout");
+        }
+        Ok(rollouts)
+    }
+
+    /// Writes the rollouts that changed and removes those of Routes that
+    /// are gone, in one transaction.
+    pub fn save(
+        &self,
+        changed: &[(&ObjectKey, &revgate_model::rollout::RouteRollout)],
+        gone: &[&ObjectKey],
+    ) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(|e| self.db_error(e))?;
+        {
+            let mut table = txn.open_table(ROLLOUTS).map_err(|e| self.db_error(e))?;
+            for (route, rollout) in changed {
+                let json = serde_json::to_vec(rollout).map_err(|e| self.db_error(e))?;
+                table.insert(row_key(route).as_str(), json.as_slice()).map_err(|e| self.db_error(e))?;
+            }
+            for route in gone {
+                table.remove(row_key(route).as_str()).map_err(|e| self.db_error(e))?;
+            }
+        }
+        txn.commit().map_err(|e| self.db_error(e))
     }
 
     fn db_error(&self, e: impl std::fmt::Display) -> StoreError {

@@ -14,6 +14,8 @@ enum Column {
     Path(&'static [&'static str]),
     /// A metadata label.
     Label(&'static str),
+    /// A metadata annotation.
+    Annotation(&'static str),
     /// A field of the condition of the given type.
     Condition(&'static str, &'static str),
 }
@@ -35,7 +37,12 @@ fn columns(kind: GetKind) -> &'static [(&'static str, Column)] {
             ("READY", READY),
             ("REASON", REASON),
         ],
-        GetKind::Route => &[("URL", Column::Path(&["status", "url"])), ("READY", READY), ("REASON", REASON)],
+        GetKind::Route => &[
+            ("URL", Column::Path(&["status", "url"])),
+            ("READY", READY),
+            ("REASON", REASON),
+            ("ROLLOUT", Column::Annotation(crate::rollout::ROLLOUT_SUMMARY_ANNOTATION)),
+        ],
         GetKind::Revision => &[
             ("CONFIG NAME", Column::Label("serving.knative.dev/configuration")),
             ("GENERATION", Column::Label("serving.knative.dev/configurationGeneration")),
@@ -77,6 +84,7 @@ fn cell(object: &Value, column: Column) -> String {
     let value = match column {
         Column::Path(path) => path.iter().try_fold(object, |v, key| v.get(key)),
         Column::Label(label) => object.get("metadata").and_then(|m| m.get("labels")).and_then(|l| l.get(label)),
+        Column::Annotation(key) => object.get("metadata").and_then(|m| m.get("annotations")).and_then(|a| a.get(key)),
         Column::Condition(kind, field) => object
             .pointer("/status/conditions")
             .and_then(Value::as_array)

@@ -32,7 +32,29 @@ pub struct ControllerConfig {
     /// The token the gateway filters present to the activation API, added
     /// to the WasmPlugin's pluginConfig when the leader installs it.
     pub gateway_token: Option<PluginToken>,
+    /// Where the rollout gates read what the gateways measured of each
+    /// candidate (the activation API's reports); without it gated rollouts wait.
+    pub figures: FiguresSource,
 }
+
+/// The rollout gates' source of candidate figures. Wiring rather than
+/// configuration: any two compare equal.
+#[derive(Clone, Default)]
+pub struct FiguresSource(pub Option<crate::rollouts::CandidateFigures>);
+
+impl std::fmt::Debug for FiguresSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() { "FiguresSource(set)" } else { "FiguresSource(unset)" })
+    }
+}
+
+impl PartialEq for FiguresSource {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for FiguresSource {}
 
 /// The filter's knob carrying the gateway token (`wasm-filter`'s config).
 pub const TOKEN_KNOB: &str = "token";
@@ -70,6 +92,7 @@ impl ControllerConfig {
             render: RenderOptions::default(),
             resync: DEFAULT_RESYNC,
             gateway_token: None,
+            figures: FiguresSource::default(),
         }
     }
 

@@ -157,9 +157,12 @@ pub fn start(client: Client, config: ControllerConfig) -> Result<ControllerHandl
 
     let lease = config.lease.clone();
     let (leading_rx, client_lead) = (leading.clone(), client.clone());
-    let context = Context::new(client.clone(), Arc::new(stores.clone()), config.render.clone())
+    let mut context = Context::new(client.clone(), Arc::new(stores.clone()), config.render.clone())
         .with_runtime(runtime.clone())
         .with_resync(config.resync);
+    if let Some(figures) = config.figures.0.clone() {
+        context = context.with_candidate_figures(figures);
+    }
     let stores_ready = stores.clone();
     tasks.push(tokio::spawn(async move {
         stores_ready.wait_until_ready().await;

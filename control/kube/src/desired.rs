@@ -425,18 +425,27 @@ pub fn observe(snapshot: &Snapshot, world: &World, problems: &Problems) -> Obser
 /// A route that cannot serve right now (a target revision is missing) keeps
 /// the VirtualServices it has: the last working routing stays, as Knative
 /// leaves the last Ingress in place, rather than taking the route down.
+///
+/// Routes in rollout serve the rollout's split, and their VirtualServices
+/// carry its state for the next pass (see [`crate::rollouts`]).
 pub fn routing(
     snapshot: &Snapshot,
     world: &World,
     observed: &Observed,
     options: &RenderOptions,
+    rollouts: &revgate_model::rollout::Rollouts,
 ) -> (Step, GatewayPlan) {
-    let plan = world.plan(observed);
+    let plan = world.plan_with_rollouts(observed, rollouts);
     let mut step = Step::default();
     let mut wanted = BTreeSet::new();
-    for vs in revgate_istio::virtual_services(world, &plan, options) {
-        let Ok(body) = serde_json::to_value(&vs) else { continue };
+    for mut vs in revgate_istio::virtual_services(world, &plan, options) {
         let Some(route) = vs.metadata.labels.get(ROUTE_LABEL).cloned() else { continue };
+        if let Some(state) =
+            crate::rollouts::annotation(rollouts, &ObjectKey::new(snapshot.namespace.clone(), route.clone()))
+        {
+            vs.metadata.annotations.insert(crate::rollouts::ROLLOUT_STATE_ANNOTATION.to_string(), state);
+        }
+        let Ok(body) = serde_json::to_value(&vs) else { continue };
         wanted.insert(vs.metadata.name.clone());
         step.apply_child(snapshot, body, (Kind::Route, &route), Subject::new(Kind::Route, &route, reason::READY));
     }
@@ -494,6 +503,7 @@ pub fn statuses(
     world: &World,
     observed: &Observed,
     problems: &Problems,
+    rollouts: &revgate_model::rollout::Rollouts,
     now_unix_secs: u64,
 ) -> Vec<StatusWrite> {
     let now = rfc3339(now_unix_secs);
@@ -522,7 +532,13 @@ pub fn statuses(
         views.push((Kind::Configuration, configuration.metadata.name, to_value(&status)));
     }
     for route in world.route_views(observed) {
-        views.push((Kind::Route, route.metadata.name, to_value(&route.status.unwrap_or_default())));
+        let key = route.metadata.key();
+        let mut status = route.status.unwrap_or_default();
+        // The split a rollout serves, and its `Rollout` condition.
+        if let (Some(rollout), Some(spec)) = (rollouts.get(&key), world.routes.get(&key)) {
+            revgate_model::rollout::served::overlay_route_status(world, spec, &mut status, rollout);
+        }
+        views.push((Kind::Route, route.metadata.name, to_value(&status)));
     }
     for service in world.service_views(observed) {
         let name = service.metadata.name;

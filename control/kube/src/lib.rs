@@ -33,6 +33,8 @@
 //!   (objects being deleted, children of deleted owners).
 //! - [`desired`]: the pure steps: Knative children, revisions, the world,
 //!   Deployments/Services/VirtualServices, statuses.
+//! - [`rollouts`]: Knative's gradual rollout with revgate's gates, stepped each
+//!   pass; the state travels in an annotation of the Route's VirtualServices.
 //! - [`readiness`]: revision readiness and endpoints from EndpointSlices and Deployments; pure.
 //! - [`mod@reconcile`]: the thin I/O around `desired`: `reconcile(Arc<Namespace>, Arc<Context>)`,
 //!   `error_policy`, backoff.
@@ -69,9 +71,12 @@ pub mod leader;
 pub mod leader_label;
 pub mod readiness;
 pub mod reconcile;
+pub mod rollouts;
 pub mod scale;
 pub mod snapshot;
 
+#[cfg(test)]
+mod rollout_tests;
 #[cfg(test)]
 mod testing;
 #[cfg(test)]

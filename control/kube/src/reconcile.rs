@@ -23,7 +23,7 @@
 //! against each other (a Route names a Configuration, whose latest ready
 //! Revision decides the split), and none of that crosses a namespace.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -37,6 +37,7 @@ use revgate_model::plan::ObjectKey;
 
 use crate::desired::{self, Apply, Delete, Problems, StatusWrite, Step};
 use crate::kinds::{FIELD_MANAGER, Kind};
+use crate::rollouts::{self, CandidateFigures, ROLLOUT_REQUEUE};
 use crate::scale::KubeRuntime;
 use crate::snapshot::{ClusterReader, Snapshot};
 
@@ -61,6 +62,10 @@ pub struct Context {
     /// Consecutive failed passes per namespace. Only touched between
     /// awaits, so a plain mutex is enough (never held across `.await`).
     attempts: Mutex<BTreeMap<String, u32>>,
+    /// What the gateways measured of each rollout's candidate, for the gates.
+    figures: Option<CandidateFigures>,
+    /// Namespaces with a rollout in progress, reconciled again soon.
+    rolling: Mutex<BTreeSet<String>>,
 }
 
 impl fmt::Debug for Context {
@@ -84,6 +89,23 @@ impl Context {
             clock: Arc::new(|| SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())),
             resync: DEFAULT_RESYNC,
             attempts: Mutex::new(BTreeMap::new()),
+            figures: None,
+            rolling: Mutex::new(BTreeSet::new()),
+        }
+    }
+
+    /// Where the rollout gates read the candidates' figures.
+    pub fn with_candidate_figures(mut self, figures: CandidateFigures) -> Self {
+        self.figures = Some(figures);
+        self
+    }
+
+    fn set_rolling(&self, namespace: &str, rolling: bool) {
+        let mut set = self.rolling.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if rolling {
+            set.insert(namespace.to_string());
+        } else {
+            set.remove(namespace);
         }
     }
 
@@ -114,6 +136,10 @@ impl Context {
 
     fn succeeded(&self, namespace: &str) {
         self.attempts.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(namespace);
+    }
+
+    fn rolling(&self, namespace: &str) -> bool {
+        self.rolling.lock().unwrap_or_else(std::sync::PoisonError::into_inner).contains(namespace)
     }
 
     fn wishes(&self) -> Arc<BTreeMap<ObjectKey, u32>> {
@@ -155,7 +181,7 @@ pub async fn reconcile(namespace: Arc<Namespace>, ctx: Arc<Context>) -> Result<A
     let failures = pass(&ctx, &name).await;
     if failures.is_empty() {
         ctx.succeeded(&name);
-        Ok(Action::requeue(ctx.resync))
+        Ok(Action::requeue(if ctx.rolling(&name) { ctx.resync.min(ROLLOUT_REQUEUE) } else { ctx.resync }))
     } else {
         Err(ReconcileError::Writes { namespace: name, failures })
     }
@@ -191,11 +217,13 @@ pub async fn pass(ctx: &Context, namespace: &str) -> Vec<WriteFailure> {
     writer.run(&mut snapshot, children).await;
 
     let mut observed = desired::observe(&snapshot, &world, &writer.problems);
-    let (routing, plan) = desired::routing(&snapshot, &world, &observed, &options);
+    let rollouts = rollouts::step_all(&snapshot, &world, &observed, now.saturating_mul(1000), ctx.figures.as_ref());
+    ctx.set_rolling(namespace, rollouts::in_progress(&rollouts));
+    let (routing, plan) = desired::routing(&snapshot, &world, &observed, &options, &rollouts);
     writer.run(&mut snapshot, routing).await;
     desired::ingress(&mut observed, &plan, &writer.problems);
 
-    for status in desired::statuses(&snapshot, &world, &observed, &writer.problems, now) {
+    for status in desired::statuses(&snapshot, &world, &observed, &writer.problems, &rollouts, now) {
         writer.status(status).await;
     }
     writer.failures

@@ -504,6 +504,16 @@ pub async fn converge(snapshot: Snapshot, passes: usize) -> Snapshot {
 
 /// [`converge`] with render options.
 pub async fn converge_with(snapshot: Snapshot, passes: usize, options: RenderOptions) -> Snapshot {
+    converge_in(snapshot, passes, move |client, current| context_with(client, current, options.clone())).await
+}
+
+/// [`converge`] with each pass's context made by `context` (a clock of the
+/// test's, candidate figures…).
+pub async fn converge_in(
+    snapshot: Snapshot,
+    passes: usize,
+    context: impl Fn(Client, Snapshot) -> Arc<Context>,
+) -> Snapshot {
     let (service, mut handle) = mock::pair::<Request<Body>, Response<Body>>();
     let state = snapshot.clone();
     let server = tokio::spawn(async move {
@@ -520,7 +530,7 @@ pub async fn converge_with(snapshot: Snapshot, passes: usize, options: RenderOpt
     let client = Client::new(service, NAMESPACE);
     let mut current = snapshot;
     for _ in 0..passes {
-        let ctx = context_with(client.clone(), current.clone(), options.clone());
+        let ctx = context(client.clone(), current.clone());
         within(crate::reconcile::pass(&ctx, NAMESPACE)).await;
         drop(ctx);
         // The server's state is the truth; read it back through a probe pass.

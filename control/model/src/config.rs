@@ -4,7 +4,7 @@
 //! | ConfigMap | keys read | default |
 //! |---|---|---|
 //! | `config-domain` | `<domain>: ""` (default domain) or `<domain>: "selector: {label: value}"` | `example.com` |
-//! | `config-network` | `domain-template`, `tag-template` | `{{.Name}}.{{.Namespace}}.{{.Domain}}`, `{{.Tag}}-{{.Name}}` |
+//! | `config-network` | `domain-template`, `tag-template`, `rollout-duration` (seconds) | `{{.Name}}.{{.Namespace}}.{{.Domain}}`, `{{.Tag}}-{{.Name}}`, `0` |
 //! | `config-features` | `tag-header-based-routing` (`Enabled`/`Disabled`) | `Disabled` |
 //! | `config-defaults` | `revision-timeout-seconds`, `max-revision-timeout-seconds`, `revision-response-start-timeout-seconds`, `revision-idle-timeout-seconds`, `container-concurrency`, `container-concurrency-max-limit` | 300, 600, 300, 0, 0, 1000 |
 //! | `config-autoscaler` | `container-concurrency-target-percentage`, `container-concurrency-target-default`, `requests-per-second-target-default`, `target-burst-capacity`, `stable-window`, `panic-window-percentage`, `panic-threshold-percentage`, `max-scale-up-rate`, `max-scale-down-rate`, `enable-scale-to-zero`, `scale-to-zero-grace-period`, `scale-to-zero-pod-retention-period`, `activator-capacity`, `initial-scale`, `allow-zero-initial-scale`, `min-scale`, `max-scale`, `scale-down-delay`, `max-scale-limit`, `pod-autoscaler-class` | 70, 100, 200, 211, 60s, 10, 200, 1000, 2, true, 30s, 0s, 100, 1, false, 0, 0, 0s, 0, `kpa.autoscaling.knative.dev` (see [`crate::autoscaling`]) |
@@ -167,11 +167,14 @@ fn check_domain(domain: &str) -> Result<(), String> {
     }
 }
 
-/// `config-network`: host templates.
+/// `config-network`: host templates and the rollout duration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NetworkSettings {
     pub domain_template: HostTemplate,
     pub tag_template: HostTemplate,
+    /// `rollout-duration`: seconds over which a `latestRevision` target moves
+    /// to a new revision (0: at once), unless a Route's annotation says otherwise.
+    pub rollout_duration_secs: u64,
 }
 
 impl Default for NetworkSettings {
@@ -179,6 +182,7 @@ impl Default for NetworkSettings {
         Self {
             domain_template: HostTemplate::default_domain_template(),
             tag_template: HostTemplate::default_tag_template(),
+            rollout_duration_secs: 0,
         }
     }
 }
@@ -209,6 +213,19 @@ impl NetworkSettings {
                     "must use both {{.Tag}} and {{.Name}}, or tags of different routes would share a host",
                 )),
                 Ok(t) => settings.tag_template = t,
+            }
+        }
+        if let Some(text) = data.get("rollout-duration") {
+            // Knative reads it as a whole number of seconds, not negative.
+            match text.trim().parse::<i64>() {
+                Ok(secs) if secs >= 0 => settings.rollout_duration_secs = secs.unsigned_abs(),
+                Ok(_) => {
+                    errors.push(ConfigError::new("rollout-duration", format!("must be a positive number, was: {text}")))
+                }
+                Err(_) => errors.push(ConfigError::new(
+                    "rollout-duration",
+                    format!("{text:?} is not a whole number of seconds, e.g. \"120\""),
+                )),
             }
         }
         if errors.is_empty() { Ok(settings) } else { Err(errors) }
@@ -363,6 +380,9 @@ mod tests {
         assert_eq!(s.defaults.revision_timeout_seconds, 300);
         assert_eq!(s.defaults.max_revision_timeout_seconds, 600);
         assert_eq!(s.defaults.container_concurrency_max_limit, 1000);
+        assert_eq!(s.network.rollout_duration_secs, 0, "config-network rollout-duration: immediate");
+        let rolling = Settings::from_config_maps([&map(NETWORK_CONFIG_MAP, &[("rollout-duration", "120")])]);
+        assert_eq!(rolling.network.rollout_duration_secs, 120);
     }
 
     #[test]
@@ -385,6 +405,8 @@ mod tests {
             (DOMAIN_CONFIG_MAP, &[("a.org", "selector: [1]")][..], "a.org"),
             (NETWORK_CONFIG_MAP, &[("domain-template", "{{.Namespace}}.{{.Domain}}")][..], "domain-template"),
             (NETWORK_CONFIG_MAP, &[("tag-template", "{{.Name}}")][..], "tag-template"),
+            (NETWORK_CONFIG_MAP, &[("rollout-duration", "-5")][..], "rollout-duration"),
+            (NETWORK_CONFIG_MAP, &[("rollout-duration", "2m")][..], "rollout-duration"),
             (NETWORK_CONFIG_MAP, &[("domain-template", "{{.Name}}.{{.Oops}}")][..], "domain-template"),
             (FEATURES_CONFIG_MAP, &[("tag-header-based-routing", "yes")][..], "tag-header-based-routing"),
             (DEFAULTS_CONFIG_MAP, &[("revision-timeout-seconds", "ten")][..], "revision-timeout-seconds"),

@@ -21,6 +21,8 @@
 //!   revision's readiness (ready, deploying, not ready) and each route's gateway verdict.
 //! - [`status`]: status of every object and the gateway plan, from the world and what was observed.
 //! - [`plan`]: the contract with the gateway translations.
+//! - [`rollout`]: Knative's gradual rollout with revgate's gates: annotations, the
+//!   orchestrator (time as a parameter), the per-Route state, and the split it serves.
 //! - [`error`]: [`error::FieldError`], [`error::ManifestError`], [`error::ApplyError`], and the
 //!   shapes problems take before they become one ([`error::Problems`], [`error::ConfigError`]).
 
@@ -35,6 +37,7 @@ pub mod names;
 pub mod observed;
 pub mod plan;
 pub mod resources;
+pub mod rollout;
 mod schema;
 pub mod status;
 pub mod validation;

@@ -325,6 +325,15 @@ impl World {
         }
     }
 
+    /// [`World::plan`], with each Route in rollout serving its rollout's
+    /// split (see [`crate::rollout::served`]) instead of sending a
+    /// `latestRevision` target's whole share to its newest revision.
+    pub fn plan_with_rollouts(&self, observed: &Observed, rollouts: &crate::rollout::Rollouts) -> GatewayPlan {
+        let mut plan = self.plan(observed);
+        crate::rollout::served::overlay_plan(self, observed, &mut plan, rollouts);
+        plan
+    }
+
     /// Services as `kubectl get ksvc -o yaml` shows them.
     pub fn service_views(&self, observed: &Observed) -> Vec<Service> {
         let settings = self.settings();

@@ -128,6 +128,7 @@ pub fn validate_metadata(meta: &ObjectMeta, problems: &mut Problems) {
         push(problems, "metadata.namespace", e);
     }
     problems.extend(autoscaling::validate_no_annotations(&meta.annotations, "metadata.annotations"));
+    problems.extend(crate::rollout::annotations::validate(&meta.annotations, "metadata.annotations"));
 }
 
 /// `spec.template` of a Service or Configuration named `owner`.

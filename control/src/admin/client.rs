@@ -1,4 +1,5 @@
-//! The CLI side of the admin API: `revgate apply`, `delete` and `get`.
+//! The CLI side of the admin API: `revgate apply`, `delete` and `get`
+//! (and the client `revgate rollout` uses).
 
 use std::process::ExitCode;
 
@@ -16,14 +17,14 @@ use crate::table;
 /// "could not reach the control plane").
 const EXIT_REJECTED: u8 = 2;
 
-struct Client {
+pub(crate) struct Client {
     http: reqwest::Client,
     base: String,
     token: Option<String>,
 }
 
 impl Client {
-    fn new(args: &ClientArgs) -> Self {
+    pub(crate) fn new(args: &ClientArgs) -> Self {
         Self {
             http: reqwest::Client::new(),
             base: args.server.trim_end_matches('/').to_owned(),
@@ -31,7 +32,7 @@ impl Client {
         }
     }
 
-    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+    pub(crate) fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
         let request = self.http.request(method, format!("{}{path}", self.base));
         match &self.token {
             Some(token) => request.bearer_auth(token),
@@ -39,7 +40,7 @@ impl Client {
         }
     }
 
-    async fn send(&self, request: reqwest::RequestBuilder) -> anyhow::Result<(StatusCode, Vec<u8>)> {
+    pub(crate) async fn send(&self, request: reqwest::RequestBuilder) -> anyhow::Result<(StatusCode, Vec<u8>)> {
         let response = request.send().await.with_context(|| {
             format!("cannot reach the revgate control plane at {} (is `revgate serve` running? set --server or REVGATE_SERVER)", self.base)
         })?;
@@ -62,7 +63,7 @@ fn warning_text(value: &str) -> &str {
 }
 
 /// Prints a rejection and returns the rejection exit code.
-fn rejected(status: StatusCode, body: &[u8]) -> anyhow::Result<ExitCode> {
+pub(crate) fn rejected(status: StatusCode, body: &[u8]) -> anyhow::Result<ExitCode> {
     match serde_json::from_slice::<ErrorBody>(body) {
         Ok(errors) => {
             for error in errors.errors {

@@ -10,6 +10,8 @@
 //! | GET | `/v1/podautoscalers`, `/v1/serverlessservices` | `?namespace=&name=` | the KPA's decisions; whether the gateway holds each revision's requests |
 //! | GET | `/v1/instances` | `?namespace=&name=` | the runtime's instances of each revision |
 //! | PUT | `/v1/revisions/{ns}/{name}/endpoints` | `{"endpoints":["host:port",…]}` | only with `serve --runtime external` (409 otherwise); stored, and restored at start |
+//! | GET | `/v1/rollouts` | `?namespace=&name=` | per Route: its rollout state, the `Rollout` condition and the one-line summary |
+//! | POST | `/v1/rollouts/{ns}/{route}/{promote\|abort\|retry}` | | 200 the Route's rollout; 404 no such Route; 409 nothing to promote, abort or retry; 503 no rollout driver |
 //! | GET | `/v1/unreadable` | | stored objects that could not be read at start (each answer also names them in `Warning` headers) |
 //! | PUT | `/v1/debug/fault` | `{"fault": "duplicate-domain" \| null}` | only with test hooks |
 //! | GET | `/healthz` | | `ok` |

@@ -20,6 +20,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use revgate_model::plan::ObjectKey;
+use revgate_model::rollout::Control;
 use revgate_xds::BearerToken;
 use serde::{Deserialize, Serialize};
 use tokio_stream::StreamExt;
@@ -30,6 +31,7 @@ use crate::autoscaling::KpaStatuses;
 use crate::control::{ControlError, Handle, RuntimeStates};
 use crate::dashboard;
 use crate::faults::Fault;
+use crate::rollout::{self, RolloutError, RolloutView};
 use crate::views;
 
 /// The largest request body the admin API reads: an apply of a few
@@ -78,6 +80,8 @@ pub fn router(state: AdminState) -> Router {
         .route("/v1/instances", get(instances))
         .route("/v1/serverlessservices", get(serverless_services))
         .route("/v1/unreadable", get(unreadable))
+        .route("/v1/rollouts", get(rollouts))
+        .route("/v1/rollouts/{namespace}/{name}/{control}", post(control_rollout))
         .route("/v1/revisions/{namespace}/{name}/endpoints", put(set_endpoints))
         .route(
             "/metrics",
@@ -309,7 +313,8 @@ fn list<T: Serialize>(filter: &Filter, objects: Vec<T>, key: impl Fn(&T) -> Obje
 
 async fn services(State(state): State<AdminState>, Query(filter): Query<Filter>) -> Response {
     let world = state.control.world();
-    list(&filter, world.service_views(&state.control.observed()), |o| o.metadata.key())
+    let views = rollout::service_views(&world, &state.control.observed(), &state.control.rollout_states());
+    list(&filter, views, |o| o.metadata.key())
 }
 
 async fn configurations(State(state): State<AdminState>, Query(filter): Query<Filter>) -> Response {
@@ -319,7 +324,44 @@ async fn configurations(State(state): State<AdminState>, Query(filter): Query<Fi
 
 async fn routes(State(state): State<AdminState>, Query(filter): Query<Filter>) -> Response {
     let world = state.control.world();
-    list(&filter, world.route_views(&state.control.observed()), |o| o.metadata.key())
+    let views = rollout::route_views(&world, &state.control.observed(), &state.control.rollout_states());
+    list(&filter, views, |o| o.metadata.key())
+}
+
+/// `GET /v1/rollouts`: every Route's rollout.
+async fn rollouts(State(state): State<AdminState>, Query(filter): Query<Filter>) -> Response {
+    let views: Vec<RolloutView> =
+        state.control.rollout_states().iter().map(|(key, rollout)| RolloutView::new(key, rollout)).collect();
+    list(&filter, views, |v| ObjectKey::new(v.namespace.clone(), v.route.clone()))
+}
+
+/// `POST /v1/rollouts/{namespace}/{name}/{control}`: promote, abort or retry.
+async fn control_rollout(
+    State(state): State<AdminState>,
+    Path((namespace, name, control)): Path<(String, String, String)>,
+) -> Response {
+    let control = match control.as_str() {
+        "promote" => Control::Promote,
+        "abort" => Control::Abort,
+        "retry" => Control::Retry,
+        other => {
+            return error(
+                StatusCode::NOT_FOUND,
+                vec![format!("{other:?} is not a rollout control; use promote, abort or retry")],
+            );
+        }
+    };
+    let Some(driver) = state.control.rollouts() else {
+        return error(StatusCode::SERVICE_UNAVAILABLE, vec![RolloutError::ShuttingDown.to_string()]);
+    };
+    let key = ObjectKey::new(namespace, name);
+    match driver.control(key.clone(), control).await {
+        Ok(rollout) => Json(RolloutView::new(&key, &rollout)).into_response(),
+        Err(e @ RolloutError::NotFound(_)) => error(StatusCode::NOT_FOUND, vec![e.to_string()]),
+        Err(e @ RolloutError::Refused(_)) => error(StatusCode::CONFLICT, vec![e.to_string()]),
+        Err(e @ RolloutError::Store(_)) => error(StatusCode::INTERNAL_SERVER_ERROR, vec![e.to_string()]),
+        Err(e @ RolloutError::ShuttingDown) => error(StatusCode::SERVICE_UNAVAILABLE, vec![e.to_string()]),
+    }
 }
 
 async fn revisions(State(state): State<AdminState>, Query(filter): Query<Filter>) -> Response {

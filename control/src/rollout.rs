@@ -1,0 +1,511 @@
+//! The rollout driver: the one owner of every Route's rollout state in the
+//! standalone control plane.
+//!
+//! ```text
+//! watch<Arc<World>> ─┐                                 ┌─▶ watch<Arc<Rollouts>> ─▶ ControlPlane (plan_with_rollouts)
+//! observed (ACKs) ───┼─▶ Driver::run (tick, 1 s) ──────┤                          └▶ views, `revgate rollout status`
+//! gateway figures ───┤    goal ▸ step ▸ record ▸ judge └─▶ RolloutStore (one row per Route)
+//! controls (mpsc) ───┘
+//! ```
+//!
+//! Each tick computes, per Route, Knative's goal and merges it with the
+//! previous state (`revgate_model::rollout::orchestrator`), adds what the
+//! gateways measured of each candidate since the last tick, lets the gates
+//! judge, stores what changed and publishes the states. The owner task
+//! turns them into the plan it sends to Envoy; nothing calls back.
+//!
+//! Figures come from the activation service: the totals of the filters'
+//! latest reports, from every worker of every gateway. [`CandidateSample`]
+//! turns those per-window figures into counts per tick (requests from the
+//! request rate over the time since the last tick, 5xx from the share in
+//! the reports), so that cumulative counters can replace it later without
+//! touching the rest. The filter's latency of a request includes the time
+//! it was held before a cold start; a window in which the candidate had
+//! held requests therefore gives no latency figure.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use revgate_model::meta::Condition;
+use revgate_model::plan::ObjectKey;
+use revgate_model::rollout::controls::{self, Control, ControlRefused};
+use revgate_model::rollout::orchestrator::{advance, goal, observe_ready, record, step};
+use revgate_model::rollout::served::{condition, overlay_route_status};
+use revgate_model::rollout::{RolloutSpec, Rollouts, RouteRollout, StepMeasurement};
+use revgate_model::{IngressState, Observed, Route, Service, World};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
+
+use crate::activation::ActivationService;
+use crate::metrics::RevisionTotals;
+use crate::store::{RolloutStore, StoreError};
+
+/// How often rollouts are judged and stepped: a breach is acted on within
+/// one tick of being measured.
+pub const TICK: Duration = Duration::from_secs(1);
+
+/// The annotation a Route's view carries with its rollout in one line
+/// (`37% → hello-00002`, `aborted: 5xx 0.31 > 0.05`, `completed`); the
+/// `ROLLOUT` column of `revgate get route`. Shown, never stored.
+pub const ROLLOUT_SUMMARY_ANNOTATION: &str = "revgate.dev/rollout";
+
+/// Why a rollout control failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RolloutError {
+    #[error("route {0} not found; `revgate get route -A` lists the routes")]
+    NotFound(ObjectKey),
+    #[error("{0}")]
+    Refused(#[from] ControlRefused),
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    #[error("the rollout driver is not running (the control plane is shutting down, or runs in cluster mode)")]
+    ShuttingDown,
+}
+
+/// Where the driver reads the gateways' per-revision figures.
+pub trait Figures: Send + Sync + 'static {
+    fn totals(&self) -> BTreeMap<ObjectKey, RevisionTotals>;
+}
+
+impl Figures for ActivationService {
+    fn totals(&self) -> BTreeMap<ObjectKey, RevisionTotals> {
+        self.activity().into_iter().map(|(key, activity)| (key, activity.totals)).collect()
+    }
+}
+
+/// What the gateways measured of one candidate since the last tick, from
+/// the per-window totals of the filters' reports. Fractions of a request
+/// carry over to the next tick, so a candidate at 1% still counts.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct CandidateSample {
+    requests: f64,
+    errors_5xx: f64,
+}
+
+impl CandidateSample {
+    /// Adds `elapsed` of the figures in `totals` and takes out the whole
+    /// requests measured so far.
+    pub fn take(&mut self, totals: &RevisionTotals, elapsed: Duration) -> StepMeasurement {
+        let requests = totals.rps.max(0.0) * elapsed.as_secs_f64();
+        let error_share = if totals.requests > 0 { totals.responses_5xx as f64 / totals.requests as f64 } else { 0.0 };
+        self.requests += requests;
+        self.errors_5xx += requests * error_share;
+        let whole = self.requests.floor();
+        let errors = self.errors_5xx.round().min(whole);
+        self.requests -= whole;
+        self.errors_5xx = (self.errors_5xx - errors).max(0.0);
+        // Held requests' latency includes the hold: such windows say nothing of the candidate.
+        let held = totals.held > 0 || totals.held_concurrency > 0.0;
+        let p99_ms = (totals.requests > 0 && !held && whole > 0.0).then_some(totals.p99_ms);
+        StepMeasurement { requests: whole as u64, errors_5xx: errors as u64, p99_ms }
+    }
+}
+
+enum Command {
+    Control { route: ObjectKey, control: Control, reply: oneshot::Sender<Result<RouteRollout, RolloutError>> },
+}
+
+/// Cheap, clonable access to the driver: its states and its controls.
+#[derive(Debug, Clone)]
+pub struct RolloutHandle {
+    commands: mpsc::Sender<Command>,
+    states: watch::Receiver<Arc<Rollouts>>,
+}
+
+impl std::fmt::Debug for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Command::Control { route, control, .. } = self;
+        f.debug_struct("Control").field("route", route).field("control", control).finish()
+    }
+}
+
+impl RolloutHandle {
+    /// Every Route's rollout state, for readers that follow it.
+    pub fn states(&self) -> watch::Receiver<Arc<Rollouts>> {
+        self.states.clone()
+    }
+
+    /// Promotes, aborts or retries the rollout of `route`; answers with its
+    /// state once stored.
+    pub async fn control(&self, route: ObjectKey, control: Control) -> Result<RouteRollout, RolloutError> {
+        let (reply, answer) = oneshot::channel();
+        self.commands.send(Command::Control { route, control, reply }).await.map_err(|_| RolloutError::ShuttingDown)?;
+        answer.await.map_err(|_| RolloutError::ShuttingDown)?
+    }
+}
+
+/// The driver's state; see the module docs.
+pub struct Driver {
+    store: RolloutStore,
+    states: Arc<Rollouts>,
+    states_tx: watch::Sender<Arc<Rollouts>>,
+    world: watch::Receiver<Arc<World>>,
+    observed: Box<dyn Fn() -> Observed + Send>,
+    figures: Arc<dyn Figures>,
+    samples: BTreeMap<ObjectKey, CandidateSample>,
+    commands: mpsc::Receiver<Command>,
+    /// Unix milliseconds at `started`: ticks count from tokio's clock, so
+    /// tests run the driver on paused time.
+    unix_ms_at_start: u64,
+    started: Instant,
+    last_tick: Instant,
+}
+
+impl std::fmt::Debug for Driver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Driver").field("routes", &self.states.len()).finish_non_exhaustive()
+    }
+}
+
+impl Driver {
+    /// Loads the stored rollouts and returns the driver with its handle;
+    /// the states are published at once, so the first plan serves them.
+    pub fn start(
+        store: RolloutStore,
+        world: watch::Receiver<Arc<World>>,
+        observed: impl Fn() -> Observed + Send + 'static,
+        figures: Arc<dyn Figures>,
+    ) -> Result<(Self, RolloutHandle), StoreError> {
+        let states = Arc::new(store.load()?);
+        let (states_tx, states_rx) = watch::channel(states.clone());
+        let (commands_tx, commands) = mpsc::channel(16);
+        let unix_ms_at_start = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+        let now = Instant::now();
+        let driver = Self {
+            store,
+            states,
+            states_tx,
+            world,
+            observed: Box::new(observed),
+            figures,
+            samples: BTreeMap::new(),
+            commands,
+            unix_ms_at_start,
+            started: now,
+            last_tick: now,
+        };
+        Ok((driver, RolloutHandle { commands: commands_tx, states: states_rx }))
+    }
+
+    /// Ticks every [`TICK`] and on every change of the world, and serves
+    /// controls, until the control plane stops.
+    pub async fn run(mut self) {
+        let mut ticks = tokio::time::interval(TICK);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let (mut open, mut following) = (true, true);
+        loop {
+            let next_step = self.next_step();
+            tokio::select! {
+                _ = ticks.tick() => self.tick(),
+                // Knative requeues a Route for its next step time; so does this.
+                () = sleep_until(next_step) => self.tick(),
+                // A change is merged at once, as Knative reconciles a Route on
+                // every change: a revision created within a tick of the one
+                // before it still rolls out from the state that served it.
+                changed = self.world.changed(), if following => match changed {
+                    Ok(()) => self.tick(),
+                    Err(_) => following = false,
+                },
+                command = self.commands.recv(), if open => match command {
+                    Some(Command::Control { route, control, reply }) => {
+                        let _ = reply.send(self.control(&route, control));
+                    }
+                    None => open = false,
+                },
+            }
+        }
+    }
+
+    /// When the next step of a progressing rollout is due, if after now.
+    fn next_step(&self) -> Option<Instant> {
+        let now_ms = self.now_ms();
+        let due_ms = self
+            .states
+            .values()
+            .flat_map(|state| &state.configurations)
+            .filter(|c| c.in_progress() && c.step.step_duration_ms > 0 && c.step.next_step_ms > now_ms)
+            .map(|c| c.step.next_step_ms)
+            .min()?;
+        Some(Instant::now() + Duration::from_millis(due_ms - now_ms))
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.unix_ms_at_start + self.started.elapsed().as_millis() as u64
+    }
+
+    fn control(&mut self, route: &ObjectKey, control: Control) -> Result<RouteRollout, RolloutError> {
+        let mut rollout = self.states.get(route).cloned().ok_or_else(|| RolloutError::NotFound(route.clone()))?;
+        controls::apply(&mut rollout, route, control, self.now_ms())?;
+        self.store.save(&[(route, &rollout)], &[])?;
+        let mut states = (*self.states).clone();
+        states.insert(route.clone(), rollout.clone());
+        self.publish(states);
+        // A retry starts over at the next tick; do it now.
+        if control == Control::Retry {
+            self.tick();
+        }
+        Ok(self.states.get(route).cloned().unwrap_or(rollout))
+    }
+
+    fn tick(&mut self) {
+        let now = Instant::now();
+        let elapsed = now.duration_since(self.last_tick);
+        self.last_tick = now;
+        let now_ms = self.now_ms();
+        let world = self.world.borrow_and_update().clone();
+        let observed = (self.observed)();
+        let settings = world.settings();
+        let totals = self.figures.totals();
+        let mut next = Rollouts::new();
+        for (key, route) in &world.routes {
+            let spec = RolloutSpec::from_annotations(&route.metadata.annotations, &settings);
+            let mut state = step(goal(&world, route, &observed), self.states.get(key), spec.duration_secs, now_ms);
+            if spec.duration_secs > 0 {
+                for candidate in candidates(&state) {
+                    let revision = ObjectKey::new(key.namespace.clone(), candidate.clone());
+                    let sample = self.samples.entry(revision.clone()).or_default();
+                    let measured = totals.get(&revision).map(|t| sample.take(t, elapsed)).unwrap_or_default();
+                    record(&mut state, &candidate, &measured);
+                }
+                // Knative computes the steps once the gateway serves the first
+                // 1%: not in the tick that started the rollout.
+                let started_now = state.configurations.iter().any(|c| c.step.start_ms == now_ms);
+                if !started_now && observed.ingress.get(key) == Some(&IngressState::Ready) {
+                    observe_ready(&mut state, now_ms, spec.duration_secs);
+                }
+                advance(&mut state, &spec.gates, now_ms);
+            }
+            next.insert(key.clone(), state);
+        }
+        let candidates: Vec<ObjectKey> = next
+            .iter()
+            .flat_map(|(key, state)| candidates(state).into_iter().map(|c| ObjectKey::new(key.namespace.clone(), c)))
+            .collect();
+        self.samples.retain(|revision, _| candidates.contains(revision));
+        if next == *self.states {
+            return;
+        }
+        let changed: Vec<(&ObjectKey, &RouteRollout)> =
+            next.iter().filter(|(key, state)| self.states.get(*key) != Some(*state)).collect();
+        let gone: Vec<&ObjectKey> = self.states.keys().filter(|key| !next.contains_key(*key)).collect();
+        for (key, state) in &changed {
+            let (old, new) = (self.states.get(*key).and_then(RouteRollout::summary), state.summary());
+            if old != new
+                && let Some(summary) = new
+            {
+                tracing::info!(route = %key, rollout = %summary, "rollout");
+            }
+        }
+        if let Err(e) = self.store.save(&changed, &gone) {
+            // Served anyway: losing the row costs a restart its progress, not traffic.
+            tracing::error!(error = %e, "storing the rollouts");
+        }
+        self.publish(next);
+    }
+
+    fn publish(&mut self, states: Rollouts) {
+        self.states = Arc::new(states);
+        self.states_tx.send_replace(self.states.clone());
+    }
+}
+
+/// Sleeps until `deadline`; forever without one.
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The revisions being rolled out in a Route's state.
+fn candidates(state: &RouteRollout) -> Vec<String> {
+    state
+        .configurations
+        .iter()
+        .filter(|c| c.in_progress())
+        .filter_map(|c| c.candidate().map(|r| r.revision.clone()))
+        .collect()
+}
+
+/// One Route's rollout as the admin API shows it.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutView {
+    pub namespace: String,
+    pub route: String,
+    /// `37% → hello-00002`, `aborted: 5xx 0.31 > 0.05`, `completed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub summary: Option<String>,
+    /// The Route's `Rollout` condition.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub condition: Option<Condition>,
+    pub rollout: RouteRollout,
+}
+
+impl RolloutView {
+    pub fn new(route: &ObjectKey, rollout: &RouteRollout) -> Self {
+        Self {
+            namespace: route.namespace.clone(),
+            route: route.name.clone(),
+            summary: rollout.summary(),
+            condition: condition(rollout),
+            rollout: rollout.clone(),
+        }
+    }
+}
+
+/// Routes as `revgate get route` shows them: their status with the split
+/// the rollout serves and the `Rollout` condition, and the rollout in one
+/// line under [`ROLLOUT_SUMMARY_ANNOTATION`].
+pub fn route_views(world: &World, observed: &Observed, rollouts: &Rollouts) -> Vec<Route> {
+    let mut views = world.route_views(observed);
+    for view in &mut views {
+        let key = view.metadata.key();
+        let (Some(rollout), Some(route)) = (rollouts.get(&key), world.routes.get(&key)) else { continue };
+        if let Some(status) = &mut view.status {
+            overlay_route_status(world, route, status, rollout);
+        }
+        if let Some(summary) = rollout.summary() {
+            view.metadata.annotations.insert(ROLLOUT_SUMMARY_ANNOTATION.to_string(), summary);
+        }
+    }
+    views
+}
+
+/// Services with the traffic their Route serves during a rollout.
+pub fn service_views(world: &World, observed: &Observed, rollouts: &Rollouts) -> Vec<Service> {
+    let routes: BTreeMap<ObjectKey, Route> =
+        route_views(world, observed, rollouts).into_iter().map(|r| (r.metadata.key(), r)).collect();
+    let mut views = world.service_views(observed);
+    for view in &mut views {
+        let key = view.metadata.key();
+        let route_key = ObjectKey::new(key.namespace.clone(), revgate_model::names::service_route(&key.name));
+        let traffic = routes.get(&route_key).and_then(|r| r.status.as_ref()).map(|s| s.traffic.clone());
+        if let (Some(status), Some(traffic)) = (&mut view.status, traffic) {
+            status.traffic = traffic;
+        }
+    }
+    views
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use revgate_model::parse_documents;
+
+    use super::*;
+    use crate::store::Store;
+
+    const HELLO: &str = "apiVersion: serving.knative.dev/v1
+kind: Service
+metadata:
+  name: hello
+  annotations:
+    serving.knative.dev/rollout-duration: 20s
+    revgate.dev/rollout-max-error-rate: \"0.05\"
+spec:
+  template:
+    spec:
+      containers:
+      - image: hello:IMAGE
+";
+
+    fn world(images: &[&str]) -> Arc<World> {
+        let mut world = World::default();
+        for image in images {
+            let docs = parse_documents("hello.yaml", &HELLO.replace("IMAGE", image)).expect("parses");
+            world = world.apply(&docs, 0).expect("applies").0;
+        }
+        Arc::new(world)
+    }
+
+    /// Gateway figures the test sets.
+    #[derive(Default)]
+    struct Fake(Mutex<BTreeMap<ObjectKey, RevisionTotals>>);
+
+    impl Figures for Fake {
+        fn totals(&self) -> BTreeMap<ObjectKey, RevisionTotals> {
+            self.0.lock().map(|t| t.clone()).unwrap_or_default()
+        }
+    }
+
+    fn ready_gateway(world: &World) -> Observed {
+        Observed {
+            ingress: world.routes.keys().map(|k| (k.clone(), IngressState::Ready)).collect(),
+            ..Observed::default()
+        }
+    }
+
+    fn split(states: &Rollouts) -> Vec<(String, u32)> {
+        let route = ObjectKey::new("default", "hello");
+        states[&route].configurations[0].revisions.iter().map(|r| (r.revision.clone(), r.percent)).collect()
+    }
+
+    fn start(
+        store: &Store,
+        world: &watch::Sender<Arc<World>>,
+        figures: Arc<Fake>,
+    ) -> (tokio::task::JoinHandle<()>, RolloutHandle) {
+        let observed = world.subscribe();
+        let (driver, handle) =
+            Driver::start(store.rollouts(), world.subscribe(), move || ready_gateway(&observed.borrow()), figures)
+                .expect("driver");
+        (tokio::spawn(driver.run()), handle)
+    }
+
+    /// On paused time: a new revision starts at 1%, steps up, aborts within
+    /// one tick of a measured breach, and a restarted driver resumes from
+    /// the store where the last one was.
+    #[tokio::test(start_paused = true)]
+    async fn the_driver_steps_aborts_and_resumes_after_a_restart() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let store = Store::open(dir.path()).expect("store");
+        let (world_tx, _) = watch::channel(world(&["1"]));
+        let figures = Arc::new(Fake::default());
+        let (task, handle) = start(&store, &world_tx, figures.clone());
+        let mut states = handle.states();
+        states.wait_for(|s| !s.is_empty()).await.expect("driver");
+        assert_eq!(split(&states.borrow()), [("hello-00001".to_string(), 100)]);
+
+        world_tx.send_replace(world(&["1", "2"]));
+        states.wait_for(|s| split(s).len() == 2).await.expect("driver");
+        assert_eq!(split(&states.borrow()), [("hello-00001".to_string(), 99), ("hello-00002".to_string(), 1)]);
+        let candidate = ObjectKey::new("default", "hello-00002");
+        let healthy = RevisionTotals { rps: 10.0, requests: 10, ..RevisionTotals::default() };
+        figures.0.lock().expect("figures").insert(candidate.clone(), healthy);
+        states.wait_for(|s| split(s).last().is_some_and(|(_, p)| *p > 10)).await.expect("driver");
+
+        // A restart resumes: the new driver starts from the stored split.
+        task.abort();
+        let _ = task.await;
+        let before = split(&states.borrow());
+        let (task, handle) = start(&store, &world_tx, figures.clone());
+        let resumed = split(&handle.states().borrow());
+        assert_eq!(resumed, before, "the restarted driver serves the stored split at once");
+
+        // A breach aborts at the next tick: all back to the previous revision.
+        let failing = RevisionTotals { rps: 10.0, requests: 10, responses_5xx: 3, ..RevisionTotals::default() };
+        figures.0.lock().expect("figures").insert(candidate, failing);
+        let mut states = handle.states();
+        states.wait_for(|s| split(s) == [("hello-00001".to_string(), 100)]).await.expect("driver");
+        let summary = states.borrow()[&ObjectKey::new("default", "hello")].summary();
+        assert_eq!(summary.as_deref(), Some("aborted: 5xx 0.30 > 0.05"));
+        task.abort();
+    }
+
+    #[test]
+    fn a_sample_counts_fractions_of_requests_across_ticks_and_leaves_out_held_latency() {
+        let mut sample = CandidateSample::default();
+        let slow =
+            RevisionTotals { rps: 0.5, requests: 2, responses_5xx: 1, p99_ms: 900.0, ..RevisionTotals::default() };
+        let first = sample.take(&slow, Duration::from_secs(1));
+        assert_eq!(first.requests, 0, "half a request is carried over");
+        let second = sample.take(&slow, Duration::from_secs(1));
+        assert_eq!((second.requests, second.p99_ms), (1, Some(900.0)));
+        let held = RevisionTotals { held_concurrency: 0.5, ..slow };
+        let third = sample.take(&held, Duration::from_secs(2));
+        assert_eq!((third.requests, third.p99_ms), (1, None), "a window with held requests says nothing of latency");
+    }
+}
