@@ -34,6 +34,7 @@ pub mod meta;
 pub mod names;
 pub mod observed;
 pub mod plan;
+pub mod planning;
 pub mod resources;
 mod schema;
 pub mod status;
@@ -47,5 +48,6 @@ pub use manifest::{
 };
 pub use observed::{IngressState, Observed, RevisionReadiness};
 pub use plan::{GatewayPlan, ObjectKey};
+pub use planning::PlanMemo;
 pub use resources::{ConfigMap, Configuration, Revision, Route, Service};
 pub use world::{Change, ChangeKind, World};
