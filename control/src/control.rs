@@ -10,10 +10,17 @@
 //! translating only the objects that changed, one immutable xDS snapshot
 //! that the ADS streams pick up.
 //!
+//! A change costs what it changes: a world shares every object an apply
+//! left equal with its predecessor (so comparing and saving two worlds
+//! compares pointers), the plan reuses the entries of unchanged objects
+//! ([`PlanMemo`]), and the translator re-encodes only the entries that are
+//! new. Endpoint states do not change the plan: they are translated against
+//! the last one, which touches only endpoint assignments.
+//!
 //! ```text
 //! admin API ──Command──▶ ControlPlane::run ──save──▶ Store (redb)
 //! runtime ─states─▶ ZeroGate ─gated states─▶ │
-//!                              ├─ world.plan() ─ Translator::update ─ Snapshot ──▶ SnapshotCache ──▶ ADS streams
+//!                              ├─ world.plan_with(memo) ─ Translator::update ─ Snapshot ──▶ SnapshotCache ──▶ ADS streams
 //!                              └─ watch<Arc<World>>, plan, desired, watch<Published> ──▶ readers
 //! ```
 
@@ -25,7 +32,8 @@ use revgate_model::decode::Budget;
 use revgate_model::plan::{Endpoint, EndpointMap, GatewayPlan, ObjectKey};
 use revgate_model::rollout::Rollouts;
 use revgate_model::{
-    ApplyError, Document, ManifestError, Reference, RevisionReadiness, World, parse_documents_within, parse_references,
+    ApplyError, Document, ManifestError, PlanMemo, Reference, RevisionReadiness, World, parse_documents_within,
+    parse_references,
     world::{Change, IngressState, Observed},
 };
 use revgate_runtime::RevisionState;
@@ -123,6 +131,14 @@ pub fn parse_manifests(files: &[ManifestFile], delete: bool) -> Result<Parsed, C
         }
         Ok(Parsed::Apply(documents))
     }
+}
+
+/// Whether a snapshot needs a new plan: only a changed world or rollout
+/// does; endpoints and the debug fault are translated against the last plan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Replan {
+    Yes,
+    No,
 }
 
 enum Command {
@@ -315,6 +331,8 @@ pub struct ControlPlane {
     cache: SnapshotCache,
     /// Turns the plan into the next snapshot, translating only what changed.
     translator: Translator,
+    /// The last plan's entries, reused for the objects a change left alone.
+    plan_memo: PlanMemo,
     fault: Option<Fault>,
     commands: mpsc::Receiver<Command>,
     world_tx: watch::Sender<Arc<World>>,
@@ -357,6 +375,7 @@ impl ControlPlane {
             cold: BTreeSet::new(),
             cache,
             translator: Translator::new(settings),
+            plan_memo: PlanMemo::default(),
             fault: None,
             commands,
             world_tx,
@@ -400,7 +419,7 @@ impl ControlPlane {
                 self.take_states(&current, true);
             }
             None => {
-                self.publish();
+                self.publish(Replan::Yes);
             }
         }
         loop {
@@ -415,9 +434,13 @@ impl ControlPlane {
                 },
                 rolled = changed(&mut self.rollouts) => match rolled {
                     // Most changes are the candidates' figures: only a new split publishes.
-                    Some(_) => if **self.plan_tx.borrow() != self.current_plan() {
-                        self.publish();
-                    },
+                    Some(_) => {
+                        let started = std::time::Instant::now();
+                        let plan = self.current_plan();
+                        if **self.plan_tx.borrow() != plan {
+                            self.publish_plan(Arc::new(plan), started);
+                        }
+                    }
                     None => self.rollouts = None,
                 },
             }
@@ -437,7 +460,7 @@ impl ControlPlane {
             }
             Command::SetFault { fault, reply } => {
                 self.fault = fault;
-                let _ = reply.send(self.publish());
+                let _ = reply.send(self.publish(Replan::No));
             }
         }
     }
@@ -457,7 +480,8 @@ impl ControlPlane {
         self.cold.clone_from(&gated.cold);
         if first || endpoints != *self.endpoints {
             self.endpoints = Arc::new(endpoints);
-            self.publish();
+            // Endpoints are not part of the plan; the first snapshot is.
+            self.publish(if first { Replan::Yes } else { Replan::No });
             self.endpoints_tx.send_replace(self.endpoints.clone());
         } else {
             // The snapshot is unchanged: only the wanted counts may be.
@@ -512,26 +536,39 @@ impl ControlPlane {
         self.world = Arc::new(next);
         let published = if changed {
             self.world_tx.send_replace(self.world.clone());
-            self.publish()
+            self.publish(Replan::Yes)
         } else {
             self.published_tx.borrow().clone()
         };
         Ok(Applied { changes: changes.iter().map(Change::to_string).collect(), published, warnings })
     }
 
-    /// The plan for the current world, each Route in rollout serving the
-    /// rollout driver's split.
-    fn current_plan(&self) -> GatewayPlan {
+    /// The plan for the current world, reusing the last plan's unchanged
+    /// entries, each Route in rollout serving the rollout driver's split.
+    fn current_plan(&mut self) -> GatewayPlan {
         match &self.rollouts {
-            Some(rollouts) => self.world.plan_with_rollouts(&Observed::default(), &rollouts.borrow()),
-            None => self.world.plan(&Observed::default()),
+            Some(rollouts) => {
+                self.world.plan_with_rollouts(&Observed::default(), &rollouts.borrow(), &mut self.plan_memo)
+            }
+            None => self.world.plan_with(&Observed::default(), &mut self.plan_memo),
         }
     }
 
-    /// Builds and publishes the snapshot for the current world.
-    fn publish(&mut self) -> Published {
+    /// Builds and publishes the snapshot for the current world and
+    /// endpoints; `replan` when the world or the rollouts changed since the
+    /// last plan.
+    fn publish(&mut self, replan: Replan) -> Published {
         let started = std::time::Instant::now();
-        let plan = self.current_plan();
+        let plan = match replan {
+            Replan::Yes => Arc::new(self.current_plan()),
+            Replan::No => self.plan_tx.borrow().clone(),
+        };
+        self.publish_plan(plan, started)
+    }
+
+    /// Translates `plan` (built since `started`) with the current endpoints
+    /// and publishes the snapshot.
+    fn publish_plan(&mut self, plan: Arc<GatewayPlan>, started: std::time::Instant) -> Published {
         self.translator.set_route_fault(self.fault.map(Fault::virtual_host));
         // The translator checks what changed for dangling references.
         let snapshot = match self.translator.update(&plan, &self.endpoints) {

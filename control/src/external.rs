@@ -96,7 +96,7 @@ impl Registry {
                 (key.clone(), RevisionState { desired, ready, ..RevisionState::default() })
             })
             .collect();
-        let sources = self
+        let sources: BTreeMap<_, _> = self
             .entries
             .iter()
             .map(|(key, (registration, origin))| (key.clone(), EndpointsSource::new(registration, *origin)))

@@ -8,11 +8,12 @@ use tokio::sync::watch;
 
 /// Publishes `value` unless it equals what readers have, so they wake only
 /// for real changes.
-pub fn replace_if_changed<T: PartialEq>(tx: &watch::Sender<Arc<T>>, value: T) {
+pub fn replace_if_changed<T: PartialEq>(tx: &watch::Sender<Arc<T>>, value: impl Into<Arc<T>>) {
+    let value = value.into();
     tx.send_if_modified(|current| {
-        let changed = **current != value;
+        let changed = !Arc::ptr_eq(current, &value) && **current != *value;
         if changed {
-            *current = Arc::new(value);
+            *current = value;
         }
         changed
     });

@@ -55,6 +55,11 @@ pub const ROLLOUT_SUMMARY_ANNOTATION: &str = "revgate.dev/rollout";
 pub enum RolloutError {
     #[error("route {0} not found; `revgate get route -A` lists the routes")]
     NotFound(ObjectKey),
+    #[error(
+        "route {0} has no rollout: without a `serving.knative.dev/rollout-duration` annotation (or the \
+         config-network key `rollout-duration`) a new revision takes its traffic at once"
+    )]
+    NoRollout(ObjectKey),
     #[error("{0}")]
     Refused(#[from] ControlRefused),
     #[error("{0}")]
@@ -235,7 +240,14 @@ impl Driver {
     }
 
     fn control(&mut self, route: &ObjectKey, control: Control) -> Result<RouteRollout, RolloutError> {
-        let mut rollout = self.states.get(route).cloned().ok_or_else(|| RolloutError::NotFound(route.clone()))?;
+        let Some(mut rollout) = self.states.get(route).cloned() else {
+            let exists = self.world.borrow().routes.contains_key(route);
+            return Err(if exists {
+                RolloutError::NoRollout(route.clone())
+            } else {
+                RolloutError::NotFound(route.clone())
+            });
+        };
         controls::apply(&mut rollout, route, control, self.now_ms())?;
         self.store.save(&[(route, &rollout)], &[])?;
         let mut states = (*self.states).clone();
@@ -254,28 +266,34 @@ impl Driver {
         self.last_tick = now;
         let now_ms = self.now_ms();
         let world = self.world.borrow_and_update().clone();
-        let observed = (self.observed)();
         let settings = world.settings();
-        let totals = self.figures.totals();
+        // Only Routes with a rollout duration roll out (Knative's default,
+        // 0, switches at once): the others get no state, and a tick among
+        // thousands of them costs an annotation lookup each.
+        let rolling: Vec<_> = world
+            .routes
+            .iter()
+            .map(|(key, route)| (key, route, RolloutSpec::from_annotations(&route.metadata.annotations, &settings)))
+            .filter(|(_, _, spec)| spec.duration_secs > 0)
+            .collect();
+        let (observed, totals) =
+            if rolling.is_empty() { Default::default() } else { ((self.observed)(), self.figures.totals()) };
         let mut next = Rollouts::new();
-        for (key, route) in &world.routes {
-            let spec = RolloutSpec::from_annotations(&route.metadata.annotations, &settings);
+        for (key, route, spec) in rolling {
             let mut state = step(goal(&world, route, &observed), self.states.get(key), spec.duration_secs, now_ms);
-            if spec.duration_secs > 0 {
-                for candidate in candidates(&state) {
-                    let revision = ObjectKey::new(key.namespace.clone(), candidate.clone());
-                    let sample = self.samples.entry(revision.clone()).or_default();
-                    let measured = totals.get(&revision).map(|t| sample.take(t, elapsed)).unwrap_or_default();
-                    record(&mut state, &candidate, &measured);
-                }
-                // Knative computes the steps once the gateway serves the first
-                // 1%: not in the tick that started the rollout.
-                let started_now = state.configurations.iter().any(|c| c.step.start_ms == now_ms);
-                if !started_now && observed.ingress.get(key) == Some(&IngressState::Ready) {
-                    observe_ready(&mut state, now_ms, spec.duration_secs);
-                }
-                advance(&mut state, &spec.gates, now_ms);
+            for candidate in candidates(&state) {
+                let revision = ObjectKey::new(key.namespace.clone(), candidate.clone());
+                let sample = self.samples.entry(revision.clone()).or_default();
+                let measured = totals.get(&revision).map(|t| sample.take(t, elapsed)).unwrap_or_default();
+                record(&mut state, &candidate, &measured);
             }
+            // Knative computes the steps once the gateway serves the first
+            // 1%: not in the tick that started the rollout.
+            let started_now = state.configurations.iter().any(|c| c.step.start_ms == now_ms);
+            if !started_now && observed.ingress.get(key) == Some(&IngressState::Ready) {
+                observe_ready(&mut state, now_ms, spec.duration_secs);
+            }
+            advance(&mut state, &spec.gates, now_ms);
             next.insert(key.clone(), state);
         }
         let candidates: Vec<ObjectKey> = next

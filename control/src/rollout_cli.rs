@@ -38,7 +38,8 @@ pub async fn run(args: RolloutArgs) -> anyhow::Result<ExitCode> {
             Some(view) => view,
             None => {
                 eprintln!(
-                    "error: route {:?} has no rollout in namespace {} (no such Route, or the control plane has not seen it yet)",
+                    "error: route {:?} has no rollout in namespace {} (no such Route, or it has no \
+                     serving.knative.dev/rollout-duration: a new revision then takes its traffic at once)",
                     args.route, args.namespace
                 );
                 return Ok(ExitCode::FAILURE);

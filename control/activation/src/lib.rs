@@ -652,7 +652,7 @@ mod tests {
             timeout_seconds: 300,
             static_endpoints: None,
         };
-        GatewayPlan { revisions: vec![revision], ..Default::default() }
+        GatewayPlan { revisions: vec![std::sync::Arc::new(revision)], ..Default::default() }
     }
 
     /// What the readiness owner follows; dropping it ends the owner.

@@ -214,7 +214,7 @@ mod tests {
     }
 
     fn plan(revisions: Vec<RevisionBackend>) -> GatewayPlan {
-        GatewayPlan { revisions, ..Default::default() }
+        GatewayPlan { revisions: revisions.into_iter().map(std::sync::Arc::new).collect(), ..Default::default() }
     }
 
     fn eds_ack(node: &str, revision: &str, endpoints: usize) -> AckEvent {

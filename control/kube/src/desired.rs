@@ -30,6 +30,7 @@
 //! still costs a round trip, and a quiet reconcile keeps the audit log quiet.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use kube::api::DynamicObject;
 use revgate_istio::{OwnerKind, RenderOptions};
@@ -305,7 +306,11 @@ fn defaulted_configuration(snapshot: &Snapshot, object: &DynamicObject, now: u64
     let (world, _) = settings_world(snapshot)
         .apply(&[document(Resource::Configuration(configuration))], now)
         .map_err(|e| field_errors(&e))?;
-    world.configurations.get(&key).cloned().ok_or_else(|| "the model dropped the configuration".to_string())
+    world
+        .configurations
+        .get(&key)
+        .map(|c| c.as_ref().clone())
+        .ok_or_else(|| "the model dropped the configuration".to_string())
 }
 
 // ----- 3. the namespace as a world --------------------------------------------------
@@ -321,7 +326,7 @@ pub fn world(snapshot: &Snapshot) -> World {
         if let Ok(mut service) = model_object::<Service>(object) {
             validation::default_template(&mut service.spec.template, &settings);
             validation::default_traffic(&mut service.spec.traffic, true);
-            world.services.insert(service.metadata.key(), service);
+            world.services.insert(service.metadata.key(), Arc::new(service));
         }
     }
     for object in snapshot.live(Kind::Configuration) {
@@ -338,17 +343,17 @@ pub fn world(snapshot: &Snapshot) -> World {
         let latest = if owned(&current) { Some(current) } else { recorded.filter(|r| owned(r)) };
         let status = configuration.status.get_or_insert_with(Default::default);
         status.latest_created_revision_name = latest;
-        world.configurations.insert(configuration.metadata.key(), configuration);
+        world.configurations.insert(configuration.metadata.key(), Arc::new(configuration));
     }
     for object in snapshot.live(Kind::Route) {
         if let Ok(mut route) = model_object::<Route>(object) {
             validation::default_traffic(&mut route.spec.traffic, false);
-            world.routes.insert(route.metadata.key(), route);
+            world.routes.insert(route.metadata.key(), Arc::new(route));
         }
     }
     for object in snapshot.live(Kind::Revision) {
         if let Ok(revision) = model_object::<Revision>(object) {
-            world.revisions.insert(revision.metadata.key(), revision);
+            world.revisions.insert(revision.metadata.key(), Arc::new(revision));
         }
     }
     world
@@ -435,7 +440,7 @@ pub fn routing(
     options: &RenderOptions,
     rollouts: &revgate_model::rollout::Rollouts,
 ) -> (Step, GatewayPlan) {
-    let plan = world.plan_with_rollouts(observed, rollouts);
+    let plan = world.plan_with_rollouts(observed, rollouts, &mut revgate_model::PlanMemo::default());
     let mut step = Step::default();
     let mut wanted = BTreeSet::new();
     for mut vs in revgate_istio::virtual_services(world, &plan, options) {
@@ -640,7 +645,7 @@ fn without_transitions(status: &Value) -> Value {
 /// every object is defaulted and validated with.
 fn settings_world(snapshot: &Snapshot) -> World {
     World {
-        config_maps: snapshot.config_maps.iter().map(|m| (m.metadata.key(), m.clone())).collect(),
+        config_maps: snapshot.config_maps.iter().map(|m| (m.metadata.key(), Arc::new(m.clone()))).collect(),
         ..World::default()
     }
 }

@@ -36,6 +36,7 @@ pub mod meta;
 pub mod names;
 pub mod observed;
 pub mod plan;
+pub mod planning;
 pub mod resources;
 pub mod rollout;
 mod schema;
@@ -50,5 +51,6 @@ pub use manifest::{
 };
 pub use observed::{IngressState, Observed, RevisionReadiness};
 pub use plan::{GatewayPlan, ObjectKey};
+pub use planning::PlanMemo;
 pub use resources::{ConfigMap, Configuration, Revision, Route, Service};
 pub use world::{Change, ChangeKind, World};

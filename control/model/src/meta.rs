@@ -96,7 +96,7 @@ impl OwnerReference {
 }
 
 /// Metadata of a revision template. The CRD keeps unknown fields here, and so does revgate.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TemplateMeta {
     /// The name the revision will get; revgate numbers revisions when it is absent.

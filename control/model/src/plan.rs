@@ -11,6 +11,7 @@
 //! byte-identical translations and therefore identical xDS versions.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -37,10 +38,10 @@ impl std::fmt::Display for ObjectKey {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GatewayPlan {
     /// Routes whose traffic resolves to at least one existing revision, sorted by key.
-    pub routes: Vec<RoutePlan>,
+    pub routes: Vec<Arc<RoutePlan>>,
     /// Every revision that exists (routed or not), sorted by key. Each gets
     /// a cluster so that a later route change never waits for cluster warming.
-    pub revisions: Vec<RevisionBackend>,
+    pub revisions: Vec<Arc<RevisionBackend>>,
     /// Knative `config-features` `tag-header-based-routing: Enabled`.
     pub tag_header_routing: bool,
 }

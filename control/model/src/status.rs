@@ -31,16 +31,14 @@
 //! | Deploying | Unknown `Deploying` | Unknown `Deploying` | Unknown `Deploying` | Unknown `Deploying` |
 //! | NotReady (reason) | False (reason) | Unknown (reason) | False (reason) | False `RevisionFailed` |
 
-use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use crate::config::Settings;
 use crate::manifest::{Document, Resource};
-use crate::meta::{CONFIGURATION_LABEL, Condition, ConditionStatus, ENDPOINTS_ANNOTATION, SERVICE_LABEL};
+use crate::meta::{Condition, ConditionStatus};
 use crate::names::{self, RouteNaming};
 use crate::observed::{IngressState, Observed, RevisionReadiness};
-use crate::plan::{
-    GatewayPlan, ObjectKey, RevisionBackend, RoutePlan, Split, TagPlan, UpstreamProtocol, parse_endpoints,
-};
+use crate::plan::{GatewayPlan, ObjectKey};
 use crate::resources::{
     Addressable, Configuration, ConfigurationStatus, Revision, RevisionStatus, Route, RouteStatus, Service,
     ServiceStatus, TrafficTarget,
@@ -120,7 +118,7 @@ pub(crate) fn missing_targets(world: &World, namespace: &str, traffic: &[Traffic
 }
 
 /// Resolves each of a route's targets, in order.
-fn resolve(
+pub(crate) fn resolve(
     world: &World,
     namespace: &str,
     traffic: &[TrafficTarget],
@@ -179,11 +177,11 @@ fn resolve(
 }
 
 /// The gateway serves traffic once every target that carries some resolves.
-fn serves(resolution: &[Result<ResolvedTarget, TrafficFailure>], traffic: &[TrafficTarget]) -> bool {
+pub(crate) fn serves(resolution: &[Result<ResolvedTarget, TrafficFailure>], traffic: &[TrafficTarget]) -> bool {
     resolution.iter().zip(traffic).all(|(r, t)| r.is_ok() || t.percent.unwrap_or(0) == 0)
 }
 
-fn route_naming<'a>(route: &'a Route, key: &'a ObjectKey) -> RouteNaming<'a> {
+pub(crate) fn route_naming<'a>(route: &'a Route, key: &'a ObjectKey) -> RouteNaming<'a> {
     RouteNaming { key, labels: &route.metadata.labels, annotations: &route.metadata.annotations }
 }
 
@@ -239,7 +237,8 @@ impl World {
             .collect();
         for key in assigned {
             if let Some(route) = self.routes.get_mut(&key) {
-                route.status = Some(RouteStatus { traffic: route.spec.traffic.clone(), ..Default::default() });
+                Arc::make_mut(route).status =
+                    Some(RouteStatus { traffic: route.spec.traffic.clone(), ..Default::default() });
             }
         }
     }
@@ -281,55 +280,16 @@ impl World {
         warnings
     }
 
-    /// What the gateway must do: every route whose traffic in effect (see
-    /// [`World::traffic_in_effect`]) has all its traffic-carrying targets
-    /// resolved, and every revision.
-    pub fn plan(&self, observed: &Observed) -> GatewayPlan {
-        let settings = self.settings();
-        let mut routes = Vec::new();
-        for route in self.routes.values() {
-            let Some(traffic) = self.traffic_in_effect(route) else { continue };
-            let resolution = resolve(self, &route.metadata.namespace, traffic, observed);
-            if !serves(&resolution, traffic) {
-                continue;
-            }
-            let key = route.metadata.key();
-            let naming = route_naming(route, &key);
-            let mut splits: BTreeMap<ObjectKey, u32> = BTreeMap::new();
-            let mut tags = Vec::new();
-            for target in resolution.into_iter().flatten() {
-                let percent = u32::try_from(target.percent).unwrap_or(0);
-                if percent > 0 {
-                    *splits.entry(target.revision.clone()).or_default() += percent;
-                }
-                if let Some(tag) = target.tag {
-                    tags.push(TagPlan {
-                        host: names::tag_host(naming, &tag, &settings),
-                        tag,
-                        revision: target.revision,
-                    });
-                }
-            }
-            tags.sort_by(|a, b| a.tag.cmp(&b.tag));
-            routes.push(RoutePlan {
-                host: names::route_host(naming, &settings),
-                key: key.clone(),
-                splits: splits.into_iter().map(|(revision, percent)| Split { revision, percent }).collect(),
-                tags,
-            });
-        }
-        GatewayPlan {
-            routes,
-            revisions: self.revisions.values().map(|r| backend(r, &settings)).collect(),
-            tag_header_routing: settings.features.tag_header_based_routing,
-        }
-    }
-
     /// [`World::plan`], with each Route in rollout serving its rollout's
     /// split (see [`crate::rollout::served`]) instead of sending a
     /// `latestRevision` target's whole share to its newest revision.
-    pub fn plan_with_rollouts(&self, observed: &Observed, rollouts: &crate::rollout::Rollouts) -> GatewayPlan {
-        let mut plan = self.plan(observed);
+    pub fn plan_with_rollouts(
+        &self,
+        observed: &Observed,
+        rollouts: &crate::rollout::Rollouts,
+        memo: &mut crate::planning::PlanMemo,
+    ) -> GatewayPlan {
+        let mut plan = self.plan_with(observed, memo);
         crate::rollout::served::overlay_plan(self, observed, &mut plan, rollouts);
         plan
     }
@@ -339,7 +299,7 @@ impl World {
         let settings = self.settings();
         self.services
             .values()
-            .map(|s| Service { status: Some(self.service_status(s, &settings, observed)), ..s.clone() })
+            .map(|s| Service { status: Some(self.service_status(s, &settings, observed)), ..s.as_ref().clone() })
             .collect()
     }
 
@@ -347,7 +307,7 @@ impl World {
     pub fn configuration_views(&self, observed: &Observed) -> Vec<Configuration> {
         self.configurations
             .values()
-            .map(|c| Configuration { status: Some(self.configuration_status(c, observed)), ..c.clone() })
+            .map(|c| Configuration { status: Some(self.configuration_status(c, observed)), ..c.as_ref().clone() })
             .collect()
     }
 
@@ -356,13 +316,16 @@ impl World {
         let settings = self.settings();
         self.routes
             .values()
-            .map(|r| Route { status: Some(self.route_status(r, &settings, observed)), ..r.clone() })
+            .map(|r| Route { status: Some(self.route_status(r, &settings, observed)), ..r.as_ref().clone() })
             .collect()
     }
 
     /// Revisions, with status.
     pub fn revision_views(&self, observed: &Observed) -> Vec<Revision> {
-        self.revisions.values().map(|r| Revision { status: Some(revision_status(r, observed)), ..r.clone() }).collect()
+        self.revisions
+            .values()
+            .map(|r| Revision { status: Some(revision_status(r, observed)), ..r.as_ref().clone() })
+            .collect()
     }
 
     fn configuration_status(&self, configuration: &Configuration, observed: &Observed) -> ConfigurationStatus {
@@ -503,21 +466,4 @@ fn revision_status(revision: &Revision, observed: &Observed) -> RevisionStatus {
         }
     };
     RevisionStatus { observed_generation: revision.metadata.generation, conditions }
-}
-
-fn backend(revision: &Revision, settings: &Settings) -> RevisionBackend {
-    let spec = &revision.spec;
-    let h2c = spec.serving_container().and_then(|c| c.ports.first()).is_some_and(|p| p.name == "h2c");
-    RevisionBackend {
-        key: revision.metadata.key(),
-        configuration: revision.metadata.labels.get(CONFIGURATION_LABEL).cloned().unwrap_or_default(),
-        service: revision.metadata.labels.get(SERVICE_LABEL).cloned(),
-        protocol: if h2c { UpstreamProtocol::H2c } else { UpstreamProtocol::Http1 },
-        container_concurrency: spec.container_concurrency.and_then(|c| u32::try_from(c).ok()).unwrap_or(0),
-        timeout_seconds: spec
-            .timeout_seconds
-            .and_then(|t| u64::try_from(t).ok())
-            .unwrap_or_else(|| u64::try_from(settings.defaults.revision_timeout_seconds).unwrap_or(300)),
-        static_endpoints: revision.metadata.annotations.get(ENDPOINTS_ANNOTATION).and_then(|v| parse_endpoints(v).ok()),
-    }
 }

@@ -11,6 +11,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -35,15 +36,25 @@ use crate::validation;
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct World {
     #[serde(with = "keyed_list")]
-    pub services: BTreeMap<ObjectKey, Service>,
+    pub services: BTreeMap<ObjectKey, Arc<Service>>,
     #[serde(with = "keyed_list")]
-    pub configurations: BTreeMap<ObjectKey, Configuration>,
+    pub configurations: BTreeMap<ObjectKey, Arc<Configuration>>,
     #[serde(with = "keyed_list")]
-    pub routes: BTreeMap<ObjectKey, Route>,
+    pub routes: BTreeMap<ObjectKey, Arc<Route>>,
     #[serde(with = "keyed_list")]
-    pub revisions: BTreeMap<ObjectKey, Revision>,
+    pub revisions: BTreeMap<ObjectKey, Arc<Revision>>,
     #[serde(with = "keyed_list")]
-    pub config_maps: BTreeMap<ObjectKey, ConfigMap>,
+    pub config_maps: BTreeMap<ObjectKey, Arc<ConfigMap>>,
+}
+
+/// Stores `object` under `key` unless an equal one is there: the object a
+/// world shares with its predecessor stays the same allocation, so comparing
+/// and saving two worlds costs what changed between them, not what they hold
+/// (`Arc`'s equality of `Eq` types starts with a pointer comparison).
+fn put<T: PartialEq>(map: &mut BTreeMap<ObjectKey, Arc<T>>, key: ObjectKey, object: T) {
+    if map.get(&key).map(Arc::as_ref) != Some(&object) {
+        map.insert(key, Arc::new(object));
+    }
 }
 
 /// JSON objects need string keys; a world is stored as lists of `[key, object]` pairs.
@@ -182,7 +193,7 @@ impl World {
 
     /// Settings from the `knative-serving` ConfigMaps, with Knative's defaults.
     pub fn settings(&self) -> Settings {
-        Settings::from_config_maps(self.config_maps.values())
+        Settings::from_config_maps(self.config_maps.values().map(Arc::as_ref))
     }
 
     /// How a revision scales: its autoscaling annotations over
@@ -204,7 +215,7 @@ impl World {
 
     /// The revisions a Configuration created, oldest first.
     pub fn revisions_of(&self, configuration: &ObjectKey) -> impl Iterator<Item = &Revision> {
-        self.revisions.values().filter(move |r| {
+        self.revisions.values().map(Arc::as_ref).filter(move |r| {
             r.metadata.namespace == configuration.namespace
                 && r.metadata.labels.get(CONFIGURATION_LABEL) == Some(&configuration.name)
         })
@@ -214,7 +225,7 @@ impl World {
     pub fn latest_created_revision(&self, configuration: &ObjectKey) -> Option<&Revision> {
         let config = self.configurations.get(configuration)?;
         let name = config.status.as_ref()?.latest_created_revision_name.as_ref()?;
-        self.revisions.get(&ObjectKey::new(configuration.namespace.clone(), name.clone()))
+        self.revisions.get(&ObjectKey::new(configuration.namespace.clone(), name.clone())).map(Arc::as_ref)
     }
 
     /// The newest ready revision of a Configuration: the latest created one
@@ -273,7 +284,7 @@ impl World {
         }
 
         let kind = stamp(&mut service.metadata, existing.map(|s| (&s.metadata, s.spec == service.spec)), now);
-        let existing_equal = existing == Some(&service);
+        let existing_equal = existing.map(Arc::as_ref) == Some(&service);
         changes.push(change(SERVICE_RESOURCE, key.clone(), if existing_equal { ChangeKind::Unchanged } else { kind }));
 
         // The children, as Knative's service reconciler makes them.
@@ -310,7 +321,7 @@ impl World {
             status: None,
         };
         self.upsert_route(route, now);
-        self.services.insert(key, service);
+        put(&mut self.services, key, service);
         Ok(())
     }
 
@@ -368,8 +379,8 @@ impl World {
             latest_created_revision_name: latest_created,
             ..Default::default()
         });
-        let unchanged = existing.as_ref() == Some(&configuration);
-        self.configurations.insert(key, configuration);
+        let unchanged = existing.as_deref() == Some(&configuration);
+        put(&mut self.configurations, key, configuration);
         Ok(if unchanged { ChangeKind::Unchanged } else { kind })
     }
 
@@ -421,7 +432,7 @@ impl World {
                 format!("revision {name:?} already exists with a different template; choose a new name"),
             )]);
         }
-        self.revisions.insert(key.clone(), revision);
+        self.revisions.insert(key.clone(), Arc::new(revision));
         changes.push(change(REVISION_RESOURCE, key, ChangeKind::Created));
         Ok(name)
     }
@@ -455,8 +466,8 @@ impl World {
         // `record_assigned_traffic`), which a new spec does not replace.
         route.status = existing.and_then(|r| r.status.clone());
         let kind = stamp(&mut route.metadata, existing.map(|r| (&r.metadata, r.spec == route.spec)), now);
-        let unchanged = existing == Some(&route);
-        self.routes.insert(key, route);
+        let unchanged = existing.map(Arc::as_ref) == Some(&route);
+        put(&mut self.routes, key, route);
         if unchanged { ChangeKind::Unchanged } else { kind }
     }
 
@@ -468,8 +479,8 @@ impl World {
         }
         let existing = self.config_maps.get(&key);
         let kind = stamp(&mut map.metadata, existing.map(|m| (&m.metadata, m.data == map.data)), now);
-        let kind = if existing == Some(&map) { ChangeKind::Unchanged } else { kind };
-        self.config_maps.insert(key.clone(), map);
+        let kind = if existing.map(Arc::as_ref) == Some(&map) { ChangeKind::Unchanged } else { kind };
+        put(&mut self.config_maps, key.clone(), map);
         changes.push(change(CONFIG_MAP_RESOURCE, key, kind));
         Ok(())
     }

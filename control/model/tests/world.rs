@@ -213,8 +213,8 @@ fn hosts_follow_the_domain_and_tag_templates() {
         world
             .plan(&ready())
             .routes
-            .into_iter()
-            .map(|r| (r.key.name, r.host, r.tags.into_iter().map(|t| t.host).collect()))
+            .iter()
+            .map(|r| (r.key.name.clone(), r.host.clone(), r.tags.iter().map(|t| t.host.clone()).collect()))
             .collect()
     };
     let h = |name: &str, host: &str, tag: &str| (name.to_string(), host.to_string(), vec![tag.to_string()]);

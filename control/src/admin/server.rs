@@ -358,7 +358,9 @@ async fn control_rollout(
     match driver.control(key.clone(), control).await {
         Ok(rollout) => Json(RolloutView::new(&key, &rollout)).into_response(),
         Err(e @ RolloutError::NotFound(_)) => error(StatusCode::NOT_FOUND, vec![e.to_string()]),
-        Err(e @ RolloutError::Refused(_)) => error(StatusCode::CONFLICT, vec![e.to_string()]),
+        Err(e @ (RolloutError::Refused(_) | RolloutError::NoRollout(_))) => {
+            error(StatusCode::CONFLICT, vec![e.to_string()])
+        }
         Err(e @ RolloutError::Store(_)) => error(StatusCode::INTERNAL_SERVER_ERROR, vec![e.to_string()]),
         Err(e @ RolloutError::ShuttingDown) => error(StatusCode::SERVICE_UNAVAILABLE, vec![e.to_string()]),
     }

@@ -73,6 +73,12 @@ pub struct Translator {
 #[derive(Debug)]
 struct RevisionEntry {
     key: ObjectKey,
+    /// The plan entry it was translated from: the next plan shares it (the
+    /// same allocation) while the revision is unchanged, which spares
+    /// fingerprinting it again.
+    source: Arc<RevisionBackend>,
+    /// [`endpoints_fingerprint`] of its live endpoints.
+    live: u64,
     /// [`revision_fingerprint`] of the revision and its endpoints.
     fingerprint: u64,
     timeout_seconds: u64,
@@ -83,6 +89,8 @@ struct RevisionEntry {
 #[derive(Debug)]
 struct RouteEntry {
     key: ObjectKey,
+    /// The plan entry it was translated from (see [`RevisionEntry::source`]).
+    source: Arc<RoutePlan>,
     input: RouteInput,
     /// Scope names, when the Route owns at least one host.
     scopes: Option<Vec<String>>,
@@ -184,9 +192,17 @@ impl Translator {
                 Some((key, live)) if **key == revision.key => live.as_slice(),
                 _ => revision_endpoints(revision, endpoints),
             };
-            let fingerprint = revision_fingerprint(revision, live);
+            let live_fingerprint = endpoints_fingerprint(live);
+            let fingerprint = match &previous {
+                Some(entry) if Arc::ptr_eq(&entry.source, revision) && entry.live == live_fingerprint => {
+                    entry.fingerprint
+                }
+                _ => revision_fingerprint(revision, live),
+            };
             let previous = match previous {
-                Some(entry) if entry.fingerprint == fingerprint => {
+                Some(mut entry) if entry.fingerprint == fingerprint => {
+                    entry.source = revision.clone();
+                    entry.live = live_fingerprint;
                     entries.push(entry);
                     continue;
                 }
@@ -210,6 +226,8 @@ impl Translator {
             changes.upsert(ResourceType::Cluster, &cluster.name, VersionedResource::cluster(&cluster));
             entries.push(RevisionEntry {
                 key: revision.key.clone(),
+                source: revision.clone(),
+                live: live_fingerprint,
                 fingerprint,
                 timeout_seconds: revision.timeout_seconds,
                 eds,
@@ -229,6 +247,17 @@ impl Translator {
 
     fn update_routes(&mut self, plan: &GatewayPlan, retimed: &HashSet<ObjectKey>, changes: &mut Changes) {
         let fault = self.route_fault.is_some();
+        // Endpoint changes come with the very plan entries of the last
+        // update: nothing a Route is built from changed, so skip the walk.
+        let same_routes = self.routes.len() == plan.routes.len()
+            && self.routes.iter().zip(&plan.routes).all(|(entry, route)| {
+                Arc::ptr_eq(&entry.source, route)
+                    && entry.input.tag_header_routing == plan.tag_header_routing
+                    && entry.input.fault == fault
+            });
+        if same_routes && retimed.is_empty() {
+            return;
+        }
         let (paired, removed) = align(std::mem::take(&mut self.routes), &plan.routes, |e| &e.key, |r| &r.key);
         let mut touched = BTreeSet::new();
         for entry in removed {
@@ -244,15 +273,19 @@ impl Translator {
                     .map(|s| &s.revision)
                     .chain(route.tags.iter().map(|t| &t.revision))
                     .any(|k| retimed.contains(k));
-            let fingerprint = route_fingerprint(route);
+            let fingerprint = match &previous {
+                Some(entry) if Arc::ptr_eq(&entry.source, route) => entry.input.fingerprint,
+                _ => route_fingerprint(route),
+            };
             let previous = match previous {
-                Some(entry)
+                Some(mut entry)
                     if !sends_to_retimed
                         && entry.input.fingerprint == fingerprint
                         && entry.input.owned == owned
                         && entry.input.tag_header_routing == plan.tag_header_routing
                         && entry.input.fault == fault =>
                 {
+                    entry.source = route.clone();
                     entries.push(entry);
                     continue;
                 }
@@ -265,8 +298,9 @@ impl Translator {
                 timeouts: route_timeouts(route, timeout_of),
                 fault,
             };
-            if let Some(entry) = previous {
+            if let Some(mut entry) = previous {
                 if entry.input == input {
+                    entry.source = route.clone();
                     entries.push(entry);
                     continue;
                 }
@@ -285,7 +319,7 @@ impl Translator {
                     })
                     .collect()
             });
-            entries.push(RouteEntry { key: route.key.clone(), input, scopes });
+            entries.push(RouteEntry { key: route.key.clone(), source: route.clone(), input, scopes });
         }
         self.routes = entries;
         for shard in touched {
@@ -339,6 +373,13 @@ fn revision_fingerprint(revision: &RevisionBackend, live: &[Endpoint]) -> u64 {
     (key, configuration, service, container_concurrency, timeout_seconds, static_endpoints, live).hash(&mut hasher);
     // The protocol is not `Hash`; what it changes is whether the cluster speaks HTTP/2.
     (*protocol == UpstreamProtocol::H2c).hash(&mut hasher);
+    hasher.finish()
+}
+
+/// A fingerprint of a revision's live endpoints.
+fn endpoints_fingerprint(live: &[Endpoint]) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    live.hash(&mut hasher);
     hasher.finish()
 }
 
@@ -537,17 +578,22 @@ mod tests {
 
     #[test]
     fn an_endpoint_change_touches_only_endpoints() {
-        let mut translator = Translator::new(XdsSettings::default());
-        let before = translator.update(&plan(), &endpoints()).expect("consistent");
-        let mut moved = endpoints();
-        moved.insert(key("hello-00002"), vec![Endpoint { host: "10.0.0.9".into(), port: 8080 }]);
-        let after = translator.update(&plan(), &moved).expect("consistent");
-        for t in [ResourceType::Cluster, ResourceType::Listener, ResourceType::ScopedRoute, ResourceType::Route] {
-            let (b, a) = (before.shared(t).expect("type"), after.shared(t).expect("type"));
-            assert!(Arc::ptr_eq(b, a), "{t} shared, not rebuilt");
+        // The owner passes the very plan entries of the last update (the
+        // translator then skips the routes), a fresh plan has equal ones.
+        let first = plan();
+        for (case, next) in [("the same plan entries", first.clone()), ("equal plan entries", plan())] {
+            let mut translator = Translator::new(XdsSettings::default());
+            let before = translator.update(&first, &endpoints()).expect("consistent");
+            let mut moved = endpoints();
+            moved.insert(key("hello-00002"), vec![Endpoint { host: "10.0.0.9".into(), port: 8080 }]);
+            let after = translator.update(&next, &moved).expect("consistent");
+            for t in [ResourceType::Cluster, ResourceType::Listener, ResourceType::ScopedRoute, ResourceType::Route] {
+                let (b, a) = (before.shared(t).expect("type"), after.shared(t).expect("type"));
+                assert!(Arc::ptr_eq(b, a), "{case}: {t} shared, not rebuilt");
+            }
+            assert_ne!(before.version(ResourceType::Endpoint), after.version(ResourceType::Endpoint), "{case}");
+            assert_eq!(versions(&after), versions(&whole(&plan(), &moved)), "{case}");
         }
-        assert_ne!(before.version(ResourceType::Endpoint), after.version(ResourceType::Endpoint));
-        assert_eq!(versions(&after), versions(&whole(&plan(), &moved)));
     }
 
     #[test]
@@ -555,7 +601,7 @@ mod tests {
         let mut translator = Translator::new(XdsSettings::default());
         let before = translator.update(&plan(), &endpoints()).expect("consistent");
         let mut changed = plan();
-        changed.routes[0].splits = vec![
+        Arc::make_mut(&mut changed.routes[0]).splits = vec![
             Split { revision: key("hello-00001"), percent: 50 },
             Split { revision: key("hello-00002"), percent: 50 },
         ];
@@ -580,10 +626,10 @@ mod tests {
     fn a_host_passing_to_another_route_keeps_its_scope() {
         let mut translator = Translator::new(XdsSettings::default());
         let mut two = plan();
-        let mut other = two.routes[0].clone();
+        let mut other = (*two.routes[0]).clone();
         other.key = key("other");
         other.tags.clear();
-        two.routes.push(other);
+        two.routes.push(Arc::new(other));
         translator.update(&two, &endpoints()).expect("consistent");
         // The first Route goes: its host passes to the second.
         two.routes.remove(0);
@@ -610,11 +656,11 @@ mod tests {
         let mut grown = plan();
         let first = translator.update(&grown, &endpoints()).expect("consistent");
         // A new Route and revision ahead of the others: positions shift.
-        let mut other = grown.routes[0].clone();
+        let mut other = (*grown.routes[0]).clone();
         other.key = key("aaa");
         other.host = "aaa.default.example.com".into();
         other.tags.clear();
-        grown.routes.insert(0, other);
+        grown.routes.insert(0, Arc::new(other));
         let after = translator.update(&grown, &endpoints()).expect("consistent");
         assert_eq!(versions(&after), versions(&whole(&grown, &endpoints())));
         assert!(Arc::ptr_eq(
@@ -646,7 +692,7 @@ mod tests {
         let mut translator = Translator::new(XdsSettings::default());
         let before = translator.update(&plan(), &endpoints()).expect("consistent");
         let mut slower = plan();
-        slower.revisions[1].timeout_seconds = 900;
+        Arc::make_mut(&mut slower.revisions[1]).timeout_seconds = 900;
         let after = translator.update(&slower, &endpoints()).expect("consistent");
         assert_ne!(before.version(ResourceType::Route), after.version(ResourceType::Route));
         assert_eq!(versions(&after), versions(&whole(&slower, &endpoints())));

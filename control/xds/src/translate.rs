@@ -144,7 +144,7 @@ pub struct Resources {
 /// `static_endpoints`; a revision with neither still gets its cluster and an
 /// empty assignment, so routing to it never waits for cluster warming.
 pub fn translate(plan: &GatewayPlan, endpoints: &EndpointMap, settings: &XdsSettings) -> Resources {
-    let revisions: HashMap<&ObjectKey, &RevisionBackend> = plan.revisions.iter().map(|r| (&r.key, r)).collect();
+    let revisions: HashMap<&ObjectKey, &RevisionBackend> = plan.revisions.iter().map(|r| (&r.key, &**r)).collect();
 
     let mut clusters = Vec::with_capacity(plan.revisions.len());
     let mut assignments = Vec::with_capacity(plan.revisions.len());
@@ -668,6 +668,8 @@ pub fn to_any<M: prost::Message + Name>(message: &M) -> Any {
 
 #[cfg(test)]
 pub(crate) mod tests {
+    use std::sync::Arc;
+
     use envoy_types::pb::envoy::config::route::v3::route_action::ClusterSpecifier;
     use prost::Message;
     use revgate_model::plan::{RevisionBackend, RoutePlan, Split, TagPlan};
@@ -693,7 +695,7 @@ pub(crate) mod tests {
     /// `hello`: 90% to 00001, 10% to 00002, tag `candidate` → 00002.
     pub(crate) fn plan() -> GatewayPlan {
         GatewayPlan {
-            routes: vec![RoutePlan {
+            routes: vec![Arc::new(RoutePlan {
                 key: key("hello"),
                 host: "hello.default.example.com".into(),
                 splits: vec![
@@ -705,8 +707,8 @@ pub(crate) mod tests {
                     host: "candidate-hello.default.example.com".into(),
                     revision: key("hello-00002"),
                 }],
-            }],
-            revisions: vec![
+            })],
+            revisions: [
                 revision("hello-00001"),
                 RevisionBackend {
                     protocol: UpstreamProtocol::H2c,
@@ -714,7 +716,9 @@ pub(crate) mod tests {
                     timeout_seconds: 600,
                     ..revision("hello-00002")
                 },
-            ],
+            ]
+            .map(Arc::new)
+            .to_vec(),
             tag_header_routing: false,
         }
     }
@@ -868,11 +872,13 @@ pub(crate) mod tests {
     #[test]
     fn static_endpoints_are_the_fallback() {
         let mut plan = plan();
-        plan.revisions[1].static_endpoints = Some(vec![Endpoint { host: "127.0.0.1".into(), port: 9000 }]);
+        Arc::make_mut(&mut plan.revisions[1]).static_endpoints =
+            Some(vec![Endpoint { host: "127.0.0.1".into(), port: 9000 }]);
         let r = translate(&plan, &endpoints(), &XdsSettings::default());
         assert_eq!(r.endpoints[1].endpoints[0].lb_endpoints.len(), 1);
         // Live endpoints win over static ones.
-        plan.revisions[0].static_endpoints = Some(vec![Endpoint { host: "127.0.0.1".into(), port: 9000 }]);
+        Arc::make_mut(&mut plan.revisions[0]).static_endpoints =
+            Some(vec![Endpoint { host: "127.0.0.1".into(), port: 9000 }]);
         let r = translate(&plan, &endpoints(), &XdsSettings::default());
         assert_eq!(r.endpoints[0].endpoints[0].lb_endpoints.len(), 2);
     }
@@ -880,7 +886,8 @@ pub(crate) mod tests {
     #[test]
     fn dns_endpoints_make_a_strict_dns_cluster() {
         let mut plan = plan();
-        plan.revisions[1].static_endpoints = Some(vec![Endpoint { host: "localhost".into(), port: 9000 }]);
+        Arc::make_mut(&mut plan.revisions[1]).static_endpoints =
+            Some(vec![Endpoint { host: "localhost".into(), port: 9000 }]);
         let r = translate(&plan, &EndpointMap::new(), &XdsSettings::default());
         assert_eq!(
             r.clusters[1].cluster_discovery_type,
@@ -906,7 +913,7 @@ pub(crate) mod tests {
         // 600 s revision timeout + 60 s beats the 300 s default.
         assert_eq!(hcm.stream_idle_timeout.map(|d| d.seconds), Some(660));
 
-        let short = GatewayPlan { revisions: vec![revision("a")], ..GatewayPlan::default() };
+        let short = GatewayPlan { revisions: vec![Arc::new(revision("a"))], ..GatewayPlan::default() };
         let settings = XdsSettings { stream_idle_timeout: Duration::from_secs(900), ..XdsSettings::default() };
         assert_eq!(effective_stream_idle_timeout(&short, &settings), Duration::from_secs(900));
     }
@@ -972,10 +979,10 @@ pub(crate) mod tests {
     #[test]
     fn colliding_hosts_keep_the_first_claim() {
         let mut plan = plan();
-        let mut other = plan.routes[0].clone();
+        let mut other = (*plan.routes[0]).clone();
         other.key = key("other");
         other.tags.clear();
-        plan.routes.push(other);
+        plan.routes.push(Arc::new(other));
         let r = translate(&plan, &endpoints(), &XdsSettings::default());
         assert!(r.routes.iter().flat_map(|c| &c.virtual_hosts).all(|v| v.name != "route|default|other"));
         assert_eq!(r.routes.len(), 1, "a Route owning no host adds no route configuration");
@@ -990,11 +997,11 @@ pub(crate) mod tests {
             .map(|i| key(&format!("twin-{i}")))
             .find(|k| names::route_shard(k) == shard)
             .expect("every shard is reached");
-        let mut other = plan.routes[0].clone();
+        let mut other = (*plan.routes[0]).clone();
         other.key = twin.clone();
         other.host = format!("{}.default.example.com", twin.name);
         other.tags.clear();
-        plan.routes.push(other);
+        plan.routes.push(Arc::new(other));
         let r = translate(&plan, &endpoints(), &XdsSettings::default());
         assert_eq!(r.routes.len(), 1, "one configuration for the shard");
         let vhosts: Vec<_> = r.routes[0].virtual_hosts.iter().map(|v| v.name.as_str()).collect();

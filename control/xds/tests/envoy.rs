@@ -9,6 +9,7 @@ mod common;
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU16, Ordering};
 
 use common::*;
@@ -52,7 +53,8 @@ fn validate(yaml: &str) {
 fn static_bootstrap_validates() {
     let mut plan = plan();
     // One revision with a DNS-named static endpoint (STRICT_DNS cluster).
-    plan.revisions[1].static_endpoints = Some(vec![Endpoint { host: "localhost".into(), port: 9000 }]);
+    Arc::make_mut(&mut plan.revisions[1]).static_endpoints =
+        Some(vec![Endpoint { host: "localhost".into(), port: 9000 }]);
     let resources = translate(&plan, &endpoints(), &XdsSettings::default());
     let yaml = static_bootstrap_yaml(&resources, &BootstrapOptions::default()).unwrap();
     assert!(yaml.contains("route_config:"), "routes inlined:\n{yaml}");
@@ -231,13 +233,13 @@ async fn scopes_over(api: Api) {
         (0..).map(|i| key(&format!("other-{i}"))).find(|k| revgate_xds::names::route_shard(k) == shard).unwrap();
     let other_host = format!("{}.default.example.com", other.name);
     let mut plan = plan();
-    plan.revisions[1].protocol = UpstreamProtocol::Http1;
-    plan.routes.push(RoutePlan {
+    Arc::make_mut(&mut plan.revisions[1]).protocol = UpstreamProtocol::Http1;
+    plan.routes.push(Arc::new(RoutePlan {
         key: other.clone(),
         host: other_host.clone(),
         splits: vec![Split { revision: key("hello-00001"), percent: 100 }],
         tags: Vec::new(),
-    });
+    }));
     let cache = SnapshotCache::new();
     let mut translator = revgate_xds::Translator::new(settings);
     cache.set_snapshot(translator.update(&plan, &endpoints).unwrap());
@@ -278,7 +280,7 @@ async fn scopes_over(api: Api) {
     .await;
     // One Route changes (its tag goes) and one revision's endpoints move;
     // wait until Envoy ACKed exactly that.
-    plan.routes[0].tags.clear();
+    Arc::make_mut(&mut plan.routes[0]).tags.clear();
     let moved = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     endpoints.insert(key("hello-00002"), endpoint(moved.local_addr().unwrap().port()));
     tokio::spawn(serve_ok(moved));

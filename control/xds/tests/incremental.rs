@@ -7,6 +7,7 @@
 mod common;
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use common::*;
 use envoy_types::pb::envoy::service::discovery::v3::{
@@ -36,7 +37,7 @@ fn world(percent: u32) -> GatewayPlan {
     let mut plan = GatewayPlan::default();
     for i in 0..SERVICES {
         let first = if i == CHANGED { percent } else { 50 };
-        plan.routes.push(RoutePlan {
+        plan.routes.push(Arc::new(RoutePlan {
             key: service(i),
             host: format!("s-{i}.default.example.com"),
             splits: vec![
@@ -44,9 +45,9 @@ fn world(percent: u32) -> GatewayPlan {
                 Split { revision: revision_key(i, 2), percent: 100 - first },
             ],
             tags: Vec::new(),
-        });
+        }));
         for n in [1, 2] {
-            plan.revisions.push(revision(&format!("s-{i}-0000{n}")));
+            plan.revisions.push(Arc::new(revision(&format!("s-{i}-0000{n}"))));
         }
     }
     plan

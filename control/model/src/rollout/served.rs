@@ -4,6 +4,7 @@
 //! the rules of those stay where they are.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use super::annotations::RolloutSpec;
 use super::gates::Metric;
@@ -56,11 +57,15 @@ pub(crate) fn overlay_plan(world: &World, observed: &Observed, plan: &mut Gatewa
                 *splits.entry(ObjectKey::new(namespace.clone(), r.revision.clone())).or_default() += r.percent;
             }
         }
-        route_plan.splits = splits
+        let served: Vec<Split> = splits
             .into_iter()
             .filter(|(_, percent)| *percent > 0)
             .map(|(revision, percent)| Split { revision, percent })
             .collect();
+        // Plan entries are shared with the plan memo: copy only a changed one.
+        if route_plan.splits != served {
+            Arc::make_mut(route_plan).splits = served;
+        }
     }
 }
 

@@ -228,7 +228,7 @@ fn the_plan_and_the_status_serve_the_rollouts_split() {
     prev.configurations[0].configuration = "hello".into();
     let state = step(goal(&world, route, &observed), Some(&prev), 20, 0);
     let rollouts = Rollouts::from([(route_key.clone(), state.clone())]);
-    let plan = world.plan_with_rollouts(&observed, &rollouts);
+    let plan = world.plan_with_rollouts(&observed, &rollouts, &mut crate::PlanMemo::default());
     let split = |name: &str, percent| Split { revision: ObjectKey::new("default", name), percent };
     assert_eq!(plan.routes[0].splits, [split("hello-00001", 99), split("hello-00002", 1)]);
     assert_eq!(world.plan(&observed).routes[0].splits, [split("hello-00002", 100)], "the plan alone is unchanged");

@@ -2,6 +2,7 @@
 #![allow(dead_code, clippy::unwrap_used)]
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use envoy_types::pb::envoy::config::core::v3::Node;
@@ -33,7 +34,7 @@ pub fn revision(name: &str) -> RevisionBackend {
 /// Route `hello` split 90/10 between two revisions, tag `candidate` on the second.
 pub fn plan() -> GatewayPlan {
     GatewayPlan {
-        routes: vec![RoutePlan {
+        routes: vec![Arc::new(RoutePlan {
             key: key("hello"),
             host: "hello.default.example.com".into(),
             splits: vec![
@@ -45,11 +46,13 @@ pub fn plan() -> GatewayPlan {
                 host: "candidate-hello.default.example.com".into(),
                 revision: key("hello-00002"),
             }],
-        }],
-        revisions: vec![
+        })],
+        revisions: [
             revision("hello-00001"),
             RevisionBackend { protocol: UpstreamProtocol::H2c, container_concurrency: 10, ..revision("hello-00002") },
-        ],
+        ]
+        .map(Arc::new)
+        .to_vec(),
         tag_header_routing: true,
     }
 }
@@ -57,8 +60,8 @@ pub fn plan() -> GatewayPlan {
 /// The same route after `hello-00002` is gone: 100% to `hello-00001`, no tags.
 pub fn plan_without_second_revision() -> GatewayPlan {
     let mut plan = plan();
-    plan.routes[0].splits = vec![Split { revision: key("hello-00001"), percent: 100 }];
-    plan.routes[0].tags.clear();
+    Arc::make_mut(&mut plan.routes[0]).splits = vec![Split { revision: key("hello-00001"), percent: 100 }];
+    Arc::make_mut(&mut plan.routes[0]).tags.clear();
     plan.revisions.truncate(1);
     plan
 }
