@@ -10,6 +10,12 @@ use clap::Parser;
 use revgate::cli::{AutoscalerCommand, Cli, Command, RenderCommand};
 use revgate::{admin, autoscaler_cli, controller, render, rollout_cli, serve, up};
 
+/// mimalloc instead of the system allocator: a change allocates and frees
+/// many small objects, and with glibc's allocator one route change among
+/// 10,000 Services took twice as long (BENCHMARKS.md, xDS scale).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(&cli.command);

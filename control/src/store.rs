@@ -121,6 +121,11 @@ pub struct Store {
     forget: Vec<UnreadableObject>,
 }
 
+/// The database's page cache. The world is read once, at start, and then
+/// only written, so a cache the size of the database (redb's default grows
+/// to a gigabyte) would hold a second copy of every object for nothing.
+const CACHE_BYTES: usize = 8 << 20;
+
 impl Store {
     /// Opens (or creates) `state.redb` inside `state_dir`, creating the
     /// directory if needed. Both are kept to their owner.
@@ -128,7 +133,10 @@ impl Store {
         create_private_dir(state_dir)?;
         let path = state_dir.join(STATE_FILE);
         restrict_file(&path)?;
-        let db = Database::create(&path).map_err(|source| StoreError::Open { path: path.clone(), source })?;
+        let db = redb::Builder::new()
+            .set_cache_size(CACHE_BYTES)
+            .create(&path)
+            .map_err(|source| StoreError::Open { path: path.clone(), source })?;
         Ok(Self { db: Arc::new(db), path, unreadable: Vec::new(), forget: Vec::new() })
     }
 
