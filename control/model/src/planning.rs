@@ -8,7 +8,7 @@
 //! | entry | reused while | rebuilt when |
 //! |---|---|---|
 //! | a Revision's backend | it is the same stored object and the settings are unchanged | the revision is re-created, or a `knative-serving` ConfigMap changes |
-//! | a Route's plan | it is the same stored object, its targets resolve to the same revisions, tags and percentages, and the settings are unchanged | any of those changes |
+//! | a Route's plan (or that it serves nothing) | it is the same stored object, so is every object its traffic names (the Revision, or the Configuration and its latest created Revision), readiness observed is the same, and the settings are unchanged | any of those changes, or its latest created Revision is not ready (the plan then looks further back) |
 //!
 //! "The same stored object" is pointer identity: a [`World`] keeps the
 //! allocation of every object an apply leaves equal, so identity means
@@ -22,20 +22,20 @@ use std::sync::Arc;
 use crate::config::Settings;
 use crate::meta::{CONFIGURATION_LABEL, ENDPOINTS_ANNOTATION, SERVICE_LABEL};
 use crate::names;
-use crate::observed::Observed;
+use crate::observed::{Observed, RevisionReadiness};
 use crate::plan::{
     GatewayPlan, ObjectKey, RevisionBackend, RoutePlan, Split, TagPlan, UpstreamProtocol, parse_endpoints,
 };
-use crate::resources::{ConfigMap, Revision, Route};
+use crate::resources::{ConfigMap, Configuration, Revision, Route};
 use crate::status::{ResolvedTarget, resolve, route_naming, serves};
 use crate::world::World;
 
 /// The entries of the last plan and the inputs they were built from.
 #[derive(Debug, Default)]
 pub struct PlanMemo {
-    /// The ConfigMaps the settings came from, and those settings; any
-    /// change to them rebuilds everything.
-    basis: Option<(BTreeMap<ObjectKey, Arc<ConfigMap>>, Settings)>,
+    /// The ConfigMaps the settings came from, those settings, and the
+    /// revision readiness observed; any change to them rebuilds everything.
+    basis: Option<Basis>,
     /// By key, as the world keeps them, so a plan walks the world and its
     /// memo side by side instead of looking each entry up.
     routes: Vec<RouteEntry>,
@@ -43,10 +43,45 @@ pub struct PlanMemo {
 }
 
 #[derive(Debug)]
+struct Basis {
+    config_maps: BTreeMap<ObjectKey, Arc<ConfigMap>>,
+    readiness: BTreeMap<ObjectKey, RevisionReadiness>,
+    settings: Settings,
+}
+
+#[derive(Debug)]
 struct RouteEntry {
+    key: ObjectKey,
     route: Arc<Route>,
-    targets: Vec<ResolvedTarget>,
-    plan: Arc<RoutePlan>,
+    /// The objects its traffic was resolved from; `None` when the
+    /// resolution looked beyond them (it is then redone every time).
+    inputs: Option<Vec<Input>>,
+    /// `None` when the gateway serves nothing for the Route.
+    plan: Option<Arc<RoutePlan>>,
+}
+
+/// One object a Route's resolution read, as it was (`None`: absent).
+#[derive(Debug)]
+enum Input {
+    Revision(ObjectKey, Option<Arc<Revision>>),
+    Configuration(ObjectKey, Option<Arc<Configuration>>),
+}
+
+impl Input {
+    fn unchanged(&self, world: &World) -> bool {
+        match self {
+            Input::Revision(key, seen) => same(world.revisions.get(key), seen.as_ref()),
+            Input::Configuration(key, seen) => same(world.configurations.get(key), seen.as_ref()),
+        }
+    }
+}
+
+fn same<T>(now: Option<&Arc<T>>, seen: Option<&Arc<T>>) -> bool {
+    match (now, seen) {
+        (Some(now), Some(seen)) => Arc::ptr_eq(now, seen),
+        (None, None) => true,
+        _ => false,
+    }
 }
 
 impl World {
@@ -61,25 +96,25 @@ impl World {
     /// change and leaving this plan's entries in it for the next call.
     pub fn plan_with(&self, observed: &Observed, memo: &mut PlanMemo) -> GatewayPlan {
         let PlanMemo { basis, routes: memo_routes, revisions: memo_revisions } = memo;
-        if basis.as_ref().is_none_or(|(config_maps, _)| *config_maps != self.config_maps) {
+        let current = |b: &Basis| b.config_maps == self.config_maps && b.readiness == observed.revisions;
+        if !basis.as_ref().is_some_and(current) {
             memo_routes.clear();
             memo_revisions.clear();
+            *basis = Some(Basis {
+                config_maps: self.config_maps.clone(),
+                readiness: observed.revisions.clone(),
+                settings: self.settings(),
+            });
         }
-        let (_, settings) = match basis {
-            Some(basis) if basis.0 == self.config_maps => basis,
-            _ => basis.insert((self.config_maps.clone(), self.settings())),
-        };
-        let settings = &*settings;
+        let Some(Basis { settings, .. }) = basis.as_ref() else { return GatewayPlan::default() };
 
         let mut previous = std::mem::take(memo_routes).into_iter().peekable();
         for (key, route) in &self.routes {
-            while previous.next_if(|entry| entry.plan.key < *key).is_some() {}
-            let last = previous.next_if(|entry| entry.plan.key == *key);
-            if let Some(entry) = self.route_entry(key, route, observed, settings, last) {
-                memo_routes.push(entry);
-            }
+            while previous.next_if(|entry| entry.key < *key).is_some() {}
+            let last = previous.next_if(|entry| entry.key == *key);
+            memo_routes.push(self.route_entry(key, route, observed, settings, last));
         }
-        let routes = memo_routes.iter().map(|entry| entry.plan.clone()).collect();
+        let routes = memo_routes.iter().filter_map(|entry| entry.plan.clone()).collect();
 
         let mut previous = std::mem::take(memo_revisions).into_iter().peekable();
         for (key, revision) in &self.revisions {
@@ -95,8 +130,7 @@ impl World {
         GatewayPlan { routes, revisions, tag_header_routing: settings.features.tag_header_based_routing }
     }
 
-    /// One route's plan (`last` if its inputs are unchanged), or `None` if
-    /// the gateway serves nothing for it.
+    /// One route's entry: `last` if its inputs are unchanged, else built.
     fn route_entry(
         &self,
         key: &ObjectKey,
@@ -104,19 +138,67 @@ impl World {
         observed: &Observed,
         settings: &Settings,
         last: Option<RouteEntry>,
-    ) -> Option<RouteEntry> {
+    ) -> RouteEntry {
+        if let Some(entry) = last
+            && Arc::ptr_eq(&entry.route, route)
+            && entry.inputs.as_ref().is_some_and(|inputs| inputs.iter().all(|input| input.unchanged(self)))
+        {
+            return entry;
+        }
+        RouteEntry {
+            key: key.clone(),
+            route: route.clone(),
+            inputs: self.route_inputs(route, observed),
+            plan: self.route_plan(key, route, observed, settings),
+        }
+    }
+
+    /// Every object a Route's traffic resolution reads: the revisions and
+    /// configurations its traffic (and its last assigned traffic) names,
+    /// and each configuration's latest created revision. `None` if there is
+    /// none or it is not ready, as the resolution then reads every revision
+    /// of the configuration.
+    fn route_inputs(&self, route: &Route, observed: &Observed) -> Option<Vec<Input>> {
+        let namespace = &route.metadata.namespace;
+        let assigned = route.status.as_ref().map(|s| s.traffic.as_slice()).unwrap_or_default();
+        let mut inputs = Vec::new();
+        for target in route.spec.traffic.iter().chain(assigned) {
+            match (&target.revision_name, &target.configuration_name) {
+                (Some(name), _) => {
+                    let key = ObjectKey::new(namespace.clone(), name.clone());
+                    inputs.push(Input::Revision(key.clone(), self.revisions.get(&key).cloned()));
+                }
+                (None, Some(name)) => {
+                    let key = ObjectKey::new(namespace.clone(), name.clone());
+                    if self.configurations.contains_key(&key) {
+                        let latest = self.latest_created_revision(&key)?.metadata.key();
+                        if !observed.is_ready(&latest) {
+                            return None;
+                        }
+                        inputs.push(Input::Revision(latest.clone(), self.revisions.get(&latest).cloned()));
+                    }
+                    inputs.push(Input::Configuration(key.clone(), self.configurations.get(&key).cloned()));
+                }
+                (None, None) => {}
+            }
+        }
+        Some(inputs)
+    }
+
+    /// A Route's plan, or `None` if the gateway serves nothing for it.
+    fn route_plan(
+        &self,
+        key: &ObjectKey,
+        route: &Route,
+        observed: &Observed,
+        settings: &Settings,
+    ) -> Option<Arc<RoutePlan>> {
         let traffic = self.traffic_in_effect(route)?;
         let resolution = resolve(self, &route.metadata.namespace, traffic, observed);
         if !serves(&resolution, traffic) {
             return None;
         }
         let targets: Vec<ResolvedTarget> = resolution.into_iter().flatten().collect();
-        if let Some(entry) = last
-            && Arc::ptr_eq(&entry.route, route)
-            && entry.targets == targets
-        {
-            return Some(entry);
-        }
         let naming = route_naming(route, key);
         let mut splits: BTreeMap<ObjectKey, u32> = BTreeMap::new();
         let mut tags = Vec::new();
@@ -140,7 +222,7 @@ impl World {
             splits: splits.into_iter().map(|(revision, percent)| Split { revision, percent }).collect(),
             tags,
         });
-        Some(RouteEntry { route: route.clone(), targets, plan })
+        Some(plan)
     }
 }
 

@@ -89,3 +89,34 @@ fn a_memoized_plan_follows_deletes_and_revisions_that_leave() {
     assert!(next.routes.iter().all(|r| r.key.name != "b"));
     assert!(next.revisions.iter().all(|r| !r.key.name.starts_with("b-")));
 }
+
+#[test]
+fn a_memoized_plan_follows_what_its_routes_name_appearing_and_readiness_changing() {
+    use revgate_model::{Observed, RevisionReadiness};
+    let route = "apiVersion: serving.knative.dev/v1\nkind: Route\nmetadata:\n  name: r\nspec:\n  traffic:\n  - revisionName: d-special\n    percent: 100\n";
+    let named = "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata:\n  name: d\nspec:\n  template:\n    metadata:\n      name: d-special\n    spec:\n      containers:\n      - image: img:1\n";
+    let not_ready = |name: &str| Observed {
+        revisions: [(
+            ObjectKey::new("default", name),
+            RevisionReadiness::NotReady { reason: "ExitCode1".into(), message: "exit status 1".into() },
+        )]
+        .into(),
+        ..Observed::default()
+    };
+    // (step, manifest applied, readiness observed)
+    let steps: [(&str, Option<&str>, Observed); 5] = [
+        ("a Route naming a revision that does not exist yet", Some(route), ready()),
+        ("the revision appears", Some(named), ready()),
+        ("a new latest revision that is not ready", Some(&split_service("a", "img:3", 50)), not_ready("a-00003")),
+        ("it becomes ready", None, ready()),
+        ("the named revision fails", None, not_ready("d-special")),
+    ];
+    let mut memo = PlanMemo::default();
+    let mut world = world();
+    for (step, manifest, observed) in steps {
+        if let Some(manifest) = manifest {
+            world = apply(&world, manifest).0;
+        }
+        assert_eq!(world.plan_with(&observed, &mut memo), world.plan(&observed), "{step}");
+    }
+}
