@@ -16,7 +16,6 @@
 //! (`revgate_kube::LeaderLabel`), and the activation Service selects that
 //! label, so every filter reaches the leader.
 
-use std::collections::BTreeMap;
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -38,7 +37,7 @@ use crate::cli::ControllerArgs;
 use crate::gateway_auth::{self, GatewayTokenError};
 use crate::http;
 use crate::publish::replace_if_changed;
-use crate::rollout::CandidateSample;
+use crate::rollout::StepSampler;
 use crate::serve::Shutdown;
 use crate::zero_gate::{GatedRuntime, desired_counts};
 
@@ -150,21 +149,16 @@ fn follow_view(
     (world, plan)
 }
 
-/// What the gateways measured of a rollout candidate since the last pass
-/// asked, from the activation API's reports (see [`CandidateSample`]).
+/// What the gateways measured of a rollout candidate in its current step,
+/// from the activation API's counters (see [`StepSampler`]).
 fn candidate_figures(reports: Arc<std::sync::OnceLock<ActivationService>>) -> revgate_kube::rollouts::CandidateFigures {
-    let samples: std::sync::Mutex<BTreeMap<ObjectKey, (CandidateSample, std::time::Instant)>> = Default::default();
-    Arc::new(move |revision: &ObjectKey| {
-        let Some(totals) = reports.get().map(|a| a.activity()).and_then(|mut a| a.remove(revision)).map(|a| a.totals)
-        else {
+    let sampler = std::sync::Mutex::new(StepSampler::default());
+    Arc::new(move |revision: &ObjectKey, step: usize| {
+        let Some(counters) = reports.get().and_then(|a| a.counters().remove(revision)) else {
             return StepMeasurement::default();
         };
         // A small lock of plain data, never held across an `.await`.
-        let mut samples = samples.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let now = std::time::Instant::now();
-        let (sample, last) = samples.entry(revision.clone()).or_insert((CandidateSample::default(), now));
-        let measured = sample.take(&totals, now.duration_since(*last));
-        *last = now;
-        measured
+        let mut sampler = sampler.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        sampler.measure(revision, step, &counters)
     })
 }

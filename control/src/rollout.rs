@@ -14,14 +14,15 @@
 //! judge, stores what changed and publishes the states. The owner task
 //! turns them into the plan it sends to Envoy; nothing calls back.
 //!
-//! Figures come from the activation service: the totals of the filters'
-//! latest reports, from every worker of every gateway. [`CandidateSample`]
-//! turns those per-window figures into counts per tick (requests from the
-//! request rate over the time since the last tick, 5xx from the share in
-//! the reports), so that cumulative counters can replace it later without
-//! touching the rest. The filter's latency of a request includes the time
-//! it was held before a cold start; a window in which the candidate had
-//! held requests therefore gives no latency figure.
+//! Figures come from the activation service: the cumulative counters of
+//! the filters' reports, from every worker of every gateway. A
+//! [`StepSampler`] keeps each candidate's counters as they were when its
+//! step began; the step's measurement is the difference — exact request and
+//! 5xx counts, and the p99 of all the step's requests (from the merged
+//! histograms, as Prometheus's `histogram_quantile` computes it) of their
+//! time without the hold, so time held before a cold start is not counted
+//! as the candidate's latency. A restarted control plane counts the step
+//! from its own start.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -30,7 +31,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use revgate_model::meta::Condition;
 use revgate_model::plan::ObjectKey;
 use revgate_model::rollout::controls::{self, Control, ControlRefused};
-use revgate_model::rollout::orchestrator::{advance, goal, observe_ready, record, step};
+use revgate_model::rollout::orchestrator::{advance, goal, measure, observe_ready, step, step_index};
 use revgate_model::rollout::served::{condition, overlay_route_status};
 use revgate_model::rollout::{RolloutSpec, Rollouts, RouteRollout, StepMeasurement};
 use revgate_model::{IngressState, Observed, Route, Service, World};
@@ -38,7 +39,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 use crate::activation::ActivationService;
-use crate::metrics::RevisionTotals;
+use crate::metrics::{CountersSnapshot, RevisionCounters};
 use crate::store::{RolloutStore, StoreError};
 
 /// How often rollouts are judged and stepped: a breach is acted on within
@@ -68,42 +69,53 @@ pub enum RolloutError {
     ShuttingDown,
 }
 
-/// Where the driver reads the gateways' per-revision figures.
+/// Where the driver reads the gateways' per-revision counters.
 pub trait Figures: Send + Sync + 'static {
-    fn totals(&self) -> BTreeMap<ObjectKey, RevisionTotals>;
+    fn counters(&self) -> CountersSnapshot;
 }
 
 impl Figures for ActivationService {
-    fn totals(&self) -> BTreeMap<ObjectKey, RevisionTotals> {
-        self.activity().into_iter().map(|(key, activity)| (key, activity.totals)).collect()
+    fn counters(&self) -> CountersSnapshot {
+        ActivationService::counters(self)
     }
 }
 
-/// What the gateways measured of one candidate since the last tick, from
-/// the per-window totals of the filters' reports. Fractions of a request
-/// carry over to the next tick, so a candidate at 1% still counts.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct CandidateSample {
-    requests: f64,
-    errors_5xx: f64,
+/// Measures each rollout candidate's current step from the gateways'
+/// cumulative counters: what was counted since the step began.
+#[derive(Debug, Default)]
+pub struct StepSampler {
+    /// Per candidate: the step it is in and its counters when it began.
+    baselines: BTreeMap<ObjectKey, (usize, Arc<RevisionCounters>)>,
 }
 
-impl CandidateSample {
-    /// Adds `elapsed` of the figures in `totals` and takes out the whole
-    /// requests measured so far.
-    pub fn take(&mut self, totals: &RevisionTotals, elapsed: Duration) -> StepMeasurement {
-        let requests = totals.rps.max(0.0) * elapsed.as_secs_f64();
-        let error_share = if totals.requests > 0 { totals.responses_5xx as f64 / totals.requests as f64 } else { 0.0 };
-        self.requests += requests;
-        self.errors_5xx += requests * error_share;
-        let whole = self.requests.floor();
-        let errors = self.errors_5xx.round().min(whole);
-        self.requests -= whole;
-        self.errors_5xx = (self.errors_5xx - errors).max(0.0);
-        // Held requests' latency includes the hold: such windows say nothing of the candidate.
-        let held = totals.held > 0 || totals.held_concurrency > 0.0;
-        let p99_ms = (totals.requests > 0 && !held && whole > 0.0).then_some(totals.p99_ms);
-        StepMeasurement { requests: whole as u64, errors_5xx: errors as u64, p99_ms }
+impl StepSampler {
+    /// `revision`'s measurement in step `step` so far, given its counters
+    /// `now`. A step seen for the first time begins now.
+    pub fn measure(&mut self, revision: &ObjectKey, step: usize, now: &Arc<RevisionCounters>) -> StepMeasurement {
+        self.begin(revision, step, now);
+        let Some((_, baseline)) = self.baselines.get(revision) else { return StepMeasurement::default() };
+        let step = now.saturating_sub(baseline);
+        StepMeasurement {
+            requests: step.requests(),
+            errors_5xx: step.errors_5xx(),
+            p99_ms: step.duration.quantile(0.99).map(|seconds| seconds * 1e3),
+        }
+    }
+
+    /// Marks that `revision` is in step `step`: if that is a new step, it
+    /// begins with the counters `now`.
+    pub fn begin(&mut self, revision: &ObjectKey, step: usize, now: &Arc<RevisionCounters>) {
+        match self.baselines.get_mut(revision) {
+            Some((seen, _)) if *seen == step => {}
+            _ => {
+                self.baselines.insert(revision.clone(), (step, now.clone()));
+            }
+        }
+    }
+
+    /// Forgets the revisions that are no longer candidates.
+    pub fn retain(&mut self, candidate: impl Fn(&ObjectKey) -> bool) {
+        self.baselines.retain(|revision, _| candidate(revision));
     }
 }
 
@@ -148,13 +160,12 @@ pub struct Driver {
     world: watch::Receiver<Arc<World>>,
     observed: Box<dyn Fn() -> Observed + Send>,
     figures: Arc<dyn Figures>,
-    samples: BTreeMap<ObjectKey, CandidateSample>,
+    sampler: StepSampler,
     commands: mpsc::Receiver<Command>,
     /// Unix milliseconds at `started`: ticks count from tokio's clock, so
     /// tests run the driver on paused time.
     unix_ms_at_start: u64,
     started: Instant,
-    last_tick: Instant,
 }
 
 impl std::fmt::Debug for Driver {
@@ -184,11 +195,10 @@ impl Driver {
             world,
             observed: Box::new(observed),
             figures,
-            samples: BTreeMap::new(),
+            sampler: StepSampler::default(),
             commands,
             unix_ms_at_start,
             started: now,
-            last_tick: now,
         };
         Ok((driver, RolloutHandle { commands: commands_tx, states: states_rx }))
     }
@@ -261,9 +271,6 @@ impl Driver {
     }
 
     fn tick(&mut self) {
-        let now = Instant::now();
-        let elapsed = now.duration_since(self.last_tick);
-        self.last_tick = now;
         let now_ms = self.now_ms();
         let world = self.world.borrow_and_update().clone();
         let settings = world.settings();
@@ -276,16 +283,17 @@ impl Driver {
             .map(|(key, route)| (key, route, RolloutSpec::from_annotations(&route.metadata.annotations, &settings)))
             .filter(|(_, _, spec)| spec.duration_secs > 0)
             .collect();
-        let (observed, totals) =
-            if rolling.is_empty() { Default::default() } else { ((self.observed)(), self.figures.totals()) };
+        let (observed, counters) =
+            if rolling.is_empty() { Default::default() } else { ((self.observed)(), self.figures.counters()) };
+        let counters_of = |revision: &ObjectKey| counters.get(revision).cloned().unwrap_or_default();
         let mut next = Rollouts::new();
         for (key, route, spec) in rolling {
             let mut state = step(goal(&world, route, &observed), self.states.get(key), spec.duration_secs, now_ms);
             for candidate in candidates(&state) {
                 let revision = ObjectKey::new(key.namespace.clone(), candidate.clone());
-                let sample = self.samples.entry(revision.clone()).or_default();
-                let measured = totals.get(&revision).map(|t| sample.take(t, elapsed)).unwrap_or_default();
-                record(&mut state, &candidate, &measured);
+                let Some(index) = step_index(&state, &candidate) else { continue };
+                let measured = self.sampler.measure(&revision, index, &counters_of(&revision));
+                measure(&mut state, &candidate, &measured);
             }
             // Knative computes the steps once the gateway serves the first
             // 1%: not in the tick that started the rollout.
@@ -294,13 +302,20 @@ impl Driver {
                 observe_ready(&mut state, now_ms, spec.duration_secs);
             }
             advance(&mut state, &spec.gates, now_ms);
+            // A step taken now begins with what was counted until now.
+            for candidate in candidates(&state) {
+                let revision = ObjectKey::new(key.namespace.clone(), candidate.clone());
+                if let Some(index) = step_index(&state, &candidate) {
+                    self.sampler.begin(&revision, index, &counters_of(&revision));
+                }
+            }
             next.insert(key.clone(), state);
         }
         let candidates: Vec<ObjectKey> = next
             .iter()
             .flat_map(|(key, state)| candidates(state).into_iter().map(|c| ObjectKey::new(key.namespace.clone(), c)))
             .collect();
-        self.samples.retain(|revision, _| candidates.contains(revision));
+        self.sampler.retain(|revision| candidates.contains(revision));
         if next == *self.states {
             return;
         }
@@ -439,14 +454,45 @@ spec:
         Arc::new(world)
     }
 
-    /// Gateway figures the test sets.
+    /// Gateways that answer, per revision, `ok` 200s and `failed` 500s (of
+    /// 10 ms each) between one look at their counters and the next.
     #[derive(Default)]
-    struct Fake(Mutex<BTreeMap<ObjectKey, RevisionTotals>>);
+    struct Fake(Mutex<BTreeMap<ObjectKey, (u64, u64, RevisionCounters)>>);
+
+    impl Fake {
+        fn serve(&self, revision: &ObjectKey, ok: u64, failed: u64) {
+            if let Ok(mut traffic) = self.0.lock() {
+                let entry = traffic.entry(revision.clone()).or_default();
+                (entry.0, entry.1) = (ok, failed);
+            }
+        }
+    }
 
     impl Figures for Fake {
-        fn totals(&self) -> BTreeMap<ObjectKey, RevisionTotals> {
-            self.0.lock().map(|t| t.clone()).unwrap_or_default()
+        fn counters(&self) -> CountersSnapshot {
+            let Ok(mut traffic) = self.0.lock() else { return CountersSnapshot::default() };
+            traffic
+                .iter_mut()
+                .map(|(revision, (ok, failed, counters))| {
+                    let add = counted(*ok, *failed, 0.01);
+                    for (code, n) in &add.requests_by_code {
+                        *counters.requests_by_code.entry(*code).or_default() += n;
+                    }
+                    counters.duration.merge(&add.duration);
+                    (revision.clone(), Arc::new(counters.clone()))
+                })
+                .collect()
         }
+    }
+
+    /// Counters of `ok` 200s and `failed` 500s, each taking `seconds`.
+    fn counted(ok: u64, failed: u64, seconds: f64) -> Arc<RevisionCounters> {
+        let mut counters = RevisionCounters::default();
+        counters.requests_by_code.extend([(200, ok), (500, failed)]);
+        for _ in 0..ok + failed {
+            counters.duration.observe(seconds);
+        }
+        Arc::new(counters)
     }
 
     fn ready_gateway(world: &World) -> Observed {
@@ -491,8 +537,7 @@ spec:
         states.wait_for(|s| split(s).len() == 2).await.expect("driver");
         assert_eq!(split(&states.borrow()), [("hello-00001".to_string(), 99), ("hello-00002".to_string(), 1)]);
         let candidate = ObjectKey::new("default", "hello-00002");
-        let healthy = RevisionTotals { rps: 10.0, requests: 10, ..RevisionTotals::default() };
-        figures.0.lock().expect("figures").insert(candidate.clone(), healthy);
+        figures.serve(&candidate, 10, 0);
         states.wait_for(|s| split(s).last().is_some_and(|(_, p)| *p > 10)).await.expect("driver");
 
         // A restart resumes: the new driver starts from the stored split.
@@ -504,8 +549,7 @@ spec:
         assert_eq!(resumed, before, "the restarted driver serves the stored split at once");
 
         // A breach aborts at the next tick: all back to the previous revision.
-        let failing = RevisionTotals { rps: 10.0, requests: 10, responses_5xx: 3, ..RevisionTotals::default() };
-        figures.0.lock().expect("figures").insert(candidate, failing);
+        figures.serve(&candidate, 7, 3);
         let mut states = handle.states();
         states.wait_for(|s| split(s) == [("hello-00001".to_string(), 100)]).await.expect("driver");
         let summary = states.borrow()[&ObjectKey::new("default", "hello")].summary();
@@ -514,16 +558,28 @@ spec:
     }
 
     #[test]
-    fn a_sample_counts_fractions_of_requests_across_ticks_and_leaves_out_held_latency() {
-        let mut sample = CandidateSample::default();
-        let slow =
-            RevisionTotals { rps: 0.5, requests: 2, responses_5xx: 1, p99_ms: 900.0, ..RevisionTotals::default() };
-        let first = sample.take(&slow, Duration::from_secs(1));
-        assert_eq!(first.requests, 0, "half a request is carried over");
-        let second = sample.take(&slow, Duration::from_secs(1));
-        assert_eq!((second.requests, second.p99_ms), (1, Some(900.0)));
-        let held = RevisionTotals { held_concurrency: 0.5, ..slow };
-        let third = sample.take(&held, Duration::from_secs(2));
-        assert_eq!((third.requests, third.p99_ms), (1, None), "a window with held requests says nothing of latency");
+    fn a_step_counts_what_the_gateways_counted_since_it_began_without_held_time() {
+        let revision = ObjectKey::new("default", "hello-00002");
+        let mut sampler = StepSampler::default();
+        assert_eq!(sampler.measure(&revision, 0, &counted(5, 0, 0.01)), StepMeasurement::default(), "begins now");
+
+        // 95 more requests, 5 of them 500s, most fast, a few slow; and one
+        // held for 30 s before a cold start, which is not its latency.
+        let mut now = (*counted(95, 5, 0.01)).clone();
+        for _ in 0..3 {
+            now.duration.observe(2.0);
+        }
+        now.held.observe(30.0);
+        let measured = sampler.measure(&revision, 0, &Arc::new(now.clone()));
+        assert_eq!((measured.requests, measured.errors_5xx), (95, 5), "5 of them before the step");
+        let p99 = measured.p99_ms.expect("a p99");
+        assert!((1000.0..=2500.0).contains(&p99), "the slow requests are the top 3%, held time is not: {p99} ms");
+
+        // The next step counts from where this one ended.
+        sampler.begin(&revision, 1, &Arc::new(now.clone()));
+        now.requests_by_code.insert(500, 6);
+        now.duration.observe(0.01);
+        let next = sampler.measure(&revision, 1, &Arc::new(now));
+        assert_eq!((next.requests, next.errors_5xx), (1, 1));
     }
 }

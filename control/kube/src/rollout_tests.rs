@@ -48,7 +48,7 @@ async fn the_virtual_service_weights_step_and_roll_back() {
     let failing = Arc::new(AtomicBool::new(false));
     let figures: CandidateFigures = {
         let failing = failing.clone();
-        Arc::new(move |_: &ObjectKey| StepMeasurement {
+        Arc::new(move |_: &ObjectKey, _step: usize| StepMeasurement {
             requests: 10,
             errors_5xx: if failing.load(Ordering::Relaxed) { 5 } else { 0 },
             p99_ms: None,

@@ -12,7 +12,7 @@
 use std::time::Duration;
 
 use revgate_model::plan::ObjectKey;
-use revgate_model::rollout::orchestrator::{advance, goal, observe_ready, record, step};
+use revgate_model::rollout::orchestrator::{advance, goal, measure, observe_ready, step};
 use revgate_model::rollout::{RolloutSpec, Rollouts, RouteRollout, StepMeasurement};
 use revgate_model::{Observed, World};
 
@@ -26,8 +26,9 @@ pub const ROLLOUT_STATE_ANNOTATION: &str = "revgate.dev/rollout-state";
 /// steps and gate breaches are acted on within it.
 pub const ROLLOUT_REQUEUE: Duration = Duration::from_secs(1);
 
-/// What the gateways measured of a revision since it was last asked.
-pub type CandidateFigures = std::sync::Arc<dyn Fn(&ObjectKey) -> StepMeasurement + Send + Sync>;
+/// What the gateways measured of a candidate revision in its current step
+/// (how many steps it completed) so far.
+pub type CandidateFigures = std::sync::Arc<dyn Fn(&ObjectKey, usize) -> StepMeasurement + Send + Sync>;
 
 /// The rollout state each Route's live VirtualServices carry.
 pub fn previous(snapshot: &Snapshot) -> Rollouts {
@@ -68,7 +69,7 @@ pub fn step_all(
                 for c in state.configurations.clone() {
                     if let (true, Some(candidate)) = (c.in_progress(), c.candidate()) {
                         let revision = ObjectKey::new(key.namespace.clone(), candidate.revision.clone());
-                        record(&mut state, &candidate.revision, &figures(&revision));
+                        measure(&mut state, &candidate.revision, &figures(&revision, c.history.len()));
                     }
                 }
             }

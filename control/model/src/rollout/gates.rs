@@ -22,8 +22,9 @@ pub struct StepMeasurement {
     pub requests: u64,
     /// Of them, answered 5xx.
     pub errors_5xx: u64,
-    /// The worst p99 latency seen in the step, in milliseconds; `None` when
-    /// nothing was measured that counts (time held before a cold start does not).
+    /// The p99 latency of the step's responses, in milliseconds; `None`
+    /// when nothing was measured. Time held before a cold start does not
+    /// count: it is the revision's latency, not the client's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub p99_ms: Option<f64>,
 }

@@ -179,19 +179,26 @@ fn compute_properties(c: &mut ConfigurationRollout, now_ms: u64, min_step_secs: 
     c.step.next_step_ms = now_ms + step_duration_ms;
 }
 
-/// Adds what the gateway measured of `revision` to every rollout whose
-/// candidate it is.
-pub fn record(rollout: &mut RouteRollout, revision: &str, sample: &StepMeasurement) {
+/// Sets what the gateways measured of `revision` in its current step so
+/// far, where it is the candidate of a rollout in progress. The caller
+/// measures the whole step (its counts since the step began), so a step's
+/// p99 is the p99 of all its requests, not the worst of some windows.
+pub fn measure(rollout: &mut RouteRollout, revision: &str, step: &StepMeasurement) {
     for c in &mut rollout.configurations {
         if c.in_progress() && c.candidate().is_some_and(|r| r.revision == revision) {
-            c.current.requests += sample.requests;
-            c.current.errors_5xx += sample.errors_5xx;
-            c.current.p99_ms = match (c.current.p99_ms, sample.p99_ms) {
-                (Some(a), Some(b)) => Some(a.max(b)),
-                (a, b) => a.or(b),
-            };
+            c.current = *step;
         }
     }
+}
+
+/// Which step a configuration's candidate is in: how many it completed.
+/// Measurements are kept per step: a new index starts a new count.
+pub fn step_index(rollout: &RouteRollout, revision: &str) -> Option<usize> {
+    rollout
+        .configurations
+        .iter()
+        .find(|c| c.in_progress() && c.candidate().is_some_and(|r| r.revision == revision))
+        .map(|c| c.history.len())
 }
 
 /// Judges each rollout in progress: a breach aborts at once; at step time a

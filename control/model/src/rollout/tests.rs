@@ -3,7 +3,7 @@
 use super::annotations::Gates;
 use super::controls::{self, Control, ControlRefused};
 use super::gates::StepMeasurement;
-use super::orchestrator::{advance, goal, observe_ready, record, step};
+use super::orchestrator::{advance, goal, measure, observe_ready, step};
 use super::served::{ROLLOUT_CONDITION, condition, overlay_route_status};
 use super::state::{ConfigurationRollout, Phase, RevisionShare, Rollouts, RouteRollout};
 use crate::manifest::parse_documents;
@@ -135,7 +135,7 @@ fn a_breach_aborts_within_one_evaluation_and_keeps_the_candidate_out() {
     let gates = Gates { max_error_rate: Some(0.05), ..Gates::default() };
     let mut state = step(at("b"), Some(&at("a")), 20, 1);
     state = tick(&state, "b", 20, &gates, S);
-    record(&mut state, "b", &StepMeasurement { requests: 10, errors_5xx: 3, p99_ms: Some(5.0) });
+    measure(&mut state, "b", &StepMeasurement { requests: 10, errors_5xx: 3, p99_ms: Some(5.0) });
     state = tick(&state, "b", 20, &gates, S + 500);
     assert_eq!(served(&state), pairs(&[("a", 100)]));
     let condition = condition(&state).expect("a condition");
@@ -161,7 +161,7 @@ fn too_little_data_waits_and_proceeds_when_traffic_comes() {
     let gates = Gates { min_requests: 20, max_error_rate: Some(0.05), ..Gates::default() };
     let mut state = step(at("b"), Some(&at("a")), 5, 1);
     state = tick(&state, "b", 5, &gates, S);
-    record(&mut state, "b", &StepMeasurement { requests: 5, errors_5xx: 5, p99_ms: None });
+    measure(&mut state, "b", &StepMeasurement { requests: 5, errors_5xx: 5, p99_ms: None });
     for now in [2 * S, 10 * S, 60 * S] {
         state = tick(&state, "b", 5, &gates, now);
         assert_eq!(served(&state), pairs(&[("a", 99), ("b", 1)]), "never advances nor fails on too little data");
@@ -170,7 +170,8 @@ fn too_little_data_waits_and_proceeds_when_traffic_comes() {
     let waiting = condition(&state).expect("condition");
     assert_eq!(waiting.reason.as_deref(), Some("WaitingForData"));
     assert!(waiting.message.unwrap_or_default().contains("5 of 20 requests"));
-    record(&mut state, "b", &StepMeasurement { requests: 95, errors_5xx: 0, p99_ms: None });
+    // The step so far: the 5 failed requests and 95 good ones since.
+    measure(&mut state, "b", &StepMeasurement { requests: 100, errors_5xx: 5, p99_ms: None });
     state = tick(&state, "b", 5, &gates, 61 * S);
     assert_eq!(served(&state), pairs(&[("a", 74), ("b", 26)]));
     assert_eq!(state.configurations[0].phase, Phase::Progressing);
