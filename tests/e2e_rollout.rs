@@ -185,6 +185,8 @@ async fn a_healthy_candidate_rises_through_intermediate_shares_to_100_percent_wi
     assert!(table.contains("ROLLOUT") && table.contains("completed"), "{table}");
     let status = stdout(&up.cli(&["rollout", "status", "hello"]));
     assert!(status.contains("True Completed") && status.contains("STEP"), "{status}");
+    let steps = metric(&up, "revgate_rollout_steps_total", CANDIDATE).await;
+    assert!(steps >= 2.0, "the steps are counted in /metrics: {steps}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -209,6 +211,26 @@ async fn a_candidate_answering_500_rolls_back_by_itself_naming_the_metric() {
     assert_eq!((status.as_str(), reason.as_str()), ("False", "Aborted"));
     let table = stdout(&up.cli(&["get", "route", "hello"]));
     assert!(table.contains("aborted: 5xx"), "{table}");
+    let aborts = metric(&up, "revgate_rollout_aborts_total", "cause=\"5xx\"").await;
+    assert_eq!(aborts, 1.0, "the abort is counted in /metrics with its cause");
+}
+
+/// The value of the one series of `family` in `revgate up`'s `/metrics`
+/// whose labels contain `label` (0 if there is none).
+async fn metric(up: &Up, family: &str, label: &str) -> f64 {
+    let body = reqwest::get(format!("http://127.0.0.1:{}/metrics", up.admin_port))
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("the exposition");
+    let series: Vec<f64> = body
+        .lines()
+        .filter(|line| line.starts_with(&format!("{family}{{")) && line.contains(label))
+        .filter_map(|line| line.rsplit(' ').next()?.parse().ok())
+        .collect();
+    assert!(series.len() <= 1, "one series of {family} with {label}: {body}");
+    series.first().copied().unwrap_or(0.0)
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -33,13 +33,13 @@ use revgate_model::plan::ObjectKey;
 use revgate_model::rollout::controls::{self, Control, ControlRefused};
 use revgate_model::rollout::orchestrator::{advance, goal, measure, observe_ready, step, step_index};
 use revgate_model::rollout::served::{condition, overlay_route_status};
-use revgate_model::rollout::{RolloutSpec, Rollouts, RouteRollout, StepMeasurement};
+use revgate_model::rollout::{AbortCause, Phase, RolloutSpec, Rollouts, RouteRollout, StepMeasurement};
 use revgate_model::{IngressState, Observed, Route, Service, World};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 use crate::activation::ActivationService;
-use crate::metrics::{CountersSnapshot, RevisionCounters};
+use crate::metrics::{CountersSnapshot, RevisionCounters, RolloutMetrics};
 use crate::store::{RolloutStore, StoreError};
 
 /// How often rollouts are judged and stepped: a breach is acted on within
@@ -161,6 +161,7 @@ pub struct Driver {
     observed: Box<dyn Fn() -> Observed + Send>,
     figures: Arc<dyn Figures>,
     sampler: StepSampler,
+    metrics: RolloutMetrics,
     commands: mpsc::Receiver<Command>,
     /// Unix milliseconds at `started`: ticks count from tokio's clock, so
     /// tests run the driver on paused time.
@@ -196,6 +197,7 @@ impl Driver {
             observed: Box::new(observed),
             figures,
             sampler: StepSampler::default(),
+            metrics: RolloutMetrics::default(),
             commands,
             unix_ms_at_start,
             started: now,
@@ -338,8 +340,42 @@ impl Driver {
     }
 
     fn publish(&mut self, states: Rollouts) {
+        for (route, state) in &states {
+            count_events(&self.metrics, route, self.states.get(route), state);
+        }
         self.states = Arc::new(states);
         self.states_tx.send_replace(self.states.clone());
+    }
+
+    /// Counts the steps and aborts of the rollouts into `metrics`.
+    pub fn with_metrics(mut self, metrics: RolloutMetrics) -> Self {
+        self.metrics = metrics;
+        self
+    }
+}
+
+/// Counts what changed from `before` to `after` of one Route's rollouts:
+/// the steps each candidate took and the rollouts that were aborted.
+fn count_events(metrics: &RolloutMetrics, route: &ObjectKey, before: Option<&RouteRollout>, after: &RouteRollout) {
+    for c in &after.configurations {
+        let was =
+            before.and_then(|b| b.configurations.iter().find(|p| p.configuration == c.configuration && p.tag == c.tag));
+        if let Some(candidate) = c.candidate() {
+            let same_candidate = was.and_then(|p| p.candidate()).is_some_and(|p| p.revision == candidate.revision);
+            let before_steps = if same_candidate { was.map_or(0, |p| p.history.len()) } else { 0 };
+            let steps = c.history.len().saturating_sub(before_steps);
+            if steps > 0 {
+                metrics.stepped(route, &candidate.revision, steps as u64);
+            }
+        }
+        let newly_aborted = !matches!(was.map(|p| &p.phase), Some(Phase::Aborted { .. }));
+        if let (Phase::Aborted { revision, cause }, true) = (&c.phase, newly_aborted) {
+            let cause = match cause {
+                AbortCause::Gate { breach } => breach.metric.short(),
+                AbortCause::Operator => "operator",
+            };
+            metrics.aborted(route, revision, cause);
+        }
     }
 }
 

@@ -43,7 +43,7 @@ use crate::control::{ControlPlane, Handle};
 use crate::external::ExternalRuntime;
 use crate::gateway_auth;
 use crate::http;
-use crate::metrics::{Exporter, RevisionSources, XdsMetrics};
+use crate::metrics::{Exporter, RevisionSources, RolloutMetrics, XdsMetrics};
 use crate::private_file;
 use crate::rollout::Driver;
 use crate::store::Store;
@@ -287,6 +287,7 @@ impl Server {
         // Going to zero, the filters hear first (see `zero_gate`).
         let states = zero_gate::gate_states(states, Arc::new(activation.clone()));
         // The rollout driver: its states are the owner's input for the splits.
+        let rollout_metrics = RolloutMetrics::default();
         let (plane, handle, rollout_driver) = {
             let observer = handle.clone();
             match Driver::start(
@@ -296,6 +297,7 @@ impl Server {
                 Arc::new(activation.clone()),
             ) {
                 Ok((driver, rollouts)) => {
+                    let driver = driver.with_metrics(rollout_metrics.clone());
                     let mut plane = plane;
                     plane.follow_rollouts(rollouts.states());
                     (plane, handle.with_rollouts(rollouts), driver)
@@ -343,6 +345,7 @@ impl Server {
                 instances: instance_counts,
             },
             &xds_metrics,
+            &rollout_metrics,
         ));
         let admin = router(AdminState {
             control: handle.clone(),

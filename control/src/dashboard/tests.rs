@@ -56,6 +56,7 @@ impl Admin {
                 instances: None,
             },
             &crate::metrics::XdsMetrics::default(),
+            &crate::metrics::RolloutMetrics::default(),
         );
         let state = AdminState {
             control: handle,

@@ -39,7 +39,7 @@ pub use revgate_activation::counters::{CountersSnapshot, DurationHistogram, Revi
 /// aggregation), where the rest of the control plane looks for them.
 pub use revgate_activation::metrics::{Aggregator, FRESHNESS_INTERVALS, MAX_FRESHNESS_MS, ReportError, RevisionTotals};
 
-pub use self::own::XdsMetrics;
+pub use self::own::{RolloutMetrics, XdsMetrics};
 pub use self::revisions::{RevisionCollector, RevisionSources};
 
 /// Content type of Prometheus's text format.
@@ -54,11 +54,12 @@ pub struct Exporter {
 }
 
 impl Exporter {
-    /// An exporter of the revision families read from `sources` and of the
-    /// xDS server's counters.
-    pub fn new(sources: RevisionSources, xds: &XdsMetrics) -> Self {
+    /// An exporter of the revision families read from `sources`, of the
+    /// xDS server's counters and of the rollout driver's.
+    pub fn new(sources: RevisionSources, xds: &XdsMetrics, rollouts: &RolloutMetrics) -> Self {
         let mut registry = Registry::default();
         xds.register(&mut registry);
+        rollouts.register(&mut registry);
         registry.register_collector(Box::new(RevisionCollector::new(sources)));
         Self { registry }
     }

@@ -1,6 +1,6 @@
 //! revgate's own instruments for events nobody else keeps a count of: the
-//! xDS server's responses, ACKs and NACKs per gateway node, and the time
-//! from a response to its ACK.
+//! xDS server's responses, ACKs and NACKs per gateway node, the time from a
+//! response to its ACK, and the rollout driver's steps and aborts.
 //!
 //! Counters are atomics (prometheus-client's), bumped from the stream tasks
 //! through [`XdsCallbacks`]; a node label is one of at most [`MAX_NODES`]
@@ -15,6 +15,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
+use revgate_model::plan::ObjectKey;
 use revgate_xds::server::XdsCallbacks;
 
 /// The most gateway nodes named in labels.
@@ -126,4 +127,48 @@ mod tests {
         );
         assert!(text.contains("revgate_xds_responses_total{node=\"other\",type=\"CDS\"} 6"), "{text}");
     }
+}
+
+/// The rollout driver's steps and aborts, per Route and candidate. Cheap to
+/// clone: clones count together. Only Routes with a rollout duration roll
+/// out, so the series are as many as the revisions ever rolled out.
+#[derive(Debug, Clone, Default)]
+pub struct RolloutMetrics {
+    steps: Family<Labels, Counter>,
+    aborts: Family<Labels, Counter>,
+}
+
+impl RolloutMetrics {
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "revgate_rollout_steps",
+            "Steps a gradual rollout took, each moving more of its target's traffic to the candidate",
+            self.steps.clone(),
+        );
+        registry.register(
+            "revgate_rollout_aborts",
+            "Gradual rollouts aborted, by cause: a gate's metric (5xx, p99) or the operator",
+            self.aborts.clone(),
+        );
+    }
+
+    /// `steps` more steps of `revision`'s rollout on `route`.
+    pub fn stepped(&self, route: &ObjectKey, revision: &str, steps: u64) {
+        self.steps.get_or_create(&rollout_labels(route, revision)).inc_by(steps);
+    }
+
+    /// The rollout of `revision` on `route` was aborted, for `cause`.
+    pub fn aborted(&self, route: &ObjectKey, revision: &str, cause: &str) {
+        let mut labels = rollout_labels(route, revision);
+        labels.push(("cause", cause.to_owned()));
+        self.aborts.get_or_create(&labels).inc();
+    }
+}
+
+fn rollout_labels(route: &ObjectKey, revision: &str) -> Labels {
+    vec![
+        ("k8s_namespace_name", route.namespace.clone()),
+        ("kn_route_name", route.name.clone()),
+        ("kn_revision_name", revision.to_owned()),
+    ]
 }
