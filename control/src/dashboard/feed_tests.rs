@@ -11,18 +11,7 @@ use crate::activation::{Activation, RevisionActivity};
 use crate::dashboard::history::History;
 use crate::metrics::RevisionTotals;
 
-/// `hello` in two versions, split 50/50 with both revisions tagged.
-const SPLIT: &str = "apiVersion: serving.knative.dev/v1
-kind: Service
-metadata: {name: hello, namespace: default}
-spec:
-  template:
-    spec:
-      containers: [{image: example.com/hello, env: [{name: TARGET, value: v2}]}]
-  traffic:
-    - {revisionName: hello-00001, percent: 50, tag: current}
-    - {revisionName: hello-00002, percent: 50, tag: candidate}
-";
+use crate::testing::HELLO_TAGGED_SPLIT as SPLIT;
 
 fn world() -> World {
     let v1 = parse_documents("v1.yaml", crate::testing::HELLO_SERVICE).expect("v1");

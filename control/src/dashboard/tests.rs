@@ -16,17 +16,7 @@ use crate::store::Store;
 
 const TOKEN: &str = "0123456789abcdef0123456789abcdef";
 
-const SPLIT: &str = "apiVersion: serving.knative.dev/v1
-kind: Service
-metadata: {name: hello, namespace: default}
-spec:
-  template:
-    spec:
-      containers: [{image: example.com/hello, env: [{name: TARGET, value: v2}]}]
-  traffic:
-    - {revisionName: hello-00001, percent: 50, tag: current}
-    - {revisionName: hello-00002, percent: 50, tag: candidate}
-";
+use crate::testing::HELLO_TAGGED_SPLIT as SPLIT;
 
 /// The admin API with `hello` split 50/50, served until the test ends.
 struct Admin {
