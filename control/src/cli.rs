@@ -195,15 +195,17 @@ pub struct UpArgs {
     /// Port of the admin API (`revgate get …` talks to it).
     #[arg(long, default_value_t = 9090)]
     pub admin_port: u16,
-    /// Port of the xDS server Envoy connects to.
-    #[arg(long, default_value_t = 18000)]
-    pub xds_port: u16,
-    /// Port of the activation service the gateway filter calls.
-    #[arg(long, default_value_t = 9091)]
-    pub activation_port: u16,
-    /// Port of Envoy's admin interface.
-    #[arg(long, default_value_t = 9901)]
-    pub envoy_admin_port: u16,
+    /// Port of the xDS server Envoy connects to (default: a free port, printed
+    /// at start; only Envoy, which `up` configures, needs to know it).
+    #[arg(long)]
+    pub xds_port: Option<u16>,
+    /// Port of the activation service the gateway filter calls (default: a
+    /// free port, printed at start).
+    #[arg(long)]
+    pub activation_port: Option<u16>,
+    /// Port of Envoy's admin interface (default: a free port, printed at start).
+    #[arg(long)]
+    pub envoy_admin_port: Option<u16>,
     /// Envoy worker threads (Envoy's default: one per core).
     #[arg(long)]
     pub envoy_concurrency: Option<u16>,
