@@ -142,3 +142,40 @@ async fn two_ups_side_by_side_need_only_the_http_and_admin_ports() {
         assert!(body.contains("side by side"), "unexpected body: {body}");
     }
 }
+
+/// The URL `up` prints for a service is one a browser opens as printed:
+/// `*.localhost` resolves to loopback by standard (RFC 6761; browsers and
+/// curl do it themselves), and the gateway serves that name next to the
+/// Knative domain, whose URL keeps working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_printed_localhost_url_opens_without_a_host_header() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut up = SideBySide::start(dir.path(), free_port(), free_port());
+    up.wait_ready().await;
+
+    let url = format!("http://hello.default.localhost:{}/", up.http_port);
+    assert!(up.log().contains(&format!("    {url}\n")), "`up` did not print {url}:\n{}", up.log());
+    // What a browser does with the name: loopback, without asking DNS.
+    let browser = reqwest::Client::builder()
+        .resolve("hello.default.localhost", std::net::SocketAddr::from(([127, 0, 0, 1], up.http_port)))
+        .timeout(Duration::from_secs(60))
+        .build()
+        .expect("HTTP client");
+    let response = browser.get(&url).send().await.expect("a request to the printed URL");
+    let status = response.status().as_u16();
+    let body = response.text().await.unwrap_or_default();
+    assert_eq!(status, 200, "{url}: {body}\n{}", up.log());
+    assert!(body.contains("side by side"), "unexpected body: {body}");
+
+    let (status, body) = answer(up.http_port, "hello.default.example.com").await;
+    assert_eq!(status, 200, "the Knative domain stopped answering: {body}");
+    let status_url = up_url(&up);
+    assert_eq!(status_url, "http://hello.default.example.com", "the Service's URL stays Knative's");
+}
+
+/// The Service's `status.url`, as `revgate up` printed it first.
+fn up_url(up: &SideBySide) -> String {
+    let log = up.log();
+    let line = log.lines().find(|l| l.trim_start().starts_with("default/hello ")).unwrap_or_default();
+    line.split_whitespace().nth(1).unwrap_or_default().to_owned()
+}

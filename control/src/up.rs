@@ -33,6 +33,13 @@ use crate::store;
 /// The node id of the gateway `revgate up` starts.
 const NODE_ID: &str = "revgate-gateway";
 
+/// Every service is also served under this domain: `*.localhost` names
+/// resolve to loopback by standard (RFC 6761), so the printed URLs open in a
+/// browser or a plain `curl` on this machine. Knative's `config-domain` still
+/// decides each Route's URL (its status and `example.com` stay as Knative
+/// gives them); the alias lives in the gateway's configuration only.
+pub const LOCAL_ALIAS_DOMAIN: &str = "localhost";
+
 /// The runtime record of the Envoy `up` starts, in the state directory.
 const ENVOY_RECORD: &str = "envoy-process.json";
 
@@ -100,6 +107,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         xds_tls: None,
         flags: AddressFlags { xds: "--xds-port", admin: "--admin-port", activation: "--activation-port" },
         metrics_addr: None,
+        alias_domain: Some(LOCAL_ALIAS_DOMAIN.to_owned()),
     })
     .await?;
     step(format_args!(
@@ -322,7 +330,13 @@ fn print_urls(handle: &Handle, args: &UpArgs, envoy_admin_port: u16) {
         let Some(url) = service.status.as_ref().and_then(|s| s.url.clone()) else { continue };
         let host = url.split_once("://").map_or(url.as_str(), |(_, host)| host);
         println!("  {}/{}  {url}", service.metadata.namespace, service.metadata.name);
-        println!("    curl -H 'Host: {host}' localhost:{}", args.http_port);
+        match revgate_xds::translate::alias_host(host, &service.metadata.namespace, LOCAL_ALIAS_DOMAIN) {
+            Some(alias) => {
+                println!("    http://{alias}:{}/", args.http_port);
+                println!("    curl http://{alias}:{}/", args.http_port);
+            }
+            None => println!("    curl -H 'Host: {host}' localhost:{}", args.http_port),
+        }
     }
     println!("\n  Dashboard  http://127.0.0.1:{}/", args.admin_port);
     let server =
