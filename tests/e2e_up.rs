@@ -57,6 +57,7 @@ impl SideBySide {
             .args(["--envoy-concurrency", "2"])
             .env("REVGATE_ENVOY", envoy_bin())
             .env("REVGATE_FILTER_WASM", filter_wasm())
+            .env("REVGATE_LOG", "info")
             .stdin(Stdio::null())
             .stdout(out.try_clone().expect("cloning the log handle"))
             .stderr(out)
@@ -171,6 +172,37 @@ async fn the_printed_localhost_url_opens_without_a_host_header() {
     assert_eq!(status, 200, "the Knative domain stopped answering: {body}");
     let status_url = up_url(&up);
     assert_eq!(status_url, "http://hello.default.example.com", "the Service's URL stays Knative's");
+}
+
+/// The hints `up` prints run as printed, the tables show what matters
+/// (the split of a Route, target by target), and the log piped to a file
+/// carries no colour codes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_printed_hints_run_and_the_tables_show_the_split() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut up = SideBySide::start(dir.path(), free_port(), free_port());
+    up.wait_ready().await;
+    let (status, _) = answer(up.http_port, "hello.default.example.com").await;
+    assert_eq!(status, 200);
+
+    let log = up.log();
+    let hints =
+        log.lines().find_map(|l| l.strip_prefix("Watch it scale: ")).unwrap_or_else(|| panic!("no hint:\n{log}"));
+    let get_kpa = hints.split("   ·   ").next().unwrap_or_default();
+    let out = Command::new("sh").arg("-c").arg(get_kpa).output().expect("running the printed hint");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "`{get_kpa}` failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("DESIREDSCALE") && stdout.contains("hello-00001"), "`{get_kpa}` printed:\n{stdout}");
+
+    let get_route = get_kpa.replace(" get kpa", " get route");
+    let out = Command::new("sh").arg("-c").arg(&get_route).output().expect("running get route");
+    let table = String::from_utf8_lossy(&out.stdout);
+    let header: Vec<&str> = table.lines().next().unwrap_or_default().split_whitespace().collect();
+    assert_eq!(header, ["NAME", "URL", "TRAFFIC", "READY", "REASON", "ROLLOUT"], "{table}");
+    assert!(table.contains("100% hello-00001"), "the split is missing:\n{table}");
+
+    assert!(log.contains(" INFO "), "no log lines to check:\n{log}");
+    assert!(!log.contains('\u{1b}'), "colour codes in a log written to a file:\n{log}");
 }
 
 /// The Service's `status.url`, as `revgate up` printed it first.

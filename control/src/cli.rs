@@ -209,8 +209,11 @@ pub struct UpArgs {
     /// Envoy worker threads (Envoy's default: one per core).
     #[arg(long)]
     pub envoy_concurrency: Option<u16>,
-    /// The domain of service URLs (Knative's `config-domain`).
-    #[arg(long)]
+    /// The domain of service URLs (Knative's `config-domain`) [default:
+    /// example.com, Knative's, unless a `config-domain` among the manifests
+    /// says otherwise]. Every service is also served as
+    /// `<name>.<namespace>.localhost`, which opens on this machine without DNS.
+    #[arg(long, value_name = "DOMAIN")]
     pub domain: Option<String>,
     /// Directory for state, logs and the generated Envoy bootstrap.
     #[arg(long, default_value = ".revgate")]
@@ -290,7 +293,8 @@ pub struct ManifestArgs {
 
 #[derive(Debug, Args)]
 pub struct GetArgs {
-    /// ksvc | configuration (cfg) | route (rt) | revision (rev) | kpa | sks | gateway | activity
+    /// What to show: service (ksvc), configuration (cfg), route (rt),
+    /// revision (rev), gateway, activity, kpa or sks.
     pub kind: GetKind,
     /// Only the object with this name.
     pub name: Option<String>,
@@ -308,12 +312,16 @@ pub struct GetArgs {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum GetKind {
+    /// Knative Services (also `ksvc`): URL, latest revisions, readiness.
     #[value(alias = "ksvc", alias = "services", alias = "kservice")]
     Service,
+    /// Configurations (also `cfg`): latest created and ready revision.
     #[value(alias = "cfg", alias = "configurations", alias = "config")]
     Configuration,
+    /// Routes (also `rt`): URL and the traffic split, target by target.
     #[value(alias = "rt", alias = "routes")]
     Route,
+    /// Revisions (also `rev`): readiness and replicas.
     #[value(alias = "rev", alias = "revisions")]
     Revision,
     /// The gateways connected over xDS and what they accepted or rejected.
@@ -322,8 +330,8 @@ pub enum GetKind {
     /// Per revision: concurrency, requests and activations the gateways report.
     #[value(alias = "metrics")]
     Activity,
-    /// Knative PodAutoscalers: the KPA's desired and actual scale per revision.
-    #[value(alias = "podautoscaler", alias = "podautoscalers")]
+    /// Knative PodAutoscalers (also `pa`): the KPA's desired and actual scale per revision.
+    #[value(alias = "podautoscaler", alias = "podautoscalers", alias = "pa")]
     Kpa,
     /// Knative ServerlessServices: whether the gateway holds a revision's
     /// requests (`Proxy`) or sends them to its instances (`Serve`).

@@ -341,14 +341,38 @@ fn print_urls(handle: &Handle, args: &UpArgs, envoy_admin_port: u16) {
     println!("\n  Dashboard  http://127.0.0.1:{}/", args.admin_port);
     let server =
         if args.admin_port == 9090 { String::new() } else { format!(" --server http://127.0.0.1:{}", args.admin_port) };
+    let revgate = revgate_command();
     println!(
         "\nMetrics: http://127.0.0.1:{}/metrics   ·   Envoy stats: http://127.0.0.1:{}/stats/prometheus",
         args.admin_port, envoy_admin_port
     );
     println!(
-        "\nWatch it scale: revgate get kpa{server}   ·   revgate get revisions{server}   ·   logs in {}/{LOG_DIR}\nPress Ctrl-C to stop.",
+        "\nWatch it scale: {revgate} get kpa{server}   ·   {revgate} get revisions{server}   ·   logs in {}/{LOG_DIR}\nPress Ctrl-C to stop.",
         args.state_dir.display()
     );
+}
+
+/// How to run this `revgate` from the shell `up` was started in: `revgate`
+/// when that name on PATH is this binary, else its path (relative to the
+/// working directory when below it, as `target/debug/revgate` is after
+/// `scripts/up.sh`), so the printed hints run as printed.
+fn revgate_command() -> String {
+    let Ok(exe) = std::env::current_exe().and_then(std::fs::canonicalize) else { return "revgate".to_owned() };
+    let on_path = std::env::var_os("PATH").is_some_and(|path| {
+        std::env::split_paths(&path)
+            .any(|dir| std::fs::canonicalize(dir.join("revgate")).is_ok_and(|found| found == exe))
+    });
+    if on_path {
+        return "revgate".to_owned();
+    }
+    let relative = std::env::current_dir()
+        .and_then(std::fs::canonicalize)
+        .ok()
+        .and_then(|cwd| exe.strip_prefix(cwd).ok().map(Path::to_path_buf));
+    match relative {
+        Some(relative) => relative.display().to_string(),
+        None => exe.display().to_string(),
+    }
 }
 
 /// Knative's `config-domain` with `domain` as the default domain.
