@@ -17,6 +17,8 @@
 //! | `TagPlan`                 | virtual host `tag|ns|name|tag`, 100% to the tagged revision             |
 //! | `tag_header_routing`      | on the main host, one route per tag matching `Knative-Serving-Tag`      |
 //! | `RevisionBackend`         | EDS cluster `rev|ns|revision` + its `ClusterLoadAssignment`             |
+//! | `alias_domain` (settings) | each owned host also as `<name>.<namespace>.<alias>`: a domain of its   |
+//! |                           | virtual host and a scope of its own (`revgate up`: `localhost`)         |
 //!
 //! A Route is one route configuration, so changing it sends that one
 //! resource, not every host's. A host named by no route has no scope and
