@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # revgate's benchmark suite, from a fresh clone: installs what it needs
-# (Envoy and the wasm32 targets through scripts/install-tools.sh; the HTTP
-# load generator `oha` with cargo into .tools/cargo), builds release
+# (Envoy, the wasm32 targets and the HTTP load generator `oha`, through
+# scripts/install-tools.sh --bench), builds release
 # binaries (revgate, the autoscale sample, revgate-bench) and the gateway
 # filter, runs the scenarios, writes bench/results.json and regenerates the
 # table in BENCHMARKS.md.
@@ -17,7 +17,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 
-oha_version="1.16.0"
 log() { echo "bench: $*" >&2; }
 
 quick=()
@@ -31,18 +30,12 @@ for arg in "$@"; do
   esac
 done
 
-envoy=$(scripts/install-tools.sh | tail -n 1)
+envoy=$(scripts/install-tools.sh --bench | tail -n 1)
 
-# oha: the pinned version from PATH if there is one, else the project-local install.
-oha_ok() { [ -x "$1" ] && [ "$("$1" --version 2>/dev/null)" = "oha $oha_version" ]; }
-oha=$(command -v oha || true)
-if ! oha_ok "$oha"; then
-  oha="$root/.tools/cargo/bin/oha"
-  if ! oha_ok "$oha"; then
-    log "installing oha $oha_version into .tools/cargo (a few minutes, once)"
-    cargo install --locked --quiet --root "$root/.tools/cargo" "oha@$oha_version"
-  fi
-fi
+# oha: the project-local install (install-tools.sh --bench), else the pinned
+# version it found on PATH.
+oha="$root/.tools/cargo/bin/oha"
+[ -x "$oha" ] || oha=$(command -v oha)
 
 log "building release binaries and the gateway filter"
 cargo build --release --locked --quiet -p revgate -p autoscale -p revgate-bench

@@ -9,15 +9,21 @@
 #     - Chromium (the Debian package `chromium`, with apt-get) for the
 #       dashboard's browser test, unless a `chromium` is already on PATH;
 #     - the Python `prometheus_client` package (its exposition parser checks
-#       revgate's /metrics), into .tools/python.
+#       revgate's /metrics), into .tools/python;
+#     - what --bench installs (the test run ends with the benchmark smoke run);
+#   - with --bench, the HTTP load generator `oha` (pinned; built from
+#     crates.io with cargo into .tools/cargo, a few minutes once), unless that
+#     version is already on PATH; scripts/bench.sh asks for it.
 # Prints the path of the Envoy binary it settled on as its last line.
 set -euo pipefail
 
 for_tests=false
+for_bench=false
 for arg in "$@"; do
   case "$arg" in
-    --test) for_tests=true ;;
-    *) echo "install-tools: unknown option $arg (known: --test)" >&2; exit 2 ;;
+    --test) for_tests=true; for_bench=true ;;
+    --bench) for_bench=true ;;
+    *) echo "install-tools: unknown option $arg (known: --test, --bench)" >&2; exit 2 ;;
   esac
 done
 
@@ -104,6 +110,20 @@ install_chromium() {
 }
 
 prometheus_client_version="0.26.0"
+oha_version="1.16.0"
+
+oha_ok() { [ -x "$1" ] && [ "$("$1" --version 2>/dev/null)" = "oha $oha_version" ]; }
+
+# The benchmarks' load generator, built once: the pinned version on PATH
+# will do, else the project-local one in .tools/cargo.
+install_oha() {
+  if oha_ok "$(command -v oha || true)" || oha_ok "$tools/cargo/bin/oha"; then
+    return 0
+  fi
+  log "installing oha $oha_version from crates.io into $tools/cargo (a few minutes, once)"
+  cargo install --locked --quiet --root "$tools/cargo" "oha@$oha_version" >&2
+  oha_ok "$tools/cargo/bin/oha" || { log "cargo install oha did not leave oha $oha_version in $tools/cargo/bin"; exit 1; }
+}
 
 install_python_packages() {
   if PYTHONPATH="$tools/python" python3 -c "import importlib.metadata as m, sys; import prometheus_client; sys.exit(m.version('prometheus-client') != '$prometheus_client_version')" 2>/dev/null; then
@@ -125,5 +145,8 @@ install_wasm_targets
 if "$for_tests"; then
   install_chromium
   install_python_packages
+fi
+if "$for_bench"; then
+  install_oha
 fi
 echo "$envoy"

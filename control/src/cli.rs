@@ -195,20 +195,25 @@ pub struct UpArgs {
     /// Port of the admin API (`revgate get …` talks to it).
     #[arg(long, default_value_t = 9090)]
     pub admin_port: u16,
-    /// Port of the xDS server Envoy connects to.
-    #[arg(long, default_value_t = 18000)]
-    pub xds_port: u16,
-    /// Port of the activation service the gateway filter calls.
-    #[arg(long, default_value_t = 9091)]
-    pub activation_port: u16,
-    /// Port of Envoy's admin interface.
-    #[arg(long, default_value_t = 9901)]
-    pub envoy_admin_port: u16,
+    /// Port of the xDS server Envoy connects to (default: a free port, printed
+    /// at start; only Envoy, which `up` configures, needs to know it).
+    #[arg(long)]
+    pub xds_port: Option<u16>,
+    /// Port of the activation service the gateway filter calls (default: a
+    /// free port, printed at start).
+    #[arg(long)]
+    pub activation_port: Option<u16>,
+    /// Port of Envoy's admin interface (default: a free port, printed at start).
+    #[arg(long)]
+    pub envoy_admin_port: Option<u16>,
     /// Envoy worker threads (Envoy's default: one per core).
     #[arg(long)]
     pub envoy_concurrency: Option<u16>,
-    /// The domain of service URLs (Knative's `config-domain`).
-    #[arg(long)]
+    /// The domain of service URLs (Knative's `config-domain`) [default:
+    /// example.com, Knative's, unless a `config-domain` among the manifests
+    /// says otherwise]. Every service is also served as
+    /// `<name>.<namespace>.localhost`, which opens on this machine without DNS.
+    #[arg(long, value_name = "DOMAIN")]
     pub domain: Option<String>,
     /// Directory for state, logs and the generated Envoy bootstrap.
     #[arg(long, default_value = ".revgate")]
@@ -288,7 +293,8 @@ pub struct ManifestArgs {
 
 #[derive(Debug, Args)]
 pub struct GetArgs {
-    /// ksvc | configuration (cfg) | route (rt) | revision (rev) | kpa | sks | gateway | activity
+    /// What to show: service (ksvc), configuration (cfg), route (rt),
+    /// revision (rev), gateway, activity, kpa or sks.
     pub kind: GetKind,
     /// Only the object with this name.
     pub name: Option<String>,
@@ -306,12 +312,16 @@ pub struct GetArgs {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum GetKind {
+    /// Knative Services (also `ksvc`): URL, latest revisions, readiness.
     #[value(alias = "ksvc", alias = "services", alias = "kservice")]
     Service,
+    /// Configurations (also `cfg`): latest created and ready revision.
     #[value(alias = "cfg", alias = "configurations", alias = "config")]
     Configuration,
+    /// Routes (also `rt`): URL and the traffic split, target by target.
     #[value(alias = "rt", alias = "routes")]
     Route,
+    /// Revisions (also `rev`): readiness and replicas.
     #[value(alias = "rev", alias = "revisions")]
     Revision,
     /// The gateways connected over xDS and what they accepted or rejected.
@@ -320,8 +330,8 @@ pub enum GetKind {
     /// Per revision: concurrency, requests and activations the gateways report.
     #[value(alias = "metrics")]
     Activity,
-    /// Knative PodAutoscalers: the KPA's desired and actual scale per revision.
-    #[value(alias = "podautoscaler", alias = "podautoscalers")]
+    /// Knative PodAutoscalers (also `pa`): the KPA's desired and actual scale per revision.
+    #[value(alias = "podautoscaler", alias = "podautoscalers", alias = "pa")]
     Kpa,
     /// Knative ServerlessServices: whether the gateway holds a revision's
     /// requests (`Proxy`) or sends them to its instances (`Serve`).

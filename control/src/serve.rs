@@ -90,6 +90,9 @@ pub struct ServerConfig {
     pub flags: AddressFlags,
     /// `--metrics-addr`: `/metrics` on a listener of its own, without a token.
     pub metrics_addr: Option<SocketAddr>,
+    /// The gateway also serves every host under this domain (`revgate up`:
+    /// `localhost`); see `XdsSettings::alias_domain`.
+    pub alias_domain: Option<String>,
 }
 
 /// PEM files for mutual TLS on the xDS port.
@@ -148,6 +151,7 @@ impl From<&ServeArgs> for ServerConfig {
             },
             flags: AddressFlags { xds: "--xds-addr", admin: "--admin-addr", activation: "--activation-addr" },
             metrics_addr: args.metrics_addr,
+            alias_domain: None,
         }
     }
 }
@@ -246,7 +250,12 @@ impl Server {
         let cache = SnapshotCache::default();
         let xds_metrics = XdsMetrics::default();
         let xds = XdsServer::with_callbacks(cache.clone(), Arc::new(xds_metrics.clone()));
-        let settings = XdsSettings { listener_port: config.http_port, filter, ..XdsSettings::default() };
+        let settings = XdsSettings {
+            listener_port: config.http_port,
+            filter,
+            alias_domain: config.alias_domain.clone(),
+            ..XdsSettings::default()
+        };
         let registrations = store.registrations();
         let rollout_store = store.rollouts();
         // From here on the runtime may run instances: a step that fails stops it.

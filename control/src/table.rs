@@ -18,6 +18,10 @@ enum Column {
     Annotation(&'static str),
     /// A field of the condition of the given type.
     Condition(&'static str, &'static str),
+    /// A number at a dotted path, rounded for reading (see [`number`]).
+    Number(&'static [&'static str]),
+    /// A Route's traffic targets (see [`traffic`]).
+    Traffic,
 }
 
 fn columns(kind: GetKind) -> &'static [(&'static str, Column)] {
@@ -39,6 +43,7 @@ fn columns(kind: GetKind) -> &'static [(&'static str, Column)] {
         ],
         GetKind::Route => &[
             ("URL", Column::Path(&["status", "url"])),
+            ("TRAFFIC", Column::Traffic),
             ("READY", READY),
             ("REASON", REASON),
             ("ROLLOUT", Column::Annotation(crate::rollout::ROLLOUT_SUMMARY_ANNOTATION)),
@@ -52,11 +57,11 @@ fn columns(kind: GetKind) -> &'static [(&'static str, Column)] {
             ("DESIRED REPLICAS", Column::Path(&["status", "desiredReplicas"])),
         ],
         GetKind::Activity => &[
-            ("CONCURRENCY", Column::Path(&["concurrency"])),
+            ("CONCURRENCY", Column::Number(&["concurrency"])),
             ("HELD", Column::Path(&["held"])),
-            ("RPS", Column::Path(&["rps"])),
+            ("RPS", Column::Number(&["rps"])),
             ("5XX", Column::Path(&["responses_5xx"])),
-            ("P99MS", Column::Path(&["p99_ms"])),
+            ("P99MS", Column::Number(&["p99_ms"])),
             ("ACTIVATIONS", Column::Path(&["activations"])),
             ("REPORTERS", Column::Path(&["reporters"])),
         ],
@@ -82,6 +87,10 @@ fn columns(kind: GetKind) -> &'static [(&'static str, Column)] {
 
 fn cell(object: &Value, column: Column) -> String {
     let value = match column {
+        Column::Number(path) => {
+            return path.iter().try_fold(object, |v, key| v.get(key)).map(number).unwrap_or_default();
+        }
+        Column::Traffic => return traffic(object),
         Column::Path(path) => path.iter().try_fold(object, |v, key| v.get(key)),
         Column::Label(label) => object.get("metadata").and_then(|m| m.get("labels")).and_then(|l| l.get(label)),
         Column::Annotation(key) => object.get("metadata").and_then(|m| m.get("annotations")).and_then(|a| a.get(key)),
@@ -96,6 +105,56 @@ fn cell(object: &Value, column: Column) -> String {
         Some(Value::Null) | None => String::new(),
         Some(other) => other.to_string(),
     }
+}
+
+/// A figure as a person reads it: whole numbers as they are, others with
+/// two decimals (`14.957126622131607` → `14.96`), tiny ones as `0`.
+fn number(value: &Value) -> String {
+    match value.as_f64() {
+        Some(n) if n.fract() == 0.0 => format!("{n:.0}"),
+        Some(n) => {
+            let rounded = format!("{n:.2}");
+            if rounded.trim_start_matches('-').chars().all(|c| c == '0' || c == '.') { "0".to_owned() } else { rounded }
+        }
+        None => match value {
+            Value::String(s) => s.clone(),
+            Value::Null => String::new(),
+            other => other.to_string(),
+        },
+    }
+}
+
+/// A Route's split, one target after another as `kn route describe` lists
+/// them: percent, revision (or `@latest` for a target that follows the
+/// latest ready revision before it is resolved) and `#tag`. The resolved
+/// `status.traffic` when there is one, else `spec.traffic`.
+fn traffic(route: &Value) -> String {
+    let targets = route
+        .pointer("/status/traffic")
+        .and_then(Value::as_array)
+        .filter(|targets| !targets.is_empty())
+        .or_else(|| route.pointer("/spec/traffic").and_then(Value::as_array));
+    let Some(targets) = targets else { return String::new() };
+    targets
+        .iter()
+        .map(|target| {
+            let percent = target.get("percent").and_then(Value::as_u64).unwrap_or(0);
+            let revision = target.get("revisionName").and_then(Value::as_str).map_or_else(
+                || {
+                    target
+                        .get("configurationName")
+                        .and_then(Value::as_str)
+                        .map_or("@latest".to_owned(), |c| format!("{c}@latest"))
+                },
+                ToOwned::to_owned,
+            );
+            match target.get("tag").and_then(Value::as_str) {
+                Some(tag) => format!("{percent}% {revision} #{tag}"),
+                None => format!("{percent}% {revision}"),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Renders Knative objects as a table.
@@ -178,6 +237,53 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[test]
+    fn route_table_shows_each_target_of_the_split() {
+        let route = json!({
+            "metadata": {"name": "hello", "namespace": "default"},
+            "spec": {"traffic": [{"latestRevision": true, "percent": 100}]},
+            "status": {
+                "url": "http://hello.default.example.com",
+                "traffic": [
+                    {"revisionName": "hello-00001", "percent": 90},
+                    {"revisionName": "hello-00002", "percent": 10, "tag": "canary"},
+                    {"revisionName": "hello-00002", "tag": "next"}
+                ],
+                "conditions": [{"type": "Ready", "status": "True"}]
+            }
+        });
+        let table = objects(GetKind::Route, &[route], false);
+        let lines: Vec<&str> = table.lines().collect();
+        assert!(lines[0].starts_with("NAME    URL"), "{table}");
+        assert!(lines[0].contains("   TRAFFIC   "), "{table}");
+        assert!(
+            lines[1].contains("   90% hello-00001, 10% hello-00002 #canary, 0% hello-00002 #next   True"),
+            "{table}"
+        );
+        let unresolved = json!({
+            "metadata": {"name": "new"},
+            "spec": {"traffic": [{"configurationName": "new", "latestRevision": true, "percent": 100}]}
+        });
+        assert!(objects(GetKind::Route, &[unresolved], false).contains("100% new@latest"));
+    }
+
+    #[test]
+    fn activity_figures_are_rounded() {
+        let row = json!({
+            "metadata": {"name": "hello-00001"},
+            "concurrency": 0.0040034790490203545,
+            "held": 0,
+            "rps": 14.957126622131607,
+            "responses_5xx": 2,
+            "p99_ms": 12.0,
+            "activations": 1,
+            "reporters": 2
+        });
+        let table = objects(GetKind::Activity, &[row], false);
+        let cells: Vec<&str> = table.lines().nth(1).unwrap_or_default().split_whitespace().collect();
+        assert_eq!(cells, ["hello-00001", "0", "0", "14.96", "2", "12", "1", "2"], "{table}");
+    }
 
     #[test]
     fn service_table_uses_knative_printer_columns() {

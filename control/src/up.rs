@@ -33,6 +33,13 @@ use crate::store;
 /// The node id of the gateway `revgate up` starts.
 const NODE_ID: &str = "revgate-gateway";
 
+/// Every service is also served under this domain: `*.localhost` names
+/// resolve to loopback by standard (RFC 6761), so the printed URLs open in a
+/// browser or a plain `curl` on this machine. Knative's `config-domain` still
+/// decides each Route's URL (its status and `example.com` stay as Knative
+/// gives them); the alias lives in the gateway's configuration only.
+pub const LOCAL_ALIAS_DOMAIN: &str = "localhost";
+
 /// The runtime record of the Envoy `up` starts, in the state directory.
 const ENVOY_RECORD: &str = "envoy-process.json";
 
@@ -86,9 +93,9 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     envoy_record.clear();
 
     let mut server = Server::start(ServerConfig {
-        xds_addr: loopback(args.xds_port),
+        xds_addr: loopback(args.xds_port.unwrap_or(0)),
         admin_addr: loopback(args.admin_port),
-        activation_addr: loopback(args.activation_port),
+        activation_addr: loopback(args.activation_port.unwrap_or(0)),
         state_dir: args.state_dir.clone(),
         http_port: args.http_port,
         wasm_filter: Some(filter),
@@ -100,6 +107,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         xds_tls: None,
         flags: AddressFlags { xds: "--xds-port", admin: "--admin-port", activation: "--activation-port" },
         metrics_addr: None,
+        alias_domain: Some(LOCAL_ALIAS_DOMAIN.to_owned()),
     })
     .await?;
     step(format_args!(
@@ -170,12 +178,16 @@ async fn serve(
     let logs = args.state_dir.join(LOG_DIR);
     std::fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
     let bootstrap = args.state_dir.join("envoy.yaml");
+    let envoy_admin_port = match args.envoy_admin_port {
+        Some(port) => port,
+        None => free_loopback_port()?,
+    };
     let yaml = ads_bootstrap_yaml(&AdsBootstrapOptions {
         node_id: NODE_ID.to_owned(),
         cluster: "revgate".to_owned(),
         xds_address: platform.xds_addr,
         api: Api::Sotw,
-        admin_port: args.envoy_admin_port,
+        admin_port: envoy_admin_port,
         // Sent although loopback does not require it, so that the same
         // bootstrap works against a server bound beyond it.
         token: Some(platform.gateway_token.clone()),
@@ -192,16 +204,20 @@ async fn serve(
     if let Some(process) = envoy.pid().and_then(|pid| RecordedProcess::observe(pid, "Envoy")) {
         envoy_record.insert(process);
     }
-    step(format_args!("Envoy started (pid {}), log {}", envoy.pid().unwrap_or(0), envoy.log.display()));
+    step(format_args!(
+        "Envoy started (pid {}), admin http://127.0.0.1:{envoy_admin_port}/, log {}",
+        envoy.pid().unwrap_or(0),
+        envoy.log.display()
+    ));
 
     let result = async {
         tokio::select! {
-            ready = wait_for_gateway(handle, &mut envoy, args) => ready?,
+            ready = wait_for_gateway(handle, &mut envoy, args, envoy_admin_port) => ready?,
             () = shutdown.wait() => return Ok(()),
         }
         wait_for_filters(&platform.activation, usize::from(workers)).await;
         step(format_args!("ready in {:.1} s", started.elapsed().as_secs_f64()));
-        print_urls(handle, args);
+        print_urls(handle, args, envoy_admin_port);
         tokio::select! {
             () = shutdown.wait() => {}
             status = wait_exit(&mut envoy) => {
@@ -219,7 +235,12 @@ async fn serve(
 
 /// Waits until Envoy has connected and acknowledged the published
 /// configuration (or says why it did not).
-async fn wait_for_gateway(handle: &Handle, envoy: &mut Envoy, args: &UpArgs) -> anyhow::Result<()> {
+async fn wait_for_gateway(
+    handle: &Handle,
+    envoy: &mut Envoy,
+    args: &UpArgs,
+    envoy_admin_port: u16,
+) -> anyhow::Result<()> {
     let http_port = args.http_port;
     let deadline = Instant::now() + GATEWAY_TIMEOUT;
     loop {
@@ -227,7 +248,7 @@ async fn wait_for_gateway(handle: &Handle, envoy: &mut Envoy, args: &UpArgs) -> 
             bail!(
                 "Envoy exited ({status}) before taking its configuration (is port {http_port} or {} in use? \
                  choose others with --http-port and --envoy-admin-port); last lines of {}:\n{}",
-                args.envoy_admin_port,
+                envoy_admin_port,
                 envoy.log.display(),
                 envoy.log_tail(20)
             );
@@ -276,6 +297,15 @@ async fn wait_for_filters(activation: &ActivationService, workers: usize) {
     ));
 }
 
+/// A loopback port free now, for Envoy's admin interface: Envoy binds it
+/// itself, so revgate can only choose one and hand it over. Should another
+/// process take it first, Envoy exits and `wait_for_gateway` names the port.
+fn free_loopback_port() -> anyhow::Result<u16> {
+    let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .context("finding a free loopback port for Envoy's admin interface (choose one with --envoy-admin-port)")?;
+    Ok(listener.local_addr()?.port())
+}
+
 async fn listening(port: u16) -> bool {
     tokio::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port)).await.is_ok()
 }
@@ -289,7 +319,7 @@ async fn wait_exit(envoy: &mut Envoy) -> std::process::ExitStatus {
     }
 }
 
-fn print_urls(handle: &Handle, args: &UpArgs) {
+fn print_urls(handle: &Handle, args: &UpArgs, envoy_admin_port: u16) {
     let world = handle.world();
     let services = world.service_views(&handle.observed());
     if services.is_empty() {
@@ -300,19 +330,49 @@ fn print_urls(handle: &Handle, args: &UpArgs) {
         let Some(url) = service.status.as_ref().and_then(|s| s.url.clone()) else { continue };
         let host = url.split_once("://").map_or(url.as_str(), |(_, host)| host);
         println!("  {}/{}  {url}", service.metadata.namespace, service.metadata.name);
-        println!("    curl -H 'Host: {host}' localhost:{}", args.http_port);
+        match revgate_xds::translate::alias_host(host, &service.metadata.namespace, LOCAL_ALIAS_DOMAIN) {
+            Some(alias) => {
+                println!("    http://{alias}:{}/", args.http_port);
+                println!("    curl http://{alias}:{}/", args.http_port);
+            }
+            None => println!("    curl -H 'Host: {host}' localhost:{}", args.http_port),
+        }
     }
     println!("\n  Dashboard  http://127.0.0.1:{}/", args.admin_port);
     let server =
         if args.admin_port == 9090 { String::new() } else { format!(" --server http://127.0.0.1:{}", args.admin_port) };
+    let revgate = revgate_command();
     println!(
         "\nMetrics: http://127.0.0.1:{}/metrics   ·   Envoy stats: http://127.0.0.1:{}/stats/prometheus",
-        args.admin_port, args.envoy_admin_port
+        args.admin_port, envoy_admin_port
     );
     println!(
-        "\nWatch it scale: revgate get kpa{server}   ·   revgate get revisions{server}   ·   logs in {}/{LOG_DIR}\nPress Ctrl-C to stop.",
+        "\nWatch it scale: {revgate} get kpa{server}   ·   {revgate} get revisions{server}   ·   logs in {}/{LOG_DIR}\nPress Ctrl-C to stop.",
         args.state_dir.display()
     );
+}
+
+/// How to run this `revgate` from the shell `up` was started in: `revgate`
+/// when that name on PATH is this binary, else its path (relative to the
+/// working directory when below it, as `target/debug/revgate` is after
+/// `scripts/up.sh`), so the printed hints run as printed.
+fn revgate_command() -> String {
+    let Ok(exe) = std::env::current_exe().and_then(std::fs::canonicalize) else { return "revgate".to_owned() };
+    let on_path = std::env::var_os("PATH").is_some_and(|path| {
+        std::env::split_paths(&path)
+            .any(|dir| std::fs::canonicalize(dir.join("revgate")).is_ok_and(|found| found == exe))
+    });
+    if on_path {
+        return "revgate".to_owned();
+    }
+    let relative = std::env::current_dir()
+        .and_then(std::fs::canonicalize)
+        .ok()
+        .and_then(|cwd| exe.strip_prefix(cwd).ok().map(Path::to_path_buf));
+    match relative {
+        Some(relative) => relative.display().to_string(),
+        None => exe.display().to_string(),
+    }
 }
 
 /// Knative's `config-domain` with `domain` as the default domain.

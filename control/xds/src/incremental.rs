@@ -306,7 +306,13 @@ impl Translator {
                 }
                 remove_route(&mut self.shards, &entry, &mut touched, changes);
             }
-            let resources = route_resources(route, &input.owned, input.tag_header_routing, &input.timeouts);
+            let resources = route_resources(
+                route,
+                &input.owned,
+                input.tag_header_routing,
+                &input.timeouts,
+                self.settings.alias_domain.as_deref(),
+            );
             let scopes = resources.map(|(virtual_hosts, scopes)| {
                 let shard = crate::names::route_shard(&route.key);
                 self.shards.entry(shard).or_default().insert(route.key.clone(), virtual_hosts);

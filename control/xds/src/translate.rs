@@ -17,6 +17,8 @@
 //! | `TagPlan`                 | virtual host `tag|ns|name|tag`, 100% to the tagged revision             |
 //! | `tag_header_routing`      | on the main host, one route per tag matching `Knative-Serving-Tag`      |
 //! | `RevisionBackend`         | EDS cluster `rev|ns|revision` + its `ClusterLoadAssignment`             |
+//! | `alias_domain` (settings) | each owned host also as `<name>.<namespace>.<alias>`: a domain of its   |
+//! |                           | virtual host and a scope of its own (`revgate up`: `localhost`)         |
 //!
 //! A Route is one route configuration, so changing it sends that one
 //! resource, not every host's. A host named by no route has no scope and
@@ -115,6 +117,12 @@ pub struct XdsSettings {
     pub stream_idle_timeout: Duration,
     /// The data-path filter, when the gateway runs it.
     pub filter: Option<FilterSettings>,
+    /// Also serve each host `<name>.<namespace>.<domain>` as
+    /// `<name>.<namespace>.<alias_domain>` (see [`alias_host`]). `revgate up`
+    /// sets `localhost`, whose names resolve to loopback by standard
+    /// (RFC 6761), so that a browser or a plain `curl` opens a service without
+    /// a Host header while the Knative domain keeps working.
+    pub alias_domain: Option<String>,
 }
 
 impl Default for XdsSettings {
@@ -124,6 +132,7 @@ impl Default for XdsSettings {
             listener_port: 8080,
             stream_idle_timeout: Duration::from_secs(5 * 60),
             filter: None,
+            alias_domain: None,
         }
     }
 }
@@ -164,7 +173,9 @@ pub fn translate(plan: &GatewayPlan, endpoints: &EndpointMap, settings: &XdsSett
     let mut scoped_routes = Vec::new();
     for (route, owned) in plan.routes.iter().zip(claim_hosts(plan)) {
         let timeouts = route_timeouts(route, |key| revisions.get(key).map(|r| r.timeout_seconds));
-        if let Some((virtual_hosts, scopes)) = route_resources(route, &owned, plan.tag_header_routing, &timeouts) {
+        if let Some((virtual_hosts, scopes)) =
+            route_resources(route, &owned, plan.tag_header_routing, &timeouts, settings.alias_domain.as_deref())
+        {
             shards.entry(names::route_shard(&route.key)).or_default().insert(&route.key, virtual_hosts);
             scoped_routes.extend(scopes);
         }
@@ -236,12 +247,14 @@ pub fn route_timeouts(route: &RoutePlan, timeout_of: impl Fn(&ObjectKey) -> Opti
 /// A Route's virtual hosts and one scope per host it owns (`owned`, from
 /// [`claim_hosts`]), each scope selecting the route configuration of the
 /// Route's shard; `None` when it owns no host. `timeouts` come from
-/// [`route_timeouts`].
+/// [`route_timeouts`]. With `alias_domain`, each owned host's alias (see
+/// [`alias_host`]) gets a scope too and is a domain of the same virtual host.
 pub fn route_resources(
     route: &RoutePlan,
     owned: &[bool],
     tag_header_routing: bool,
     timeouts: &[u64],
+    alias_domain: Option<&str>,
 ) -> Option<(Vec<VirtualHost>, Vec<ScopedRouteConfiguration>)> {
     let name = names::route_configuration(&route.key);
     let hosts = std::iter::once(&route.host).chain(route.tags.iter().map(|t| &t.host));
@@ -249,26 +262,50 @@ pub fn route_resources(
     if owned_hosts.is_empty() {
         return None;
     }
+    let alias = |host: &str| alias_domain.and_then(|domain| alias_host(host, &route.key.namespace, domain));
     let virtual_hosts: Vec<VirtualHost> = route_virtual_hosts(route, tag_header_routing, timeouts)
         .into_iter()
+        .zip(std::iter::once(&route.host).chain(route.tags.iter().map(|t| &t.host)))
         .zip(owned)
         .filter(|(_, owned)| **owned)
-        .map(|(vhost, _)| vhost)
+        .map(|((mut vhost, host), _)| {
+            if let Some(alias) = alias(host) {
+                vhost.domains.extend(names::host_domains(&alias));
+            }
+            vhost
+        })
         .collect();
     let scopes = owned_hosts
         .into_iter()
+        .flat_map(|host| std::iter::once(host.clone()).chain(alias(host)))
         .map(|host| ScopedRouteConfiguration {
-            name: names::host_scope(host),
+            name: names::host_scope(&host),
             route_configuration_name: name.clone(),
             key: Some(scoped_route_configuration::Key {
                 fragments: vec![scoped_route_configuration::key::Fragment {
-                    r#type: Some(scoped_route_configuration::key::fragment::Type::StringKey(host.clone())),
+                    r#type: Some(scoped_route_configuration::key::fragment::Type::StringKey(host)),
                 }],
             }),
             ..Default::default()
         })
         .collect();
     Some((virtual_hosts, scopes))
+}
+
+/// The alias of a Route's `host` under `alias_domain`: the host up to and
+/// including its namespace label, then `alias_domain`
+/// (`hello.default.example.com` → `hello.default.localhost`, a tag's
+/// `candidate-hello.default.example.com` → `candidate-hello.default.localhost`).
+/// `None` for a host without a `.<namespace>.` label (a custom
+/// `domain-template`) or already under `alias_domain`.
+pub fn alias_host(host: &str, namespace: &str, alias_domain: &str) -> Option<String> {
+    if host.ends_with(&format!(".{alias_domain}")) {
+        return None;
+    }
+    let label = format!(".{namespace}.");
+    let end = host.find(&label)? + label.len();
+    let prefix = host.get(..end)?;
+    Some(format!("{prefix}{alias_domain}"))
 }
 
 /// The route configuration of one shard: the virtual hosts of its Routes,
@@ -785,6 +822,47 @@ pub(crate) mod tests {
         let tag = vhost(&r, "tag|default|hello|candidate");
         assert_eq!(tag.domains, ["candidate-hello.default.example.com", "candidate-hello.default.example.com:*"]);
         assert_eq!(weights(&tag.routes[0]), [("rev|default|hello-00002".into(), 100, "hello-00002".into())]);
+    }
+
+    #[test]
+    fn an_alias_domain_serves_every_host_under_it_too() {
+        let settings = XdsSettings { alias_domain: Some("localhost".into()), ..XdsSettings::default() };
+        let r = translate(&plan(), &endpoints(), &settings);
+        let main = vhost(&r, "route|default|hello");
+        assert_eq!(
+            main.domains,
+            [
+                "hello.default.example.com",
+                "hello.default.example.com:*",
+                "hello.default.localhost",
+                "hello.default.localhost:*"
+            ]
+        );
+        let tag = vhost(&r, "tag|default|hello|candidate");
+        assert!(tag.domains.iter().any(|d| d == "candidate-hello.default.localhost"), "{:?}", tag.domains);
+        let keys: Vec<&str> = r.scoped_routes.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "host|hello.default.example.com",
+                "host|hello.default.localhost",
+                "host|candidate-hello.default.example.com",
+                "host|candidate-hello.default.localhost"
+            ]
+        );
+        let plain = translate(&plan(), &endpoints(), &XdsSettings::default());
+        assert_eq!(plain.scoped_routes.len(), 2, "no alias unless asked for");
+    }
+
+    #[test]
+    fn alias_hosts_keep_the_name_and_namespace_labels() {
+        assert_eq!(
+            alias_host("hello.default.example.com", "default", "localhost").as_deref(),
+            Some("hello.default.localhost")
+        );
+        assert_eq!(alias_host("a-b.team.svc.example.org", "team", "localhost").as_deref(), Some("a-b.team.localhost"));
+        assert_eq!(alias_host("hello.default.localhost", "default", "localhost"), None, "already under the alias");
+        assert_eq!(alias_host("hello-default.example.com", "default", "localhost"), None, "no namespace label");
     }
 
     #[test]
