@@ -5,7 +5,7 @@
 //! |---|---|
 //! | `POST /activation/v1/report` | keeps the reporter's latest metrics ([`crate::metrics::Aggregator`]) |
 //! | `POST /activation/v1/activate` | records the demand for a cold revision |
-//! | `GET /activation/v1/readiness?after=V&node=N[&gate=probe]` | long-poll: answers when the [`ReadinessTable`] version differs from `V`; `gate=probe` (a filter that confirms endpoints itself, e.g. in Istio) is told the registered endpoints instead of the ACKed ones |
+//! | `GET /activation/v1/readiness?after=V&node=N[&gate=probe][&partial=1]` | long-poll: answers when the [`ReadinessTable`] version differs from `V`; `gate=probe` (a filter that confirms endpoints itself, e.g. in Istio) is told the registered endpoints instead of the ACKed ones; `partial=1` gets only the revisions changed since `V` when the table still remembers `V` |
 //!
 //! One task owns the readiness table: it follows the published gateway plan,
 //! the endpoint counts the control plane wants and the xDS ACKs, and
@@ -535,12 +535,22 @@ struct ReadinessQuery {
     /// The filter's release gate ([`paths::READINESS_GATE_PARAM`]).
     #[serde(default)]
     gate: String,
+    /// Whether the filter applies partial views ([`paths::READINESS_PARTIAL_PARAM`]).
+    #[serde(default)]
+    partial: String,
 }
 
 impl ReadinessQuery {
     /// The filter confirms endpoints in its own Envoy (`gate=probe`).
     fn probes(&self) -> bool {
         self.gate == paths::READINESS_GATE_PROBE
+    }
+
+    /// The answer to this poll from `table`: partial when the filter takes
+    /// one and the table remembers its version.
+    fn answer(&self, table: &ReadinessTable) -> Response {
+        let partial = self.partial == paths::READINESS_PARTIAL_YES;
+        protobuf(table.update_after(&self.node, self.probes(), self.after, partial).encode_to_vec())
     }
 }
 
@@ -565,7 +575,7 @@ async fn readiness(
         let table = readiness.borrow_and_update().clone();
         if table.version() != query.after {
             poll.answered(table.version());
-            return protobuf(table.update_for(&query.node, query.probes()).encode_to_vec());
+            return query.answer(&table);
         }
         tokio::select! {
             changed = readiness.changed() => {
@@ -575,7 +585,7 @@ async fn readiness(
             }
             () = &mut hold => {
                 poll.answered(table.version());
-                return protobuf(table.update_for(&query.node, query.probes()).encode_to_vec());
+                return query.answer(&table);
             }
         }
     }
@@ -675,7 +685,13 @@ mod tests {
     }
 
     fn query(reporter: &str, after: u64) -> ReadinessQuery {
-        ReadinessQuery { after, node: "gw".into(), reporter: reporter.into(), gate: String::new() }
+        ReadinessQuery {
+            after,
+            node: "gw".into(),
+            reporter: reporter.into(),
+            gate: String::new(),
+            partial: String::new(),
+        }
     }
 
     /// A readiness poll from filter VM `reporter`, as the filter sends it.
