@@ -56,10 +56,16 @@ pub struct ReadinessTable {
     /// filter with nothing gets an answer at once, and it starts where no
     /// earlier run of the control plane reached (see [`ReadinessTable::new`]).
     version: u64,
-    revisions: BTreeMap<ObjectKey, RevisionFacts>,
-    acked: BTreeMap<String, BTreeMap<ObjectKey, u32>>,
+    /// Shared with every snapshot until the plan changes: publishing a
+    /// snapshot per ACK must not copy every revision.
+    revisions: Arc<BTreeMap<ObjectKey, RevisionFacts>>,
+    /// Per node, the revisions with a non-zero ACKed endpoint count (absent
+    /// is 0), so a node's map holds the warm revisions, not the world, and
+    /// the copy an ACK makes of it costs what is warm.
+    acked: BTreeMap<String, Arc<BTreeMap<ObjectKey, u32>>>,
     /// Endpoints the control plane wants per revision; absent means no cap.
-    desired: BTreeMap<ObjectKey, u32>,
+    /// The map its owner published, shared rather than copied.
+    desired: Arc<BTreeMap<ObjectKey, u32>>,
     /// The revisions each recent version touched, oldest first: entry `i`
     /// holds the keys that changed going to version `version - len + 1 + i`.
     /// A key of any node's ACK counts for every node: a node told about an
@@ -109,9 +115,9 @@ impl ReadinessTable {
     pub fn new(first: u64) -> Self {
         Self {
             version: first.max(1),
-            revisions: BTreeMap::new(),
+            revisions: Arc::default(),
             acked: BTreeMap::new(),
-            desired: BTreeMap::new(),
+            desired: Arc::default(),
             changes: ChangeLog::default(),
         }
     }
@@ -145,28 +151,30 @@ impl ReadinessTable {
                 (revision.key.clone(), facts)
             })
             .collect();
-        if revisions == self.revisions {
+        if revisions == *self.revisions {
             return false;
         }
         let changed = changed_keys(&self.revisions, &revisions);
         // Endpoint counts of revisions that left the plan go with them: a
         // state-of-the-world ACK never says a cluster was removed.
         for counts in self.acked.values_mut() {
-            counts.retain(|key, _| revisions.contains_key(key));
+            if counts.keys().any(|key| !revisions.contains_key(key)) {
+                Arc::make_mut(counts).retain(|key, _| revisions.contains_key(key));
+            }
         }
-        self.revisions = revisions;
+        self.revisions = Arc::new(revisions);
         self.bump(changed);
         true
     }
 
     /// Takes the endpoint counts the control plane wants; returns whether
     /// anything changed.
-    pub fn set_desired(&mut self, desired: &BTreeMap<ObjectKey, u32>) -> bool {
-        if *desired == self.desired {
+    pub fn set_desired(&mut self, desired: &Arc<BTreeMap<ObjectKey, u32>>) -> bool {
+        if Arc::ptr_eq(desired, &self.desired) || **desired == *self.desired {
             return false;
         }
         let changed = changed_keys(&self.desired, desired);
-        self.desired = desired.clone();
+        self.desired = Arc::clone(desired);
         self.bump(changed);
         true
     }
@@ -181,7 +189,7 @@ impl ReadinessTable {
         if ack.type_url != ClusterLoadAssignment::type_url() {
             return false;
         }
-        let node = self.acked.entry(ack.node.clone()).or_default();
+        let node = Arc::make_mut(self.acked.entry(ack.node.clone()).or_default());
         let mut changed = Vec::new();
         for resource in &ack.resources {
             let Some(revision) = parse_revision_cluster(&resource.name) else { continue };
@@ -190,7 +198,8 @@ impl ReadinessTable {
             };
             let count: usize = assignment.endpoints.iter().map(|locality| locality.lb_endpoints.len()).sum();
             let count = u32::try_from(count).unwrap_or(u32::MAX);
-            if node.insert(revision.clone(), count) != Some(count) {
+            let before = if count == 0 { node.remove(&revision) } else { node.insert(revision.clone(), count) };
+            if before.unwrap_or(0) != count {
                 changed.push(revision);
             }
         }
@@ -200,6 +209,10 @@ impl ReadinessTable {
             {
                 changed.push(revision);
             }
+        }
+        if node.is_empty() {
+            // A node with nothing warm keeps no map (and no clone of one).
+            self.acked.remove(&ack.node);
         }
         if changed.is_empty() {
             return false;
@@ -230,7 +243,7 @@ impl ReadinessTable {
     /// own Envoy before releasing) gets the registered endpoints instead: it
     /// is one revgate does not program, whose ACKs never come.
     pub fn update_for(&self, node: &str, probes: bool) -> ReadinessUpdate {
-        let acked = self.acked.get(node);
+        let acked = self.acked.get(node).map(|a| &**a);
         let revisions = self.revisions.iter().map(|(key, facts)| self.line(key, facts, acked, probes)).collect();
         ReadinessUpdate { version: self.version, revisions, ..Default::default() }
     }
@@ -242,7 +255,7 @@ impl ReadinessTable {
         let Some(keys) = self.changes.since(after, self.version).filter(|_| partial) else {
             return self.update_for(node, probes);
         };
-        let acked = self.acked.get(node);
+        let acked = self.acked.get(node).map(|a| &**a);
         let mut update = ReadinessUpdate { version: self.version, partial_after: after, ..Default::default() };
         for key in keys {
             match self.revisions.get(key) {
@@ -396,10 +409,10 @@ mod tests {
         let key = ObjectKey::new("default", "hello-00001");
         let probed = |table: &ReadinessTable| table.update_for("istio-gw", true).revisions[0].ready_endpoints;
         assert_eq!(probed(&table), 0, "nothing registered");
-        table.set_desired(&BTreeMap::from([(key.clone(), 2)]));
+        table.set_desired(&desired([(key.clone(), 2)]));
         assert_eq!(probed(&table), 2, "registered, no ACK needed: the filter probes");
         assert_eq!(ready(&table, "istio-gw", "hello-00001"), 0, "a filter that does not probe waits for an ACK");
-        table.set_desired(&BTreeMap::from([(key, 0)]));
+        table.set_desired(&desired([(key, 0)]));
         assert_eq!(probed(&table), 0, "going to zero: cold at once");
     }
 
@@ -427,9 +440,9 @@ mod tests {
         let mut table = ReadinessTable::default();
         table.set_plan(&plan(vec![revision("hello-00001", None)]));
         table.record_ack(&eds_ack("gw-1", "hello-00001", 1));
-        table.set_desired(&BTreeMap::from([(ObjectKey::new("default", "hello-00001"), 1)]));
+        table.set_desired(&desired([(ObjectKey::new("default", "hello-00001"), 1)]));
         assert_eq!(ready(&table, "gw-1", "hello-00001"), 1);
-        assert!(table.set_desired(&BTreeMap::from([(ObjectKey::new("default", "hello-00001"), 0)])));
+        assert!(table.set_desired(&desired([(ObjectKey::new("default", "hello-00001"), 0)])));
         assert_eq!(ready(&table, "gw-1", "hello-00001"), 0, "Envoy still has the endpoint, the filter holds");
     }
 
@@ -439,7 +452,7 @@ mod tests {
         table.set_plan(&plan(vec![revision("hello-00001", None), revision("gone-00001", None)]));
         table.record_ack(&eds_ack("gw-1", "gone-00001", 1));
         assert!(table.set_plan(&plan(vec![revision("hello-00001", None)])));
-        assert_eq!(table.acked.get("gw-1").map(BTreeMap::len), Some(0), "its ACKed endpoint count is forgotten");
+        assert_eq!(table.acked.get("gw-1").map(|a| a.len()).unwrap_or(0), 0, "its ACKed endpoint count is forgotten");
         table.set_plan(&plan(vec![revision("hello-00001", None), revision("gone-00001", None)]));
         assert_eq!(ready(&table, "gw-1", "gone-00001"), 0, "created again, it waits for a new ACK");
     }
@@ -456,6 +469,10 @@ mod tests {
         };
         assert!(table.record_ack(&removal));
         assert_eq!(ready(&table, "gw-1", "hello-00001"), 0);
+    }
+
+    fn desired<const N: usize>(entries: [(ObjectKey, u32); N]) -> Arc<BTreeMap<ObjectKey, u32>> {
+        Arc::new(BTreeMap::from(entries))
     }
 
     fn names(update: &ReadinessUpdate) -> (Vec<(&str, u32)>, Vec<&str>) {
@@ -571,9 +588,9 @@ mod tests {
     fn desired_changes_name_only_the_revisions_whose_cap_moved() {
         let mut table = ReadinessTable::default();
         table.set_plan(&plan(vec![revision("a", None), revision("b", None)]));
-        table.set_desired(&BTreeMap::from([(ObjectKey::new("default", "a"), 1)]));
+        table.set_desired(&desired([(ObjectKey::new("default", "a"), 1)]));
         let before = table.version();
-        table.set_desired(&BTreeMap::from([(ObjectKey::new("default", "a"), 1), (ObjectKey::new("default", "b"), 0)]));
+        table.set_desired(&desired([(ObjectKey::new("default", "a"), 1), (ObjectKey::new("default", "b"), 0)]));
         let update = table.update_after("gw-1", true, before, true);
         assert_eq!(names(&update), (vec![("b", 0)], vec![]));
     }
