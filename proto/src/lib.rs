@@ -33,7 +33,7 @@ pub mod activation {
 
 pub use activation::v1::{
     ActivationRequest, DurationHistogram, LatencySummary, MetricsReport, ReadinessUpdate, ReasonCount, RevisionMetrics,
-    RevisionReadiness, StatusDurations,
+    RevisionName, RevisionReadiness, StatusDurations,
 };
 
 /// The upper bounds, in seconds, of the buckets of every
@@ -106,6 +106,15 @@ pub mod paths {
 
     /// Value of [`READINESS_GATE_PARAM`] of a filter that probes.
     pub const READINESS_GATE_PROBE: &str = "probe";
+
+    /// Query parameter of [`READINESS`], sent as [`READINESS_PARTIAL_YES`] by
+    /// a filter that applies partial views (`ReadinessUpdate.partial_after`):
+    /// only such a caller gets one, so a filter that predates them never
+    /// mistakes a partial view for a complete one.
+    pub const READINESS_PARTIAL_PARAM: &str = "partial";
+
+    /// Value of [`READINESS_PARTIAL_PARAM`] of a filter that applies partial views.
+    pub const READINESS_PARTIAL_YES: &str = "1";
 
     /// Content type of every request and response body.
     pub const CONTENT_TYPE: &str = "application/x-protobuf";
@@ -227,6 +236,7 @@ mod tests {
                 container_concurrency: 10,
                 activation_timeout_ms: 300_000,
             }],
+            ..Default::default()
         };
         assert_eq!(ReadinessUpdate::decode(update.encode_to_vec().as_slice()).unwrap(), update);
     }

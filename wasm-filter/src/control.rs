@@ -68,10 +68,16 @@ impl Call {
         }
     }
 
-    /// `GET /activation/v1/readiness?after=<version>&node=<node>&reporter=<reporter>`,
-    /// plus `&gate=probe` with `release_gate: probe`.
+    /// `GET /activation/v1/readiness?after=<version>&node=<node>&reporter=<reporter>&partial=1`,
+    /// plus `&gate=probe` with `release_gate: probe`. `partial=1`: this
+    /// filter applies partial views, so a change costs what it changes.
     pub fn readiness(config: &FilterConfig, after: u64, node_id: &str, reporter: &str) -> Self {
-        let mut path = paths::readiness_path(after, node_id, reporter);
+        let mut path = format!(
+            "{}&{}={}",
+            paths::readiness_path(after, node_id, reporter),
+            paths::READINESS_PARTIAL_PARAM,
+            paths::READINESS_PARTIAL_YES
+        );
         if config.release_gate == ReleaseGate::Probe {
             // This filter confirms endpoints in its own Envoy: the control
             // plane tells it the endpoints it registered, not the ones this
@@ -218,14 +224,14 @@ mod tests {
         let poll = Call::readiness(&config, 7, "gw-1", "gw-1/1/1");
         assert_eq!(
             (poll.method, poll.path.as_str()),
-            ("GET", "/activation/v1/readiness?after=7&node=gw-1&reporter=gw-1%2F1%2F1")
+            ("GET", "/activation/v1/readiness?after=7&node=gw-1&reporter=gw-1%2F1%2F1&partial=1")
         );
         assert_eq!(poll.timeout_ms, 30_000);
         assert_eq!(
             poll.headers(&config),
             vec![
                 (":method", "GET"),
-                (":path", "/activation/v1/readiness?after=7&node=gw-1&reporter=gw-1%2F1%2F1"),
+                (":path", "/activation/v1/readiness?after=7&node=gw-1&reporter=gw-1%2F1%2F1&partial=1"),
                 (":authority", "revgate-control"),
                 ("accept", "application/x-protobuf"),
             ]
@@ -239,7 +245,7 @@ mod tests {
         let probing = FilterConfig { release_gate: ReleaseGate::Probe, ..FilterConfig::default() };
         assert_eq!(
             Call::readiness(&probing, 7, "gw-1", "r").path,
-            "/activation/v1/readiness?after=7&node=gw-1&reporter=r&gate=probe",
+            "/activation/v1/readiness?after=7&node=gw-1&reporter=r&partial=1&gate=probe",
             "a filter that probes says so"
         );
 
@@ -255,8 +261,8 @@ mod tests {
 
     #[test]
     fn readiness_answers() {
-        let body = ReadinessUpdate { version: 3, revisions: vec![] }.encode_to_vec();
-        assert_eq!(readiness_answer("c", Some("200"), &body).unwrap().table.version, 3);
+        let body = ReadinessUpdate { version: 3, ..Default::default() }.encode_to_vec();
+        assert_eq!(readiness_answer("c", Some("200"), &body).unwrap().view.version(), 3);
         assert!(matches!(readiness_answer("c", None, b""), Err(PollError::NoResponse { .. })));
         let long = vec![b'x'; 10_000];
         match readiness_answer("c", Some("503"), &long) {

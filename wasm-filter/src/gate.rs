@@ -29,7 +29,7 @@ use crate::config::{FilterConfig, ReleaseGate};
 use crate::hold::{Held, HoldQueue};
 use crate::metrics::{Finished, Metrics};
 use crate::probe::{self, Confirmed, ProbeCall, Probes};
-use crate::readiness::{self, Readiness, ReadinessTable};
+use crate::readiness::{self, Partial, Readiness, ReadinessTable, WrongBase};
 use crate::reply::LocalReply;
 use crate::revision::{RevisionKey, Target};
 
@@ -294,6 +294,39 @@ impl Gate {
         self.release(keys.into_iter(), now_ns, store)
     }
 
+    /// A partial view arrived: applied onto the view it names as its base,
+    /// costing what it changes. Held requests move exactly as with a
+    /// complete view of the same content; on another base nothing changes.
+    pub fn on_partial(
+        &mut self,
+        partial: &Partial,
+        now_ns: u64,
+        store: &dyn SharedStore,
+    ) -> Result<Vec<Effect>, WrongBase> {
+        let held = self.view_version();
+        if held != Some(partial.after) {
+            return Err(WrongBase { base: partial.after, held });
+        }
+        let touched: HashMap<&RevisionKey, Option<&Readiness>> = partial.touched().collect();
+        for key in self.queue.revisions() {
+            let Some(after) = touched.get(&key) else { continue };
+            let cold_now = after.is_some_and(|line| !line.is_ready());
+            let cold_before = self.line(&key).is_some_and(|line| !line.is_ready());
+            if cold_now && !cold_before {
+                let held = self.queue.len(&key) as u64;
+                self.pending_activations.push(Activation { key, held });
+            }
+        }
+        self.probes.retain_revisions(|key| touched.get(key).is_none_or(|line| line.is_some_and(Readiness::is_ready)));
+        if let Some(view) = self.view.as_mut() {
+            view.apply(partial)?;
+        }
+        self.view_at_ns = now_ns;
+        // Only held requests can move; their revisions come sorted.
+        let keys = self.queue.revisions();
+        Ok(self.release(keys.into_iter(), now_ns, store))
+    }
+
     /// Activations to send that no request context carried.
     pub fn take_activations(&mut self) -> Vec<Activation> {
         std::mem::take(&mut self.pending_activations)
@@ -502,6 +535,43 @@ mod tests {
         assert_eq!(report.revisions[0].requests, 1);
     }
 
+    fn partial(after: u64, version: u64, lines: &[(&str, u32, u32)], removed: &[&str]) -> Partial {
+        let lines = lines
+            .iter()
+            .map(|&(rev, ready, cc)| {
+                (key(rev), Readiness { ready_endpoints: ready, container_concurrency: cc, activation_timeout_ms: 0 })
+            })
+            .collect();
+        Partial { after, version, lines, removed: removed.iter().map(|rev| key(rev)).collect() }
+    }
+
+    #[test]
+    fn a_partial_view_releases_held_requests_as_a_complete_one_would() {
+        let (mut g, store) = (gate(), FakeStore::default());
+        g.on_view(view(1, &[("hello", 0, 0), ("other", 0, 0), ("warm", 1, 0)]), T0, &store);
+        assert_eq!(g.on_request(1, target("hello"), T0, &store), pause(Some(("hello", 1))));
+        assert_eq!(g.on_request(2, target("other"), T0, &store), pause(Some(("other", 1))));
+        assert_eq!(g.on_request(3, target("hello"), T0 + MS, &store), pause(None));
+
+        let wrong = partial(5, 6, &[("hello", 1, 0)], &[]);
+        assert_eq!(g.on_partial(&wrong, T0 + 2 * MS, &store), Err(WrongBase { base: 5, held: Some(1) }));
+        assert_eq!((g.view_version(), g.held_total()), (Some(1), 3), "a partial on another base changes nothing");
+
+        let ready = partial(1, 2, &[("hello", 1, 0)], &[]);
+        assert_eq!(g.on_partial(&ready, T0 + 3 * MS, &store), Ok(vec![Effect::Resume(1), Effect::Resume(3)]));
+        assert_eq!(g.view_version(), Some(2));
+        assert_eq!(g.held_total(), 1, "other is still cold");
+        assert_eq!(g.on_request(4, target("warm"), T0 + 4 * MS, &store), Decision::Continue, "untouched lines stay");
+
+        let removed = partial(2, 3, &[], &["other"]);
+        assert_eq!(g.on_partial(&removed, T0 + 5 * MS, &store), Ok(vec![Effect::Resume(2)]), "forgotten: released");
+        assert_eq!(g.on_request(5, target("other"), T0 + 6 * MS, &store), Decision::Continue, "unknown now");
+
+        let mut fresh = gate();
+        let held = fresh.on_partial(&ready, T0, &store);
+        assert_eq!(held, Err(WrongBase { base: 1, held: None }), "no view: only a complete one applies");
+    }
+
     #[test]
     fn unknown_and_warm_revisions_pass() {
         let (mut g, store) = (gate(), FakeStore::default());
@@ -576,8 +646,9 @@ mod tests {
                 activation_timeout_ms: 1_000,
                 ..Default::default()
             }],
+            ..Default::default()
         };
-        let line = ReadinessTable::from_update(update).unwrap().table;
+        let line = ReadinessTable::complete(ReadinessTable::from_update(update).unwrap());
         g.on_view(line, T0, &store);
         g.on_request(1, target("hello"), T0, &store);
         g.on_request(2, target("hello"), T0 + 600 * MS, &store);

@@ -11,11 +11,21 @@
 //! | ready, `release_gate: probe`, its cluster not yet confirmed in this VM | held until a probe through the cluster reaches the revision ([`crate::probe`]) |
 //! | ready, `container_concurrency == 0` | passes |
 //! | ready, `container_concurrency > 0` | admitted while fewer than `cc × ready` are in flight across the VMs, else queued |
+//!
+//! An answer is either a complete view, which replaces the table, or a
+//! partial one, which lists only the revisions that changed since the
+//! version it names as its base (`partial_after`) and the ones removed:
+//!
+//! | answer | table held | result |
+//! |---|---|---|
+//! | complete | any or none | replaced |
+//! | partial, base = the table's version | that table | lines inserted, replaced or removed; version moves on |
+//! | partial, base ≠ the table's version (or no table) | any or none | not applied ([`WrongBase`]); the filter polls again from its own version (0 without one) |
 
 use std::collections::{BTreeMap, HashMap};
 
 use prost::Message;
-use revgate_proto::ReadinessUpdate;
+use revgate_proto::{ReadinessUpdate, RevisionReadiness};
 
 use crate::revision::{RevisionKey, parse_metadata_name};
 
@@ -74,13 +84,79 @@ pub enum ReadinessError {
     ZeroVersion,
 }
 
+/// A partial view: what changed between two versions.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Partial {
+    /// The version this applies onto.
+    pub after: u64,
+    /// The version it leads to.
+    pub version: u64,
+    /// Revisions added or updated, at most once each.
+    pub lines: Vec<(RevisionKey, Readiness)>,
+    /// Revisions removed.
+    pub removed: Vec<RevisionKey>,
+}
+
+impl Partial {
+    /// Each revision this changes, with its new line (`None`: removed).
+    pub fn touched(&self) -> impl Iterator<Item = (&RevisionKey, Option<&Readiness>)> {
+        let lines = self.lines.iter().map(|(key, line)| (key, Some(line)));
+        lines.chain(self.removed.iter().map(|key| (key, None)))
+    }
+}
+
+/// A decoded answer: a complete or a partial view.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum View {
+    Complete(ReadinessTable),
+    Partial(Partial),
+}
+
+impl View {
+    /// The version the view leads to.
+    pub fn version(&self) -> u64 {
+        match self {
+            Self::Complete(table) => table.version,
+            Self::Partial(partial) => partial.version,
+        }
+    }
+}
+
+/// A partial view whose base is not the version held: applying it would
+/// mix two views, so it is dropped and the filter asks again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "partial readiness update applies onto version {base} but this VM holds {held:?}; asking again from the view held"
+)]
+pub struct WrongBase {
+    pub base: u64,
+    pub held: Option<u64>,
+}
+
 /// A decoded view and the entries of the update that were unusable.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decoded {
-    pub table: ReadinessTable,
+    pub view: View,
     /// Entries skipped: a namespace or revision that is not a Kubernetes
     /// name, or a revision listed twice (the first entry wins).
     pub skipped: Vec<String>,
+}
+
+/// The key of an entry, or why it is skipped.
+fn key_of(namespace: &str, revision: &str) -> Result<RevisionKey, String> {
+    let names = parse_metadata_name(namespace.as_bytes()).zip(parse_metadata_name(revision.as_bytes()));
+    match names {
+        Some((namespace, revision)) => Ok(RevisionKey { namespace, revision }),
+        None => Err(format!("invalid name {namespace:?}/{revision:?}")),
+    }
+}
+
+fn line_of(entry: &RevisionReadiness) -> Readiness {
+    Readiness {
+        ready_endpoints: entry.ready_endpoints,
+        container_concurrency: entry.container_concurrency,
+        activation_timeout_ms: entry.activation_timeout_ms,
+    }
 }
 
 impl ReadinessTable {
@@ -95,28 +171,51 @@ impl ReadinessTable {
         }
         let mut revisions = HashMap::with_capacity(update.revisions.len());
         let mut skipped = Vec::new();
-        for entry in update.revisions {
-            let names =
-                parse_metadata_name(entry.namespace.as_bytes()).zip(parse_metadata_name(entry.revision.as_bytes()));
-            let Some((namespace, revision)) = names else {
-                skipped.push(format!("invalid name {:?}/{:?}", entry.namespace, entry.revision));
-                continue;
+        for entry in &update.revisions {
+            let key = match key_of(&entry.namespace, &entry.revision) {
+                Ok(key) => key,
+                Err(reason) => {
+                    skipped.push(reason);
+                    continue;
+                }
             };
-            let key = RevisionKey { namespace, revision };
             if revisions.contains_key(&key) {
                 skipped.push(format!("{key} listed more than once"));
                 continue;
             }
-            revisions.insert(
-                key,
-                Readiness {
-                    ready_endpoints: entry.ready_endpoints,
-                    container_concurrency: entry.container_concurrency,
-                    activation_timeout_ms: entry.activation_timeout_ms,
-                },
-            );
+            revisions.insert(key, line_of(entry));
         }
-        Ok(Decoded { table: Self { version: update.version, revisions }, skipped })
+        if update.partial_after == 0 {
+            let table = Self { version: update.version, revisions };
+            return Ok(Decoded { view: View::Complete(table), skipped });
+        }
+        let mut removed = Vec::with_capacity(update.removed.len());
+        for name in &update.removed {
+            match key_of(&name.namespace, &name.revision) {
+                Ok(key) if revisions.contains_key(&key) => skipped.push(format!("{key} both listed and removed")),
+                Ok(key) => removed.push(key),
+                Err(reason) => skipped.push(reason),
+            }
+        }
+        let mut lines: Vec<(RevisionKey, Readiness)> = revisions.into_iter().collect();
+        lines.sort_by(|a, b| a.0.cmp(&b.0));
+        let partial = Partial { after: update.partial_after, version: update.version, lines, removed };
+        Ok(Decoded { view: View::Partial(partial), skipped })
+    }
+
+    /// Applies a partial view onto this table when it is the partial's base.
+    pub fn apply(&mut self, partial: &Partial) -> Result<(), WrongBase> {
+        if partial.after != self.version {
+            return Err(WrongBase { base: partial.after, held: Some(self.version) });
+        }
+        for (key, line) in &partial.lines {
+            self.revisions.insert(key.clone(), *line);
+        }
+        for key in &partial.removed {
+            self.revisions.remove(key);
+        }
+        self.version = partial.version;
+        Ok(())
     }
 
     pub fn get(&self, key: &RevisionKey) -> Option<&Readiness> {
@@ -129,6 +228,15 @@ impl ReadinessTable {
 
     pub fn is_empty(&self) -> bool {
         self.revisions.is_empty()
+    }
+
+    /// The table of a complete view (tests only).
+    #[cfg(test)]
+    pub fn complete(decoded: Decoded) -> Self {
+        match decoded.view {
+            View::Complete(table) => table,
+            View::Partial(partial) => panic!("expected a complete view, got {partial:?}"),
+        }
     }
 
     #[cfg(test)]
@@ -164,19 +272,23 @@ pub fn diff(old: Option<&ReadinessTable>, new: Option<&ReadinessTable>) -> Vec<(
     let mut changes = BTreeMap::new();
     let Some(old) = old else { return Vec::new() };
     for (key, before) in &old.revisions {
-        let change = match new.and_then(|new| new.get(key)) {
-            None => Some(Change::Forgotten),
-            Some(after) if !before.is_ready() && after.is_ready() => Some(Change::BecameReady),
-            Some(after) if before.is_ready() && grew(before.capacity(None), after.capacity(None)) => {
-                Some(Change::CapacityGrew)
-            }
-            Some(_) => None,
-        };
-        if let Some(change) = change {
+        if let Some(change) = change(before, new.and_then(|new| new.get(key))) {
             changes.insert(key.clone(), change);
         }
     }
     changes.into_iter().collect()
+}
+
+/// How one revision's line changed (`after` `None`: it left the view).
+pub fn change(before: &Readiness, after: Option<&Readiness>) -> Option<Change> {
+    match after {
+        None => Some(Change::Forgotten),
+        Some(after) if !before.is_ready() && after.is_ready() => Some(Change::BecameReady),
+        Some(after) if before.is_ready() && grew(before.capacity(None), after.capacity(None)) => {
+            Some(Change::CapacityGrew)
+        }
+        Some(_) => None,
+    }
 }
 
 /// Capacity grew; `None` is unlimited.
@@ -215,17 +327,19 @@ mod tests {
                 entry("default", "", 1),
                 entry("prod", "api-00002", 2),
             ],
+            ..Default::default()
         };
         let decoded = ReadinessTable::decode(&update.encode_to_vec()).unwrap();
-        assert_eq!(decoded.table.version, 3);
-        assert_eq!(decoded.table.len(), 2);
-        assert_eq!(decoded.table.get(&RevisionKey::new("default", "hello-00001")).unwrap().ready_endpoints, 0);
         assert_eq!(decoded.skipped.len(), 3, "{:?}", decoded.skipped);
+        let table = ReadinessTable::complete(decoded);
+        assert_eq!(table.version, 3);
+        assert_eq!(table.len(), 2);
+        assert_eq!(table.get(&RevisionKey::new("default", "hello-00001")).unwrap().ready_endpoints, 0);
     }
 
     #[test]
     fn version_zero_and_garbage_are_errors() {
-        let zero = ReadinessUpdate { version: 0, revisions: vec![] };
+        let zero = ReadinessUpdate { version: 0, ..Default::default() };
         assert_eq!(ReadinessTable::decode(&zero.encode_to_vec()), Err(ReadinessError::ZeroVersion));
         assert!(matches!(ReadinessTable::decode(b"\xff\xff\xff"), Err(ReadinessError::Decode(_))));
         assert!(ReadinessTable::decode(b"not protobuf at all").is_err());
@@ -275,11 +389,92 @@ mod tests {
         assert!(forgotten.iter().all(|(_, c)| *c == Change::Forgotten));
     }
 
+    fn name(ns: &str, rev: &str) -> revgate_proto::RevisionName {
+        revgate_proto::RevisionName { namespace: ns.into(), revision: rev.into() }
+    }
+
+    /// Applies one decoded answer onto a table the way the gate does.
+    fn answer(held: &ReadinessTable, update: ReadinessUpdate) -> Result<ReadinessTable, WrongBase> {
+        match ReadinessTable::from_update(update).unwrap().view {
+            View::Complete(table) => Ok(table),
+            View::Partial(partial) => {
+                let mut table = held.clone();
+                table.apply(&partial).map(|()| table)
+            }
+        }
+    }
+
+    #[test]
+    fn answers_apply_onto_the_table_they_name() {
+        let held = ReadinessTable::of(7, &[("d", "a", 0, 0), ("d", "b", 1, 0), ("d", "c", 2, 0)]);
+        struct Case {
+            name: &'static str,
+            update: ReadinessUpdate,
+            want: Result<ReadinessTable, WrongBase>,
+        }
+        let cases = [
+            Case {
+                name: "partial on the held version: insert, replace, remove",
+                update: ReadinessUpdate {
+                    version: 9,
+                    partial_after: 7,
+                    revisions: vec![entry("d", "a", 2), entry("d", "new", 0)],
+                    removed: vec![name("d", "c"), name("d", "never-listed")],
+                },
+                want: Ok(ReadinessTable::of(9, &[("d", "a", 2, 0), ("d", "b", 1, 0), ("d", "new", 0, 0)])),
+            },
+            Case {
+                name: "partial on another version: not applied",
+                update: ReadinessUpdate {
+                    version: 9,
+                    partial_after: 6,
+                    revisions: vec![entry("d", "a", 2)],
+                    ..Default::default()
+                },
+                want: Err(WrongBase { base: 6, held: Some(7) }),
+            },
+            Case {
+                name: "complete: replaces whatever was held",
+                update: ReadinessUpdate { version: 3, revisions: vec![entry("d", "z", 1)], ..Default::default() },
+                want: Ok(ReadinessTable::of(3, &[("d", "z", 1, 0)])),
+            },
+            Case {
+                name: "partial that changes nothing but the version",
+                update: ReadinessUpdate { version: 8, partial_after: 7, ..Default::default() },
+                want: Ok(ReadinessTable { version: 8, ..held.clone() }),
+            },
+        ];
+        for case in cases {
+            assert_eq!(answer(&held, case.update), case.want, "{}", case.name);
+        }
+    }
+
+    #[test]
+    fn a_partial_skips_unusable_names_and_lines_both_listed_and_removed() {
+        let update = ReadinessUpdate {
+            version: 9,
+            partial_after: 7,
+            revisions: vec![entry("d", "a", 1), entry("d", "a", 2)],
+            removed: vec![name("d", "a"), name("Bad", "x"), name("d", "b")],
+        };
+        let decoded = ReadinessTable::from_update(update).unwrap();
+        assert_eq!(decoded.skipped.len(), 3, "{:?}", decoded.skipped);
+        let View::Partial(partial) = decoded.view else { panic!("expected a partial view") };
+        assert_eq!(partial.lines.len(), 1);
+        assert_eq!(partial.lines[0].1.ready_endpoints, 1, "the first entry wins");
+        assert_eq!(partial.removed, vec![RevisionKey::new("d", "b")]);
+    }
+
     proptest! {
         #[test]
         fn arbitrary_bytes_never_panic(raw in proptest::collection::vec(any::<u8>(), 0..1024)) {
             if let Ok(decoded) = ReadinessTable::decode(&raw) {
-                prop_assert!(decoded.table.version != 0);
+                prop_assert!(decoded.view.version() != 0);
+                if let View::Partial(partial) = decoded.view {
+                    let mut table = ReadinessTable::of(partial.after, &[("d", "a", 1, 0)]);
+                    prop_assert!(table.apply(&partial).is_ok());
+                    prop_assert_eq!(table.version, partial.version);
+                }
             }
         }
 
@@ -297,11 +492,12 @@ mod tests {
                     namespace: ns, revision: rev, ready_endpoints: ready,
                     container_concurrency: cc, activation_timeout_ms: timeout,
                 }).collect(),
+                ..Default::default()
             };
             let bytes = update.encode_to_vec();
             if let Ok(decoded) = ReadinessTable::decode(&bytes) {
-                let _ = diff(Some(&decoded.table), Some(&decoded.table));
-                prop_assert!(diff(Some(&decoded.table), Some(&decoded.table)).is_empty());
+                let table = ReadinessTable::complete(decoded);
+                prop_assert!(diff(Some(&table), Some(&table)).is_empty());
             }
         }
     }

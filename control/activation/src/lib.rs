@@ -5,7 +5,7 @@
 //! |---|---|
 //! | `POST /activation/v1/report` | keeps the reporter's latest metrics ([`crate::metrics::Aggregator`]) |
 //! | `POST /activation/v1/activate` | records the demand for a cold revision |
-//! | `GET /activation/v1/readiness?after=V&node=N[&gate=probe]` | long-poll: answers when the [`ReadinessTable`] version differs from `V`; `gate=probe` (a filter that confirms endpoints itself, e.g. in Istio) is told the registered endpoints instead of the ACKed ones |
+//! | `GET /activation/v1/readiness?after=V&node=N[&gate=probe][&partial=1]` | long-poll: answers when the [`ReadinessTable`] version differs from `V`; `gate=probe` (a filter that confirms endpoints itself, e.g. in Istio) is told the registered endpoints instead of the ACKed ones; `partial=1` gets only the revisions changed since `V` when the table still remembers `V` |
 //!
 //! One task owns the readiness table: it follows the published gateway plan,
 //! the endpoint counts the control plane wants and the xDS ACKs, and
@@ -42,7 +42,7 @@ mod log_throttle;
 pub mod metrics;
 pub mod readiness;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -202,11 +202,6 @@ struct Demand {
 /// is gone or cut off.
 pub const COLD_NOTICE_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// The revisions of a plan, for membership tests.
-fn revisions(plan: &GatewayPlan) -> BTreeSet<&ObjectKey> {
-    plan.revisions.iter().map(|r| &r.key).collect()
-}
-
 /// Locks a mutex whose data stays consistent even if a holder panicked
 /// (every update under it is a single insert or count).
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -216,7 +211,8 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// Shared by the HTTP handlers and the admin API.
 ///
 /// What others follow is published on `watch` channels: the readiness
-/// table (owned by one task), the plan, the filter VMs' polls, and
+/// table (owned by one task, and the index of the plan the handlers look
+/// revisions up in), the filter VMs' polls, and
 /// activations on a broadcast. The rest of the handlers' bookkeeping
 /// (`demand`, `log`) stays behind small locks instead of an owner task:
 /// every call makes one synchronous insert or count, and readers (the admin
@@ -227,7 +223,6 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 #[derive(Debug, Clone)]
 pub struct ActivationService {
     readiness: watch::Receiver<Arc<ReadinessTable>>,
-    plan: watch::Receiver<Arc<GatewayPlan>>,
     demand: Arc<Mutex<Demand>>,
     /// Every filter VM's polls: written by the readiness handlers, followed
     /// by the zero gate (which waits until every live VM heard a version)
@@ -247,8 +242,12 @@ impl ActivationService {
         desired: watch::Receiver<Arc<BTreeMap<ObjectKey, u32>>>,
         acks: broadcast::Receiver<AckEvent>,
     ) -> Self {
-        let (readiness_tx, readiness) = watch::channel(Arc::new(ReadinessTable::new(unix_ms())));
-        tokio::spawn(own_readiness(plan.clone(), desired, acks, readiness_tx));
+        // The first table already follows the plan, so the handlers know its
+        // revisions from the start.
+        let mut table = ReadinessTable::new(unix_ms());
+        table.set_plan(&plan.borrow());
+        let (readiness_tx, readiness) = watch::channel(Arc::new(table));
+        tokio::spawn(own_readiness(plan, desired, acks, readiness_tx));
         let log = Arc::new(Mutex::new(LogThrottle::default()));
         tokio::spawn(count_unlogged(Arc::downgrade(&log)));
         let demand = Arc::new(Mutex::new(Demand {
@@ -258,7 +257,6 @@ impl ActivationService {
         tokio::spawn(time_cold_starts(readiness.clone(), Arc::downgrade(&demand)));
         Self {
             readiness,
-            plan,
             demand,
             pollers: Arc::new(watch::Sender::new(Pollers::new(MAX_FILTER_VMS))),
             log,
@@ -319,9 +317,8 @@ impl ActivationService {
     /// Current activity of every revision that has any. Forgets the
     /// activations of revisions that left the plan or were idle too long.
     pub fn activity(&self) -> BTreeMap<ObjectKey, RevisionActivity> {
-        let plan = self.plan.borrow().clone();
-        let revisions = revisions(&plan);
-        let known = |key: &ObjectKey| revisions.contains(key);
+        let table = self.readiness.borrow().clone();
+        let known = |key: &ObjectKey| table.knows(key);
         let now_ms = unix_ms();
         let mut demand = lock(&self.demand);
         let mut activity: BTreeMap<ObjectKey, RevisionActivity> = demand
@@ -344,9 +341,8 @@ impl ActivationService {
     /// (shared until the next report), for `/metrics` and for comparing two
     /// moments ([`counters::RevisionCounters::saturating_sub`]).
     pub fn counters(&self) -> CountersSnapshot {
-        let plan = self.plan.borrow().clone();
-        let revisions = revisions(&plan);
-        let known = |key: &ObjectKey| revisions.contains(key);
+        let table = self.readiness.borrow().clone();
+        let known = |key: &ObjectKey| table.knows(key);
         lock(&self.demand).aggregator.counters(&known)
     }
 
@@ -359,11 +355,12 @@ impl ActivationService {
             .with_state(self)
     }
 
-    /// Whether `revision` is in the current gateway plan. The filter learns
-    /// revisions only from readiness views, which follow this same plan, so
-    /// a revision a filter knows is here unless it was deleted since.
+    /// Whether `revision` is in the gateway plan the readiness table
+    /// follows. The filter learns revisions only from readiness views, so a
+    /// revision a filter knows is here unless it was deleted since. A map
+    /// lookup: an activation must not cost a walk over every revision.
     fn knows(&self, revision: &ObjectKey) -> bool {
-        self.plan.borrow().revisions.iter().any(|r| &r.key == revision)
+        self.readiness.borrow().knows(revision)
     }
 
     /// Logs `message` unless a line of the same kind was written within
@@ -482,10 +479,10 @@ fn record_report(service: &ActivationService, bytes: Result<Bytes, BytesRejectio
     let report = MetricsReport::decode(body(what, bytes)?).map_err(|source| Refusal::BadMessage { what, source })?;
     check_id("node_id", &report.node_id)?;
     check_id("reporter", &report.reporter)?;
-    // A report lists the few revisions with traffic: a scan of the plan per
-    // entry costs less than indexing the plan per report.
-    let plan = service.plan.borrow().clone();
-    let known = |key: &ObjectKey| plan.revisions.iter().any(|r| &r.key == key);
+    // A report lists the few revisions with traffic: a lookup each in the
+    // readiness table's index of the plan, never a walk over the plan.
+    let table = service.readiness.borrow().clone();
+    let known = |key: &ObjectKey| table.knows(key);
     lock(&service.demand).aggregator.record(report, &known, unix_ms()).map_err(Refusal::Report)
 }
 
@@ -535,12 +532,22 @@ struct ReadinessQuery {
     /// The filter's release gate ([`paths::READINESS_GATE_PARAM`]).
     #[serde(default)]
     gate: String,
+    /// Whether the filter applies partial views ([`paths::READINESS_PARTIAL_PARAM`]).
+    #[serde(default)]
+    partial: String,
 }
 
 impl ReadinessQuery {
     /// The filter confirms endpoints in its own Envoy (`gate=probe`).
     fn probes(&self) -> bool {
         self.gate == paths::READINESS_GATE_PROBE
+    }
+
+    /// The answer to this poll from `table`: partial when the filter takes
+    /// one and the table remembers its version.
+    fn answer(&self, table: &ReadinessTable) -> Response {
+        let partial = self.partial == paths::READINESS_PARTIAL_YES;
+        protobuf(table.update_after(&self.node, self.probes(), self.after, partial).encode_to_vec())
     }
 }
 
@@ -565,7 +572,7 @@ async fn readiness(
         let table = readiness.borrow_and_update().clone();
         if table.version() != query.after {
             poll.answered(table.version());
-            return protobuf(table.update_for(&query.node, query.probes()).encode_to_vec());
+            return query.answer(&table);
         }
         tokio::select! {
             changed = readiness.changed() => {
@@ -575,7 +582,7 @@ async fn readiness(
             }
             () = &mut hold => {
                 poll.answered(table.version());
-                return protobuf(table.update_for(&query.node, query.probes()).encode_to_vec());
+                return query.answer(&table);
             }
         }
     }
@@ -675,7 +682,13 @@ mod tests {
     }
 
     fn query(reporter: &str, after: u64) -> ReadinessQuery {
-        ReadinessQuery { after, node: "gw".into(), reporter: reporter.into(), gate: String::new() }
+        ReadinessQuery {
+            after,
+            node: "gw".into(),
+            reporter: reporter.into(),
+            gate: String::new(),
+            partial: String::new(),
+        }
     }
 
     /// A readiness poll from filter VM `reporter`, as the filter sends it.

@@ -17,14 +17,21 @@
 //! to have ([`ReadinessTable::set_desired`]): when a revision goes to zero,
 //! the filters hear "cold" before Envoy loses the endpoints, so no request
 //! slips through to an empty cluster.
+//!
+//! Every version also records which revisions it touched, for the last
+//! [`CHANGE_LOG_VERSIONS`] versions: a filter polling from a version still
+//! in that log gets a partial update ([`ReadinessTable::update_after`]) with
+//! only the revisions that changed since, so an endpoint appearing among
+//! 10,000 Services costs one entry to build, send and apply, not 20,000.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use prost::{Message, Name};
 use revgate_model::plan::{GatewayPlan, ObjectKey};
-use revgate_proto::{ReadinessUpdate, RevisionReadiness};
+use revgate_proto::{ReadinessUpdate, RevisionName, RevisionReadiness};
 use revgate_xds::AckEvent;
 use revgate_xds::names::parse_revision_cluster;
 
@@ -37,6 +44,11 @@ struct RevisionFacts {
     inlined_endpoints: Option<u32>,
 }
 
+/// How many versions the change log remembers. A filter further behind
+/// gets a complete view; the log's entries are shared with every snapshot
+/// (`Arc`), so a longer log costs memory, not time per change.
+pub const CHANGE_LOG_VERSIONS: usize = 256;
+
 /// Revisions, and per node the endpoint counts it ACKed.
 #[derive(Debug, Clone)]
 pub struct ReadinessTable {
@@ -44,10 +56,49 @@ pub struct ReadinessTable {
     /// filter with nothing gets an answer at once, and it starts where no
     /// earlier run of the control plane reached (see [`ReadinessTable::new`]).
     version: u64,
-    revisions: BTreeMap<ObjectKey, RevisionFacts>,
-    acked: BTreeMap<String, BTreeMap<ObjectKey, u32>>,
+    /// Shared with every snapshot until the plan changes: publishing a
+    /// snapshot per ACK must not copy every revision.
+    revisions: Arc<BTreeMap<ObjectKey, RevisionFacts>>,
+    /// Per node, the revisions with a non-zero ACKed endpoint count (absent
+    /// is 0), so a node's map holds the warm revisions, not the world, and
+    /// the copy an ACK makes of it costs what is warm.
+    acked: BTreeMap<String, Arc<BTreeMap<ObjectKey, u32>>>,
     /// Endpoints the control plane wants per revision; absent means no cap.
-    desired: BTreeMap<ObjectKey, u32>,
+    /// The map its owner published, shared rather than copied.
+    desired: Arc<BTreeMap<ObjectKey, u32>>,
+    /// The revisions each recent version touched, oldest first: entry `i`
+    /// holds the keys that changed going to version `version - len + 1 + i`.
+    /// A key of any node's ACK counts for every node: a node told about an
+    /// entry that did not change for it just gets the same line again.
+    changes: ChangeLog,
+}
+
+/// The revisions each of the last [`CHANGE_LOG_VERSIONS`] versions touched.
+#[derive(Debug, Clone, Default)]
+pub struct ChangeLog {
+    entries: VecDeque<Arc<[ObjectKey]>>,
+}
+
+impl ChangeLog {
+    /// Records the keys that changed going to the next version.
+    fn push(&mut self, keys: Vec<ObjectKey>) {
+        if self.entries.len() == CHANGE_LOG_VERSIONS {
+            self.entries.pop_front();
+        }
+        self.entries.push_back(keys.into());
+    }
+
+    /// The keys changed between `after` and `current`, or `None` when the
+    /// log does not reach back to `after` (too old, unknown, from another
+    /// run of the control plane, or 0).
+    pub fn since(&self, after: u64, current: u64) -> Option<BTreeSet<&ObjectKey>> {
+        let behind = usize::try_from(current.checked_sub(after)?).ok()?;
+        if after == 0 || behind == 0 || behind > self.entries.len() {
+            return None;
+        }
+        let first = self.entries.len() - behind;
+        Some(self.entries.range(first..).flat_map(|keys| keys.iter()).collect())
+    }
 }
 
 impl Default for ReadinessTable {
@@ -62,7 +113,19 @@ impl ReadinessTable {
     /// time in milliseconds keeps the new versions from colliding with it,
     /// so no filter mistakes its old view for the current one.
     pub fn new(first: u64) -> Self {
-        Self { version: first.max(1), revisions: BTreeMap::new(), acked: BTreeMap::new(), desired: BTreeMap::new() }
+        Self {
+            version: first.max(1),
+            revisions: Arc::default(),
+            acked: BTreeMap::new(),
+            desired: Arc::default(),
+            changes: ChangeLog::default(),
+        }
+    }
+
+    /// Moves to the next version, which changed `keys`.
+    fn bump(&mut self, keys: Vec<ObjectKey>) {
+        self.version += 1;
+        self.changes.push(keys);
     }
 
     pub fn version(&self) -> u64 {
@@ -88,27 +151,31 @@ impl ReadinessTable {
                 (revision.key.clone(), facts)
             })
             .collect();
-        if revisions == self.revisions {
+        if revisions == *self.revisions {
             return false;
         }
+        let changed = changed_keys(&self.revisions, &revisions);
         // Endpoint counts of revisions that left the plan go with them: a
         // state-of-the-world ACK never says a cluster was removed.
         for counts in self.acked.values_mut() {
-            counts.retain(|key, _| revisions.contains_key(key));
+            if counts.keys().any(|key| !revisions.contains_key(key)) {
+                Arc::make_mut(counts).retain(|key, _| revisions.contains_key(key));
+            }
         }
-        self.revisions = revisions;
-        self.version += 1;
+        self.revisions = Arc::new(revisions);
+        self.bump(changed);
         true
     }
 
     /// Takes the endpoint counts the control plane wants; returns whether
     /// anything changed.
-    pub fn set_desired(&mut self, desired: &BTreeMap<ObjectKey, u32>) -> bool {
-        if *desired == self.desired {
+    pub fn set_desired(&mut self, desired: &Arc<BTreeMap<ObjectKey, u32>>) -> bool {
+        if Arc::ptr_eq(desired, &self.desired) || **desired == *self.desired {
             return false;
         }
-        self.desired = desired.clone();
-        self.version += 1;
+        let changed = changed_keys(&self.desired, desired);
+        self.desired = Arc::clone(desired);
+        self.bump(changed);
         true
     }
 
@@ -122,8 +189,8 @@ impl ReadinessTable {
         if ack.type_url != ClusterLoadAssignment::type_url() {
             return false;
         }
-        let node = self.acked.entry(ack.node.clone()).or_default();
-        let mut changed = false;
+        let node = Arc::make_mut(self.acked.entry(ack.node.clone()).or_default());
+        let mut changed = Vec::new();
         for resource in &ack.resources {
             let Some(revision) = parse_revision_cluster(&resource.name) else { continue };
             let Ok(assignment) = ClusterLoadAssignment::decode(resource.resource.value.as_slice()) else {
@@ -131,17 +198,27 @@ impl ReadinessTable {
             };
             let count: usize = assignment.endpoints.iter().map(|locality| locality.lb_endpoints.len()).sum();
             let count = u32::try_from(count).unwrap_or(u32::MAX);
-            changed |= node.insert(revision, count) != Some(count);
-        }
-        for name in &ack.removed {
-            if let Some(revision) = parse_revision_cluster(name) {
-                changed |= node.remove(&revision).is_some();
+            let before = if count == 0 { node.remove(&revision) } else { node.insert(revision.clone(), count) };
+            if before.unwrap_or(0) != count {
+                changed.push(revision);
             }
         }
-        if changed {
-            self.version += 1;
+        for name in &ack.removed {
+            if let Some(revision) = parse_revision_cluster(name)
+                && node.remove(&revision).is_some()
+            {
+                changed.push(revision);
+            }
         }
-        changed
+        if node.is_empty() {
+            // A node with nothing warm keeps no map (and no clone of one).
+            self.acked.remove(&ack.node);
+        }
+        if changed.is_empty() {
+            return false;
+        }
+        self.bump(changed);
+        true
     }
 
     /// Whether `revision` is in the plan this table follows.
@@ -166,28 +243,87 @@ impl ReadinessTable {
     /// own Envoy before releasing) gets the registered endpoints instead: it
     /// is one revgate does not program, whose ACKs never come.
     pub fn update_for(&self, node: &str, probes: bool) -> ReadinessUpdate {
-        let acked = self.acked.get(node);
-        let revisions = self
-            .revisions
-            .iter()
-            .map(|(key, facts)| RevisionReadiness {
-                namespace: key.namespace.clone(),
-                revision: key.name.clone(),
-                ready_endpoints: facts
-                    .inlined_endpoints
-                    .unwrap_or_else(|| {
-                        if probes {
-                            self.desired(key).unwrap_or(0)
-                        } else {
-                            acked.and_then(|a| a.get(key)).copied().unwrap_or(0)
-                        }
-                    })
-                    .min(self.desired(key).unwrap_or(u32::MAX)),
-                container_concurrency: facts.container_concurrency,
-                activation_timeout_ms: facts.activation_timeout_ms,
-            })
-            .collect();
-        ReadinessUpdate { version: self.version, revisions }
+        let acked = self.acked.get(node).map(|a| &**a);
+        let revisions = self.revisions.iter().map(|(key, facts)| self.line(key, facts, acked, probes)).collect();
+        ReadinessUpdate { version: self.version, revisions, ..Default::default() }
+    }
+
+    /// The update for a node that holds version `after`: only what changed
+    /// since, when `partial` (the filter applies partial views) and the
+    /// change log reaches back to `after`; else the complete view.
+    pub fn update_after(&self, node: &str, probes: bool, after: u64, partial: bool) -> ReadinessUpdate {
+        let Some(keys) = self.changes.since(after, self.version).filter(|_| partial) else {
+            return self.update_for(node, probes);
+        };
+        let acked = self.acked.get(node).map(|a| &**a);
+        let mut update = ReadinessUpdate { version: self.version, partial_after: after, ..Default::default() };
+        for key in keys {
+            match self.revisions.get(key) {
+                Some(facts) => update.revisions.push(self.line(key, facts, acked, probes)),
+                None => {
+                    update.removed.push(RevisionName { namespace: key.namespace.clone(), revision: key.name.clone() })
+                }
+            }
+        }
+        update
+    }
+
+    /// One revision's line for a node.
+    fn line(
+        &self,
+        key: &ObjectKey,
+        facts: &RevisionFacts,
+        acked: Option<&BTreeMap<ObjectKey, u32>>,
+        probes: bool,
+    ) -> RevisionReadiness {
+        let desired = self.desired(key);
+        let endpoints = facts.inlined_endpoints.unwrap_or_else(|| {
+            if probes { desired.unwrap_or(0) } else { acked.and_then(|a| a.get(key)).copied().unwrap_or(0) }
+        });
+        RevisionReadiness {
+            namespace: key.namespace.clone(),
+            revision: key.name.clone(),
+            ready_endpoints: endpoints.min(desired.unwrap_or(u32::MAX)),
+            container_concurrency: facts.container_concurrency,
+            activation_timeout_ms: facts.activation_timeout_ms,
+        }
+    }
+}
+
+/// The keys whose value differs between two maps, including those only in
+/// one of them: a merge of two sorted walks.
+fn changed_keys<V: PartialEq>(old: &BTreeMap<ObjectKey, V>, new: &BTreeMap<ObjectKey, V>) -> Vec<ObjectKey> {
+    let mut changed = Vec::new();
+    let (mut old, mut new) = (old.iter().peekable(), new.iter().peekable());
+    loop {
+        match (old.peek(), new.peek()) {
+            (None, None) => return changed,
+            (Some((key, _)), None) => {
+                changed.push((*key).clone());
+                old.next();
+            }
+            (None, Some((key, _))) => {
+                changed.push((*key).clone());
+                new.next();
+            }
+            (Some((old_key, old_value)), Some((new_key, new_value))) => match old_key.cmp(new_key) {
+                std::cmp::Ordering::Less => {
+                    changed.push((*old_key).clone());
+                    old.next();
+                }
+                std::cmp::Ordering::Greater => {
+                    changed.push((*new_key).clone());
+                    new.next();
+                }
+                std::cmp::Ordering::Equal => {
+                    if old_value != new_value {
+                        changed.push((*old_key).clone());
+                    }
+                    old.next();
+                    new.next();
+                }
+            },
+        }
     }
 }
 
@@ -273,10 +409,10 @@ mod tests {
         let key = ObjectKey::new("default", "hello-00001");
         let probed = |table: &ReadinessTable| table.update_for("istio-gw", true).revisions[0].ready_endpoints;
         assert_eq!(probed(&table), 0, "nothing registered");
-        table.set_desired(&BTreeMap::from([(key.clone(), 2)]));
+        table.set_desired(&desired([(key.clone(), 2)]));
         assert_eq!(probed(&table), 2, "registered, no ACK needed: the filter probes");
         assert_eq!(ready(&table, "istio-gw", "hello-00001"), 0, "a filter that does not probe waits for an ACK");
-        table.set_desired(&BTreeMap::from([(key, 0)]));
+        table.set_desired(&desired([(key, 0)]));
         assert_eq!(probed(&table), 0, "going to zero: cold at once");
     }
 
@@ -304,9 +440,9 @@ mod tests {
         let mut table = ReadinessTable::default();
         table.set_plan(&plan(vec![revision("hello-00001", None)]));
         table.record_ack(&eds_ack("gw-1", "hello-00001", 1));
-        table.set_desired(&BTreeMap::from([(ObjectKey::new("default", "hello-00001"), 1)]));
+        table.set_desired(&desired([(ObjectKey::new("default", "hello-00001"), 1)]));
         assert_eq!(ready(&table, "gw-1", "hello-00001"), 1);
-        assert!(table.set_desired(&BTreeMap::from([(ObjectKey::new("default", "hello-00001"), 0)])));
+        assert!(table.set_desired(&desired([(ObjectKey::new("default", "hello-00001"), 0)])));
         assert_eq!(ready(&table, "gw-1", "hello-00001"), 0, "Envoy still has the endpoint, the filter holds");
     }
 
@@ -316,7 +452,7 @@ mod tests {
         table.set_plan(&plan(vec![revision("hello-00001", None), revision("gone-00001", None)]));
         table.record_ack(&eds_ack("gw-1", "gone-00001", 1));
         assert!(table.set_plan(&plan(vec![revision("hello-00001", None)])));
-        assert_eq!(table.acked.get("gw-1").map(BTreeMap::len), Some(0), "its ACKed endpoint count is forgotten");
+        assert_eq!(table.acked.get("gw-1").map(|a| a.len()).unwrap_or(0), 0, "its ACKed endpoint count is forgotten");
         table.set_plan(&plan(vec![revision("hello-00001", None), revision("gone-00001", None)]));
         assert_eq!(ready(&table, "gw-1", "gone-00001"), 0, "created again, it waits for a new ACK");
     }
@@ -333,5 +469,129 @@ mod tests {
         };
         assert!(table.record_ack(&removal));
         assert_eq!(ready(&table, "gw-1", "hello-00001"), 0);
+    }
+
+    fn desired<const N: usize>(entries: [(ObjectKey, u32); N]) -> Arc<BTreeMap<ObjectKey, u32>> {
+        Arc::new(BTreeMap::from(entries))
+    }
+
+    fn names(update: &ReadinessUpdate) -> (Vec<(&str, u32)>, Vec<&str>) {
+        let lines = update.revisions.iter().map(|r| (r.revision.as_str(), r.ready_endpoints)).collect();
+        let removed = update.removed.iter().map(|r| r.revision.as_str()).collect();
+        (lines, removed)
+    }
+
+    /// What a poll from each version gets, after a history of changes.
+    #[test]
+    fn a_poll_from_a_remembered_version_gets_only_what_changed_since() {
+        let mut table = ReadinessTable::new(100);
+        table.set_plan(&plan(vec![revision("a", None), revision("b", None), revision("c", None)]));
+        let v1 = table.version();
+        table.record_ack(&eds_ack("gw-1", "a", 1));
+        let v2 = table.version();
+        table.record_ack(&eds_ack("gw-2", "b", 2));
+        let v3 = table.version();
+        table.set_plan(&plan(vec![revision("a", None), revision("b", None)]));
+        let v4 = table.version();
+        assert_eq!(v4, v1 + 3, "one version per change");
+
+        struct Case {
+            name: &'static str,
+            after: u64,
+            partial: bool,
+            want_partial_after: u64,
+            want_lines: Vec<(&'static str, u32)>,
+            want_removed: Vec<&'static str>,
+        }
+        let cases = [
+            Case {
+                name: "one version behind: only the removal",
+                after: v3,
+                partial: true,
+                want_partial_after: v3,
+                want_lines: vec![],
+                want_removed: vec!["c"],
+            },
+            Case {
+                name: "another node's ACK is sent too, with this node's count",
+                after: v2,
+                partial: true,
+                want_partial_after: v2,
+                want_lines: vec![("b", 0)],
+                want_removed: vec!["c"],
+            },
+            Case {
+                name: "this node's ACK",
+                after: v1,
+                partial: true,
+                want_partial_after: v1,
+                want_lines: vec![("a", 1), ("b", 0)],
+                want_removed: vec!["c"],
+            },
+            Case {
+                name: "from the first version: a revision added and removed since is named as removed",
+                after: v1 - 1,
+                partial: true,
+                want_partial_after: v1 - 1,
+                want_lines: vec![("a", 1), ("b", 0)],
+                want_removed: vec!["c"],
+            },
+            Case {
+                name: "0: complete",
+                after: 0,
+                partial: true,
+                want_partial_after: 0,
+                want_lines: vec![("a", 1), ("b", 0)],
+                want_removed: vec![],
+            },
+            Case {
+                name: "from another run (ahead of this one): complete",
+                after: v4 + 7,
+                partial: true,
+                want_partial_after: 0,
+                want_lines: vec![("a", 1), ("b", 0)],
+                want_removed: vec![],
+            },
+            Case {
+                name: "a filter that does not apply partial views: complete",
+                after: v3,
+                partial: false,
+                want_partial_after: 0,
+                want_lines: vec![("a", 1), ("b", 0)],
+                want_removed: vec![],
+            },
+        ];
+        for case in cases {
+            let update = table.update_after("gw-1", false, case.after, case.partial);
+            assert_eq!(update.version, v4, "{}", case.name);
+            assert_eq!(update.partial_after, case.want_partial_after, "{}", case.name);
+            assert_eq!(names(&update), (case.want_lines, case.want_removed), "{}", case.name);
+        }
+    }
+
+    #[test]
+    fn the_change_log_forgets_the_oldest_versions() {
+        let mut table = ReadinessTable::new(1);
+        table.set_plan(&plan(vec![revision("a", None)]));
+        let first = table.version();
+        for i in 0..CHANGE_LOG_VERSIONS {
+            assert!(table.record_ack(&eds_ack("gw-1", "a", 1 - i % 2)), "each ACK flips the count");
+        }
+        let oldest = table.version() - CHANGE_LOG_VERSIONS as u64;
+        assert_eq!(oldest, first, "the log reaches back exactly {CHANGE_LOG_VERSIONS} versions");
+        assert_eq!(table.update_after("gw-1", false, oldest, true).partial_after, oldest, "the oldest remembered");
+        assert_eq!(table.update_after("gw-1", false, oldest - 1, true).partial_after, 0, "one older: complete");
+        assert_eq!(table.changes.entries.len(), CHANGE_LOG_VERSIONS);
+    }
+
+    #[test]
+    fn desired_changes_name_only_the_revisions_whose_cap_moved() {
+        let mut table = ReadinessTable::default();
+        table.set_plan(&plan(vec![revision("a", None), revision("b", None)]));
+        table.set_desired(&desired([(ObjectKey::new("default", "a"), 1)]));
+        let before = table.version();
+        table.set_desired(&desired([(ObjectKey::new("default", "a"), 1), (ObjectKey::new("default", "b"), 0)]));
+        let update = table.update_after("gw-1", true, before, true);
+        assert_eq!(names(&update), (vec![("b", 0)], vec![]));
     }
 }

@@ -15,6 +15,7 @@ use super::{Shared, VmState, retime, with_state};
 use crate::config;
 use crate::control::{self, Call, Poller};
 use crate::probe;
+use crate::readiness::View;
 
 /// The root context of one VM.
 #[derive(Debug)]
@@ -124,11 +125,23 @@ impl Root {
                 if self.poller.failures() > 0 {
                     log::info!("revgate: readiness poll recovered");
                 }
-                let version = decoded.table.version;
-                let effects = with_state(&self.shared, "applying readiness", |s| {
-                    s.gate.on_view(decoded.table, now_ns, &HostStore)
-                })
-                .unwrap_or_default();
+                let version = decoded.view.version();
+                let view = decoded.view;
+                let applied = with_state(&self.shared, "applying readiness", |s| match view {
+                    View::Complete(table) => Ok(s.gate.on_view(table, now_ns, &HostStore)),
+                    View::Partial(partial) => s.gate.on_partial(&partial, now_ns, &HostStore),
+                });
+                let effects = match applied {
+                    Some(Ok(effects)) => effects,
+                    Some(Err(wrong_base)) => {
+                        // Ask again from the view this VM holds (or for a
+                        // complete one without a view): that base matches.
+                        log::info!("revgate: {wrong_base}");
+                        self.poller.succeeded(now_ns, wrong_base.held.unwrap_or(0));
+                        return;
+                    }
+                    None => Vec::new(),
+                };
                 super::http::settle(&self.shared, effects, self.id, now_ns);
                 let activations =
                     with_state(&self.shared, "taking activations", |s| s.gate.take_activations()).unwrap_or_default();
