@@ -63,6 +63,9 @@ struct Actor {
     ctx: Context,
     revisions: BTreeMap<ObjectKey, Revision>,
     states: watch::Sender<Arc<RevisionStates>>,
+    /// Revisions a command or event touched since the last publish: only
+    /// their states are recomputed, so a change costs what it changes.
+    dirty: BTreeSet<ObjectKey>,
     /// Set once shutdown began: nothing starts any more.
     shutting_down: bool,
     shutdown_waiters: Vec<oneshot::Sender<()>>,
@@ -149,6 +152,7 @@ pub(super) async fn run(
         ctx: Context { config, events, ports: BTreeSet::new(), record, counts },
         revisions: BTreeMap::new(),
         states,
+        dirty: BTreeSet::new(),
         shutting_down: false,
         shutdown_waiters: Vec::new(),
     };
@@ -171,6 +175,17 @@ impl Actor {
                 // Never `None`: `self.ctx.events` is a sender.
                 Some(event) = events.recv() => self.on_event(event),
             }
+            // What else is already queued joins this publish: at start, one
+            // scale per revision arrives at once.
+            for _ in 0..MAX_BATCH {
+                if let Ok(event) = events.try_recv() {
+                    self.on_event(event);
+                } else if let (true, Ok(command)) = (commands_open, commands.try_recv()) {
+                    self.on_command(command);
+                } else {
+                    break;
+                }
+            }
             self.publish();
             if self.shutting_down && self.revisions.values().all(|r| r.instances.is_empty()) {
                 self.ctx.record.clear();
@@ -184,6 +199,15 @@ impl Actor {
     }
 
     fn on_command(&mut self, command: Command) {
+        match &command {
+            Command::Scale { workload, .. } => {
+                self.dirty.insert(workload.key.clone());
+            }
+            Command::Remove { key } => {
+                self.dirty.insert(key.clone());
+            }
+            Command::Shutdown { .. } => {}
+        }
         match command {
             Command::Scale { workload, replicas } => {
                 if self.shutting_down {
@@ -225,6 +249,7 @@ impl Actor {
             tracing::info!("process runtime: stopping every instance");
         }
         self.shutting_down = true;
+        self.dirty.extend(self.revisions.keys().cloned());
         let now = Instant::now();
         for (key, revision) in &mut self.revisions {
             let all: Vec<u64> = revision.instances.keys().copied().collect();
@@ -243,6 +268,7 @@ impl Actor {
             | Event::Exited { process, .. }
             | Event::RestartDue { process } => process.clone(),
         };
+        self.dirty.insert(process.revision.clone());
         let Some(revision) = self.revisions.get_mut(&process.revision) else { return };
         let key = &process.revision;
         let Some(instance) = revision.instances.get_mut(&process.instance).filter(|i| i.run == process.run) else {
@@ -332,23 +358,37 @@ impl Actor {
         }
     }
 
-    fn publish(&self) {
+    /// Publishes the states of the revisions touched since the last time.
+    fn publish(&mut self) {
+        if self.dirty.is_empty() {
+            return;
+        }
         let host = self.ctx.config.host.to_string();
-        let states: RevisionStates = self
-            .revisions
-            .iter()
-            .filter(|(_, revision)| !revision.removed)
-            .map(|(key, revision)| (key.clone(), revision.state(&host)))
-            .collect();
+        let dirty = std::mem::take(&mut self.dirty);
+        let revisions = &self.revisions;
         self.states.send_if_modified(|current| {
-            let changed = **current != states;
-            if changed {
-                *current = Arc::new(states);
+            let mut changed = false;
+            for key in dirty {
+                let state = revisions.get(&key).filter(|r| !r.removed).map(|r| r.state(&host));
+                if current.get(&key) == state.as_ref() {
+                    continue;
+                }
+                // Readers hold the last value: the first change copies it once.
+                let states = Arc::make_mut(current);
+                match state {
+                    Some(state) => states.insert(key, state),
+                    None => states.remove(&key),
+                };
+                changed = true;
             }
             changed
         });
     }
 }
+
+/// The most commands and events handled together before their states are
+/// published.
+const MAX_BATCH: usize = 4096;
 
 /// How to start instances of `workload`, logging what was ignored or is wrong.
 fn plan(workload: &Workload, images: &ImageMap) -> Result<Arc<Launch>, NotRunnable> {
