@@ -264,11 +264,12 @@ impl Autoscaler {
     }
 
     fn refresh_actual(&mut self) {
+        let now = self.now_ms();
         let states = self.runtime.states();
         let states = states.borrow();
         for (key, revision) in &mut self.revisions {
             let state = states.get(key);
-            revision.kpa.observe_ready(state.map_or(0, |s| u32::try_from(s.ready.len()).unwrap_or(u32::MAX)));
+            revision.kpa.observe_ready(now, state.map_or(0, |s| u32::try_from(s.ready.len()).unwrap_or(u32::MAX)));
         }
     }
 

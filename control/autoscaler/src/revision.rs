@@ -168,9 +168,19 @@ impl RevisionAutoscaler {
         self.windows.record(now_ms, concurrency, rps);
     }
 
-    /// Tells how many instances are ready (for the status between ticks).
-    pub fn observe_ready(&mut self, ready: u32) {
+    /// Tells how many instances are ready at `now_ms`. Between ticks the
+    /// status follows them as Knative's PodAutoscaler reconciler does on
+    /// every pod change: the phase is recomputed with the scale last
+    /// wanted, so a revision that answers is `Active` at once, not one tick
+    /// later.
+    pub fn observe_ready(&mut self, now_ms: u64, ready: u32) {
         self.ready = ready;
+        if let Some(decision) = &mut self.decision {
+            let (phase, reason, since_ms) = self.scaler.observe_ready(now_ms, decision.want, ready);
+            decision.phase = phase;
+            decision.reason = reason;
+            decision.phase_since_ms = since_ms;
+        }
     }
 
     /// One KPA tick at `now_ms`: the decider on the windows' averages, then
@@ -429,6 +439,12 @@ mod tests {
         assert_eq!((status.active.as_str(), status.reason.as_deref()), ("Unknown", Some("Queued")));
         assert!(status.reachable);
         assert_eq!(kpa.tick(4 * SECOND, 0, true), None, "asked once");
+
+        // Its instance answers between ticks: Active at once, as Knative's
+        // PodAutoscaler is on the pod change, not at the next tick.
+        kpa.observe_ready(4 * SECOND + 300, 1);
+        let status = kpa.status();
+        assert_eq!((status.active.as_str(), status.reason.as_deref(), status.actual_scale), ("True", None, 1));
     }
 
     /// A changed annotation takes effect at the next tick; the load already

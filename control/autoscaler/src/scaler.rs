@@ -384,6 +384,13 @@ impl Scaler {
         }
     }
 
+    /// The phase with `ready` pods at `now_ms`, the scale wanted being
+    /// `want` (the last step's): the phase table run between steps.
+    pub fn observe_ready(&mut self, now_ms: u64, want: i32, ready: u32) -> (Phase, Option<Reason>, u64) {
+        self.update_phase(now_ms, want, ready);
+        (self.phase, self.reason, self.phase_since_ms)
+    }
+
     /// The phase table.
     fn update_phase(&mut self, now_ms: u64, want: i32, ready: u32) {
         let min = self.spec.min();
