@@ -32,7 +32,7 @@ use revgate_model::autoscaling::{KPA_CLASS, RevisionScaling};
 use serde::{Deserialize, Serialize};
 
 use crate::decider::{Decider, DeciderSpec, Recommendation};
-use crate::scaler::{ScaleDecision, Scaler, ScalerSpec};
+use crate::scaler::{Mode, ScaleDecision, Scaler, ScalerSpec};
 use crate::window::RevisionWindows;
 
 /// What the KPA decided for one revision, shown as a Knative PodAutoscaler
@@ -171,16 +171,21 @@ impl RevisionAutoscaler {
     /// Tells how many instances are ready at `now_ms`. Between ticks the
     /// status follows them as Knative's PodAutoscaler reconciler does on
     /// every pod change: the phase is recomputed with the scale last
-    /// wanted, so a revision that answers is `Active` at once, not one tick
+    /// wanted (before the first tick, the scale asked at start: the initial
+    /// scale), so a revision that answers is `Active` at once, not one tick
     /// later.
     pub fn observe_ready(&mut self, now_ms: u64, ready: u32) {
         self.ready = ready;
-        if let Some(decision) = &mut self.decision {
-            let (phase, reason, since_ms) = self.scaler.observe_ready(now_ms, decision.want, ready);
-            decision.phase = phase;
-            decision.reason = reason;
-            decision.phase_since_ms = since_ms;
+        if self.fixed.is_some() {
+            return;
         }
+        let asked = self.requested.map(|scale| i32::try_from(scale).unwrap_or(i32::MAX));
+        let Some(want) = self.decision.map(|d| d.want).or(asked) else { return };
+        let (phase, reason, phase_since_ms) = self.scaler.observe_ready(now_ms, want, ready);
+        let mode = if ready > 0 { Mode::Serve } else { Mode::Proxy };
+        let decision =
+            self.decision.get_or_insert(ScaleDecision { apply: None, want, mode, phase, reason, phase_since_ms });
+        (decision.phase, decision.reason, decision.phase_since_ms) = (phase, reason, phase_since_ms);
     }
 
     /// One KPA tick at `now_ms`: the decider on the windows' averages, then
@@ -439,6 +444,14 @@ mod tests {
         assert_eq!((status.active.as_str(), status.reason.as_deref()), ("Unknown", Some("Queued")));
         assert!(status.reachable);
         assert_eq!(kpa.tick(4 * SECOND, 0, true), None, "asked once");
+
+        // A revision started at its initial scale is Active once its
+        // instance answers, before the first tick.
+        let mut started = RevisionAutoscaler::new(scaling(&ten_per_instance()), true, 0, 0);
+        assert_eq!(started.first_request(false), 1, "the initial scale, 1");
+        started.observe_ready(300, 1);
+        let status = started.status();
+        assert_eq!((status.active.as_str(), status.desired_scale, status.actual_scale), ("True", Some(1), 1));
 
         // Its instance answers between ticks: Active at once, as Knative's
         // PodAutoscaler is on the pod change, not at the next tick.
