@@ -7,15 +7,16 @@
 //!
 //! Every Service (or standalone Route) is a [`RouteRow`] with the split in
 //! effect; every revision a [`RevisionRow`] with its scale, conditions and
-//! live figures; every gateway node a [`GatewayRow`]. Each Route row carries
-//! a `rollout` field, `null` until revgate rolls traffic out gradually, so
-//! that the page has a place to draw one.
+//! live figures; every gateway node a [`GatewayRow`]. A Route row in a
+//! gradual rollout carries it as `revgate get route` shows it (its split in
+//! the traffic, the one-line summary and the `Rollout` condition).
 
 use std::collections::BTreeMap;
 
 use revgate_model::meta::{CONFIGURATION_LABEL, Condition, SERVICE_LABEL};
 use revgate_model::plan::ObjectKey;
 use revgate_model::resources::{Revision, Route, Service, TrafficTarget};
+use revgate_model::rollout::served::ROLLOUT_CONDITION;
 use revgate_runtime::RevisionState;
 use revgate_xds::server::{Api, GatewayStatus};
 use serde::Serialize;
@@ -24,6 +25,7 @@ use super::history::{Sample, Slice};
 use crate::activation::RevisionActivity;
 use crate::autoscaling::KpaStatus;
 use crate::control::{EndpointsSource, Published};
+use crate::rollout::ROLLOUT_SUMMARY_ANNOTATION;
 
 /// Everything the feed is built from, as the admin API reads it.
 #[derive(Debug, Clone, Copy)]
@@ -75,8 +77,19 @@ pub struct RouteRow {
     /// What the gateway serves: the Route's status traffic, with each tag's
     /// URL (the spec's targets until the Route has a status).
     pub traffic: Vec<Split>,
-    /// The state of a gradual rollout; none exists yet, so always `null`.
-    pub rollout: Option<serde_json::Value>,
+    /// The Route's gradual rollout, if it has one.
+    pub rollout: Option<RolloutRow>,
+}
+
+/// A gradual rollout as `revgate get route` and `revgate rollout status`
+/// show it.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutRow {
+    /// `37% → hello-00002`, `aborted: 5xx 0.31 > 0.05`, `completed`.
+    pub summary: String,
+    /// The Route's `Rollout` condition, when there is one.
+    pub condition: Option<Condition>,
 }
 
 /// One traffic target.
@@ -202,7 +215,10 @@ fn route_row(inputs: &Inputs<'_>, route: &Route) -> RouteRow {
         latest_ready_revision: latest_ready,
         latest_created_revision: latest_created,
         traffic: targets.iter().map(split).collect(),
-        rollout: None,
+        rollout: route.metadata.annotations.get(ROLLOUT_SUMMARY_ANNOTATION).map(|summary| RolloutRow {
+            summary: summary.clone(),
+            condition: status.and_then(|s| s.conditions.iter().find(|c| c.type_ == ROLLOUT_CONDITION).cloned()),
+        }),
     }
 }
 

@@ -189,3 +189,49 @@ fn the_feed_speaks_the_pages_field_names() {
         assert!(json["history"].get(field).is_some(), "history.{field} in {json}");
     }
 }
+
+#[test]
+fn a_route_in_rollout_shows_the_split_served_and_the_rollout() {
+    use revgate_model::rollout::Rollouts;
+    use revgate_model::rollout::orchestrator::{goal, step};
+    let hello = |image: &str| {
+        format!(
+            "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata:\n  name: hello\n  namespace: default\n  \
+             annotations: {{serving.knative.dev/rollout-duration: 20s}}\nspec:\n  template:\n    spec:\n      \
+             containers: [{{image: {image}}}]\n"
+        )
+    };
+    let apply = |world: &World, image: &str| {
+        world.apply(&parse_documents("hello.yaml", &hello(image)).expect("parses"), 1).expect("applies").0
+    };
+    let first = apply(&World::default(), "example.com/hello:1");
+    let second = apply(&first, "example.com/hello:2");
+    let observed = programmed(&second);
+    let route = &second.routes[&key("hello")];
+    let before = step(goal(&first, &first.routes[&key("hello")], &observed), None, 20, 1_000);
+    let rollouts = Rollouts::from([(key("hello"), step(goal(&second, route, &observed), Some(&before), 20, 2_000))]);
+
+    let inputs_routes = crate::rollout::route_views(&second, &observed, &rollouts);
+    let inputs_services = crate::rollout::service_views(&second, &observed, &rollouts);
+    let others = Others::default();
+    let inputs = Inputs {
+        services: &inputs_services,
+        routes: &inputs_routes,
+        revisions: &second.revision_views(&observed),
+        kpa: &others.kpa,
+        instances: &others.instances,
+        registrations: &BTreeMap::new(),
+        activity: &others.activity,
+        gateway: &others.gateway,
+        filters: &others.filters,
+        published: &others.published,
+    };
+    let history = History::new(Duration::from_secs(10), Duration::from_secs(2)).since(None);
+    let feed = build(&inputs, history, 5_000);
+    let [row] = feed.routes.as_slice() else { panic!("one route: {:?}", feed.routes) };
+    let split: Vec<_> = row.traffic.iter().map(|t| (t.revision_name.as_deref(), t.percent)).collect();
+    assert_eq!(split, [(Some("hello-00001"), 99), (Some("hello-00002"), 1)], "the split served");
+    let rollout = row.rollout.as_ref().expect("the rollout");
+    assert!(rollout.summary.contains("1% → hello-00002"), "{}", rollout.summary);
+    assert_eq!(rollout.condition.as_ref().map(|c| c.type_.as_str()), Some("Rollout"));
+}

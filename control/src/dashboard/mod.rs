@@ -169,9 +169,11 @@ async fn feed(State(dashboard): State<Dashboard>, Query(query): Query<FeedQuery>
     let observed = sources.control.observed();
     let kpa = sources.kpa.as_ref().map(|kpa| kpa.borrow().clone()).unwrap_or_default();
     let instances = sources.instances.as_ref().map(|states| states.borrow().clone()).unwrap_or_default();
+    // As `revgate get ksvc`/`route` show them: with the split a rollout serves.
+    let rollouts = sources.control.rollout_states();
     let inputs = feed::Inputs {
-        services: &world.service_views(&observed),
-        routes: &world.route_views(&observed),
+        services: &crate::rollout::service_views(&world, &observed, &rollouts),
+        routes: &crate::rollout::route_views(&world, &observed, &rollouts),
         revisions: &world.revision_views(&observed),
         kpa: &kpa,
         instances: &instances,
