@@ -5,11 +5,11 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
 
-use support::{envoy_bin, example_bin, filter_wasm, free_port, revgate_bin};
+use support::{Up, free_port};
 
 const MANIFEST: &str = r#"
 apiVersion: serving.knative.dev/v1
@@ -27,86 +27,18 @@ spec:
               value: side by side
 "#;
 
-/// One `revgate up` given only `--http-port` and `--admin-port` (and the
-/// files it runs); stopped with Ctrl-C's signal when dropped.
-struct SideBySide {
-    child: Child,
-    log: PathBuf,
-    http_port: u16,
+/// `revgate up` running [`MANIFEST`] given only `--http-port` and
+/// `--admin-port` (and the files it runs), ready.
+async fn up_on(dir: &Path, http_port: u16, admin_port: u16) -> Up {
+    std::fs::create_dir_all(dir).expect("creating the test directory");
+    Up::start_on(dir, MANIFEST, http_port, admin_port).await
 }
 
-impl SideBySide {
-    fn start(dir: &Path, http_port: u16, admin_port: u16) -> Self {
-        std::fs::create_dir_all(dir).expect("creating the test directory");
-        let images = dir.join("images.yaml");
-        std::fs::write(&images, format!("ghcr.io/knative/helloworld-go: {:?}\n", example_bin("helloworld")))
-            .expect("writing the image map");
-        let manifest = dir.join("hello.yaml");
-        std::fs::write(&manifest, MANIFEST).expect("writing the manifest");
-        let log = dir.join("up.log");
-        let out = std::fs::File::create(&log).expect("creating the log");
-        let child = Command::new(revgate_bin())
-            .arg("up")
-            .arg("-f")
-            .arg(&manifest)
-            .arg("--images")
-            .arg(&images)
-            .arg("--state-dir")
-            .arg(dir.join("state"))
-            .args(["--http-port", &http_port.to_string(), "--admin-port", &admin_port.to_string()])
-            .args(["--envoy-concurrency", "2"])
-            .env("REVGATE_ENVOY", envoy_bin())
-            .env("REVGATE_FILTER_WASM", filter_wasm())
-            .env("REVGATE_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().expect("cloning the log handle"))
-            .stderr(out)
-            .spawn()
-            .expect("starting revgate up");
-        Self { child, log, http_port }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    async fn wait_ready(&mut self) {
-        let started = Instant::now();
-        loop {
-            let text = self.log();
-            if text.contains("Press Ctrl-C to stop") {
-                return;
-            }
-            assert!(matches!(self.child.try_wait(), Ok(None)), "revgate up exited:\n{text}");
-            assert!(started.elapsed() < support::DEADLINE, "revgate up did not get ready:\n{text}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    /// The port printed after `label` in the progress lines (e.g. `xDS 127.0.0.1:`).
-    fn printed_port(&self, label: &str) -> u16 {
-        let log = self.log();
-        let port =
-            log.split(label).nth(1).map(|rest| rest.chars().take_while(char::is_ascii_digit).collect::<String>());
-        port.and_then(|p| p.parse().ok()).unwrap_or_else(|| panic!("no port after {label:?} in:\n{log}"))
-    }
-}
-
-impl Drop for SideBySide {
-    fn drop(&mut self) {
-        if let Ok(pid) = i32::try_from(self.child.id()) {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGINT);
-        }
-        let started = Instant::now();
-        while matches!(self.child.try_wait(), Ok(None)) && started.elapsed() < Duration::from_secs(40) {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!("---- revgate up log ----\n{}", self.log());
-        }
-    }
+/// The port printed after `label` in the progress lines (e.g. `xDS 127.0.0.1:`).
+fn printed_port(up: &Up, label: &str) -> u16 {
+    let log = up.log();
+    let port = log.split(label).nth(1).map(|rest| rest.chars().take_while(char::is_ascii_digit).collect::<String>());
+    port.and_then(|p| p.parse().ok()).unwrap_or_else(|| panic!("no port after {label:?} in:\n{log}"))
 }
 
 async fn answer(http_port: u16, host: &str) -> (u16, String) {
@@ -127,13 +59,11 @@ async fn answer(http_port: u16, host: &str) -> (u16, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_ups_side_by_side_need_only_the_http_and_admin_ports() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut first = SideBySide::start(&dir.path().join("first"), free_port(), free_port());
-    let mut second = SideBySide::start(&dir.path().join("second"), free_port(), free_port());
-    first.wait_ready().await;
-    second.wait_ready().await;
+    let first = up_on(&dir.path().join("first"), free_port(), free_port()).await;
+    let second = up_on(&dir.path().join("second"), free_port(), free_port()).await;
 
     for label in ["xDS 127.0.0.1:", "activation 127.0.0.1:", "admin http://127.0.0.1:"] {
-        let (a, b) = (first.printed_port(label), second.printed_port(label));
+        let (a, b) = (printed_port(&first, label), printed_port(&second, label));
         assert_ne!(a, b, "both runs printed the same port after {label:?}");
         assert_ne!(a, 0, "a printed port is 0 after {label:?}");
     }
@@ -151,8 +81,7 @@ async fn two_ups_side_by_side_need_only_the_http_and_admin_ports() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_printed_localhost_url_opens_without_a_host_header() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut up = SideBySide::start(dir.path(), free_port(), free_port());
-    up.wait_ready().await;
+    let up = up_on(dir.path(), free_port(), free_port()).await;
 
     let url = format!("http://hello.default.localhost:{}/", up.http_port);
     assert!(up.log().contains(&format!("    {url}\n")), "`up` did not print {url}:\n{}", up.log());
@@ -180,8 +109,7 @@ async fn the_printed_localhost_url_opens_without_a_host_header() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_printed_hints_run_and_the_tables_show_the_split() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut up = SideBySide::start(dir.path(), free_port(), free_port());
-    up.wait_ready().await;
+    let up = up_on(dir.path(), free_port(), free_port()).await;
     let (status, _) = answer(up.http_port, "hello.default.example.com").await;
     assert_eq!(status, 200);
 
@@ -206,7 +134,7 @@ async fn the_printed_hints_run_and_the_tables_show_the_split() {
 }
 
 /// The Service's `status.url`, as `revgate up` printed it first.
-fn up_url(up: &SideBySide) -> String {
+fn up_url(up: &Up) -> String {
     let log = up.log();
     let line = log.lines().find(|l| l.trim_start().starts_with("default/hello ")).unwrap_or_default();
     line.split_whitespace().nth(1).unwrap_or_default().to_owned()

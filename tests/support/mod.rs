@@ -605,8 +605,21 @@ pub struct Up {
 }
 
 impl Up {
-    /// Starts `revgate up -f <manifests>` and waits until it printed its URLs.
+    /// Starts `revgate up -f <manifests>` on free ports of its own and waits
+    /// until it printed its URLs.
     pub async fn start(dir: &Path, manifests: &str) -> Self {
+        let internal =
+            [("--xds-port", free_port()), ("--activation-port", free_port()), ("--envoy-admin-port", free_port())];
+        Self::launch(dir, manifests, free_port(), free_port(), &internal).await
+    }
+
+    /// [`Up::start`] given only the gateway's and the admin API's ports, as a
+    /// user would: `up` picks its internal ports itself.
+    pub async fn start_on(dir: &Path, manifests: &str, http_port: u16, admin_port: u16) -> Self {
+        Self::launch(dir, manifests, http_port, admin_port, &[]).await
+    }
+
+    async fn launch(dir: &Path, manifests: &str, http_port: u16, admin_port: u16, internal: &[(&str, u16)]) -> Self {
         let images = dir.join("images.yaml");
         std::fs::write(
             &images,
@@ -619,7 +632,6 @@ impl Up {
         .expect("writing the image map");
         let manifest = dir.join("manifests.yaml");
         std::fs::write(&manifest, manifests).expect("writing the manifests");
-        let (http_port, admin_port) = (free_port(), free_port());
         let mut command = Command::new(revgate_bin());
         command
             .arg("up")
@@ -630,8 +642,8 @@ impl Up {
             .arg("--state-dir")
             .arg(dir.join("state"))
             .args(["--http-port", &http_port.to_string(), "--admin-port", &admin_port.to_string()])
-            .args(["--xds-port", &free_port().to_string(), "--activation-port", &free_port().to_string()])
-            .args(["--envoy-admin-port", &free_port().to_string(), "--envoy-concurrency", "2"])
+            .args(internal.iter().flat_map(|(flag, port)| [flag.to_string(), port.to_string()]))
+            .args(["--envoy-concurrency", "2"])
             .arg("--envoy")
             .arg(envoy_bin())
             .arg("--wasm-filter")

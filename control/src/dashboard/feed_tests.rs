@@ -42,13 +42,15 @@ struct Others {
     gateway: GatewayStatus,
     filters: BTreeMap<String, usize>,
     published: Published,
+    rollouts: revgate_model::rollout::Rollouts,
 }
 
-/// Builds the feed of `world` with the other inputs given, no history.
+/// Builds the feed of `world` with the other inputs given, no history; the
+/// views as the dashboard takes them, with any rollout's split.
 fn feed_of(world: &World, observed: &Observed, others: Others) -> Feed {
     let inputs = Inputs {
-        services: &world.service_views(observed),
-        routes: &world.route_views(observed),
+        services: &crate::rollout::service_views(world, observed, &others.rollouts),
+        routes: &crate::rollout::route_views(world, observed, &others.rollouts),
         revisions: &world.revision_views(observed),
         kpa: &others.kpa,
         instances: &others.instances,
@@ -211,23 +213,7 @@ fn a_route_in_rollout_shows_the_split_served_and_the_rollout() {
     let before = step(goal(&first, &first.routes[&key("hello")], &observed), None, 20, 1_000);
     let rollouts = Rollouts::from([(key("hello"), step(goal(&second, route, &observed), Some(&before), 20, 2_000))]);
 
-    let inputs_routes = crate::rollout::route_views(&second, &observed, &rollouts);
-    let inputs_services = crate::rollout::service_views(&second, &observed, &rollouts);
-    let others = Others::default();
-    let inputs = Inputs {
-        services: &inputs_services,
-        routes: &inputs_routes,
-        revisions: &second.revision_views(&observed),
-        kpa: &others.kpa,
-        instances: &others.instances,
-        registrations: &BTreeMap::new(),
-        activity: &others.activity,
-        gateway: &others.gateway,
-        filters: &others.filters,
-        published: &others.published,
-    };
-    let history = History::new(Duration::from_secs(10), Duration::from_secs(2)).since(None);
-    let feed = build(&inputs, history, 5_000);
+    let feed = feed_of(&second, &observed, Others { rollouts, ..Others::default() });
     let [row] = feed.routes.as_slice() else { panic!("one route: {:?}", feed.routes) };
     let split: Vec<_> = row.traffic.iter().map(|t| (t.revision_name.as_deref(), t.percent)).collect();
     assert_eq!(split, [(Some("hello-00001"), 99), (Some("hello-00002"), 1)], "the split served");
