@@ -442,10 +442,10 @@ pub fn route_views(world: &World, observed: &Observed, rollouts: &Rollouts) -> V
     views
 }
 
-/// Services with the traffic their Route serves during a rollout.
-pub fn service_views(world: &World, observed: &Observed, rollouts: &Rollouts) -> Vec<Service> {
-    let routes: BTreeMap<ObjectKey, Route> =
-        route_views(world, observed, rollouts).into_iter().map(|r| (r.metadata.key(), r)).collect();
+/// Services with the traffic their Route serves during a rollout, from
+/// the [`route_views`] of the same world.
+pub fn service_views(world: &World, observed: &Observed, route_views: &[Route]) -> Vec<Service> {
+    let routes: BTreeMap<ObjectKey, &Route> = route_views.iter().map(|r| (r.metadata.key(), r)).collect();
     let mut views = world.service_views(observed);
     for view in &mut views {
         let key = view.metadata.key();

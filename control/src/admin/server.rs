@@ -313,7 +313,9 @@ fn list<T: Serialize>(filter: &Filter, objects: Vec<T>, key: impl Fn(&T) -> Obje
 
 async fn services(State(state): State<AdminState>, Query(filter): Query<Filter>) -> Response {
     let world = state.control.world();
-    let views = rollout::service_views(&world, &state.control.observed(), &state.control.rollout_states());
+    let observed = state.control.observed();
+    let routes = rollout::route_views(&world, &observed, &state.control.rollout_states());
+    let views = rollout::service_views(&world, &observed, &routes);
     list(&filter, views, |o| o.metadata.key())
 }
 

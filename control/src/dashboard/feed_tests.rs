@@ -48,9 +48,10 @@ struct Others {
 /// Builds the feed of `world` with the other inputs given, no history; the
 /// views as the dashboard takes them, with any rollout's split.
 fn feed_of(world: &World, observed: &Observed, others: Others) -> Feed {
+    let routes = crate::rollout::route_views(world, observed, &others.rollouts);
     let inputs = Inputs {
-        services: &crate::rollout::service_views(world, observed, &others.rollouts),
-        routes: &crate::rollout::route_views(world, observed, &others.rollouts),
+        services: &crate::rollout::service_views(world, observed, &routes),
+        routes: &routes,
         revisions: &world.revision_views(observed),
         kpa: &others.kpa,
         instances: &others.instances,

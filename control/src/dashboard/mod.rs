@@ -171,9 +171,10 @@ async fn feed(State(dashboard): State<Dashboard>, Query(query): Query<FeedQuery>
     let instances = sources.instances.as_ref().map(|states| states.borrow().clone()).unwrap_or_default();
     // As `revgate get ksvc`/`route` show them: with the split a rollout serves.
     let rollouts = sources.control.rollout_states();
+    let routes = crate::rollout::route_views(&world, &observed, &rollouts);
     let inputs = feed::Inputs {
-        services: &crate::rollout::service_views(&world, &observed, &rollouts),
-        routes: &crate::rollout::route_views(&world, &observed, &rollouts),
+        services: &crate::rollout::service_views(&world, &observed, &routes),
+        routes: &routes,
         revisions: &world.revision_views(&observed),
         kpa: &kpa,
         instances: &instances,
