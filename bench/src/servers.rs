@@ -3,7 +3,7 @@
 //! driver's.
 //!
 //! - `upstream`: a fast server for the data-plane scenarios; answers `ok`
-//!   (after `?sleep=MS` milliseconds, if asked).
+//!   (after `?sleep=MS` milliseconds, or at `GET /release` for `?hold`).
 //! - `backend`: a revision's program for the process runtime that waits a
 //!   known time before it listens on `$PORT`, standing in for an app with a
 //!   slow start.
@@ -19,16 +19,37 @@ use axum::extract::Query;
 use crate::process::{Process, free_port, wait_for};
 
 /// Runs the fast upstream on `addr` with `workers` threads until killed.
+/// `GET /release` answers every request that asked `?hold` and came before
+/// it: a stand-in for a slow upstream whose requests stay open exactly as
+/// long as a measurement needs.
 pub fn upstream(addr: SocketAddr, workers: usize) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(workers.max(1)).enable_all().build()?;
     runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
-        let app = Router::new().fallback(|Query(query): Query<HashMap<String, String>>| async move {
-            if let Some(ms) = query.get("sleep").and_then(|ms| ms.parse().ok()) {
-                tokio::time::sleep(Duration::from_millis(ms)).await;
-            }
-            "ok"
-        });
+        // Counts releases; a held request waits for the count to move on.
+        let (releases, _) = tokio::sync::watch::channel(0u64);
+        let releases = std::sync::Arc::new(releases);
+        let release = releases.clone();
+        let app = Router::new()
+            .route(
+                "/release",
+                axum::routing::get(move || async move {
+                    release.send_modify(|n| *n += 1);
+                    "released"
+                }),
+            )
+            .fallback(move |Query(query): Query<HashMap<String, String>>| async move {
+                if let Some(ms) = query.get("sleep").and_then(|ms| ms.parse().ok()) {
+                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                }
+                if query.contains_key("hold") {
+                    let mut released = releases.subscribe();
+                    released.borrow_and_update();
+                    // An error means the server is stopping: answer anyway.
+                    let _ = released.changed().await;
+                }
+                "ok"
+            });
         axum::serve(listener, app).await.context("serving")
     })
 }

@@ -122,6 +122,21 @@ pub async fn find_filter(explicit: Option<&Path>) -> anyhow::Result<(PathBuf, Fi
 }
 
 /// A running Envoy.
+/// Raises this process's soft open-files limit to its hard limit, so that
+/// the Envoy and the instances it starts inherit it. Each request the
+/// gateway holds keeps a downstream connection open, and a shell's usual
+/// soft limit (1,024) would cut a cold burst far below the 10,000 requests
+/// a revision may hold. Returns the soft limit before and after, or `None`
+/// when the limits cannot be read or raised (the old limit then stays).
+pub fn raise_open_files_limit() -> Option<(u64, u64)> {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).ok()?;
+    if soft < hard {
+        setrlimit(Resource::RLIMIT_NOFILE, hard, hard).ok()?;
+    }
+    Some((soft, hard))
+}
+
 #[derive(Debug)]
 pub struct Envoy {
     child: Child,

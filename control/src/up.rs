@@ -200,6 +200,13 @@ async fn serve(
     let workers = args.envoy_concurrency.unwrap_or_else(|| {
         std::thread::available_parallelism().map_or(1, |n| u16::try_from(n.get()).unwrap_or(u16::MAX))
     });
+    match crate::gateway::raise_open_files_limit() {
+        Some((before, after)) if before < after => {
+            tracing::info!(before, after, "raised the open-files limit for Envoy and the instances");
+        }
+        Some(_) => {}
+        None => tracing::warn!("could not read or raise the open-files limit; a large cold burst may fail to connect"),
+    }
     let mut envoy = Envoy::start(envoy_bin, &bootstrap, logs.join("envoy.log"), workers)?;
     if let Some(process) = envoy.pid().and_then(|pid| RecordedProcess::observe(pid, "Envoy")) {
         envoy_record.insert(process);

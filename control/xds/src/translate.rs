@@ -612,12 +612,21 @@ fn base_cluster(revision: &RevisionBackend) -> Cluster {
     }
 }
 
-/// Envoy's own limits on a revision cluster, raised out of the way. Its
-/// defaults (1024 connections, pending and active requests) would answer
-/// 503 to most of a burst the gateway filter releases at once (Knative's
-/// activator queues up to 10,000 requests per revision); the filter is what
-/// limits a revision: it holds, caps held requests and throttles to
-/// `containerConcurrency`.
+/// Envoy's own limits on a revision cluster. The cluster-wide ones are
+/// raised out of the way: Envoy's defaults (1024 connections, pending and
+/// active requests) would answer 503 to most of a burst the gateway filter
+/// releases at once (Knative's activator queues up to 10,000 requests per
+/// revision); the filter is what limits a revision: it holds, caps held
+/// requests and throttles to `containerConcurrency`.
+///
+/// Connections are bounded per endpoint instead. A released burst of
+/// HTTP/1.1 requests would otherwise open one upstream connection per
+/// request, on top of the held downstream connection each one already
+/// has, and run Envoy out of file descriptors: at 10,000 held requests
+/// and a 20,000 open-files limit, half of the burst failed to connect,
+/// and each failed connection also ejected the requests pending on it.
+/// With the bound, the rest of a burst waits in the endpoint's pending
+/// queue and reuses connections as answers come back.
 fn revision_circuit_breakers() -> CircuitBreakers {
     use envoy_types::pb::envoy::config::cluster::v3::circuit_breakers::Thresholds;
     let unlimited = Some(UInt32Value { value: REVISION_CIRCUIT_BREAKER_LIMIT });
@@ -628,12 +637,21 @@ fn revision_circuit_breakers() -> CircuitBreakers {
             max_requests: unlimited,
             ..Default::default()
         }],
-        ..Default::default()
+        // Envoy honours only `max_connections` per host.
+        per_host_thresholds: vec![Thresholds {
+            max_connections: Some(UInt32Value { value: ENDPOINT_MAX_CONNECTIONS }),
+            ..Default::default()
+        }],
     }
 }
 
 /// Far above what any held burst reaches (10,000 per revision per worker).
 const REVISION_CIRCUIT_BREAKER_LIMIT: u32 = 1_000_000;
+
+/// Upstream connections Envoy opens to one revision endpoint at most:
+/// Envoy's own default for a whole cluster, well under a usual open-files
+/// budget even with a full hold queue's downstream connections.
+pub const ENDPOINT_MAX_CONNECTIONS: u32 = 1024;
 
 /// Upstream options that make a cluster speak HTTP/2 (cleartext unless the
 /// cluster has TLS), keyed by [`HTTP_PROTOCOL_OPTIONS`] in
@@ -919,6 +937,9 @@ pub(crate) mod tests {
             for limit in [thresholds.max_connections, thresholds.max_pending_requests, thresholds.max_requests] {
                 assert!(limit.is_some_and(|l| l.value >= 2 * 10_000), "{}: {limit:?}", c.name);
             }
+            // ...while the connections they open stay within a file budget.
+            let per_host = &c.circuit_breakers.as_ref().expect("circuit breakers").per_host_thresholds[0];
+            assert_eq!(per_host.max_connections.map(|l| l.value), Some(ENDPOINT_MAX_CONNECTIONS), "{}", c.name);
         }
     }
 
