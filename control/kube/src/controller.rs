@@ -375,14 +375,7 @@ async fn publish_views(
         changed.borrow_and_update();
         let (next, states) = cluster_view(&stores, &scope);
         runtime.observe(states);
-        // What the sidecars are sent, for the scales to zero that wait on it.
-        let direct = scope
-            .state()
-            .iter()
-            .filter_map(|ns| ns.metadata.name.as_deref())
-            .flat_map(|ns| crate::mesh::mesh_routes(&stores.snapshot(ns), &options).direct)
-            .collect();
-        runtime.observe_mesh(direct);
+        runtime.observe_mesh(crate::mesh::direct_in_scope(&stores, &scope, &options));
         view.send_replace(Arc::new(next));
     }
 }

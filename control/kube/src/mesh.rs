@@ -47,7 +47,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Namespace;
-use kube::runtime::reflector::ObjectRef;
+use kube::runtime::reflector::{ObjectRef, Store};
 use revgate_istio::RenderOptions;
 use revgate_istio::mesh::revision_of_host;
 use revgate_istio::names::MESH_GATEWAY;
@@ -58,7 +58,7 @@ use tokio::sync::{broadcast, watch};
 
 use crate::kinds::Kind;
 use crate::readiness;
-use crate::snapshot::{Snapshot, controller_owner};
+use crate::snapshot::{ClusterReader, Snapshot, controller_owner};
 
 /// The revisions of a namespace whose in-mesh calls go through the local
 /// gateway (the table in the module docs), given the runtime's wishes.
@@ -128,6 +128,21 @@ pub fn mesh_routes(snapshot: &Snapshot, options: &RenderOptions) -> MeshRoutes {
         }
     }
     routes
+}
+
+/// [`MeshRoutes::direct`] of every namespace in scope: what sidecars are
+/// sent to directly, for the scales to zero that wait on it.
+pub fn direct_in_scope(
+    reader: &dyn ClusterReader,
+    scope: &Store<Namespace>,
+    options: &RenderOptions,
+) -> BTreeSet<ObjectKey> {
+    scope
+        .state()
+        .iter()
+        .filter_map(|ns| ns.metadata.name.as_deref().map(|name| mesh_routes(&reader.snapshot(name), options).direct))
+        .flatten()
+        .collect()
 }
 
 /// Asks for a pass over the namespace of every revision whose scale to
