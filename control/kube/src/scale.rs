@@ -128,8 +128,11 @@ impl KubeRuntime {
     /// wishes, except zeros held for the mesh (an apply must not take the
     /// last pods away before the sidecars stopped calling them).
     pub fn replicas(&self) -> BTreeMap<ObjectKey, u32> {
+        // Wishes first: the actor publishes a held zero before the zero
+        // itself, so a zero read here is never missing from `held` below.
+        let wishes = self.wishes.borrow().clone();
         let held = self.held.borrow().clone();
-        self.wishes.borrow().iter().filter(|(key, _)| !held.contains(*key)).map(|(k, n)| (k.clone(), *n)).collect()
+        wishes.iter().filter(|(key, _)| !held.contains(*key)).map(|(k, n)| (k.clone(), *n)).collect()
     }
 }
 
@@ -241,6 +244,9 @@ impl Actor {
     fn handle(&mut self, command: Command) {
         match command {
             Command::Scale { key, replicas } => {
+                if replicas == 0 && self.mesh.wait(&key, Instant::now()).is_some() {
+                    self.held.send_if_modified(|held| Arc::make_mut(held).insert(key.clone()));
+                }
                 self.wishes.send_modify(|w| {
                     Arc::make_mut(w).insert(key.clone(), replicas);
                 });
