@@ -388,6 +388,26 @@ pub struct ScaleError {
 mod tests {
     use super::*;
 
+    /// A zero waits while the mesh routes to the revision directly, then
+    /// for the settle time after the switch, and not at all for a revision
+    /// the mesh never routed to directly.
+    #[test]
+    fn a_zero_waits_for_the_mesh_switch_to_settle() {
+        let (hello, other) = (ObjectKey::new("default", "hello-00001"), ObjectKey::new("default", "other-00001"));
+        let start = Instant::now();
+        let mut gate = MeshGate::default();
+        gate.observe(BTreeSet::from([hello.clone()]), start);
+        assert_eq!(gate.wait(&hello, start), Some(None), "direct: wait for the switch");
+        assert_eq!(gate.wait(&other, start), None, "never direct: no wait");
+        let switched = start + Duration::from_secs(1);
+        gate.observe(BTreeSet::new(), switched);
+        let settled = switched + MESH_SWITCH_SETTLE;
+        assert_eq!(gate.wait(&hello, switched), Some(Some(settled)));
+        assert_eq!(gate.wait(&hello, settled), None);
+        gate.observe(BTreeSet::new(), settled);
+        assert!(gate.left.is_empty(), "settled switches are forgotten");
+    }
+
     #[test]
     fn retries_back_off_to_a_ceiling() {
         let delays: Vec<u64> = (0..8).map(|n| retry_delay(n).as_millis() as u64).collect();
