@@ -371,6 +371,12 @@ pub struct RenderIstioArgs {
     /// The filter's sha256, pinned in the WasmPlugin.
     #[arg(long)]
     pub wasm_sha256: Option<String>,
+    /// Show the `-mesh` VirtualServices as the controller writes them while
+    /// the revisions are at zero: calls from inside the mesh go through the
+    /// local gateway, whose filter holds them. Without it, every revision is
+    /// warm and sidecars call it directly.
+    #[arg(long)]
+    pub at_zero: bool,
     /// Put the gateway token in this file into the WasmPlugin's pluginConfig
     /// (without it, the controller adds its token when it installs the plugin).
     #[arg(long)]

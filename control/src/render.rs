@@ -86,6 +86,9 @@ pub fn istio(args: RenderIstioArgs) -> anyhow::Result<ExitCode> {
     options.wasm_sha256 = args.wasm_sha256;
     options.validate().context("invalid option")?;
     let mut objects = revgate_istio::render(&world, &options);
+    if args.at_zero {
+        revgate_istio::mesh::all_through_local_gateway(&mut objects, &options);
+    }
     // Only on request: the token is a secret, and without it the controller
     // adds its own when it installs the plugin.
     if let Some(token) = gateway_auth::explicit(args.gateway_token_file.as_deref(), None)? {

@@ -37,9 +37,12 @@
 //! - [`service`]: a revision's Service, and a route's.
 //! - [`mod@wasm_plugin`]: the WasmPlugin and the filter's configuration.
 //! - [`mod@render`]: all of the above in apply order, and as a YAML stream.
+//! - [`mesh`]: calls from inside the mesh to a revision at zero, sent
+//!   through the local gateway (the `-mesh` VirtualService's switch).
 
 pub mod deployment;
 mod md5;
+pub mod mesh;
 pub mod meta;
 pub mod names;
 pub mod options;

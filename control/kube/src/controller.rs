@@ -31,6 +31,7 @@ use kube::api::{Api, DynamicObject, ObjectMeta, Patch, PatchParams};
 use kube::runtime::controller::{self, applier};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
+use revgate_istio::RenderOptions;
 use revgate_model::meta::SYSTEM_NAMESPACE;
 use revgate_model::plan::GatewayPlan;
 use revgate_model::{ConfigMap, Observed, World};
@@ -153,7 +154,15 @@ pub fn start(client: Client, config: ControllerConfig) -> Result<ControllerHandl
     tasks.push(tokio::spawn(dispatcher.run(trigger_rx, changed_tx)));
 
     let (view_tx, view) = watch::channel(Arc::new(ClusterView::default()));
-    tasks.push(tokio::spawn(publish_views(stores.clone(), namespaces.clone(), changed, view_tx, runtime.clone())));
+    tasks.push(tokio::spawn(publish_views(
+        stores.clone(),
+        namespaces.clone(),
+        changed,
+        view_tx,
+        runtime.clone(),
+        config.render.clone(),
+    )));
+    tasks.push(tokio::spawn(crate::mesh::reconcile_held(runtime.held_for_mesh(), reconciles.clone())));
 
     let lease = config.lease.clone();
     let (leading_rx, client_lead) = (leading.clone(), client.clone());
@@ -357,6 +366,7 @@ async fn publish_views(
     mut changed: watch::Receiver<u64>,
     view: watch::Sender<Arc<ClusterView>>,
     runtime: KubeRuntime,
+    options: RenderOptions,
 ) {
     stores.wait_until_ready().await;
     changed.mark_changed();
@@ -365,6 +375,7 @@ async fn publish_views(
         changed.borrow_and_update();
         let (next, states) = cluster_view(&stores, &scope);
         runtime.observe(states);
+        runtime.observe_mesh(crate::mesh::direct_in_scope(&stores, &scope, &options));
         view.send_replace(Arc::new(next));
     }
 }

@@ -432,18 +432,23 @@ pub fn observe(snapshot: &Snapshot, world: &World, problems: &Problems) -> Obser
 /// leaves the last Ingress in place, rather than taking the route down.
 ///
 /// Routes in rollout serve the rollout's split, and their VirtualServices
-/// carry its state for the next pass (see [`crate::rollouts`]).
+/// carry its state for the next pass (see [`crate::rollouts`]). The
+/// `-mesh` destinations of the revisions in `through_gateway` point at the
+/// local gateway (see [`crate::mesh`]).
 pub fn routing(
     snapshot: &Snapshot,
     world: &World,
     observed: &Observed,
     options: &RenderOptions,
     rollouts: &revgate_model::rollout::Rollouts,
+    through_gateway: &BTreeSet<ObjectKey>,
 ) -> (Step, GatewayPlan) {
     let plan = world.plan_with_rollouts(observed, rollouts, &mut revgate_model::PlanMemo::default());
     let mut step = Step::default();
     let mut wanted = BTreeSet::new();
     for mut vs in revgate_istio::virtual_services(world, &plan, options) {
+        // In-mesh calls to revisions at zero go through the local gateway (`crate::mesh`).
+        revgate_istio::mesh::route_through_local_gateway(&mut vs, through_gateway, options);
         let Some(route) = vs.metadata.labels.get(ROUTE_LABEL).cloned() else { continue };
         if let Some(state) =
             crate::rollouts::annotation(rollouts, &ObjectKey::new(snapshot.namespace.clone(), route.clone()))

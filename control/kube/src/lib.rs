@@ -42,6 +42,9 @@
 //! - [`leader_label`]: [`LeaderLabel`], the leader's pod label that routes the
 //!   gateways' activation calls to the replica that scales.
 //! - [`scale`]: [`KubeRuntime`], the `revgate_runtime_api::Runtime` the KPA drives.
+//! - [`mesh`]: in-mesh calls to a revision at zero: when the `-mesh`
+//!   VirtualServices go through the local gateway, and how that switch is
+//!   ordered against the scale to zero.
 //! - [`controller`]: watches, stores, dispatch, views, the leader loop; [`run`].
 //!
 //! # Tests
@@ -69,12 +72,15 @@ pub mod desired;
 pub mod kinds;
 pub mod leader;
 pub mod leader_label;
+pub mod mesh;
 pub mod readiness;
 pub mod reconcile;
 pub mod rollouts;
 pub mod scale;
 pub mod snapshot;
 
+#[cfg(test)]
+mod mesh_tests;
 #[cfg(test)]
 mod rollout_tests;
 #[cfg(test)]

@@ -145,6 +145,12 @@ impl Context {
     fn wishes(&self) -> Arc<BTreeMap<ObjectKey, u32>> {
         self.runtime.as_ref().map(KubeRuntime::wishes).unwrap_or_default()
     }
+
+    /// The counts applied Deployments carry: the wishes, less the zeros
+    /// that wait for the mesh ([`crate::mesh`]).
+    fn replicas(&self) -> BTreeMap<ObjectKey, u32> {
+        self.runtime.as_ref().map(KubeRuntime::replicas).unwrap_or_default()
+    }
 }
 
 /// A pass that could not write everything.
@@ -213,13 +219,14 @@ pub async fn pass(ctx: &Context, namespace: &str) -> Vec<WriteFailure> {
 
     let world = desired::world(&snapshot);
     let options = desired::render_options(&snapshot, &ctx.options);
-    let children = desired::revision_children(&snapshot, &world, &options, &ctx.wishes());
+    let children = desired::revision_children(&snapshot, &world, &options, &ctx.replicas());
     writer.run(&mut snapshot, children).await;
 
     let mut observed = desired::observe(&snapshot, &world, &writer.problems);
     let rollouts = rollouts::step_all(&snapshot, &world, &observed, now.saturating_mul(1000), ctx.figures.as_ref());
     ctx.set_rolling(namespace, rollouts::in_progress(&rollouts));
-    let (routing, plan) = desired::routing(&snapshot, &world, &observed, &options, &rollouts);
+    let through_gateway = crate::mesh::through_gateway(&snapshot, &ctx.wishes(), &options);
+    let (routing, plan) = desired::routing(&snapshot, &world, &observed, &options, &rollouts, &through_gateway);
     writer.run(&mut snapshot, routing).await;
     desired::ingress(&mut observed, &plan, &writer.problems);
 

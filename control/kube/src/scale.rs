@@ -17,6 +17,14 @@
 //! The reconciler reads the wishes too ([`KubeRuntime::wishes`]): a
 //! Deployment it applies carries the wished count, so an apply can never
 //! undo a scale that its stale snapshot has not seen yet.
+//!
+//! A scale to zero also waits for the mesh ([`crate::mesh`]): while a
+//! `-mesh` VirtualService in the cluster still sends sidecars straight to
+//! the revision, the zero is recorded (the reconciler reads it and points
+//! those destinations at the local gateway) but not written; it is written
+//! [`MESH_SWITCH_SETTLE`] after the cluster shows no such destination left,
+//! so that sidecars route through the gateway before the last pod goes.
+//! Scales above zero are never held: the gateway holds the calls meanwhile.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
@@ -39,12 +47,21 @@ use crate::kinds::FIELD_MANAGER;
 const FIRST_RETRY: Duration = Duration::from_millis(500);
 const MAX_RETRY: Duration = Duration::from_secs(30);
 
+/// How long a scale to zero waits after the cluster shows the revision's
+/// `-mesh` destinations switched to the local gateway. Istio reports no
+/// moment when every sidecar has a configuration; istiod pushes a change
+/// after 100 ms without further changes (`PILOT_DEBOUNCE_AFTER`), so a few
+/// seconds cover a quiet mesh many times over, and add little to a scale to
+/// zero that already waited out the stable window.
+pub const MESH_SWITCH_SETTLE: Duration = Duration::from_secs(5);
+
 /// Scales revision Deployments; see the module docs.
 #[derive(Debug, Clone)]
 pub struct KubeRuntime {
     commands: mpsc::UnboundedSender<Command>,
     states: watch::Receiver<Arc<RevisionStates>>,
     wishes: watch::Receiver<Arc<BTreeMap<ObjectKey, u32>>>,
+    held: watch::Receiver<Arc<BTreeSet<ObjectKey>>>,
 }
 
 #[derive(Debug)]
@@ -56,6 +73,8 @@ enum Command {
     Remove(ObjectKey),
     /// What the cluster shows now (from the controller's stores).
     Observed(RevisionStates),
+    /// The revisions the cluster's `-mesh` VirtualServices route to directly.
+    MeshDirect(BTreeSet<ObjectKey>),
 }
 
 impl KubeRuntime {
@@ -64,6 +83,7 @@ impl KubeRuntime {
         let (commands, inbox) = mpsc::unbounded_channel();
         let (states_tx, states) = watch::channel(Arc::new(RevisionStates::new()));
         let (wishes_tx, wishes) = watch::channel(Arc::new(BTreeMap::new()));
+        let (held_tx, held) = watch::channel(Arc::new(BTreeSet::new()));
         let actor = Actor {
             client,
             leading,
@@ -74,9 +94,11 @@ impl KubeRuntime {
             pending: BTreeSet::new(),
             failures: 0,
             retry_at: None,
+            mesh: MeshGate::default(),
+            held: held_tx,
         };
         tokio::spawn(actor.run());
-        Self { commands, states, wishes }
+        Self { commands, states, wishes, held }
     }
 
     /// Hands the runtime what the cluster shows now: ready endpoints and
@@ -85,9 +107,32 @@ impl KubeRuntime {
         let _ = self.commands.send(Command::Observed(states));
     }
 
+    /// Hands the runtime the revisions the cluster's `-mesh`
+    /// VirtualServices route to directly: their scales to zero wait.
+    pub fn observe_mesh(&self, direct: BTreeSet<ObjectKey>) {
+        let _ = self.commands.send(Command::MeshDirect(direct));
+    }
+
     /// The latest count the autoscaler asked for, per revision.
     pub fn wishes(&self) -> Arc<BTreeMap<ObjectKey, u32>> {
         self.wishes.borrow().clone()
+    }
+
+    /// The scales to zero not written yet because sidecars may still call
+    /// the revision directly (see the module docs).
+    pub fn held_for_mesh(&self) -> watch::Receiver<Arc<BTreeSet<ObjectKey>>> {
+        self.held.clone()
+    }
+
+    /// The counts a Deployment the reconciler applies may carry: the
+    /// wishes, except zeros held for the mesh (an apply must not take the
+    /// last pods away before the sidecars stopped calling them).
+    pub fn replicas(&self) -> BTreeMap<ObjectKey, u32> {
+        // Wishes first: the actor publishes a held zero before the zero
+        // itself, so a zero read here is never missing from `held` below.
+        let wishes = self.wishes.borrow().clone();
+        let held = self.held.borrow().clone();
+        wishes.iter().filter(|(key, _)| !held.contains(*key)).map(|(k, n)| (k.clone(), *n)).collect()
     }
 }
 
@@ -124,12 +169,48 @@ struct Actor {
     /// Consecutive failed writes, for the retry delay.
     failures: u32,
     retry_at: Option<Instant>,
+    mesh: MeshGate,
+    /// Zero wishes waiting for the mesh, for the reconciler.
+    held: watch::Sender<Arc<BTreeSet<ObjectKey>>>,
+}
+
+/// When a scale to zero may be written, as far as sidecars are concerned.
+#[derive(Debug, Default)]
+struct MeshGate {
+    /// Revisions the cluster's `-mesh` VirtualServices route to directly.
+    direct: BTreeSet<ObjectKey>,
+    /// When each revision left `direct` (forgotten once settled).
+    left: BTreeMap<ObjectKey, Instant>,
+}
+
+impl MeshGate {
+    fn observe(&mut self, direct: BTreeSet<ObjectKey>, now: Instant) {
+        for key in self.direct.difference(&direct) {
+            self.left.insert(key.clone(), now);
+        }
+        for key in &direct {
+            self.left.remove(key);
+        }
+        self.left.retain(|_, at| now < *at + MESH_SWITCH_SETTLE);
+        self.direct = direct;
+    }
+
+    /// `None` if a scale of `key` to zero may be written at `now`, else
+    /// the time to look again (`Some(None)`: when the mesh changes).
+    fn wait(&self, key: &ObjectKey, now: Instant) -> Option<Option<Instant>> {
+        if self.direct.contains(key) {
+            return Some(None);
+        }
+        let settled = *self.left.get(key)? + MESH_SWITCH_SETTLE;
+        (now < settled).then_some(Some(settled))
+    }
 }
 
 impl Actor {
     async fn run(mut self) {
         loop {
             let retry = self.retry_at;
+            let settle = self.mesh_settle();
             tokio::select! {
                 command = self.inbox.recv() => match command {
                     None => return,
@@ -151,16 +232,21 @@ impl Actor {
                     }
                 }
                 () = sleep_until(retry), if retry.is_some() => self.retry_at = None,
+                () = sleep_until(settle), if settle.is_some() => {}
             }
             if *self.leading.borrow() && self.retry_at.is_none() {
                 self.write_pending().await;
             }
+            self.publish_held();
         }
     }
 
     fn handle(&mut self, command: Command) {
         match command {
             Command::Scale { key, replicas } => {
+                if replicas == 0 && self.mesh.wait(&key, Instant::now()).is_some() {
+                    self.held.send_if_modified(|held| Arc::make_mut(held).insert(key.clone()));
+                }
                 self.wishes.send_modify(|w| {
                     Arc::make_mut(w).insert(key.clone(), replicas);
                 });
@@ -173,6 +259,7 @@ impl Actor {
                 self.pending.remove(&key);
             }
             Command::Observed(states) => self.observed = states,
+            Command::MeshDirect(direct) => self.mesh.observe(direct, Instant::now()),
         }
         self.publish();
     }
@@ -186,6 +273,9 @@ impl Actor {
                 self.pending.remove(&key);
                 continue;
             };
+            if replicas == 0 && self.mesh.wait(&key, Instant::now()).is_some() {
+                continue;
+            }
             match scale(&self.client, &key, replicas).await {
                 Ok(()) => {
                     self.pending.remove(&key);
@@ -200,6 +290,40 @@ impl Actor {
                 }
             }
         }
+    }
+
+    /// The zero wishes waiting for the mesh, and the earliest time one of
+    /// them settles.
+    fn mesh_waits(&self) -> (BTreeSet<ObjectKey>, Option<Instant>) {
+        let wishes = self.wishes.borrow();
+        let now = Instant::now();
+        let mut held = BTreeSet::new();
+        let mut settle: Option<Instant> = None;
+        for key in self.pending.iter().filter(|key| wishes.get(*key) == Some(&0)) {
+            if let Some(at) = self.mesh.wait(key, now) {
+                held.insert(key.clone());
+                settle = match (settle, at) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+            }
+        }
+        (held, settle)
+    }
+
+    fn mesh_settle(&self) -> Option<Instant> {
+        self.mesh_waits().1
+    }
+
+    fn publish_held(&self) {
+        let (held, _) = self.mesh_waits();
+        self.held.send_if_modified(|current| {
+            let changed = **current != held;
+            if changed {
+                *current = Arc::new(held);
+            }
+            changed
+        });
     }
 
     /// The cluster's states with the wishes as `desired`.
@@ -263,6 +387,26 @@ pub struct ScaleError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A zero waits while the mesh routes to the revision directly, then
+    /// for the settle time after the switch, and not at all for a revision
+    /// the mesh never routed to directly.
+    #[test]
+    fn a_zero_waits_for_the_mesh_switch_to_settle() {
+        let (hello, other) = (ObjectKey::new("default", "hello-00001"), ObjectKey::new("default", "other-00001"));
+        let start = Instant::now();
+        let mut gate = MeshGate::default();
+        gate.observe(BTreeSet::from([hello.clone()]), start);
+        assert_eq!(gate.wait(&hello, start), Some(None), "direct: wait for the switch");
+        assert_eq!(gate.wait(&other, start), None, "never direct: no wait");
+        let switched = start + Duration::from_secs(1);
+        gate.observe(BTreeSet::new(), switched);
+        let settled = switched + MESH_SWITCH_SETTLE;
+        assert_eq!(gate.wait(&hello, switched), Some(Some(settled)));
+        assert_eq!(gate.wait(&hello, settled), None);
+        gate.observe(BTreeSet::new(), settled);
+        assert!(gate.left.is_empty(), "settled switches are forgotten");
+    }
 
     #[test]
     fn retries_back_off_to_a_ceiling() {

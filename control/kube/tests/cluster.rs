@@ -129,3 +129,104 @@ async fn a_service_runs_updates_scales_and_is_collected() {
     controller.shutdown().await;
     namespaces.delete(&ns, &DeleteParams::default()).await.expect("the test namespace is deleted");
 }
+
+/// The `-mesh` destinations of a VirtualService.
+fn mesh_destinations(vs: &DynamicObject) -> Vec<String> {
+    vs.data["spec"]["http"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|h| h["route"].as_array().cloned().unwrap_or_default())
+        .filter_map(|r| r["destination"]["host"].as_str().map(str::to_string))
+        .collect()
+}
+
+/// Calls from inside the mesh: going to zero, the `-mesh` VirtualService
+/// sends sidecars to the local gateway before the Deployment is scaled to
+/// zero (never direct to a revision without pods); going warm, it sends
+/// them to the revision again only once its EndpointSlices show a ready pod.
+#[tokio::test]
+#[ignore = "needs a cluster with Istio and revgate's Knative CRDs; see the file's docs"]
+async fn the_mesh_goes_through_the_local_gateway_while_a_revision_is_at_zero() {
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
+    use kube::api::ListParams;
+    use revgate_istio::options::DEFAULT_LOCAL_GATEWAY_SERVICE;
+
+    let client = Client::try_default().await.expect("a kubeconfig or in-cluster config");
+    let image = std::env::var("REVGATE_IT_IMAGE").unwrap_or_else(|_| DEFAULT_IMAGE.to_string());
+    let suffix =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() % 100_000);
+    let ns = format!("revgate-it-mesh-{suffix}");
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let mut namespace = Namespace::default();
+    namespace.metadata.name = Some(ns.clone());
+    namespaces.create(&PostParams::default(), &namespace).await.expect("a test namespace");
+
+    let mut config = ControllerConfig::new("revgate-it");
+    config.namespaces = vec![ns.clone()];
+    config.lease.namespace = ns.clone();
+    config.render.gateway_namespace = ns.clone();
+    let controller = revgate_kube::start(client.clone(), config).expect("the controller starts");
+    let resource = |kind: Kind| Api::<DynamicObject>::namespaced_with(client.clone(), &ns, &kind.api_resource());
+    let apply = PatchParams::apply("revgate-it").force();
+    resource(Kind::KnativeService)
+        .patch("hello", &apply, &Patch::Apply(service("hello", &ns, &image, "mesh")))
+        .await
+        .expect("applied");
+    let direct = format!("hello-00001.{ns}.svc.cluster.local");
+    let virtual_services = resource(Kind::VirtualService);
+    eventually("hello-mesh to call the running revision directly", || async {
+        let vs = virtual_services.get("hello-mesh").await.ok()?;
+        (mesh_destinations(&vs) == [direct.clone()]).then_some(())
+    })
+    .await;
+
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), &ns);
+    let ready_pods = || async {
+        let list = slices.list(&ListParams::default().labels("kubernetes.io/service-name=hello-00001")).await.ok()?;
+        let ready = list
+            .items
+            .iter()
+            .flat_map(|s| &s.endpoints)
+            .filter(|e| e.conditions.as_ref().and_then(|c| c.ready) != Some(false))
+            .count();
+        Some(ready)
+    };
+    let workload = Workload {
+        key: ObjectKey::new(ns.clone(), "hello-00001"),
+        service: Some("hello".into()),
+        configuration: "hello".into(),
+        spec: Default::default(),
+    };
+    eventually("leadership", || async { controller.leading.borrow().then_some(()) }).await;
+
+    // Going cold: never a direct route to a Deployment scaled to zero.
+    controller.runtime.scale(&workload, 0);
+    eventually("hello-00001 scaled to zero behind the local gateway", || async {
+        let vs = virtual_services.get("hello-mesh").await.ok()?;
+        let replicas = deployments.get("hello-00001-deployment").await.ok()?.spec?.replicas;
+        let destinations = mesh_destinations(&vs);
+        assert!(
+            !(replicas == Some(0) && destinations.contains(&direct)),
+            "the Deployment went to zero while sidecars still called it directly"
+        );
+        (replicas == Some(0) && destinations == [DEFAULT_LOCAL_GATEWAY_SERVICE]).then_some(())
+    })
+    .await;
+
+    // Going warm: direct again only with a ready pod.
+    controller.runtime.scale(&workload, 1);
+    eventually("hello-mesh direct again", || async {
+        let vs = virtual_services.get("hello-mesh").await.ok()?;
+        let is_direct = mesh_destinations(&vs) == [direct.clone()];
+        if is_direct {
+            assert!(ready_pods().await? >= 1, "sidecars sent to the revision before a pod was ready");
+        }
+        is_direct.then_some(())
+    })
+    .await;
+
+    controller.shutdown().await;
+    namespaces.delete(&ns, &DeleteParams::default()).await.expect("the test namespace is deleted");
+}
