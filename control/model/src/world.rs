@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::autoscaling::RevisionScaling;
 use crate::config::Settings;
+use crate::domainmapping::{self, DOMAIN_MAPPING_RESOURCE, DomainClaim, DomainMapping};
 use crate::error::{ApplyError, FieldError, Problems};
 use crate::manifest::{Document, Reference, Resource, ResourceKind, SourceRef};
 use crate::meta::{
@@ -45,6 +46,12 @@ pub struct World {
     pub revisions: BTreeMap<ObjectKey, Arc<Revision>>,
     #[serde(with = "keyed_list")]
     pub config_maps: BTreeMap<ObjectKey, Arc<ConfigMap>>,
+    #[serde(default, with = "keyed_list")]
+    pub domain_mappings: BTreeMap<ObjectKey, Arc<DomainMapping>>,
+    /// Which namespace holds each mapped domain, keyed by
+    /// [`crate::domainmapping::claim_key`] (Knative's `ClusterDomainClaim`s).
+    #[serde(default, with = "keyed_list")]
+    pub domain_claims: BTreeMap<ObjectKey, Arc<DomainClaim>>,
 }
 
 /// Stores `object` under `key` unless an equal one is there: the object a
@@ -144,6 +151,7 @@ impl World {
                 Resource::Configuration(c) => world.apply_configuration(c, &now, &mut doc_changes),
                 Resource::Route(r) => world.apply_route(r, &now, &mut doc_changes),
                 Resource::ConfigMap(m) => world.apply_config_map(m, &now, &mut doc_changes),
+                Resource::DomainMapping(m) => world.apply_domain_mapping(m, &now, &mut doc_changes),
             };
             match result {
                 Ok(()) => changes.extend(doc_changes),
@@ -177,6 +185,14 @@ impl World {
                     }
                     None => Err(not_found()),
                 },
+                ResourceKind::DomainMapping => {
+                    if world.remove_domain_mapping(key) {
+                        changes.push(change(DOMAIN_MAPPING_RESOURCE, key.clone(), ChangeKind::Deleted));
+                        Ok(())
+                    } else {
+                        Err(not_found())
+                    }
+                }
             };
             if let Err(problems) = result {
                 errors.extend(problems.into_iter().map(|(path, message)| {
@@ -482,6 +498,28 @@ impl World {
         let kind = if existing.map(Arc::as_ref) == Some(&map) { ChangeKind::Unchanged } else { kind };
         put(&mut self.config_maps, key.clone(), map);
         changes.push(change(CONFIG_MAP_RESOURCE, key, kind));
+        Ok(())
+    }
+
+    fn apply_domain_mapping(
+        &mut self,
+        input: &DomainMapping,
+        now: &str,
+        changes: &mut Changes,
+    ) -> Result<(), Problems> {
+        let mut mapping = input.clone();
+        mapping.status = None;
+        domainmapping::set_defaults(&mut mapping);
+        let mut problems = Vec::new();
+        domainmapping::validate(&mapping, &mut problems);
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        let key = mapping.metadata.key();
+        let existing = self.domain_mappings.get(&key);
+        let kind = stamp(&mut mapping.metadata, existing.map(|m| (&m.metadata, m.spec == mapping.spec)), now);
+        let unchanged = self.store_domain_mapping(mapping);
+        changes.push(change(DOMAIN_MAPPING_RESOURCE, key, if unchanged { ChangeKind::Unchanged } else { kind }));
         Ok(())
     }
 
