@@ -266,3 +266,13 @@ fn a_bad_knative_object_in_a_mixed_file_is_still_rejected() {
     let err = World::default().apply(&read.objects, NOW).expect_err("invalid");
     assert!(err.to_string().contains("service/default/activator: spec.template.spec.containerConcurrency"), "{err}");
 }
+
+#[test]
+fn the_shipped_example_maps_its_domain() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/domainmapping.yaml");
+    let (world, _) = apply(&World::default(), &std::fs::read_to_string(path).expect("example readable"));
+    assert_eq!(
+        mapped(&world, &Observed::default()),
+        [("default/hello".into(), "hello.example.org".into(), "hello.default.svc.cluster.local".into())]
+    );
+}
