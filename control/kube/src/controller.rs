@@ -197,6 +197,9 @@ impl ClusterReader for Stores {
             }
         }
         snapshot.config_maps = self.config_maps();
+        let mappings: Vec<_> =
+            self.kinds.get(&Kind::DomainMapping).into_iter().flatten().flat_map(Store::state).collect();
+        snapshot.domain_claims = crate::domain_mappings::claims(mappings.iter().map(AsRef::as_ref));
         snapshot
     }
 }

@@ -160,7 +160,7 @@ fn referenced_route(reference: &KReference, namespace: &str) -> Option<ObjectKey
 
 /// Defaults a mapping as Knative's webhook does: the reference's namespace
 /// is the mapping's.
-pub(crate) fn set_defaults(mapping: &mut DomainMapping) {
+pub fn set_defaults(mapping: &mut DomainMapping) {
     if mapping.spec.reference.namespace.is_empty() {
         mapping.spec.reference.namespace.clone_from(&mapping.metadata.namespace);
     }
@@ -169,7 +169,7 @@ pub(crate) fn set_defaults(mapping: &mut DomainMapping) {
 /// Knative's `DomainMapping.Validate`: the name is a fully qualified domain
 /// outside the cluster's own, and the reference names a kind, an API
 /// version and a name in the mapping's namespace.
-pub(crate) fn validate(mapping: &DomainMapping, problems: &mut Problems) {
+pub fn validate(mapping: &DomainMapping, problems: &mut Problems) {
     let name = &mapping.metadata.name;
     if let Err(e) = check_fully_qualified(name) {
         problems.push(("metadata.name".to_string(), format!("invalid name {name:?}: {e}")));
