@@ -45,7 +45,7 @@ use crate::plan::{MappedHost, ObjectKey};
 use crate::resources::Addressable;
 use crate::status::{resolve, serves};
 use crate::validation;
-use crate::world::World;
+use crate::world::{ChangeKind, Changes, World, change, stamp};
 
 /// API group and version of DomainMapping.
 pub const DOMAIN_MAPPING_API_VERSION: &str = "serving.knative.dev/v1beta1";
@@ -212,10 +212,34 @@ fn check_fully_qualified(name: &str) -> Result<(), String> {
 }
 
 impl World {
+    /// Applies one mapping: defaulted and validated as Knative's webhook
+    /// does, stamped, stored, and its domain claimed if nobody holds it.
+    pub(crate) fn apply_domain_mapping(
+        &mut self,
+        input: &DomainMapping,
+        now: &str,
+        changes: &mut Changes,
+    ) -> Result<(), Problems> {
+        let mut mapping = input.clone();
+        mapping.status = None;
+        set_defaults(&mut mapping);
+        let mut problems = Vec::new();
+        validate(&mapping, &mut problems);
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        let key = mapping.metadata.key();
+        let existing = self.domain_mappings.get(&key);
+        let kind = stamp(&mut mapping.metadata, existing.map(|m| (&m.metadata, m.spec == mapping.spec)), now);
+        let unchanged = self.store_domain_mapping(mapping);
+        changes.push(change(DOMAIN_MAPPING_RESOURCE, key, if unchanged { ChangeKind::Unchanged } else { kind }));
+        Ok(())
+    }
+
     /// Stores a mapping (validated and defaulted by the caller) and takes
     /// the claim on its domain if nobody holds it. Returns whether the
     /// stored mapping was already equal (the apply then reports it unchanged).
-    pub(crate) fn store_domain_mapping(&mut self, mapping: DomainMapping) -> bool {
+    fn store_domain_mapping(&mut self, mapping: DomainMapping) -> bool {
         let key = mapping.metadata.key();
         let claim = claim_key(&key.name);
         self.domain_claims.entry(claim).or_insert_with(|| Arc::new(DomainClaim { namespace: key.namespace.clone() }));

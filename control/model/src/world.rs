@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::autoscaling::RevisionScaling;
 use crate::config::Settings;
-use crate::domainmapping::{self, DOMAIN_MAPPING_RESOURCE, DomainClaim, DomainMapping};
+use crate::domainmapping::{DOMAIN_MAPPING_RESOURCE, DomainClaim, DomainMapping};
 use crate::error::{ApplyError, FieldError, Problems};
 use crate::manifest::{Document, Reference, Resource, ResourceKind, SourceRef};
 use crate::meta::{
@@ -125,11 +125,11 @@ pub const ROUTE_RESOURCE: &str = "route.serving.knative.dev";
 pub const REVISION_RESOURCE: &str = "revision.serving.knative.dev";
 pub const CONFIG_MAP_RESOURCE: &str = "configmap";
 
-fn change(resource: &str, key: ObjectKey, change: ChangeKind) -> Change {
+pub(crate) fn change(resource: &str, key: ObjectKey, change: ChangeKind) -> Change {
     Change { resource: resource.to_string(), key, change }
 }
 
-type Changes = Vec<Change>;
+pub(crate) type Changes = Vec<Change>;
 
 impl World {
     /// Applies documents in order, as `kubectl apply -f` does. All or
@@ -501,28 +501,6 @@ impl World {
         Ok(())
     }
 
-    fn apply_domain_mapping(
-        &mut self,
-        input: &DomainMapping,
-        now: &str,
-        changes: &mut Changes,
-    ) -> Result<(), Problems> {
-        let mut mapping = input.clone();
-        mapping.status = None;
-        domainmapping::set_defaults(&mut mapping);
-        let mut problems = Vec::new();
-        domainmapping::validate(&mapping, &mut problems);
-        if !problems.is_empty() {
-            return Err(problems);
-        }
-        let key = mapping.metadata.key();
-        let existing = self.domain_mappings.get(&key);
-        let kind = stamp(&mut mapping.metadata, existing.map(|m| (&m.metadata, m.spec == mapping.spec)), now);
-        let unchanged = self.store_domain_mapping(mapping);
-        changes.push(change(DOMAIN_MAPPING_RESOURCE, key, if unchanged { ChangeKind::Unchanged } else { kind }));
-        Ok(())
-    }
-
     // ----- delete, per kind -----------------------------------------------------
 
     fn delete_service(&mut self, key: &ObjectKey, changes: &mut Changes) -> Result<(), Problems> {
@@ -583,7 +561,7 @@ impl World {
 /// Sets the server-managed metadata of an object about to be stored, given
 /// the stored version's metadata and whether its spec is unchanged. Returns
 /// Created or Configured (the caller decides about Unchanged).
-fn stamp(meta: &mut ObjectMeta, existing: Option<(&ObjectMeta, bool)>, now: &str) -> ChangeKind {
+pub(crate) fn stamp(meta: &mut ObjectMeta, existing: Option<(&ObjectMeta, bool)>, now: &str) -> ChangeKind {
     match existing {
         None => {
             meta.generation = Some(1);
