@@ -341,11 +341,16 @@ fn identify(source: &SourceRef, value: &Value, other_kinds: OtherKinds) -> Resul
 }
 
 /// Whether a document is of a kind that is none of Knative's: it names
-/// both an `apiVersion` and a `kind`, and its API group is not a
-/// `knative.dev` one.
+/// both an `apiVersion` and a `kind`, its API group is not a `knative.dev`
+/// one, and it is not a `List`, whose items may well be Knative objects
+/// (skipping it would drop them unread).
 fn is_other_kind(api_version: &str, kind: &str) -> bool {
     let group = api_version.rsplit_once('/').map_or("", |(group, _)| group);
-    !api_version.is_empty() && !kind.is_empty() && group != "knative.dev" && !group.ends_with(".knative.dev")
+    !api_version.is_empty()
+        && !kind.is_empty()
+        && !kind.ends_with("List")
+        && group != "knative.dev"
+        && !group.ends_with(".knative.dev")
 }
 
 /// What Kubernetes requires of every object's identity: a name, a namespace
@@ -461,10 +466,12 @@ mod tests {
     }
 
     #[test]
-    fn knative_kinds_revgate_does_not_accept_are_refused_even_when_skipping() {
-        for (api_version, kind) in
-            [("serving.knative.dev/v1", "Revision"), ("autoscaling.internal.knative.dev/v1alpha1", "PodAutoscaler")]
-        {
+    fn knative_kinds_revgate_does_not_accept_and_lists_are_refused_even_when_skipping() {
+        for (api_version, kind) in [
+            ("serving.knative.dev/v1", "Revision"),
+            ("autoscaling.internal.knative.dev/v1alpha1", "PodAutoscaler"),
+            ("v1", "List"),
+        ] {
             let text = format!("apiVersion: {api_version}\nkind: {kind}\nmetadata: {{name: r}}\n");
             let err =
                 parse_documents_within("k.yaml", &text, &mut Budget::default(), OtherKinds::Skip).expect_err("refused");
