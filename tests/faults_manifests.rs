@@ -294,14 +294,78 @@ async fn empty_duplicate_and_reference_manifests_are_read_as_kubectl_reads_them(
     }
     assert_eq!(stdout(&revgate.cli(&["get", "ksvc", "-A", "-o", "json"])), before, "nothing changed");
 
+    // A kind revgate does not manage is skipped on delete too (with --strict, refused).
     let unknown = revgate.write_manifest("apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: hello\n");
     let out = revgate.cli(&["delete", "-f", unknown.to_str().expect("utf-8 path")]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("Warning: skipped apps/v1 Deployment default/hello: not a Knative Serving resource"),
+        "{}",
+        stderr(&out)
+    );
+    let out = revgate.cli(&["delete", "--strict", "-f", unknown.to_str().expect("utf-8 path")]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    assert!(stderr(&out).contains("unsupported kind \"Deployment\""), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("apps/v1 Deployment default/hello is not a Knative Serving resource"),
+        "{}",
+        stderr(&out)
+    );
 
     let reference =
         revgate.write_manifest("apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata:\n  name: hello\n");
     let out = revgate.cli(&["delete", "-f", reference.to_str().expect("utf-8 path")]);
     assert!(out.status.success(), "delete by reference: {}", stderr(&out));
     assert!(stdout(&out).contains("service.serving.knative.dev/hello deleted"), "{}", stdout(&out));
+}
+
+/// Knative's own test setup mixing two Knative Services with a Kubernetes
+/// Service and a Deployment (`tests/fixtures/knative/`).
+fn mixed_kinds_setup() -> std::path::PathBuf {
+    support::repo_root().join("tests/fixtures/knative/dataplane-probe-setup.yaml")
+}
+
+/// Fault: a file mixing Knative Services with kinds revgate does not manage
+/// (Knative's `dataplane-probe-setup.yaml`). Promise: `apply` applies the
+/// Knative objects and prints one warning line per skipped document;
+/// `--strict` refuses the file naming the file, the document and the kind,
+/// and changes nothing; `render envoy|istio` read it the same way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_mixing_other_kinds_applies_with_a_warning_per_document_and_strict_refuses_it() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let revgate = Revgate::start(&dir.path().join("state"), support::free_port()).await;
+    let setup = mixed_kinds_setup();
+    let setup = setup.to_str().expect("utf-8 path");
+    let skipped = [
+        "Warning: skipped v1 Service default/deployment: not a Knative Serving resource",
+        "Warning: skipped apps/v1 Deployment default/deployment: not a Knative Serving resource",
+    ];
+
+    let out = revgate.cli(&["apply", "--strict", "-f", setup]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let refusal = format!("{setup}: document 2: v1 Service default/deployment is not a Knative Serving resource");
+    assert!(stderr(&out).contains(&refusal), "{}", stderr(&out));
+    let none = revgate.cli(&["get", "ksvc"]);
+    assert!(stderr(&none).contains("No resources found"), "nothing applied: {}", stdout(&none));
+
+    let out = revgate.cli(&["apply", "-f", setup]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    println!("{}{}", stderr(&out), stdout(&out));
+    let errors = stderr(&out);
+    let warnings: Vec<&str> = errors.lines().filter(|l| l.contains("skipped")).collect();
+    assert_eq!(warnings, skipped, "one line per skipped document");
+    for created in ["service.serving.knative.dev/activator created", "service.serving.knative.dev/queue-proxy created"]
+    {
+        assert!(stdout(&out).contains(created), "{created}: {}", stdout(&out));
+    }
+
+    for render in [["render", "envoy", "-f", setup], ["render", "istio", "-f", setup]] {
+        let out = revgate.cli(&render);
+        assert!(out.status.success(), "{render:?}: {}", stderr(&out));
+        assert_eq!(stderr(&out).lines().filter(|l| l.contains("skipped")).collect::<Vec<_>>(), skipped, "{render:?}");
+        assert!(stdout(&out).contains("activator"), "{render:?}");
+        let mut strict = render.to_vec();
+        strict.insert(2, "--strict");
+        let out = revgate.cli(&strict);
+        assert!(!out.status.success() && stderr(&out).contains(&refusal), "{strict:?}: {}", stderr(&out));
+    }
 }

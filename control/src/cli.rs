@@ -186,6 +186,11 @@ pub struct UpArgs {
     /// `knative-serving` configure revgate as they configure Knative).
     #[arg(short = 'f', long = "filename", required = true, num_args = 1..)]
     pub files: Vec<PathBuf>,
+    /// Refuse files with documents of kinds revgate does not manage
+    /// (Deployments, Kubernetes Services…) instead of skipping each with a
+    /// warning; nothing is applied.
+    #[arg(long)]
+    pub strict: bool,
     /// YAML map from container image to the local command that stands for it.
     #[arg(long)]
     pub images: Option<PathBuf>,
@@ -287,6 +292,11 @@ pub struct ManifestArgs {
     /// Manifest files or directories (YAML or JSON; directories are read in name order).
     #[arg(short = 'f', long = "filename", required = true, num_args = 1..)]
     pub files: Vec<PathBuf>,
+    /// Refuse files with documents of kinds revgate does not manage
+    /// (Deployments, Kubernetes Services…) instead of skipping each with a
+    /// warning; nothing is applied.
+    #[arg(long)]
+    pub strict: bool,
     #[command(flatten)]
     pub client: ClientArgs,
 }
@@ -294,7 +304,7 @@ pub struct ManifestArgs {
 #[derive(Debug, Args)]
 pub struct GetArgs {
     /// What to show: service (ksvc), configuration (cfg), route (rt),
-    /// revision (rev), gateway, activity, kpa or sks.
+    /// revision (rev), domainmapping (dm), gateway, activity, kpa or sks.
     pub kind: GetKind,
     /// Only the object with this name.
     pub name: Option<String>,
@@ -324,6 +334,9 @@ pub enum GetKind {
     /// Revisions (also `rev`): readiness and replicas.
     #[value(alias = "rev", alias = "revisions")]
     Revision,
+    /// DomainMappings (also `dm`): the domain's URL and readiness.
+    #[value(alias = "dm", alias = "domainmappings")]
+    Domainmapping,
     /// The gateways connected over xDS and what they accepted or rejected.
     #[value(alias = "gateways")]
     Gateway,
@@ -362,6 +375,11 @@ pub struct RenderIstioArgs {
     /// Knative manifests (files or directories, applied in order).
     #[arg(short = 'f', long = "filename", required = true, num_args = 1..)]
     pub files: Vec<PathBuf>,
+    /// Refuse files with documents of kinds revgate does not manage
+    /// (Deployments, Kubernetes Services…) instead of skipping each with a
+    /// warning; nothing is applied.
+    #[arg(long)]
+    pub strict: bool,
     /// The Istio Gateway for external traffic, `namespace/name`.
     #[arg(long, default_value = "knative-serving/knative-ingress-gateway")]
     pub gateway: String,
@@ -388,6 +406,12 @@ pub struct RenderEnvoyArgs {
     /// Manifests to render as static resources (as xDS would serve them).
     #[arg(short = 'f', long = "filename", num_args = 1.., required_unless_present = "ads", conflicts_with = "ads")]
     pub files: Vec<PathBuf>,
+    /// Refuse files with documents of kinds revgate does not manage
+    /// (Deployments, Kubernetes Services…) instead of skipping each with a
+    /// warning; nothing is applied.
+    #[arg(long)]
+    pub strict: bool,
+
     /// Print a bootstrap that fetches everything from `revgate serve` over ADS instead.
     #[arg(long)]
     pub ads: bool,

@@ -32,8 +32,8 @@ use revgate_model::decode::Budget;
 use revgate_model::plan::{Endpoint, EndpointMap, GatewayPlan, ObjectKey};
 use revgate_model::rollout::Rollouts;
 use revgate_model::{
-    ApplyError, Document, ManifestError, PlanMemo, Reference, RevisionReadiness, World, parse_documents_within,
-    parse_references,
+    ApplyError, Document, Manifest, ManifestError, OtherKinds, PlanMemo, Reference, RevisionReadiness, Skipped, World,
+    parse_documents_within, parse_references,
     world::{Change, IngressState, Observed},
 };
 use revgate_runtime::RevisionState;
@@ -109,27 +109,33 @@ pub enum Parsed {
 
 /// Reads every file of one apply (or delete), charging what all of them
 /// expand to against one [`Budget`]. Pure CPU work: callers run it on a
-/// blocking thread. Files without any object are an error, as in `kubectl`.
-pub fn parse_manifests(files: &[ManifestFile], delete: bool) -> Result<Parsed, ControlError> {
+/// blocking thread. Files without any document are an error, as in
+/// `kubectl`; documents of kinds revgate does not manage are skipped (and
+/// returned, to be shown as warnings) or refused, as `other_kinds` says.
+pub fn parse_manifests(
+    files: &[ManifestFile],
+    delete: bool,
+    other_kinds: OtherKinds,
+) -> Result<(Parsed, Vec<Skipped>), ControlError> {
     let mut budget = Budget::default();
     if delete {
-        let mut references = Vec::new();
+        let mut references = Manifest::default();
         for file in files {
-            references.extend(parse_references(&file.name, &file.content, &mut budget)?);
+            references.extend(parse_references(&file.name, &file.content, &mut budget, other_kinds)?);
         }
-        if references.is_empty() {
+        if references.objects.is_empty() && references.skipped.is_empty() {
             return Err(ControlError::NoObjects { verb: "delete" });
         }
-        Ok(Parsed::Delete(references))
+        Ok((Parsed::Delete(references.objects), references.skipped))
     } else {
-        let mut documents = Vec::new();
+        let mut documents = Manifest::default();
         for file in files {
-            documents.extend(parse_documents_within(&file.name, &file.content, &mut budget)?);
+            documents.extend(parse_documents_within(&file.name, &file.content, &mut budget, other_kinds)?);
         }
-        if documents.is_empty() {
+        if documents.objects.is_empty() && documents.skipped.is_empty() {
             return Err(ControlError::NoObjects { verb: "apply" });
         }
-        Ok(Parsed::Apply(documents))
+        Ok((Parsed::Apply(documents.objects), documents.skipped))
     }
 }
 
@@ -191,15 +197,34 @@ impl std::fmt::Debug for Command {
 }
 
 impl Handle {
-    /// Applies (or deletes) manifests; all-or-nothing. The files are parsed
-    /// here, on a blocking thread, and only parsed documents reach the owner.
+    /// Applies (or deletes) manifests; all-or-nothing. Documents of kinds
+    /// revgate does not manage are skipped, each with a warning.
     pub async fn apply(&self, files: Vec<ManifestFile>, delete: bool) -> Result<Applied, ControlError> {
-        let parsed = tokio::task::spawn_blocking(move || parse_manifests(&files, delete))
+        self.apply_with(files, delete, OtherKinds::Skip).await
+    }
+
+    /// [`Handle::apply`], with documents of other kinds skipped or refused
+    /// as `other_kinds` says (`--strict` refuses). The files are parsed
+    /// here, on a blocking thread, and only parsed documents reach the owner.
+    pub async fn apply_with(
+        &self,
+        files: Vec<ManifestFile>,
+        delete: bool,
+        other_kinds: OtherKinds,
+    ) -> Result<Applied, ControlError> {
+        let (parsed, skipped) = tokio::task::spawn_blocking(move || parse_manifests(&files, delete, other_kinds))
             .await
             .map_err(|_| ControlError::ShuttingDown)??;
+        let skipped: Vec<String> = skipped.iter().map(ToString::to_string).collect();
+        if matches!(&parsed, Parsed::Apply(d) if d.is_empty()) || matches!(&parsed, Parsed::Delete(r) if r.is_empty()) {
+            // Only skipped documents: nothing for the owner to do.
+            return Ok(Applied { changes: Vec::new(), published: self.published(), warnings: skipped });
+        }
         let (reply, answer) = oneshot::channel();
         self.commands.send(Command::Apply { parsed, reply }).await.map_err(|_| ControlError::ShuttingDown)?;
-        answer.await.map_err(|_| ControlError::ShuttingDown)?
+        let mut applied = answer.await.map_err(|_| ControlError::ShuttingDown)??;
+        applied.warnings.splice(0..0, skipped);
+        Ok(applied)
     }
 
     /// Arms or clears a fault in the resources sent to gateways.

@@ -243,7 +243,10 @@ mod tests {
     use crate::testing::{HELLO_SERVICE as SERVICE, hello_revision as key};
 
     fn world() -> Arc<World> {
-        let documents = parse_documents_within("hello.yaml", SERVICE, &mut Budget::default()).expect("manifest");
+        let documents =
+            parse_documents_within("hello.yaml", SERVICE, &mut Budget::default(), revgate_model::OtherKinds::Reject)
+                .expect("manifest")
+                .objects;
         let (world, _) = World::default().apply(&documents, 0).expect("apply");
         Arc::new(world)
     }

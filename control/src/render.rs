@@ -6,8 +6,9 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use revgate_kube::config::PluginToken;
+use revgate_model::decode::Budget;
 use revgate_model::world::Observed;
-use revgate_model::{World, parse_documents};
+use revgate_model::{Manifest, OtherKinds, World, parse_documents_within};
 use revgate_xds::render::{AdsBootstrapOptions, AdsTls, BootstrapOptions, ads_bootstrap_yaml, static_bootstrap_yaml};
 use revgate_xds::server::Api;
 use revgate_xds::translate::{XdsSettings, translate};
@@ -43,7 +44,7 @@ pub fn envoy(args: RenderEnvoyArgs) -> anyhow::Result<ExitCode> {
     }
     // Render exactly what `revgate serve` would publish for these manifests
     // applied to an empty control plane.
-    let world = applied(&args.files)?;
+    let world = applied(&args.files, args.strict)?;
     let plan = world.plan(&Observed::default());
     let settings = XdsSettings { listener_port: args.http_port, ..XdsSettings::default() };
     let resources = translate(&plan, &Default::default(), &settings);
@@ -78,7 +79,7 @@ fn ads_tls(args: &RenderEnvoyArgs) -> anyhow::Result<Option<AdsTls>> {
 
 /// `revgate render istio`: the objects cluster mode would write.
 pub fn istio(args: RenderIstioArgs) -> anyhow::Result<ExitCode> {
-    let world = applied(&args.files)?;
+    let world = applied(&args.files, args.strict)?;
     let mut options = revgate_istio::RenderOptions { ingress_gateway: args.gateway, ..Default::default() };
     if let Some(url) = args.wasm_url {
         options.wasm_url = url;
@@ -104,12 +105,18 @@ pub fn istio(args: RenderIstioArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// The manifests applied, in order, to an empty world (as `revgate apply`
-/// would to a fresh control plane).
-fn applied(files: &[std::path::PathBuf]) -> anyhow::Result<World> {
-    let mut documents = Vec::new();
+/// would to a fresh control plane). Documents of kinds revgate does not
+/// manage are skipped with a warning on stderr, or with `strict` refused.
+fn applied(files: &[std::path::PathBuf], strict: bool) -> anyhow::Result<World> {
+    let other_kinds = if strict { OtherKinds::Reject } else { OtherKinds::Skip };
+    let mut budget = Budget::default();
+    let mut documents = Manifest::default();
     for file in manifests::read_all(files)? {
-        documents.extend(parse_documents(&file.name, &file.content)?);
+        documents.extend(parse_documents_within(&file.name, &file.content, &mut budget, other_kinds)?);
     }
-    let (world, _) = World::default().apply(&documents, 0).context("the manifests are invalid")?;
+    for skipped in &documents.skipped {
+        eprintln!("Warning: {skipped}");
+    }
+    let (world, _) = World::default().apply(&documents.objects, 0).context("the manifests are invalid")?;
     Ok(world)
 }

@@ -24,6 +24,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, TableHandle};
+use revgate_model::domainmapping::DOMAIN_MAPPING_RESOURCE;
 use revgate_model::plan::{Endpoint, ObjectKey};
 use revgate_model::world::{
     CONFIG_MAP_RESOURCE, CONFIGURATION_RESOURCE, ChangeKind, REVISION_RESOURCE, ROUTE_RESOURCE, SERVICE_RESOURCE,
@@ -37,6 +38,9 @@ const CONFIGURATIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("confi
 const ROUTES: TableDefinition<&str, &[u8]> = TableDefinition::new("routes");
 const REVISIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("revisions");
 const CONFIG_MAPS: TableDefinition<&str, &[u8]> = TableDefinition::new("configmaps");
+const DOMAIN_MAPPINGS: TableDefinition<&str, &[u8]> = TableDefinition::new("domainmappings");
+/// Knative's ClusterDomainClaims, keyed `/<domain>` (cluster-wide: no namespace).
+const DOMAIN_CLAIMS: TableDefinition<&str, &[u8]> = TableDefinition::new("clusterdomainclaims");
 const ENDPOINTS: TableDefinition<&str, &[u8]> = TableDefinition::new("endpoints");
 const ROLLOUTS: TableDefinition<&str, &[u8]> = TableDefinition::new("rollouts");
 
@@ -82,6 +86,8 @@ impl UnreadableObject {
             "routes" => "routes.serving.knative.dev",
             "revisions" => "revisions.serving.knative.dev",
             "configmaps" => "configmaps",
+            "domainmappings" => "domainmappings.serving.knative.dev",
+            "clusterdomainclaims" => "clusterdomainclaims.networking.internal.knative.dev",
             _ => "objects",
         }
     }
@@ -151,6 +157,8 @@ impl Store {
         read_table(&txn, ROUTES, &self.path, &mut world.routes, &mut unreadable)?;
         read_table(&txn, REVISIONS, &self.path, &mut world.revisions, &mut unreadable)?;
         read_table(&txn, CONFIG_MAPS, &self.path, &mut world.config_maps, &mut unreadable)?;
+        read_table(&txn, DOMAIN_MAPPINGS, &self.path, &mut world.domain_mappings, &mut unreadable)?;
+        read_table(&txn, DOMAIN_CLAIMS, &self.path, &mut world.domain_claims, &mut unreadable)?;
         self.unreadable = unreadable;
         Ok(world)
     }
@@ -193,6 +201,10 @@ impl Store {
         write_table(&txn, ROUTES, &previous.routes, &world.routes).map_err(|e| self.db_error(e))?;
         write_table(&txn, REVISIONS, &previous.revisions, &world.revisions).map_err(|e| self.db_error(e))?;
         write_table(&txn, CONFIG_MAPS, &previous.config_maps, &world.config_maps).map_err(|e| self.db_error(e))?;
+        write_table(&txn, DOMAIN_MAPPINGS, &previous.domain_mappings, &world.domain_mappings)
+            .map_err(|e| self.db_error(e))?;
+        write_table(&txn, DOMAIN_CLAIMS, &previous.domain_claims, &world.domain_claims)
+            .map_err(|e| self.db_error(e))?;
         let gone: Vec<&ObjectKey> =
             previous.revisions.keys().filter(|key| !world.revisions.contains_key(key)).collect();
         if !gone.is_empty() {
@@ -378,6 +390,7 @@ pub fn delete_unreadable(world: &World, unreadable: &[UnreadableObject], referen
             ResourceKind::Configuration => ("configurations", CONFIGURATION_RESOURCE),
             ResourceKind::Route => ("routes", ROUTE_RESOURCE),
             ResourceKind::ConfigMap => ("configmaps", CONFIG_MAP_RESOURCE),
+            ResourceKind::DomainMapping => ("domainmappings", DOMAIN_MAPPING_RESOURCE),
         };
         let Some(own) = row_of(table, &key) else {
             plan.readable.push(reference.clone());
@@ -409,7 +422,7 @@ pub fn delete_unreadable(world: &World, unreadable: &[UnreadableObject], referen
                 }
             }
             ResourceKind::Configuration => Some(key.clone()),
-            ResourceKind::Route | ResourceKind::ConfigMap => None,
+            ResourceKind::Route | ResourceKind::ConfigMap | ResourceKind::DomainMapping => None,
         };
         if let Some(configuration) = configuration {
             plan.rows.extend(unreadable_revisions(world, unreadable, &configuration));
@@ -679,7 +692,10 @@ pub(crate) mod tests {
     }
 
     fn references(file: &str, text: &str) -> Vec<Reference> {
-        revgate_model::parse_references(file, text, &mut revgate_model::decode::Budget::default()).expect("manifest")
+        let mut budget = revgate_model::decode::Budget::default();
+        revgate_model::parse_references(file, text, &mut budget, revgate_model::OtherKinds::Reject)
+            .expect("manifest")
+            .objects
     }
 
     fn service(name: &str) -> String {

@@ -56,6 +56,7 @@ fn columns(kind: GetKind) -> &'static [(&'static str, Column)] {
             ("ACTUAL REPLICAS", Column::Path(&["status", "actualReplicas"])),
             ("DESIRED REPLICAS", Column::Path(&["status", "desiredReplicas"])),
         ],
+        GetKind::Domainmapping => &[("URL", Column::Path(&["status", "url"])), ("READY", READY), ("REASON", REASON)],
         GetKind::Activity => &[
             ("CONCURRENCY", Column::Number(&["concurrency"])),
             ("HELD", Column::Path(&["held"])),

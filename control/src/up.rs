@@ -14,6 +14,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use revgate_model::OtherKinds;
 use revgate_model::world::IngressState;
 use revgate_runtime::ImageMap;
 use revgate_runtime::record::{self, ProcessRecord, RecordedProcess};
@@ -158,7 +159,8 @@ async fn serve(
     envoy_record: &mut ProcessRecord,
 ) -> anyhow::Result<()> {
     let handle = &platform.handle;
-    let applied = match handle.apply(files, false).await {
+    let other_kinds = if args.strict { OtherKinds::Reject } else { OtherKinds::Skip };
+    let applied = match handle.apply_with(files, false, other_kinds).await {
         Ok(applied) => applied,
         Err(ControlError::Invalid(e)) => {
             for error in &e.errors {

@@ -17,6 +17,7 @@
 //! | `v1` Service `<route>`, `<tag>-<route>` | route host | Knative's: ExternalName to the local gateway |
 //! | `apps/v1` Deployment `<revision>-deployment` | revision | Knative's, without the queue-proxy |
 //! | `networking.istio.io/v1beta1` VirtualService `<route>-mesh`, `<route>-ingress` | route | net-istio's |
+//! | `networking.istio.io/v1beta1` VirtualService `<domain>-ingress` | DomainMapping | net-istio's for the mapping's Ingress |
 //! | `extensions.istio.io/v1alpha1` WasmPlugin `revgate` | gateway | revgate's filter, `FAIL_OPEN` |
 //!
 //! Nothing here does I/O or reads a clock: objects are functions of the
@@ -33,6 +34,7 @@
 //!   Knative shortens them.
 //! - [`meta`]: object metadata and owner references (only with a known UID).
 //! - [`mod@virtual_service`]: Knative's ingress rules, then net-istio's VirtualServices.
+//! - [`domain_mapping`]: a DomainMapping's Ingress as net-istio writes it.
 //! - [`mod@deployment`]: a revision's Deployment.
 //! - [`service`]: a revision's Service, and a route's.
 //! - [`mod@wasm_plugin`]: the WasmPlugin and the filter's configuration.
@@ -41,6 +43,7 @@
 //!   through the local gateway (the `-mesh` VirtualService's switch).
 
 pub mod deployment;
+pub mod domain_mapping;
 mod md5;
 pub mod mesh;
 pub mod meta;

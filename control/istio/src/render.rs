@@ -6,6 +6,7 @@ use revgate_model::{Observed, World};
 use serde::Serialize;
 
 use crate::deployment::{Deployment, deployment};
+use crate::domain_mapping;
 use crate::meta::ObjectMeta;
 use crate::options::RenderOptions;
 use crate::service::{Service, revision_service, route_services};
@@ -88,6 +89,7 @@ pub fn render_plan(world: &World, plan: &GatewayPlan, options: &RenderOptions) -
         }
     }
     objects.extend(virtual_services(world, plan, options).into_iter().map(Object::VirtualService));
+    objects.extend(domain_mapping::virtual_services(world, plan, options).into_iter().map(Object::VirtualService));
     objects.push(Object::WasmPlugin(wasm_plugin(options)));
     objects
 }

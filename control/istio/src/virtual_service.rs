@@ -125,6 +125,10 @@ pub struct VirtualServiceSpec {
 pub struct HttpRoute {
     #[serde(rename = "match")]
     pub matches: Vec<HttpMatch>,
+    /// Set only where Knative's Ingress path has `RewriteHost` (a
+    /// DomainMapping's domain, see [`crate::domain_mapping`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rewrite: Option<HttpRewrite>,
     pub route: Vec<RouteDestination>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub headers: Option<Headers>,
@@ -138,6 +142,12 @@ pub struct HttpMatch {
     pub gateways: Vec<String>,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub headers: BTreeMap<String, StringMatch>,
+}
+
+/// `rewrite: {authority: …}`: the host the request continues with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HttpRewrite {
+    pub authority: String,
 }
 
 /// Istio's `StringMatch`: `{prefix: …}` or `{exact: …}`, one of them set.
@@ -197,7 +207,7 @@ pub struct HttpRetry {}
 
 impl Headers {
     /// `None` when there is nothing to set, as net-istio leaves the field out.
-    fn set(values: &BTreeMap<String, String>) -> Option<Self> {
+    pub(crate) fn set(values: &BTreeMap<String, String>) -> Option<Self> {
         (!values.is_empty()).then(|| Headers { request: HeaderOperations { set: values.clone() } })
     }
 }
@@ -447,6 +457,7 @@ fn spec(
                 .collect();
             http.push(HttpRoute {
                 matches,
+                rewrite: None,
                 route: path.splits.iter().map(Backend::destination).collect(),
                 headers: Headers::set(&path.append_headers),
                 retries: HttpRetry {},

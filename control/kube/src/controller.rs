@@ -206,6 +206,9 @@ impl ClusterReader for Stores {
             }
         }
         snapshot.config_maps = self.config_maps();
+        let mappings: Vec<_> =
+            self.kinds.get(&Kind::DomainMapping).into_iter().flatten().flat_map(Store::state).collect();
+        snapshot.domain_claims = crate::domain_mappings::claims(mappings.iter().map(AsRef::as_ref));
         snapshot
     }
 }
@@ -392,12 +395,14 @@ pub fn cluster_view(reader: &dyn ClusterReader, scope: &Store<Namespace>) -> (Cl
         let observed = desired::observe(&snapshot, &world, &Problems::default());
         states.extend(readiness::revision_states(&snapshot));
         view.observed.revisions.extend(observed.revisions);
-        let World { services, configurations, routes, revisions, config_maps } = world;
+        let World { services, configurations, routes, revisions, config_maps, domain_mappings, domain_claims } = world;
         view.world.services.extend(services);
         view.world.configurations.extend(configurations);
         view.world.routes.extend(routes);
         view.world.revisions.extend(revisions);
         view.world.config_maps = config_maps;
+        view.world.domain_mappings.extend(domain_mappings);
+        view.world.domain_claims.extend(domain_claims);
     }
     view.plan = view.world.plan(&view.observed);
     (view, states)

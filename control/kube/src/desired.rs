@@ -144,7 +144,7 @@ pub struct Step {
 impl Step {
     /// Queues `body` unless the cluster already holds it, or holds an
     /// object of that name that the subject's owner does not control.
-    fn apply_child(&mut self, snapshot: &Snapshot, body: Value, owner: (Kind, &str), subject: Subject) {
+    pub(crate) fn apply_child(&mut self, snapshot: &Snapshot, body: Value, owner: (Kind, &str), subject: Subject) {
         let Some(kind) = body_kind(&body) else { return };
         let Some(name) = body.pointer("/metadata/name").and_then(Value::as_str).map(str::to_string) else { return };
         if let Some(existing) = snapshot.get(kind, &name) {
@@ -356,6 +356,7 @@ pub fn world(snapshot: &Snapshot) -> World {
             world.revisions.insert(revision.metadata.key(), Arc::new(revision));
         }
     }
+    crate::domain_mappings::add_to_world(snapshot, &mut world);
     world
 }
 
@@ -459,6 +460,7 @@ pub fn routing(
         wanted.insert(vs.metadata.name.clone());
         step.apply_child(snapshot, body, (Kind::Route, &route), Subject::new(Kind::Route, &route, reason::READY));
     }
+    crate::domain_mappings::routing(snapshot, world, &plan, options, &mut step);
     let serving: BTreeSet<&str> = plan.routes.iter().map(|r| r.key.name.as_str()).collect();
     for object in snapshot.live(Kind::VirtualService) {
         let Some(name) = &object.metadata.name else { continue };
@@ -562,6 +564,7 @@ pub fn statuses(
         }
         views.push((Kind::KnativeService, name, to_value(&status)));
     }
+    views.extend(crate::domain_mappings::status_views(snapshot, world, observed));
     // Objects the model could not read at all still show why.
     for kind in [Kind::KnativeService, Kind::Configuration] {
         for (name, p) in problems.of_kind(kind) {
@@ -658,7 +661,7 @@ fn settings_world(snapshot: &Snapshot) -> World {
 /// A cluster object as a model type. `key: null` entries are dropped
 /// first: Kubernetes treats them as absent, and the model would otherwise
 /// keep them in its open pod-spec maps and write them back.
-fn model_object<T: DeserializeOwned>(object: &DynamicObject) -> Result<T, serde_json::Error> {
+pub(crate) fn model_object<T: DeserializeOwned>(object: &DynamicObject) -> Result<T, serde_json::Error> {
     let mut value = serde_json::to_value(object)?;
     strip_nulls(&mut value);
     serde_json::from_value(value)
@@ -693,7 +696,7 @@ fn field_errors(error: &ApplyError) -> String {
 }
 
 /// The controller reference to a cluster object.
-fn owner_reference(kind: Kind, owner: &DynamicObject) -> Value {
+pub(crate) fn owner_reference(kind: Kind, owner: &DynamicObject) -> Value {
     json!({
         "apiVersion": kind.api_version(),
         "kind": kind.name(),

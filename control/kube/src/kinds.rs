@@ -26,6 +26,9 @@ pub const REVISION_LABEL: &str = "serving.knative.dev/revision";
 /// Label on the VirtualServices of a route (net-istio's).
 pub const ROUTE_LABEL: &str = "serving.knative.dev/route";
 
+/// Label on every VirtualService net-istio writes: the Ingress it implements.
+pub const INGRESS_LABEL: &str = "networking.internal.knative.dev/ingress";
+
 /// Label Kubernetes puts on an EndpointSlice: the Service it belongs to.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
@@ -49,11 +52,13 @@ pub enum Kind {
     WasmPlugin,
     /// `v1` ConfigMap: only those in `knative-serving` are read.
     ConfigMap,
+    /// `serving.knative.dev/v1beta1` DomainMapping (see [`crate::domain_mappings`]).
+    DomainMapping,
 }
 
 impl Kind {
     /// Every kind.
-    pub const ALL: [Kind; 10] = [
+    pub const ALL: [Kind; 11] = [
         Kind::KnativeService,
         Kind::Configuration,
         Kind::Route,
@@ -64,11 +69,12 @@ impl Kind {
         Kind::VirtualService,
         Kind::WasmPlugin,
         Kind::ConfigMap,
+        Kind::DomainMapping,
     ];
 
     /// The kinds watched in every selected namespace, in the order a
     /// namespace's objects are reconciled.
-    pub const NAMESPACED: [Kind; 8] = [
+    pub const NAMESPACED: [Kind; 9] = [
         Kind::KnativeService,
         Kind::Configuration,
         Kind::Route,
@@ -77,6 +83,7 @@ impl Kind {
         Kind::Service,
         Kind::EndpointSlice,
         Kind::VirtualService,
+        Kind::DomainMapping,
     ];
 
     /// `(group, version, kind, plural)`.
@@ -92,6 +99,7 @@ impl Kind {
             Kind::VirtualService => ("networking.istio.io", "v1beta1", "VirtualService", "virtualservices"),
             Kind::WasmPlugin => ("extensions.istio.io", "v1alpha1", "WasmPlugin", "wasmplugins"),
             Kind::ConfigMap => ("", "v1", "ConfigMap", "configmaps"),
+            Kind::DomainMapping => ("serving.knative.dev", "v1beta1", "DomainMapping", "domainmappings"),
         }
     }
 
@@ -132,14 +140,16 @@ impl Kind {
     pub fn watch_selector(self) -> Option<&'static str> {
         match self {
             Kind::Deployment | Kind::Service | Kind::EndpointSlice => Some(REVISION_LABEL),
-            Kind::VirtualService => Some(ROUTE_LABEL),
+            // A Route's and a DomainMapping's VirtualServices both name
+            // their (networking) Ingress, as net-istio labels them.
+            Kind::VirtualService => Some(INGRESS_LABEL),
             _ => None,
         }
     }
 
     /// Whether revgate writes this kind's status subresource.
     pub fn has_knative_status(self) -> bool {
-        matches!(self, Kind::KnativeService | Kind::Configuration | Kind::Route | Kind::Revision)
+        matches!(self, Kind::KnativeService | Kind::Configuration | Kind::Route | Kind::Revision | Kind::DomainMapping)
     }
 }
 

@@ -35,6 +35,8 @@
 //!   Deployments/Services/VirtualServices, statuses.
 //! - [`rollouts`]: Knative's gradual rollout with revgate's gates, stepped each
 //!   pass; the state travels in an annotation of the Route's VirtualServices.
+//! - [`domain_mappings`]: DomainMappings into the world, their VirtualServices and status; claims
+//!   across namespaces.
 //! - [`readiness`]: revision readiness and endpoints from EndpointSlices and Deployments; pure.
 //! - [`mod@reconcile`]: the thin I/O around `desired`: `reconcile(Arc<Namespace>, Arc<Context>)`,
 //!   `error_policy`, backoff.
@@ -69,6 +71,7 @@
 pub mod config;
 pub mod controller;
 pub mod desired;
+pub mod domain_mappings;
 pub mod kinds;
 pub mod leader;
 pub mod leader_label;

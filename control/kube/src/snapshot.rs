@@ -23,6 +23,10 @@ pub struct Snapshot {
     objects: BTreeMap<Kind, BTreeMap<String, DynamicObject>>,
     /// The ConfigMaps of `knative-serving` (`config-domain`, `config-autoscaler`…).
     pub config_maps: Vec<ConfigMap>,
+    /// Which namespace holds each mapped domain, over every namespace the
+    /// controller sees (see [`crate::domain_mappings::claims`]); a domain
+    /// missing here goes to this namespace's first mapping of it.
+    pub domain_claims: BTreeMap<String, String>,
 }
 
 /// Reads snapshots. The controller's implementation reads its reflector

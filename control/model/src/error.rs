@@ -86,11 +86,23 @@ pub enum ManifestError {
     /// A document is not an object revgate knows.
     #[error(
         "{}: document {}: unsupported kind {kind:?} (apiVersion {api_version:?}); revgate accepts serving.knative.dev/v1 \
-         Service, Configuration and Route, and v1 ConfigMap",
+         Service, Configuration and Route, serving.knative.dev/v1beta1 DomainMapping, and v1 ConfigMap",
         at.file,
         at.document
     )]
     UnsupportedKind { at: SourceRef, api_version: String, kind: String },
+    /// A document of a kind that is not Knative's, refused because strict
+    /// reading was asked for (`--strict`); otherwise it is skipped.
+    #[error(
+        "{}: document {}: {} {} {} is not a Knative Serving resource; --strict refuses such documents (without it, \
+         they are skipped with a warning)",
+        .0.source.file,
+        .0.source.document,
+        .0.api_version,
+        .0.kind,
+        .0.key
+    )]
+    NotServing(Box<crate::manifest::Skipped>),
     /// The documents expand (through YAML aliases, or by sheer size) past
     /// what one apply may build; reading stopped at this document.
     #[error(

@@ -10,6 +10,8 @@
 //! - [`decode`]: YAML text into JSON values within limits (expanded size, nesting depth,
 //!   no duplicate keys), so that no manifest can exhaust memory or be stored unreadable.
 //! - [`resources`], [`meta`]: the Knative object types.
+//! - [`domainmapping`]: `serving.knative.dev/v1beta1` DomainMapping: its
+//!   validation, domain claims, status and the hosts it adds to a Route.
 //! - [`config`]: the `knative-serving` ConfigMaps as typed [`config::Settings`].
 //! - [`autoscaling`]: `config-autoscaler` and the `autoscaling.knative.dev/*` annotations,
 //!   parsed once, validated, and resolved per revision ([`autoscaling::RevisionScaling`]).
@@ -29,6 +31,7 @@
 pub mod autoscaling;
 pub mod config;
 pub mod decode;
+pub mod domainmapping;
 pub mod error;
 pub mod host_template;
 pub mod manifest;
@@ -45,9 +48,11 @@ pub mod validation;
 pub mod world;
 
 pub use config::Settings;
+pub use domainmapping::DomainMapping;
 pub use error::{ApplyError, FieldError, ManifestError};
 pub use manifest::{
-    Document, Reference, Resource, ResourceKind, SourceRef, parse_documents, parse_documents_within, parse_references,
+    Document, Manifest, OtherKinds, Reference, Resource, ResourceKind, Skipped, SourceRef, parse_documents,
+    parse_documents_within, parse_references,
 };
 pub use observed::{IngressState, Observed, RevisionReadiness};
 pub use plan::{GatewayPlan, ObjectKey};

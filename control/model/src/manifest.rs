@@ -9,12 +9,22 @@
 //! (kind, name, namespace) is checked as Kubernetes checks it. `delete -f`
 //! reads only that identity ([`parse_references`]), as `kubectl` deletes by
 //! reference.
+//!
+//! Files mixing Knative objects with kinds revgate does not manage (a
+//! Deployment and a Kubernetes Service next to a Knative Service, as
+//! Knative's own test setups are written) are read as [`OtherKinds`] says:
+//! by default each such document is skipped and reported as a [`Skipped`]
+//! line; with [`OtherKinds::Reject`] (`--strict`) it is an error. A kind
+//! of a Knative API group that revgate does not accept (a `Revision`, a
+//! `PodAutoscaler`) is always an error: skipping it would silently leave
+//! out something the user meant Knative to act on.
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::decode::{self, Budget, DecodeError};
+use crate::domainmapping::{DOMAIN_MAPPING_API_VERSION, DomainMapping};
 pub use crate::error::SourceRef;
 use crate::error::{FieldError, ManifestError};
 use crate::meta::{DEFAULT_NAMESPACE, SERVING_API_VERSION};
@@ -30,6 +40,7 @@ pub enum Resource {
     Configuration(Configuration),
     Route(Route),
     ConfigMap(ConfigMap),
+    DomainMapping(DomainMapping),
 }
 
 impl Resource {
@@ -40,6 +51,7 @@ impl Resource {
             Resource::Configuration(_) => "Configuration",
             Resource::Route(_) => "Route",
             Resource::ConfigMap(_) => "ConfigMap",
+            Resource::DomainMapping(_) => "DomainMapping",
         }
     }
 
@@ -49,17 +61,19 @@ impl Resource {
             Resource::Configuration(o) => o.metadata.key(),
             Resource::Route(o) => o.metadata.key(),
             Resource::ConfigMap(o) => o.metadata.key(),
+            Resource::DomainMapping(o) => o.metadata.key(),
         }
     }
 }
 
-/// The four kinds of object revgate accepts.
+/// The kinds of object revgate accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum ResourceKind {
     Service,
     Configuration,
     Route,
     ConfigMap,
+    DomainMapping,
 }
 
 impl ResourceKind {
@@ -70,6 +84,7 @@ impl ResourceKind {
             ResourceKind::Configuration => "Configuration",
             ResourceKind::Route => "Route",
             ResourceKind::ConfigMap => "ConfigMap",
+            ResourceKind::DomainMapping => "DomainMapping",
         }
     }
 
@@ -79,6 +94,7 @@ impl ResourceKind {
             ResourceKind::Configuration => &schema::CONFIGURATION,
             ResourceKind::Route => &schema::ROUTE,
             ResourceKind::ConfigMap => &schema::CONFIG_MAP,
+            ResourceKind::DomainMapping => &schema::DOMAIN_MAPPING,
         }
     }
 }
@@ -98,6 +114,7 @@ impl Document {
             Resource::Configuration(_) => ResourceKind::Configuration,
             Resource::Route(_) => ResourceKind::Route,
             Resource::ConfigMap(_) => ResourceKind::ConfigMap,
+            Resource::DomainMapping(_) => ResourceKind::DomainMapping,
         };
         Reference { source: self.source.clone(), kind, key: self.resource.key() }
     }
@@ -113,28 +130,92 @@ pub struct Reference {
     pub key: ObjectKey,
 }
 
-/// Parses every document of a manifest file. Empty documents (comments only,
-/// a trailing `---`) are skipped. Objects without a namespace land in `default`.
-///
-/// Problems with fields are collected over all documents; a document that is
-/// not YAML, or of a kind revgate does not serve, stops parsing.
-pub fn parse_documents(file: &str, text: &str) -> Result<Vec<Document>, ManifestError> {
-    parse_documents_within(file, text, &mut Budget::default())
+/// What to do with a document of a kind revgate does not manage (an
+/// `apps/v1 Deployment`, a `v1 Service`…).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum OtherKinds {
+    /// Leave it out and report it as a [`Skipped`] line, as a mixed file
+    /// applies with `kubectl` and only its Knative objects concern revgate.
+    #[default]
+    Skip,
+    /// Refuse the file (`--strict`), naming the file, document and kind.
+    Reject,
 }
 
-/// [`parse_documents`], charging what the documents expand to against
-/// `budget`, which the caller shares between every file of one apply.
-pub fn parse_documents_within(file: &str, text: &str, budget: &mut Budget) -> Result<Vec<Document>, ManifestError> {
-    read_objects(file, text, budget, |source, id, value| {
+/// A document left out because revgate does not manage its kind.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Skipped {
+    pub source: SourceRef,
+    pub api_version: String,
+    pub kind: String,
+    /// Its namespace (defaulted, as for every object) and name.
+    pub key: ObjectKey,
+}
+
+/// `skipped apps/v1 Deployment default/deployment: not a Knative Serving resource`
+impl std::fmt::Display for Skipped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "skipped {} {} {}: not a Knative Serving resource", self.api_version, self.kind, self.key)
+    }
+}
+
+/// What one manifest file (or several) held: the objects revgate read, and
+/// the documents it skipped.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Manifest<T> {
+    pub objects: Vec<T>,
+    pub skipped: Vec<Skipped>,
+}
+
+impl<T> Default for Manifest<T> {
+    fn default() -> Self {
+        Self { objects: Vec::new(), skipped: Vec::new() }
+    }
+}
+
+impl<T> Manifest<T> {
+    /// Adds another file's objects and skipped documents after these.
+    pub fn extend(&mut self, other: Manifest<T>) {
+        self.objects.extend(other.objects);
+        self.skipped.extend(other.skipped);
+    }
+}
+
+/// Parses every document of a manifest file, refusing kinds revgate does
+/// not manage. Empty documents (comments only, a trailing `---`) are
+/// skipped. Objects without a namespace land in `default`.
+///
+/// Problems with fields are collected over all documents; a document that
+/// is not YAML, or of a kind revgate does not serve, stops parsing.
+pub fn parse_documents(file: &str, text: &str) -> Result<Vec<Document>, ManifestError> {
+    Ok(parse_documents_within(file, text, &mut Budget::default(), OtherKinds::Reject)?.objects)
+}
+
+/// Parses every document of a manifest file, charging what the documents
+/// expand to against `budget`, which the caller shares between every file
+/// of one apply; documents of other kinds are skipped or refused as
+/// `other_kinds` says.
+pub fn parse_documents_within(
+    file: &str,
+    text: &str,
+    budget: &mut Budget,
+    other_kinds: OtherKinds,
+) -> Result<Manifest<Document>, ManifestError> {
+    read_objects(file, text, budget, other_kinds, |source, id, value| {
         parse_object(source, id, value).map(|resource| Document { source: source.clone(), resource })
     })
 }
 
 /// Reads every document of a manifest file for what identifies its object
 /// only (see [`Reference`]); the rest of each document is not validated.
-/// Kinds revgate does not serve are still an error.
-pub fn parse_references(file: &str, text: &str, budget: &mut Budget) -> Result<Vec<Reference>, ManifestError> {
-    read_objects(file, text, budget, |source, id, _| {
+/// Documents of other kinds are skipped or refused as `other_kinds` says.
+pub fn parse_references(
+    file: &str,
+    text: &str,
+    budget: &mut Budget,
+    other_kinds: OtherKinds,
+) -> Result<Manifest<Reference>, ManifestError> {
+    read_objects(file, text, budget, other_kinds, |source, id, _| {
         Ok(Reference { source: source.clone(), kind: id.kind, key: id.key.clone() })
     })
 }
@@ -153,9 +234,11 @@ fn read_objects<T>(
     file: &str,
     text: &str,
     budget: &mut Budget,
+    other_kinds: OtherKinds,
     mut each: impl FnMut(&SourceRef, &Identity, Value) -> Result<T, ParseFailure>,
-) -> Result<Vec<T>, ManifestError> {
+) -> Result<Manifest<T>, ManifestError> {
     let mut objects = Vec::new();
+    let mut skipped = Vec::new();
     let mut field_errors = Vec::new();
     for (index, de) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
         let source = SourceRef::new(file, index);
@@ -168,8 +251,12 @@ fn read_objects<T>(
         if value.is_null() && violations.is_empty() {
             continue;
         }
-        let id = match identify(&source, &value) {
-            Ok(id) => id,
+        let id = match identify(&source, &value, other_kinds) {
+            Ok(Identified::Managed(id)) => id,
+            Ok(Identified::Other(other)) => {
+                skipped.push(other);
+                continue;
+            }
             Err(ParseFailure::Fatal(e)) => return Err(e),
             Err(ParseFailure::Fields(errors)) => {
                 field_errors.extend(errors);
@@ -199,7 +286,7 @@ fn read_objects<T>(
             }
         }
     }
-    if field_errors.is_empty() { Ok(objects) } else { Err(ManifestError::Fields(field_errors)) }
+    if field_errors.is_empty() { Ok(Manifest { objects, skipped }) } else { Err(ManifestError::Fields(field_errors)) }
 }
 
 enum ParseFailure {
@@ -207,8 +294,16 @@ enum ParseFailure {
     Fields(Vec<FieldError>),
 }
 
-/// The kind and key of a document; an unknown kind stops parsing.
-fn identify(source: &SourceRef, value: &Value) -> Result<Identity, ParseFailure> {
+/// A document identified: an object of a kind revgate manages, or one it skips.
+enum Identified {
+    Managed(Identity),
+    Other(Skipped),
+}
+
+/// The kind and key of a document. A kind revgate does not manage is
+/// skipped or refused as `other_kinds` says; an unknown kind of a Knative
+/// API group, or a document without `apiVersion` and `kind`, stops parsing.
+fn identify(source: &SourceRef, value: &Value, other_kinds: OtherKinds) -> Result<Identified, ParseFailure> {
     let Some(object) = value.as_object() else {
         return Err(ParseFailure::Fatal(ManifestError::Syntax {
             file: source.file.clone(),
@@ -230,11 +325,32 @@ fn identify(source: &SourceRef, value: &Value) -> Result<Identity, ParseFailure>
         (SERVING_API_VERSION, "Configuration") => ResourceKind::Configuration,
         (SERVING_API_VERSION, "Route") => ResourceKind::Route,
         ("v1", "ConfigMap") => ResourceKind::ConfigMap,
+        (DOMAIN_MAPPING_API_VERSION, "DomainMapping") => ResourceKind::DomainMapping,
+        _ if is_other_kind(&api_version, &kind) => {
+            let other = Skipped { source: source.clone(), api_version, kind, key };
+            return match other_kinds {
+                OtherKinds::Skip => Ok(Identified::Other(other)),
+                OtherKinds::Reject => Err(ParseFailure::Fatal(ManifestError::NotServing(Box::new(other)))),
+            };
+        }
         _ => {
             return Err(ParseFailure::Fatal(ManifestError::UnsupportedKind { at: source.clone(), api_version, kind }));
         }
     };
-    Ok(Identity { kind, key })
+    Ok(Identified::Managed(Identity { kind, key }))
+}
+
+/// Whether a document is of a kind that is none of Knative's: it names
+/// both an `apiVersion` and a `kind`, its API group is not a `knative.dev`
+/// one, and it is not a `List`, whose items may well be Knative objects
+/// (skipping it would drop them unread).
+fn is_other_kind(api_version: &str, kind: &str) -> bool {
+    let group = api_version.rsplit_once('/').map_or("", |(group, _)| group);
+    !api_version.is_empty()
+        && !kind.is_empty()
+        && !kind.ends_with("List")
+        && group != "knative.dev"
+        && !group.ends_with(".knative.dev")
 }
 
 /// What Kubernetes requires of every object's identity: a name, a namespace
@@ -282,12 +398,14 @@ fn parse_object(source: &SourceRef, id: &Identity, mut value: Value) -> Result<R
         ResourceKind::Configuration => Resource::Configuration(from_value(value).map_err(typed)?),
         ResourceKind::Route => Resource::Route(from_value(value).map_err(typed)?),
         ResourceKind::ConfigMap => Resource::ConfigMap(from_value(value).map_err(typed)?),
+        ResourceKind::DomainMapping => Resource::DomainMapping(from_value(value).map_err(typed)?),
     };
     let metadata = match &mut resource {
         Resource::Service(o) => &mut o.metadata,
         Resource::Configuration(o) => &mut o.metadata,
         Resource::Route(o) => &mut o.metadata,
         Resource::ConfigMap(o) => &mut o.metadata,
+        Resource::DomainMapping(o) => &mut o.metadata,
     };
     metadata.namespace.clone_from(&id.key.namespace);
     // Server-managed fields are the server's (revgate's) to set.
@@ -335,11 +453,30 @@ mod tests {
     }
 
     #[test]
-    fn rejects_other_kinds_naming_file_document_and_kind() {
+    fn other_kinds_are_skipped_or_refused_naming_file_document_and_kind() {
         let text = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a}\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\n";
+        let read = parse_documents_within("app.yaml", text, &mut Budget::default(), OtherKinds::Skip).expect("reads");
+        assert_eq!(read.objects.len(), 1);
+        let shown: Vec<String> = read.skipped.iter().map(ToString::to_string).collect();
+        assert_eq!(shown, ["skipped apps/v1 Deployment default/d: not a Knative Serving resource"]);
+
         let err = parse_documents("app.yaml", text).expect_err("rejected");
         let shown = err.to_string();
-        assert!(shown.starts_with("app.yaml: document 1: unsupported kind \"Deployment\""), "{shown}");
+        assert!(shown.starts_with("app.yaml: document 1: apps/v1 Deployment default/d is not"), "{shown}");
+    }
+
+    #[test]
+    fn knative_kinds_revgate_does_not_accept_and_lists_are_refused_even_when_skipping() {
+        for (api_version, kind) in [
+            ("serving.knative.dev/v1", "Revision"),
+            ("autoscaling.internal.knative.dev/v1alpha1", "PodAutoscaler"),
+            ("v1", "List"),
+        ] {
+            let text = format!("apiVersion: {api_version}\nkind: {kind}\nmetadata: {{name: r}}\n");
+            let err =
+                parse_documents_within("k.yaml", &text, &mut Budget::default(), OtherKinds::Skip).expect_err("refused");
+            assert!(err.to_string().contains(&format!("unsupported kind {kind:?}")), "{err}");
+        }
     }
 
     #[test]

@@ -57,6 +57,22 @@ pub struct RoutePlan {
     pub splits: Vec<Split>,
     /// One entry per `tag`, sorted by tag.
     pub tags: Vec<TagPlan>,
+    /// The domains DomainMappings map to this Route, sorted by host: each
+    /// served with the main host's split.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mappings: Vec<MappedHost>,
+}
+
+/// A DomainMapping's domain, served with its Route's traffic. As Knative's
+/// mapping Ingress does, the request reaches the revision with the host
+/// rewritten to the Route's cluster-local address and the domain in
+/// `K-Original-Host`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MappedHost {
+    /// The mapping's name: the domain.
+    pub host: String,
+    /// `{route}.{namespace}.svc.cluster.local`, the referenced object's address.
+    pub rewrite_host: String,
 }
 
 /// A share of a route's traffic.

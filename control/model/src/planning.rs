@@ -10,6 +10,10 @@
 //! | a Revision's backend | it is the same stored object and the settings are unchanged | the revision is re-created, or a `knative-serving` ConfigMap changes |
 //! | a Route's plan (or that it serves nothing) | it is the same stored object, so is every object its traffic names (the Revision, or the Configuration and its latest created Revision), readiness observed is the same, and the settings are unchanged | any of those changes, or its latest created Revision is not ready (the plan then looks further back) |
 //!
+//! A Route's entry also carries the hosts DomainMappings map to it
+//! (`World::mapped_hosts`, a short walk of the mappings); an entry whose
+//! list is unchanged keeps its plan.
+//!
 //! "The same stored object" is pointer identity: a [`World`] keeps the
 //! allocation of every object an apply leaves equal, so identity means
 //! "not written since". Reused entries are shared (`Arc`), so the next
@@ -24,7 +28,7 @@ use crate::meta::{CONFIGURATION_LABEL, ENDPOINTS_ANNOTATION, SERVICE_LABEL};
 use crate::names;
 use crate::observed::{Observed, RevisionReadiness};
 use crate::plan::{
-    GatewayPlan, ObjectKey, RevisionBackend, RoutePlan, Split, TagPlan, UpstreamProtocol, parse_endpoints,
+    GatewayPlan, MappedHost, ObjectKey, RevisionBackend, RoutePlan, Split, TagPlan, UpstreamProtocol, parse_endpoints,
 };
 use crate::resources::{ConfigMap, Configuration, Revision, Route};
 use crate::status::{ResolvedTarget, resolve, route_naming, serves};
@@ -108,11 +112,14 @@ impl World {
         }
         let Some(Basis { settings, .. }) = basis.as_ref() else { return GatewayPlan::default() };
 
+        let mapped = self.mapped_hosts();
         let mut previous = std::mem::take(memo_routes).into_iter().peekable();
         for (key, route) in &self.routes {
             while previous.next_if(|entry| entry.key < *key).is_some() {}
             let last = previous.next_if(|entry| entry.key == *key);
-            memo_routes.push(self.route_entry(key, route, observed, settings, last));
+            let mut entry = self.route_entry(key, route, observed, settings, last);
+            with_mappings(&mut entry, mapped.get(key).map(Vec::as_slice).unwrap_or_default());
+            memo_routes.push(entry);
         }
         let routes = memo_routes.iter().filter_map(|entry| entry.plan.clone()).collect();
 
@@ -221,8 +228,19 @@ impl World {
             key: key.clone(),
             splits: splits.into_iter().map(|(revision, percent)| Split { revision, percent }).collect(),
             tags,
+            mappings: Vec::new(),
         });
         Some(plan)
+    }
+}
+
+/// Gives a Route's plan the hosts DomainMappings map to it. The entry
+/// keeps the plan it gets, so an unchanged list costs a comparison.
+fn with_mappings(entry: &mut RouteEntry, mappings: &[MappedHost]) {
+    if let Some(plan) = &mut entry.plan
+        && plan.mappings != mappings
+    {
+        Arc::make_mut(plan).mappings = mappings.to_vec();
     }
 }
 

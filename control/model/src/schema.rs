@@ -240,6 +240,30 @@ pub(crate) static ROUTE: Shape = Obj(&[
     ("spec", &Obj(&[("traffic", &TRAFFIC)])),
     ("status", &Any),
 ]);
+/// `serving.knative.dev/v1beta1` DomainMapping (`domainmapping-crd.yaml`).
+pub(crate) static DOMAIN_MAPPING: Shape = Obj(&[
+    ("apiVersion", &Str),
+    ("kind", &Str),
+    ("metadata", &OBJECT_META),
+    (
+        "spec",
+        &Obj(&[
+            (
+                "ref",
+                &Obj(&[
+                    ("address", &Str),
+                    ("apiVersion", &Str),
+                    ("group", &Str),
+                    ("kind", &Str),
+                    ("name", &Str),
+                    ("namespace", &Str),
+                ]),
+            ),
+            ("tls", &Obj(&[("secretName", &Str)])),
+        ]),
+    ),
+    ("status", &Any),
+]);
 pub(crate) static CONFIG_MAP: Shape = Obj(&[
     ("apiVersion", &Str),
     ("kind", &Str),

@@ -187,7 +187,7 @@ pub(crate) fn route_naming<'a>(route: &'a Route, key: &'a ObjectKey) -> RouteNam
 
 /// `Ready` from its dependent conditions: True if all are, else the first
 /// False, else the first Unknown.
-fn ready_from(type_: &str, parts: &[&Condition]) -> Condition {
+pub(crate) fn ready_from(type_: &str, parts: &[&Condition]) -> Condition {
     let pick = |status: ConditionStatus| parts.iter().find(|c| c.status() == status);
     match pick(ConditionStatus::False).or_else(|| pick(ConditionStatus::Unknown)) {
         None => Condition::new(type_, ConditionStatus::True, None, None),
@@ -254,7 +254,7 @@ impl World {
             let route_key = match &doc.resource {
                 Resource::Service(_) => ObjectKey::new(key.namespace.clone(), names::service_route(&key.name)),
                 Resource::Route(_) => key,
-                Resource::Configuration(_) | Resource::ConfigMap(_) => continue,
+                Resource::Configuration(_) | Resource::ConfigMap(_) | Resource::DomainMapping(_) => continue,
             };
             let Some(route) = self.routes.get(&route_key) else { continue };
             let missing = missing_targets(self, &route_key.namespace, &route.spec.traffic);

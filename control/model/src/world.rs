@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::autoscaling::RevisionScaling;
 use crate::config::Settings;
+use crate::domainmapping::{DOMAIN_MAPPING_RESOURCE, DomainClaim, DomainMapping};
 use crate::error::{ApplyError, FieldError, Problems};
 use crate::manifest::{Document, Reference, Resource, ResourceKind, SourceRef};
 use crate::meta::{
@@ -45,6 +46,12 @@ pub struct World {
     pub revisions: BTreeMap<ObjectKey, Arc<Revision>>,
     #[serde(with = "keyed_list")]
     pub config_maps: BTreeMap<ObjectKey, Arc<ConfigMap>>,
+    #[serde(default, with = "keyed_list")]
+    pub domain_mappings: BTreeMap<ObjectKey, Arc<DomainMapping>>,
+    /// Which namespace holds each mapped domain, keyed by
+    /// [`crate::domainmapping::claim_key`] (Knative's `ClusterDomainClaim`s).
+    #[serde(default, with = "keyed_list")]
+    pub domain_claims: BTreeMap<ObjectKey, Arc<DomainClaim>>,
 }
 
 /// Stores `object` under `key` unless an equal one is there: the object a
@@ -118,11 +125,11 @@ pub const ROUTE_RESOURCE: &str = "route.serving.knative.dev";
 pub const REVISION_RESOURCE: &str = "revision.serving.knative.dev";
 pub const CONFIG_MAP_RESOURCE: &str = "configmap";
 
-fn change(resource: &str, key: ObjectKey, change: ChangeKind) -> Change {
+pub(crate) fn change(resource: &str, key: ObjectKey, change: ChangeKind) -> Change {
     Change { resource: resource.to_string(), key, change }
 }
 
-type Changes = Vec<Change>;
+pub(crate) type Changes = Vec<Change>;
 
 impl World {
     /// Applies documents in order, as `kubectl apply -f` does. All or
@@ -144,6 +151,7 @@ impl World {
                 Resource::Configuration(c) => world.apply_configuration(c, &now, &mut doc_changes),
                 Resource::Route(r) => world.apply_route(r, &now, &mut doc_changes),
                 Resource::ConfigMap(m) => world.apply_config_map(m, &now, &mut doc_changes),
+                Resource::DomainMapping(m) => world.apply_domain_mapping(m, &now, &mut doc_changes),
             };
             match result {
                 Ok(()) => changes.extend(doc_changes),
@@ -177,6 +185,14 @@ impl World {
                     }
                     None => Err(not_found()),
                 },
+                ResourceKind::DomainMapping => {
+                    if world.remove_domain_mapping(key) {
+                        changes.push(change(DOMAIN_MAPPING_RESOURCE, key.clone(), ChangeKind::Deleted));
+                        Ok(())
+                    } else {
+                        Err(not_found())
+                    }
+                }
             };
             if let Err(problems) = result {
                 errors.extend(problems.into_iter().map(|(path, message)| {
@@ -545,7 +561,7 @@ impl World {
 /// Sets the server-managed metadata of an object about to be stored, given
 /// the stored version's metadata and whether its spec is unchanged. Returns
 /// Created or Configured (the caller decides about Unchanged).
-fn stamp(meta: &mut ObjectMeta, existing: Option<(&ObjectMeta, bool)>, now: &str) -> ChangeKind {
+pub(crate) fn stamp(meta: &mut ObjectMeta, existing: Option<(&ObjectMeta, bool)>, now: &str) -> ChangeKind {
     match existing {
         None => {
             meta.generation = Some(1);

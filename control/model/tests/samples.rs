@@ -31,26 +31,6 @@ fn crd_schemas() -> BTreeMap<String, jsonschema::Validator> {
     validators
 }
 
-fn make_strict(schema: &mut Value) {
-    let Some(object) = schema.as_object_mut() else {
-        return;
-    };
-    let keeps_unknown = object.get("x-kubernetes-preserve-unknown-fields") == Some(&Value::Bool(true));
-    if object.contains_key("properties") && !keeps_unknown && !object.contains_key("additionalProperties") {
-        object.insert("additionalProperties".into(), Value::Bool(false));
-    }
-    for value in object.values_mut() {
-        match value {
-            Value::Object(_) => make_strict(value),
-            Value::Array(items) => items.iter_mut().for_each(make_strict),
-            _ => {}
-        }
-    }
-    if let Some(Value::Object(props)) = object.get_mut("properties") {
-        props.values_mut().for_each(make_strict);
-    }
-}
-
 fn assert_valid(validators: &BTreeMap<String, jsonschema::Validator>, kind: &str, what: &str, value: &Value) {
     let validator = &validators[kind];
     let errors: Vec<String> = validator.iter_errors(value).map(|e| format!("{}: {e}", e.instance_path())).collect();

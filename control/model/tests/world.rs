@@ -4,7 +4,7 @@ mod common;
 
 use common::*;
 use revgate_model::plan::{Endpoint, Split, TagPlan};
-use revgate_model::{IngressState, ObjectKey, Observed, RevisionReadiness, World};
+use revgate_model::{IngressState, ObjectKey, Observed, OtherKinds, RevisionReadiness, World};
 
 fn key(name: &str) -> ObjectKey {
     ObjectKey::new("default", name)
@@ -632,8 +632,13 @@ fn delete_needs_only_what_identifies_an_object() {
         assert!(after.services.is_empty(), "{manifest}");
         assert_eq!(lines(&changes)[0], "service.serving.knative.dev/hello deleted");
     }
+    // Other kinds are skipped with a line each, or refused when strict, as on apply.
     let unknown = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: hello}\n";
-    let err = revgate_model::parse_references("d.yaml", unknown, &mut revgate_model::decode::Budget::default())
-        .expect_err("unknown kinds are still an error");
-    assert!(err.to_string().starts_with("d.yaml: document 0: unsupported kind \"Deployment\""), "{err}");
+    let mut budget = revgate_model::decode::Budget::default();
+    let read = revgate_model::parse_references("d.yaml", unknown, &mut budget, OtherKinds::Skip).expect("skipped");
+    assert!(read.objects.is_empty());
+    assert_eq!(read.skipped[0].to_string(), "skipped apps/v1 Deployment default/hello: not a Knative Serving resource");
+    let err = revgate_model::parse_references("d.yaml", unknown, &mut budget, OtherKinds::Reject)
+        .expect_err("refused when strict");
+    assert!(err.to_string().starts_with("d.yaml: document 0: apps/v1 Deployment default/hello is not"), "{err}");
 }

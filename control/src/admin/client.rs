@@ -81,7 +81,8 @@ pub async fn apply(args: ManifestArgs, delete: bool) -> anyhow::Result<ExitCode>
     let client = Client::new(&args.client);
     let path = if delete { "/v1/delete" } else { "/v1/apply" };
     let sent: Vec<String> = files.iter().map(|file| format!("{} ({} bytes)", file.name, file.content.len())).collect();
-    let (status, body) = client.send(client.request(reqwest::Method::POST, path).json(&ApplyRequest { files })).await?;
+    let request = ApplyRequest { files, strict: args.strict };
+    let (status, body) = client.send(client.request(reqwest::Method::POST, path).json(&request)).await?;
     if status == StatusCode::PAYLOAD_TOO_LARGE {
         let code = rejected(status, &body);
         eprintln!("error: the request carried {}", sent.join(", "));
@@ -109,6 +110,7 @@ pub async fn get(args: GetArgs) -> anyhow::Result<ExitCode> {
         GetKind::Configuration => "/v1/configurations",
         GetKind::Route => "/v1/routes",
         GetKind::Revision => "/v1/revisions",
+        GetKind::Domainmapping => "/v1/domainmappings",
         GetKind::Gateway => "/v1/gateway",
         GetKind::Activity => "/v1/activity",
         GetKind::Kpa => "/v1/podautoscalers",
@@ -159,6 +161,7 @@ fn kind_name(kind: GetKind) -> &'static str {
         GetKind::Configuration => "configurations.serving.knative.dev",
         GetKind::Route => "routes.serving.knative.dev",
         GetKind::Revision => "revisions.serving.knative.dev",
+        GetKind::Domainmapping => "domainmappings.serving.knative.dev",
         GetKind::Gateway => "gateway",
         GetKind::Activity => "activity",
         GetKind::Kpa => "podautoscalers.autoscaling.internal.knative.dev",

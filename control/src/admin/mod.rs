@@ -3,8 +3,8 @@
 //!
 //! | method | path | body / query | answer |
 //! |---|---|---|---|
-//! | POST | `/v1/apply`, `/v1/delete` | `{"files":[{"name","content"}]}` | 200 [`Applied`](crate::control::Applied); 422 `{"errors":[…]}` |
-//! | GET | `/v1/services`, `/v1/configurations`, `/v1/routes`, `/v1/revisions` | `?namespace=&name=` | objects with status |
+//! | POST | `/v1/apply`, `/v1/delete` | `{"files":[{"name","content"}], "strict": false}` | 200 [`Applied`](crate::control::Applied), documents of other kinds skipped with a warning each; 422 `{"errors":[…]}` (with `strict`, for those documents too) |
+//! | GET | `/v1/services`, `/v1/configurations`, `/v1/routes`, `/v1/revisions`, `/v1/domainmappings` | `?namespace=&name=` | objects with status |
 //! | GET | `/v1/gateway` | | published versions and each gateway's ACK/NACK state |
 //! | GET | `/v1/activity` | `?namespace=&name=` | per revision: what the gateway filters report |
 //! | GET | `/v1/podautoscalers`, `/v1/serverlessservices` | `?namespace=&name=` | the KPA's decisions; whether the gateway holds each revision's requests |
@@ -35,6 +35,10 @@ use crate::manifests::ManifestFile;
 #[derive(Debug, Serialize, Deserialize)]
 pub struct ApplyRequest {
     pub files: Vec<ManifestFile>,
+    /// Refuse documents of kinds revgate does not manage instead of
+    /// skipping them with a warning (`--strict`).
+    #[serde(default)]
+    pub strict: bool,
 }
 
 /// Body of every error answer.

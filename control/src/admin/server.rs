@@ -19,6 +19,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
+use revgate_model::OtherKinds;
 use revgate_model::plan::ObjectKey;
 use revgate_model::rollout::Control;
 use revgate_xds::BearerToken;
@@ -74,6 +75,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/v1/configurations", get(configurations))
         .route("/v1/routes", get(routes))
         .route("/v1/revisions", get(revisions))
+        .route("/v1/domainmappings", get(domain_mappings))
         .route("/v1/gateway", get(gateway))
         .route("/v1/activity", get(activity))
         .route("/v1/podautoscalers", get(pod_autoscalers))
@@ -278,15 +280,22 @@ fn control_error(e: ControlError) -> Response {
     }
 }
 
+/// Whether documents of other kinds are refused or skipped.
+fn other_kinds(request: &ApplyRequest) -> OtherKinds {
+    if request.strict { OtherKinds::Reject } else { OtherKinds::Skip }
+}
+
 async fn apply(State(state): State<AdminState>, Json(request): Json<ApplyRequest>) -> Response {
-    match state.control.apply(request.files, false).await {
+    let other_kinds = other_kinds(&request);
+    match state.control.apply_with(request.files, false, other_kinds).await {
         Ok(applied) => Json(applied).into_response(),
         Err(e) => control_error(e),
     }
 }
 
 async fn delete(State(state): State<AdminState>, Json(request): Json<ApplyRequest>) -> Response {
-    match state.control.apply(request.files, true).await {
+    let other_kinds = other_kinds(&request);
+    match state.control.apply_with(request.files, true, other_kinds).await {
         Ok(applied) => Json(applied).into_response(),
         Err(e) => control_error(e),
     }
@@ -316,6 +325,11 @@ async fn services(State(state): State<AdminState>, Query(filter): Query<Filter>)
     let observed = state.control.observed();
     let routes = rollout::route_views(&world, &observed, &state.control.rollout_states());
     let views = rollout::service_views(&world, &observed, &routes);
+    list(&filter, views, |o| o.metadata.key())
+}
+
+async fn domain_mappings(State(state): State<AdminState>, Query(filter): Query<Filter>) -> Response {
+    let views = state.control.world().domain_mapping_views(&state.control.observed());
     list(&filter, views, |o| o.metadata.key())
 }
 

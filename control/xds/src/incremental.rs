@@ -31,7 +31,8 @@ use std::time::Duration;
 
 use envoy_types::pb::envoy::config::route::v3::VirtualHost;
 use revgate_model::plan::{
-    Endpoint, EndpointMap, GatewayPlan, ObjectKey, RevisionBackend, RoutePlan, Split, TagPlan, UpstreamProtocol,
+    Endpoint, EndpointMap, GatewayPlan, MappedHost, ObjectKey, RevisionBackend, RoutePlan, Split, TagPlan,
+    UpstreamProtocol,
 };
 
 use crate::snapshot::{
@@ -392,7 +393,7 @@ fn endpoints_fingerprint(live: &[Endpoint]) -> u64 {
 /// A fingerprint of everything a Route's resources are built from, besides
 /// what [`RouteInput`] holds.
 fn route_fingerprint(route: &RoutePlan) -> u64 {
-    let RoutePlan { key, host, splits, tags } = route;
+    let RoutePlan { key, host, splits, tags, mappings } = route;
     let mut hasher = DefaultHasher::new();
     (key, host).hash(&mut hasher);
     for Split { revision, percent } in splits {
@@ -401,6 +402,10 @@ fn route_fingerprint(route: &RoutePlan) -> u64 {
     hasher.write_u8(0xff);
     for TagPlan { tag, host, revision } in tags {
         (tag, host, revision).hash(&mut hasher);
+    }
+    hasher.write_u8(0xff);
+    for MappedHost { host, rewrite_host } in mappings {
+        (host, rewrite_host).hash(&mut hasher);
     }
     hasher.finish()
 }

@@ -83,6 +83,16 @@ pub fn tag_virtual_host(route: &ObjectKey, tag: &str) -> String {
     format!("{TAG_VHOST_PREFIX}{SEPARATOR}{}{SEPARATOR}{}{SEPARATOR}{tag}", route.namespace, route.name)
 }
 
+/// The virtual host of a DomainMapping's domain on its Route:
+/// `mapping|<namespace>|<route>|<domain>`.
+pub fn mapping_virtual_host(route: &ObjectKey, domain: &str) -> String {
+    format!("mapping{SEPARATOR}{}{SEPARATOR}{}{SEPARATOR}{domain}", route.namespace, route.name)
+}
+
+/// Header carrying a mapped domain to the revision, whose host is rewritten
+/// to the Route's address (Knative's `K-Original-Host`).
+pub const ORIGINAL_HOST_HEADER: &str = "K-Original-Host";
+
 /// How many route configurations the Routes are spread over. Envoy opens
 /// one RDS subscription per route configuration the scopes name, and loading
 /// 10,000 of them (one per Route) took Envoy half again as long as loading

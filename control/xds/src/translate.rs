@@ -16,6 +16,8 @@
 //! | `RoutePlan.host`          | virtual host `route|ns|name`, weighted clusters by percent              |
 //! | `TagPlan`                 | virtual host `tag|ns|name|tag`, 100% to the tagged revision             |
 //! | `tag_header_routing`      | on the main host, one route per tag matching `Knative-Serving-Tag`      |
+//! | `MappedHost` (mappings)   | virtual host `mapping|ns|name|domain`: the main host's routes, the host |
+//! |                           | rewritten to the Route's address, `K-Original-Host: <domain>` added     |
 //! | `RevisionBackend`         | EDS cluster `rev|ns|revision` + its `ClusterLoadAssignment`             |
 //! | `alias_domain` (settings) | each owned host also as `<name>.<namespace>.<alias>`: a domain of its   |
 //! |                           | virtual host and a scope of its own (`revgate up`: `localhost`)         |
@@ -58,7 +60,7 @@ use envoy_types::pb::xds::core::v3::TypedExtensionConfig as XdsTypedExtensionCon
 use envoy_types::pb::xds::r#type::matcher::v3 as xds_matcher;
 use prost::Name;
 use revgate_model::plan::{
-    Endpoint, EndpointMap, GatewayPlan, ObjectKey, RevisionBackend, RoutePlan, UpstreamProtocol,
+    Endpoint, EndpointMap, GatewayPlan, MappedHost, ObjectKey, RevisionBackend, RoutePlan, UpstreamProtocol,
 };
 
 use crate::filter::FilterSettings;
@@ -225,6 +227,7 @@ pub fn claim_hosts(plan: &GatewayPlan) -> Vec<Vec<bool>> {
         .map(|route| {
             std::iter::once(route.host.as_str())
                 .chain(route.tags.iter().map(|t| t.host.as_str()))
+                .chain(route.mappings.iter().map(|m| m.host.as_str()))
                 .map(|host| claimed.insert(host))
                 .collect()
         })
@@ -257,19 +260,30 @@ pub fn route_resources(
     alias_domain: Option<&str>,
 ) -> Option<(Vec<VirtualHost>, Vec<ScopedRouteConfiguration>)> {
     let name = names::route_configuration(&route.key);
-    let hosts = std::iter::once(&route.host).chain(route.tags.iter().map(|t| &t.host));
-    let owned_hosts: Vec<&String> = hosts.zip(owned).filter(|(_, owned)| **owned).map(|(h, _)| h).collect();
+    let hosts = || {
+        std::iter::once((&route.host, true))
+            .chain(route.tags.iter().map(|t| (&t.host, true)))
+            // A mapped domain is the user's own: it has no alias.
+            .chain(route.mappings.iter().map(|m| (&m.host, false)))
+    };
+    let owned_hosts: Vec<(&String, bool)> = hosts().zip(owned).filter(|(_, owned)| **owned).map(|(h, _)| h).collect();
     if owned_hosts.is_empty() {
         return None;
     }
-    let alias = |host: &str| alias_domain.and_then(|domain| alias_host(host, &route.key.namespace, domain));
-    let virtual_hosts: Vec<VirtualHost> = route_virtual_hosts(route, tag_header_routing, timeouts)
+    let alias = |host: &str, aliased: bool| {
+        alias_domain.filter(|_| aliased).and_then(|domain| alias_host(host, &route.key.namespace, domain))
+    };
+    let mut virtual_hosts = route_virtual_hosts(route, tag_header_routing, timeouts);
+    if let Some(main) = virtual_hosts.first().cloned() {
+        virtual_hosts.extend(route.mappings.iter().map(|mapped| mapping_virtual_host(route, &main, mapped)));
+    }
+    let virtual_hosts: Vec<VirtualHost> = virtual_hosts
         .into_iter()
-        .zip(std::iter::once(&route.host).chain(route.tags.iter().map(|t| &t.host)))
+        .zip(hosts())
         .zip(owned)
         .filter(|(_, owned)| **owned)
-        .map(|((mut vhost, host), _)| {
-            if let Some(alias) = alias(host) {
+        .map(|((mut vhost, (host, aliased)), _)| {
+            if let Some(alias) = alias(host, aliased) {
                 vhost.domains.extend(names::host_domains(&alias));
             }
             vhost
@@ -277,7 +291,7 @@ pub fn route_resources(
         .collect();
     let scopes = owned_hosts
         .into_iter()
-        .flat_map(|host| std::iter::once(host.clone()).chain(alias(host)))
+        .flat_map(|(host, aliased)| std::iter::once(host.clone()).chain(alias(host, aliased)))
         .map(|host| ScopedRouteConfiguration {
             name: names::host_scope(&host),
             route_configuration_name: name.clone(),
@@ -506,6 +520,26 @@ fn route_virtual_hosts(route: &RoutePlan, tag_header_routing: bool, timeouts: &[
         });
     }
     vhosts
+}
+
+/// A DomainMapping's domain: the Route's main virtual host under the
+/// domain, each route rewriting the host to the Route's address and adding
+/// `K-Original-Host`, as the Ingress Knative writes for a mapping does.
+fn mapping_virtual_host(route: &RoutePlan, main: &VirtualHost, mapped: &MappedHost) -> VirtualHost {
+    let mut routes = main.routes.clone();
+    for r in &mut routes {
+        if let Some(route::Action::Route(action)) = &mut r.action {
+            action.host_rewrite_specifier =
+                Some(route_action::HostRewriteSpecifier::HostRewriteLiteral(mapped.rewrite_host.clone()));
+        }
+    }
+    VirtualHost {
+        name: names::mapping_virtual_host(&route.key, &mapped.host),
+        domains: names::host_domains(&mapped.host).into(),
+        routes,
+        request_headers_to_add: vec![overwrite_header(names::ORIGINAL_HOST_HEADER, &mapped.host)],
+        ..Default::default()
+    }
 }
 
 fn prefix_match(prefix: &str) -> RouteMatch {
@@ -762,6 +796,7 @@ pub(crate) mod tests {
                     host: "candidate-hello.default.example.com".into(),
                     revision: key("hello-00002"),
                 }],
+                mappings: Vec::new(),
             })],
             revisions: [
                 revision("hello-00001"),
@@ -870,6 +905,35 @@ pub(crate) mod tests {
         );
         let plain = translate(&plan(), &endpoints(), &XdsSettings::default());
         assert_eq!(plain.scoped_routes.len(), 2, "no alias unless asked for");
+    }
+
+    #[test]
+    fn a_mapped_domain_gets_the_main_split_with_the_host_rewritten_and_no_alias() {
+        let mut plan = plan();
+        Arc::make_mut(&mut plan.routes[0]).mappings =
+            vec![MappedHost { host: "example.org".into(), rewrite_host: "hello.default.svc.cluster.local".into() }];
+        let settings = XdsSettings { alias_domain: Some("localhost".into()), ..XdsSettings::default() };
+        let r = translate(&plan, &endpoints(), &settings);
+        let mapped = vhost(&r, "mapping|default|hello|example.org");
+        assert_eq!(mapped.domains, ["example.org", "example.org:*"]);
+        let header = mapped.request_headers_to_add[0].header.as_ref().expect("a header");
+        assert_eq!((header.key.as_str(), header.value.as_str()), ("K-Original-Host", "example.org"));
+        let main = vhost(&r, "route|default|hello");
+        for (route, main_route) in mapped.routes.iter().zip(&main.routes) {
+            let (Some(route::Action::Route(action)), Some(route::Action::Route(main_action))) =
+                (&route.action, &main_route.action)
+            else {
+                panic!("route actions")
+            };
+            assert_eq!(action.cluster_specifier, main_action.cluster_specifier, "the main host's split");
+            assert_eq!(
+                action.host_rewrite_specifier,
+                Some(route_action::HostRewriteSpecifier::HostRewriteLiteral("hello.default.svc.cluster.local".into()))
+            );
+        }
+        let keys: Vec<&str> = r.scoped_routes.iter().map(|s| s.name.as_str()).collect();
+        assert!(keys.contains(&"host|example.org"), "{keys:?}");
+        assert_eq!(keys.len(), 5, "main and tag with their aliases, and the domain alone: {keys:?}");
     }
 
     #[test]

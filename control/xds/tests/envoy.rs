@@ -239,6 +239,7 @@ async fn scopes_over(api: Api) {
         host: other_host.clone(),
         splits: vec![Split { revision: key("hello-00001"), percent: 100 }],
         tags: Vec::new(),
+        mappings: Vec::new(),
     }));
     let cache = SnapshotCache::new();
     let mut translator = revgate_xds::Translator::new(settings);

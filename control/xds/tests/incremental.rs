@@ -45,6 +45,7 @@ fn world(percent: u32) -> GatewayPlan {
                 Split { revision: revision_key(i, 2), percent: 100 - first },
             ],
             tags: Vec::new(),
+            mappings: Vec::new(),
         }));
         for n in [1, 2] {
             plan.revisions.push(Arc::new(revision(&format!("s-{i}-0000{n}"))));

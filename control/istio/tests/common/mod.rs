@@ -151,8 +151,12 @@ pub fn assert_valid(schemas: &BTreeMap<String, KindSchema>, what: &str, object: 
     assert!(errors.is_empty(), "{what}: {kind} does not match its schema:\n{}\n{object:#}", errors.join("\n"));
 }
 
+/// Metadata of a custom resource (VirtualService, WasmPlugin): the API
+/// server checks their names as DNS-1123 subdomains, so a DomainMapping's
+/// `example.org-ingress` is valid there, unlike a Service's name.
 fn metadata_validator() -> jsonschema::Validator {
     let mut schema = object_meta();
+    schema["properties"]["name"] = json!({"type": "string", "maxLength": 253, "pattern": DNS_SUBDOMAIN});
     make_strict(&mut schema);
     jsonschema::draft7::new(&schema).expect("metadata schema compiles")
 }
@@ -165,6 +169,7 @@ fn metadata_validator() -> jsonschema::Validator {
 // misspelt or invented one fails, and the fields revgate sets are typed.
 
 const DNS_LABEL: &str = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
+const DNS_SUBDOMAIN: &str = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
 const LABEL_VALUE: &str = "^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$";
 const QUALIFIED_NAME: &str =
     "^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$";

@@ -3,9 +3,12 @@
 
 use std::path::PathBuf;
 
+use serde_json::Value;
+
 use revgate_model::decode::Budget;
 use revgate_model::{
-    Change, Document, FieldError, ManifestError, Observed, Reference, World, parse_documents, parse_references,
+    Change, Document, FieldError, ManifestError, Observed, OtherKinds, Reference, World, parse_documents,
+    parse_references,
 };
 
 /// 2024-05-01T12:00:00Z.
@@ -53,7 +56,9 @@ pub fn parse(yaml: &str) -> Vec<Document> {
 
 /// What `delete -f` reads of a manifest: only what identifies each object.
 pub fn references(yaml: &str) -> Vec<Reference> {
-    parse_references("test.yaml", yaml, &mut Budget::default()).unwrap_or_else(|e| panic!("parse failed:\n{e}"))
+    parse_references("test.yaml", yaml, &mut Budget::default(), OtherKinds::Reject)
+        .unwrap_or_else(|e| panic!("parse failed:\n{e}"))
+        .objects
 }
 
 pub fn apply(world: &World, yaml: &str) -> (World, Vec<Change>) {
@@ -90,4 +95,26 @@ pub fn service(name: &str, image: &str) -> String {
 
 pub fn config_map(name: &str, data: &str) -> String {
     format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\n  namespace: knative-serving\ndata:\n{data}")
+}
+
+/// Makes a CRD schema strict: where it lists properties and does not keep
+/// unknown fields, no other field may appear, so views that invent fields fail.
+pub fn make_strict(schema: &mut Value) {
+    let Some(object) = schema.as_object_mut() else {
+        return;
+    };
+    let keeps_unknown = object.get("x-kubernetes-preserve-unknown-fields") == Some(&Value::Bool(true));
+    if object.contains_key("properties") && !keeps_unknown && !object.contains_key("additionalProperties") {
+        object.insert("additionalProperties".into(), Value::Bool(false));
+    }
+    for value in object.values_mut() {
+        match value {
+            Value::Object(_) => make_strict(value),
+            Value::Array(items) => items.iter_mut().for_each(make_strict),
+            _ => {}
+        }
+    }
+    if let Some(Value::Object(props)) = object.get_mut("properties") {
+        props.values_mut().for_each(make_strict);
+    }
 }

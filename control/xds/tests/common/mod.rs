@@ -46,6 +46,7 @@ pub fn plan() -> GatewayPlan {
                 host: "candidate-hello.default.example.com".into(),
                 revision: key("hello-00002"),
             }],
+            mappings: Vec::new(),
         })],
         revisions: [
             revision("hello-00001"),
