@@ -166,7 +166,7 @@ mod tests {
         let options = desired::render_options(snapshot, &RenderOptions::default());
         let mut observed = desired::observe(snapshot, &world, &desired::Problems::default());
         let rollouts = Default::default();
-        let (step, plan) = desired::routing(snapshot, &world, &observed, &options, &rollouts);
+        let (step, plan) = desired::routing(snapshot, &world, &observed, &options, &rollouts, &Default::default());
         desired::ingress(&mut observed, &plan, &desired::Problems::default());
         let statuses = desired::statuses(snapshot, &world, &observed, &step.problems, &rollouts, 0);
         (world, step, statuses)
