@@ -3,7 +3,7 @@
 //! driver's.
 //!
 //! - `upstream`: a fast server for the data-plane scenarios; answers `ok`
-//!   (after `?sleep=MS` milliseconds, or at `GET /release` for `?hold`).
+//!   (after `?sleep=MS` milliseconds; with `?hold`, once `GET /release` came).
 //! - `backend`: a revision's program for the process runtime that waits a
 //!   known time before it listens on `$PORT`, standing in for an app with a
 //!   slow start.
@@ -19,23 +19,31 @@ use axum::extract::Query;
 use crate::process::{Process, free_port, wait_for};
 
 /// Runs the fast upstream on `addr` with `workers` threads until killed.
-/// `GET /release` answers every request that asked `?hold` and came before
-/// it: a stand-in for a slow upstream whose requests stay open exactly as
-/// long as a measurement needs.
+/// A request that asks `?hold` stays open until `GET /release`; `GET /arm`
+/// makes later ones wait again. A stand-in for a slow upstream whose
+/// requests stay open exactly as long as a measurement needs.
 pub fn upstream(addr: SocketAddr, workers: usize) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(workers.max(1)).enable_all().build()?;
     runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
-        // Counts releases; a held request waits for the count to move on.
-        let (releases, _) = tokio::sync::watch::channel(0u64);
-        let releases = std::sync::Arc::new(releases);
-        let release = releases.clone();
+        // Whether held requests may answer: a request that arrives after the
+        // release (still pending in the gateway then) must not wait forever.
+        let (released, _) = tokio::sync::watch::channel(true);
+        let released = std::sync::Arc::new(released);
+        let (release, arm) = (released.clone(), released.clone());
         let app = Router::new()
             .route(
                 "/release",
                 axum::routing::get(move || async move {
-                    release.send_modify(|n| *n += 1);
+                    release.send_replace(true);
                     "released"
+                }),
+            )
+            .route(
+                "/arm",
+                axum::routing::get(move || async move {
+                    arm.send_replace(false);
+                    "armed"
                 }),
             )
             .fallback(move |Query(query): Query<HashMap<String, String>>| async move {
@@ -43,10 +51,8 @@ pub fn upstream(addr: SocketAddr, workers: usize) -> anyhow::Result<()> {
                     tokio::time::sleep(Duration::from_millis(ms)).await;
                 }
                 if query.contains_key("hold") {
-                    let mut released = releases.subscribe();
-                    released.borrow_and_update();
                     // An error means the server is stopping: answer anyway.
-                    let _ = released.changed().await;
+                    let _ = released.subscribe().wait_for(|released| *released).await;
                 }
                 "ok"
             });

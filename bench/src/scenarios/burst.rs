@@ -14,7 +14,7 @@
 //! - the same N concurrent requests to the same backend, warm: the time for
 //!   the gateway and backend to serve such a burst at all;
 //! - the same N requests held open by the backend itself (`?hold`, answered
-//!   at `GET /release`): what Envoy spends on an open request of its own,
+//!   from `GET /arm` until `GET /release`): what Envoy spends on an open request of its own,
 //!   which the filter's hold adds to.
 
 use std::time::{Duration, Instant};
@@ -275,6 +275,7 @@ async fn bare_held(bare: &Envoy, upstream: std::net::SocketAddr, n: usize) -> an
         Ok((bare.stat(&active).await? == 0).then_some(()))
     })
     .await?;
+    reqwest::get(format!("http://{upstream}/arm")).await?.error_for_status()?;
     let url = format!("http://127.0.0.1:{}/?hold", bare.http_port);
     let before = bare.process.rss_bytes()?;
     let requests = spawn_burst(&url, &host(SERVICE), n, false)?;
