@@ -34,6 +34,7 @@ use std::sync::Arc;
 
 use kube::api::DynamicObject;
 use revgate_istio::{OwnerKind, RenderOptions};
+use revgate_model::gc;
 use revgate_model::meta::{
     CONFIGURATION_GENERATION_LABEL, CONFIGURATION_LABEL, Condition, ConditionStatus, LAST_APPLIED_ANNOTATION,
     SERVICE_LABEL, rfc3339,
@@ -281,6 +282,9 @@ pub fn revisions(snapshot: &Snapshot, now_unix_secs: u64) -> Step {
         }
         let mut annotations = template.metadata.annotations.clone();
         annotations.remove(LAST_APPLIED_ANNOTATION);
+        // Created never routed, as Knative's `MakeRevision` marks it.
+        labels.insert(gc::ROUTING_STATE_LABEL.to_string(), gc::RoutingState::Pending.as_str().to_string());
+        annotations.insert(gc::ROUTING_STATE_MODIFIED_ANNOTATION.to_string(), rfc3339(now_unix_secs));
         let body = json!({
             "apiVersion": Kind::Revision.api_version(),
             "kind": Kind::Revision.name(),

@@ -13,7 +13,9 @@
 //!    ([`readiness`]) and writes the routes' VirtualServices, deleting the
 //!    ones no longer wanted;
 //! 5. writes Knative's status conditions (`Ready`, `ConfigurationsReady`,
-//!    `RoutesReady`, with reasons), including why a write failed.
+//!    `RoutesReady`, with reasons), including why a write failed;
+//! 6. labels each Revision's routing state and deletes the Revisions
+//!    `config-gc` collects ([`gc`]).
 //!
 //! Every write is a server-side apply under the field manager `revgate`.
 //! Every generated object has a controller owner reference, so deleting a
@@ -33,6 +35,7 @@
 //!   (objects being deleted, children of deleted owners).
 //! - [`desired`]: the pure steps: Knative children, revisions, the world,
 //!   Deployments/Services/VirtualServices, statuses.
+//! - [`gc`]: Knative's labeler (the Revisions' routing state) and revision GC per `config-gc`; pure.
 //! - [`rollouts`]: Knative's gradual rollout with revgate's gates, stepped each
 //!   pass; the state travels in an annotation of the Route's VirtualServices.
 //! - [`readiness`]: revision readiness and endpoints from EndpointSlices and Deployments; pure.
@@ -66,6 +69,7 @@
 pub mod config;
 pub mod controller;
 pub mod desired;
+pub mod gc;
 pub mod kinds;
 pub mod leader;
 pub mod leader_label;
@@ -75,6 +79,8 @@ pub mod rollouts;
 pub mod scale;
 pub mod snapshot;
 
+#[cfg(test)]
+mod gc_tests;
 #[cfg(test)]
 mod rollout_tests;
 #[cfg(test)]

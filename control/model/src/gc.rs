@@ -356,14 +356,26 @@ impl RoutingMeta {
     }
 }
 
-/// The Routes each revision is served by in `plan` (splits, 0% included,
-/// and tags, whichever split a rollout serves).
-pub fn routes_by_revision(plan: &GatewayPlan) -> BTreeMap<ObjectKey, BTreeSet<String>> {
+/// The Routes that send each revision traffic: those whose split or tags
+/// in `plan` name it (whichever split a rollout serves), and those whose
+/// traffic, as written or as last assigned (`status.traffic`), names it by
+/// revision — a Route that cannot be served right now still keeps its
+/// revisions, as Knative's labeler reads them from the Route's status.
+pub fn routes_by_revision(world: &World, plan: &GatewayPlan) -> BTreeMap<ObjectKey, BTreeSet<String>> {
     let mut routes: BTreeMap<ObjectKey, BTreeSet<String>> = BTreeMap::new();
     for route in &plan.routes {
         let served = route.splits.iter().map(|s| &s.revision).chain(route.tags.iter().map(|t| &t.revision));
         for revision in served {
             routes.entry(revision.clone()).or_default().insert(route.key.name.clone());
+        }
+    }
+    for (key, route) in &world.routes {
+        let assigned = route.status.iter().flat_map(|s| s.traffic.iter());
+        for name in route.spec.traffic.iter().chain(assigned).filter_map(|t| t.revision_name.as_ref()) {
+            let revision = ObjectKey::new(key.namespace.clone(), name.clone());
+            if world.revisions.contains_key(&revision) {
+                routes.entry(revision).or_default().insert(key.name.clone());
+            }
         }
     }
     routes
@@ -384,7 +396,7 @@ impl World {
     /// This world with every revision's routing state as the Routes of
     /// `plan` make it at `now`; `None` when nothing changes.
     pub fn with_routing_states(&self, plan: &GatewayPlan, now: u64) -> Option<World> {
-        let routes = routes_by_revision(plan);
+        let routes = routes_by_revision(self, plan);
         let none = BTreeSet::new();
         let mut next: Option<World> = None;
         for (key, revision) in &self.revisions {
@@ -404,7 +416,7 @@ impl World {
         if config.is_disabled() {
             return (Vec::new(), None);
         }
-        let routes = routes_by_revision(plan);
+        let routes = routes_by_revision(self, plan);
         let mut by_configuration: BTreeMap<ObjectKey, Vec<Candidate>> = BTreeMap::new();
         for (key, revision) in &self.revisions {
             let Some(configuration) = revision.metadata.labels.get(CONFIGURATION_LABEL) else { continue };
