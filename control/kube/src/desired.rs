@@ -519,7 +519,15 @@ pub fn statuses(
     let pods = readiness::pods(snapshot);
     let mut views: Vec<(Kind, String, Value)> = Vec::new();
     for revision in world.revision_views(observed) {
-        let mut status = to_value(&revision.status.unwrap_or_default());
+        let mut revision_status = revision.status.unwrap_or_default();
+        // Which of ContainerHealthy and ResourcesAvailable the pods' failure concerns.
+        if let Some(failure) =
+            pods.get(&revision.metadata.name).filter(|p| p.ready.is_empty()).and_then(|p| p.failure.as_ref())
+            && problems.get(Kind::Revision, &revision.metadata.name).is_none()
+        {
+            crate::pod_status::show(&mut revision_status.conditions, failure);
+        }
+        let mut status = to_value(&revision_status);
         // Knative's `kubectl get revisions` columns: pods ready, pods asked for.
         if let (Some(map), Some(pods)) = (status.as_object_mut(), pods.get(&revision.metadata.name)) {
             map.insert("actualReplicas".to_string(), json!(pods.ready.len()));

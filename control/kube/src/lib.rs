@@ -38,6 +38,7 @@
 //! - [`gc`]: Knative's labeler (the Revisions' routing state) and revision GC per `config-gc`; pure.
 //! - [`rollouts`]: Knative's gradual rollout with revgate's gates, stepped each
 //!   pass; the state travels in an annotation of the Route's VirtualServices.
+//! - [`pod_status`]: why a revision's pods do not run, as Knative reads it from a pod; pure.
 //! - [`readiness`]: revision readiness and endpoints from EndpointSlices and Deployments; pure.
 //! - [`mod@reconcile`]: the thin I/O around `desired`: `reconcile(Arc<Namespace>, Arc<Context>)`,
 //!   `error_policy`, backoff.
@@ -73,6 +74,7 @@ pub mod gc;
 pub mod kinds;
 pub mod leader;
 pub mod leader_label;
+pub mod pod_status;
 pub mod readiness;
 pub mod reconcile;
 pub mod rollouts;
@@ -81,6 +83,8 @@ pub mod snapshot;
 
 #[cfg(test)]
 mod gc_tests;
+#[cfg(test)]
+mod pod_status_tests;
 #[cfg(test)]
 mod rollout_tests;
 #[cfg(test)]
