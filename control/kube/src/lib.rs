@@ -57,11 +57,18 @@
 //! each answer canned, the whole script under a timeout.
 //!
 //! `tests/cluster.rs` holds an `#[ignore]`d suite for a real cluster with
-//! Istio and revgate's CRDs installed (`kubectl apply -f
-//! shared/knative/knative-serving-crds.yaml`); it uses the current
-//! kubeconfig context and its own namespace:
+//! Istio and revgate's CRDs installed; it uses the current kubeconfig
+//! context and a namespace of its own per case: a Service created, updated,
+//! scaled and collected; revisions no longer routed garbage-collected with
+//! their Deployments and Services (it sets `knative-serving/config-gc` for
+//! its duration and puts it back); failing pods' reasons (`ExitCode3`,
+//! `Unschedulable`) in the Revision's and Service's status. On a kind (or
+//! k3s: `export KUBECONFIG=/etc/rancher/k3s/k3s.yaml`) cluster:
 //!
 //! ```text
+//! kind create cluster --name revgate-it
+//! istioctl install -y --set profile=minimal
+//! kubectl apply -f istio-manifests/100-namespaces.yaml -f istio-manifests/200-knative-serving-crds.yaml
 //! CARGO_TARGET_DIR=/work/target-kube cargo test -p revgate-kube --test cluster -- --ignored --nocapture
 //! ```
 

@@ -6,11 +6,18 @@
 //! lives there too), and deletes the namespace at the end.
 //!
 //! ```text
+//! kind create cluster --name revgate-it        # or k3s: export KUBECONFIG=/etc/rancher/k3s/k3s.yaml
+//! istioctl install -y --set profile=minimal
+//! kubectl apply -f istio-manifests/100-namespaces.yaml -f istio-manifests/200-knative-serving-crds.yaml
 //! CARGO_TARGET_DIR=/work/target-kube cargo test -p revgate-kube --test cluster -- --ignored --nocapture
 //! ```
 //!
+//! The garbage-collection case sets `knative-serving/config-gc` to collect
+//! at once while it runs, and puts the previous data back.
+//!
 //! `REVGATE_IT_IMAGE` overrides the image served (default Knative's
-//! helloworld-go, which listens on `$PORT`).
+//! helloworld-go, which listens on `$PORT`); `REVGATE_IT_CRASH_IMAGE` the
+//! shell image whose container exits on purpose (default `busybox:1.36`).
 
 use std::future::Future;
 use std::time::Duration;
