@@ -29,6 +29,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use revgate_model::decode::Budget;
+use revgate_model::gc::Collector;
 use revgate_model::plan::{Endpoint, EndpointMap, GatewayPlan, ObjectKey};
 use revgate_model::rollout::Rollouts;
 use revgate_model::{
@@ -376,6 +377,8 @@ pub struct ControlPlane {
     unreadable_tx: watch::Sender<Arc<Vec<UnreadableObject>>>,
     /// The rollout driver's states: the split each Route in rollout serves.
     rollouts: Option<watch::Receiver<Arc<Rollouts>>>,
+    /// Revision garbage collection's memory between passes.
+    gc: Collector,
 }
 
 impl ControlPlane {
@@ -417,6 +420,7 @@ impl ControlPlane {
             last_states_verdicts: BTreeMap::new(),
             unreadable_tx,
             rollouts: None,
+            gc: Collector::default(),
         };
         let handle = Handle {
             commands: commands_tx,
@@ -508,18 +512,17 @@ impl ControlPlane {
     /// stamped now), then the deletions, committed as one change.
     fn collect(&mut self, now: u64) -> Result<Collected, ControlError> {
         let plan = self.plan_tx.borrow().clone();
-        let marked = self.world.with_routing_states(&plan, now);
-        let base = marked.as_ref().unwrap_or(&self.world);
-        let (due, next_check) = base.collectable_revisions(&plan, now);
-        if marked.is_none() && due.is_empty() {
-            return Ok(Collected { deleted: Vec::new(), next_check });
+        let pass = self.gc.pass(&self.world, &plan, now);
+        if pass.marked.is_some() || !pass.delete.is_empty() {
+            let base = pass.marked.as_ref().unwrap_or(&self.world);
+            let (next, changes) = base.without_revisions(&pass.delete);
+            for change in &changes {
+                tracing::info!(revision = %change.key, "garbage-collected a revision no longer routed (config-gc)");
+            }
+            self.commit(next)?;
         }
-        let (next, changes) = base.without_revisions(&due);
-        for change in &changes {
-            tracing::info!(revision = %change.key, "garbage-collected a revision no longer routed (config-gc)");
-        }
-        self.commit(next)?;
-        Ok(Collected { deleted: due, next_check })
+        self.gc.settle(self.world.clone(), self.plan_tx.borrow().clone());
+        Ok(Collected { deleted: pass.delete, next_check: self.gc.next_check() })
     }
 
     /// Follows the runtime through the zero gate: each revision's ready

@@ -426,22 +426,35 @@ impl World {
                 .or_default()
                 .push(Candidate::of(&revision.metadata, routes.contains_key(key)));
         }
+        let (delete, due) = self.collect_configurations(&config, by_configuration, now);
+        (delete, due.values().min().copied())
+    }
+
+    /// Runs the collector over each given Configuration's revisions: the
+    /// revisions to delete, and per Configuration when a kept one turns stale.
+    pub(crate) fn collect_configurations(
+        &self,
+        config: &GcConfig,
+        configurations: impl IntoIterator<Item = (ObjectKey, Vec<Candidate>)>,
+        now: u64,
+    ) -> (Vec<ObjectKey>, BTreeMap<ObjectKey, u64>) {
         let mut delete = Vec::new();
-        let mut next_check: Option<u64> = None;
-        for (config_key, candidates) in by_configuration {
-            let status = self.configurations.get(&config_key).and_then(|c| c.status.clone()).unwrap_or_default();
-            let latest: Vec<&str> = [&status.latest_created_revision_name, &status.latest_ready_revision_name]
+        let mut due = BTreeMap::new();
+        for (config_key, candidates) in configurations {
+            let status = self.configurations.get(&config_key).and_then(|c| c.status.as_ref());
+            let latest: Vec<&str> = status
                 .into_iter()
+                .flat_map(|s| [&s.latest_created_revision_name, &s.latest_ready_revision_name])
                 .flatten()
                 .map(String::as_str)
                 .collect();
-            let collection = collect(&config, &latest, &candidates, now);
+            let collection = collect(config, &latest, &candidates, now);
             delete.extend(collection.delete.into_iter().map(|name| ObjectKey::new(config_key.namespace.clone(), name)));
             if let Some(at) = collection.next_check {
-                next_check = Some(next_check.map_or(at, |n: u64| n.min(at)));
+                due.insert(config_key, at);
             }
         }
-        (delete, next_check)
+        (delete, due)
     }
 
     /// This world without the given revisions, as deleting them reports it.
@@ -503,6 +516,10 @@ fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
     let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
     era * 146_097 + day_of_era - 719_468
 }
+
+#[path = "gc_pass.rs"]
+mod pass;
+pub use pass::{Collector, Pass};
 
 #[cfg(test)]
 #[path = "gc_tests.rs"]

@@ -1,4 +1,5 @@
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::*;
@@ -304,4 +305,83 @@ fn a_pinned_or_preserved_revision_stays() {
         m.annotations.remove(ROUTING_STATE_MODIFIED_ANNOTATION);
         m
     }));
+}
+
+/// Runs the collector as the control plane does: a pass, the marked world
+/// without what it collects, then the basis for the next pass.
+fn pass(collector: &mut Collector, world: &World, now: u64) -> (World, Vec<ObjectKey>) {
+    let world = Arc::new(world.clone());
+    let plan = Arc::new(world.plan(&crate::Observed::default()));
+    let Pass { marked, delete } = collector.pass(&world, &plan, now);
+    let (next, _) = marked.as_ref().unwrap_or(&world).without_revisions(&delete);
+    let next = Arc::new(next);
+    collector.settle(next.clone(), Arc::new(next.plan(&crate::Observed::default())));
+    (next.as_ref().clone(), delete)
+}
+
+fn states(world: &World) -> Vec<(String, &'static str, String)> {
+    world
+        .revisions
+        .values()
+        .map(|r| {
+            let routes = r.metadata.annotations.get(ROUTES_ANNOTATION).cloned().unwrap_or_default();
+            (r.metadata.name.clone(), RoutingState::of(&r.metadata.labels).as_str(), routes)
+        })
+        .collect()
+}
+
+/// Passes after each change look only at what changed, and decide what a
+/// pass over everything decides: the same routing states, the same
+/// deletions, at the same times.
+#[test]
+fn incremental_passes_decide_as_full_ones() {
+    let other = "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata: {name: other}\nspec:\n  template:\n    metadata: {annotations: {revgate.dev/endpoints: \"127.0.0.1:9\"}}\n    spec: {containers: [{image: other}]}\n";
+    let pinned = |version: &str, tag_target: &str| {
+        format!(
+            "{}\n  traffic:\n  - {{latestRevision: true, percent: 100}}\n  - {{revisionName: {tag_target}, tag: old, percent: 0}}\n",
+            SERVICE.replace("VERSION", version).trim_end()
+        )
+    };
+    let steps: Vec<(String, u64)> = vec![
+        (GC_NOW.to_string(), NOW),
+        (other.to_string(), NOW),
+        (SERVICE.replace("VERSION", "1"), NOW),
+        (SERVICE.replace("VERSION", "2"), NOW + 1),
+        (pinned("3", "hello-00001"), NOW + 2),
+        (SERVICE.replace("VERSION", "4"), NOW + 3),
+        (pinned("4", "hello-00004"), NOW + 30),
+    ];
+    let mut world = World::default();
+    let mut collector = Collector::default();
+    let mut full = World::default();
+    for (text, at) in steps {
+        world = apply(&world, &text, at);
+        full = apply(&full, &text, at);
+        for now in [at, at + 5, at + 11] {
+            let (next, deleted) = pass(&mut collector, &world, now);
+            // A fresh collector looks at everything.
+            let (full_next, full_deleted) = pass(&mut Collector::default(), &full, now);
+            assert_eq!(deleted, full_deleted, "deletions at {now}");
+            assert_eq!(states(&next), states(&full_next), "routing states at {now}");
+            world = next;
+            full = full_next;
+        }
+    }
+    let kept: Vec<String> = world.revisions.values().map(|r| r.metadata.name.clone()).collect();
+    assert_eq!(kept, ["hello-00004", "other-00001"], "everything no longer routed went");
+}
+
+#[test]
+fn the_collector_looks_again_when_a_revision_turns_stale() {
+    let mut collector = Collector::default();
+    let mut world = apply(&World::default(), GC_NOW, NOW);
+    world = apply(&world, &SERVICE.replace("VERSION", "1"), NOW);
+    world = pass(&mut collector, &world, NOW).0;
+    world = apply(&world, &SERVICE.replace("VERSION", "2"), NOW + 1);
+    world = pass(&mut collector, &world, NOW + 1).0;
+    assert_eq!(collector.next_check(), Some(NOW + 11), "hello-00001 left the traffic at NOW + 1");
+    let (world, deleted) = pass(&mut collector, &world, NOW + 11);
+    assert_eq!(deleted, [ObjectKey::new("default", "hello-00001")]);
+    assert_eq!(collector.next_check(), None);
+    assert_eq!(world.revisions.len(), 1);
 }
