@@ -69,7 +69,9 @@ async fn pass_shows(snapshot: Snapshot, failed: &'static str, reason: &'static s
             .expect(expect(failed, "False", reason, message))
             .expect(expect("Ready", "False", reason, message))
             .expect(expect(other, "Unknown", "Deploying", "")),
-        Exchange::status(Kind::Configuration, "hello").expect(expect("Ready", "False", "RevisionFailed", message)),
+        Exchange::status(Kind::Configuration, "hello")
+            .expect(expect("Ready", "False", "RevisionFailed", "Revision \"hello-00001\" failed with message: "))
+            .expect(expect("Ready", "False", "RevisionFailed", message)),
         Exchange::status(Kind::KnativeService, "hello")
             .expect(expect("ConfigurationsReady", "False", "RevisionFailed", message))
             .expect(expect("Ready", "False", "RevisionFailed", message)),

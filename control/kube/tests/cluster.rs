@@ -258,7 +258,7 @@ async fn pods_that_fail_show_why_in_the_revision_and_service() {
     let ksvc = ksvcs.get("crash").await.expect("the Service");
     let (_, why, message) = reason(&ksvc, "ConfigurationsReady").expect("ConfigurationsReady");
     assert_eq!(why, "RevisionFailed");
-    assert!(message.contains("ExitCode3"), "{message}");
+    assert!(message.starts_with("Revision \"crash-00001\" failed with message: Container failed with: "), "{message}");
 
     let (_, why, message) = eventually("huge-00001 to be unschedulable", || async {
         let revision = resource(Kind::Revision).get("huge-00001").await.ok()?;
