@@ -385,3 +385,24 @@ fn the_collector_looks_again_when_a_revision_turns_stale() {
     assert_eq!(collector.next_check(), None);
     assert_eq!(world.revisions.len(), 1);
 }
+
+/// A rollout serves the previous revision beside the new one while the
+/// Route's own traffic names only the latest: the split served keeps it.
+#[test]
+fn a_rollouts_previous_revision_stays_while_it_is_served() {
+    let mut world = apply(&World::default(), GC_NOW, NOW);
+    world = settle(&apply(&world, &SERVICE.replace("VERSION", "1"), NOW), NOW);
+    world = apply(&world, &SERVICE.replace("VERSION", "2"), NOW + 1);
+    let mut plan = world.plan(&crate::Observed::default());
+    let route = Arc::make_mut(&mut plan.routes[0]);
+    let previous = crate::plan::Split { revision: ObjectKey::new("default", "hello-00001"), percent: 90 };
+    route.splits =
+        vec![previous, crate::plan::Split { revision: ObjectKey::new("default", "hello-00002"), percent: 10 }];
+    let marked = world.with_routing_states(&plan, NOW + 1).unwrap_or(world);
+    let previous = &marked.revisions[&ObjectKey::new("default", "hello-00001")];
+    assert_eq!(RoutingState::of(&previous.metadata.labels), RoutingState::Active);
+    assert!(marked.collectable_revisions(&plan, NOW + 1000).0.is_empty(), "served revisions stay");
+    let mut collector = Collector::default();
+    let pass = collector.pass(&Arc::new(marked), &Arc::new(plan), NOW + 1000);
+    assert!(pass.delete.is_empty(), "{:?}", pass.delete);
+}
