@@ -60,7 +60,7 @@ pub enum Kind {
 
 impl Kind {
     /// Every kind.
-    pub const ALL: [Kind; 11] = [
+    pub const ALL: [Kind; 12] = [
         Kind::KnativeService,
         Kind::Configuration,
         Kind::Route,
@@ -77,7 +77,7 @@ impl Kind {
 
     /// The kinds watched in every selected namespace, in the order a
     /// namespace's objects are reconciled.
-    pub const NAMESPACED: [Kind; 9] = [
+    pub const NAMESPACED: [Kind; 10] = [
         Kind::KnativeService,
         Kind::Configuration,
         Kind::Route,
