@@ -26,6 +26,7 @@ use std::collections::HashMap;
 
 use crate::breaker::{self, SharedStore};
 use crate::config::{FilterConfig, ReleaseGate};
+use crate::deadline::{Limits, Timers};
 use crate::hold::{Held, HoldQueue};
 use crate::metrics::{Finished, Metrics};
 use crate::probe::{self, Confirmed, ProbeCall, Probes};
@@ -54,7 +55,9 @@ pub struct Activation {
     pub held: u64,
 }
 
-/// Something the glue must do to a held request (by HTTP context id).
+/// Something the glue must do to a held or in-flight request (by HTTP
+/// context id). A reply to a request whose response already started makes
+/// Envoy end its stream instead (it cannot answer twice).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Effect {
     /// Let the held request continue upstream.
@@ -111,6 +114,8 @@ pub struct Gate {
     requests: HashMap<u32, Tracked>,
     /// `release_gate: probe`: which clusters this VM confirmed.
     probes: Probes,
+    /// Knative's response timers of the requests sent on to a listed revision.
+    timers: Timers,
     metrics: Metrics,
 }
 
@@ -127,6 +132,7 @@ impl Gate {
             queue,
             requests: HashMap::new(),
             probes: Probes::default(),
+            timers: Timers::default(),
             metrics: Metrics::new(now_ns),
         }
     }
@@ -181,6 +187,9 @@ impl Gate {
             Admission::Go { slot } => {
                 tracked.phase = Phase::Admitted { slot };
                 self.metrics.admitted(&tracked.key, now_ns);
+                if let Some(line) = &line {
+                    self.timers.start(id, &tracked.key, Limits::of(line), now_ns);
+                }
                 Decision::Continue
             }
             Admission::Wait => match self.queue.push(&tracked.key, Held { id, since_ns: now_ns }) {
@@ -246,9 +255,10 @@ impl Gate {
         while let Some(front) = self.queue.front(key) {
             let (cluster, metadata_cc) =
                 self.requests.get(&front.id).map_or((String::new(), None), |t| (t.cluster.clone(), t.metadata_cc));
-            let admission = match self.line(key) {
+            let line = self.line(key);
+            let admission = match &line {
                 None => self.unlisted(now_ns),
-                Some(line) => self.admission(key, &cluster, &line, metadata_cc, store),
+                Some(line) => self.admission(key, &cluster, line, metadata_cc, store),
             };
             let slot = match admission {
                 Admission::Wait => break,
@@ -261,6 +271,9 @@ impl Gate {
             if let Some(tracked) = self.requests.get_mut(&front.id) {
                 tracked.phase = Phase::Admitted { slot };
                 tracked.held_ns = Some(now_ns.saturating_sub(tracked.started_ns));
+            }
+            if let Some(line) = &line {
+                self.timers.start(front.id, key, Limits::of(line), now_ns);
             }
             effects.push(Effect::Resume(front.id));
         }
@@ -443,13 +456,31 @@ impl Gate {
             }
             effects.extend(self.pump(&key, now_ns, store));
         }
+        effects.extend(self.timers.expired(now_ns).into_iter().map(|(id, reply)| Effect::Reply(id, reply)));
         effects
+    }
+
+    /// The response to request `id` started (its headers, a WebSocket's
+    /// `101` too): its response-start deadline no longer applies.
+    pub fn on_response_headers(&mut self, id: u32, now_ns: u64) {
+        self.timers.response_started(id, now_ns);
+    }
+
+    /// Response bytes of request `id` arrived: its idle timer starts over.
+    pub fn on_response_data(&mut self, id: u32, now_ns: u64) {
+        self.timers.response_data(id, now_ns);
+    }
+
+    /// Requests in flight whose response timers run (see [`crate::deadline`]).
+    pub fn timed(&self) -> usize {
+        self.timers.len()
     }
 
     /// The stream of HTTP context `id` ended (answered, refused, aborted or
     /// timed out), with the response status Envoy recorded, if any. Cleans
     /// up, counts it, and admits the next request its breaker slot allows.
     pub fn on_log(&mut self, id: u32, status: Option<u32>, now_ns: u64, store: &dyn SharedStore) -> Vec<Effect> {
+        self.timers.remove(id);
         let Some(tracked) = self.requests.remove(&id) else { return Vec::new() };
         let key = &tracked.key;
         let mut freed_slot = false;
@@ -539,7 +570,15 @@ mod tests {
         let lines = lines
             .iter()
             .map(|&(rev, ready, cc)| {
-                (key(rev), Readiness { ready_endpoints: ready, container_concurrency: cc, activation_timeout_ms: 0 })
+                (
+                    key(rev),
+                    Readiness {
+                        ready_endpoints: ready,
+                        container_concurrency: cc,
+                        activation_timeout_ms: 0,
+                        ..Readiness::default()
+                    },
+                )
             })
             .collect();
         Partial { after, version, lines, removed: removed.iter().map(|rev| key(rev)).collect() }
@@ -659,6 +698,43 @@ mod tests {
         assert!(reply.body.contains("within 1000 ms"));
         assert_eq!(g.held_total(), 1);
         assert_eq!(g.on_log(1, Some(503), T0 + 1001 * MS, &store), vec![]);
+    }
+
+    #[test]
+    fn a_released_request_whose_response_does_not_start_in_time_gets_504_and_frees_its_slot() {
+        let (mut g, store) = (gate(), FakeStore::default());
+        let line = |ready: u32| {
+            let update = revgate_proto::ReadinessUpdate {
+                version: u64::from(ready) + 1,
+                revisions: vec![revgate_proto::RevisionReadiness {
+                    namespace: "default".into(),
+                    revision: "hello".into(),
+                    ready_endpoints: ready,
+                    container_concurrency: 1,
+                    activation_timeout_ms: 2_000,
+                    response_start_timeout_ms: 1_000,
+                    idle_timeout_ms: 0,
+                }],
+                ..Default::default()
+            };
+            ReadinessTable::complete(ReadinessTable::from_update(update).unwrap())
+        };
+        g.on_view(line(0), T0, &store);
+        g.on_request(1, target("hello"), T0, &store);
+        // Held for 5 s: the timers start only when the request goes upstream.
+        assert_eq!(g.on_view(line(1), T0 + 5_000 * MS, &store), vec![Effect::Resume(1)]);
+        assert_eq!(g.on_tick(T0 + 5_999 * MS, &store), vec![]);
+        let effects = g.on_tick(T0 + 6_000 * MS, &store);
+        let [Effect::Reply(1, reply)] = effects.as_slice() else { panic!("{effects:?}") };
+        assert_eq!((reply.status, reply.reason), (504, "response-start-timeout"));
+        assert_eq!(g.on_log(1, Some(504), T0 + 6_001 * MS, &store), vec![]);
+        assert_eq!(store.count(&key("hello")), 0, "the breaker slot is given back");
+
+        // A response that started in time is not cut afterwards.
+        g.on_request(2, target("hello"), T0 + 7_000 * MS, &store);
+        g.on_response_headers(2, T0 + 7_500 * MS);
+        assert_eq!(g.on_tick(T0 + 60_000 * MS, &store), vec![]);
+        assert_eq!(g.timed(), 0);
     }
 
     #[test]

@@ -14,6 +14,8 @@
 //! | `RoutePlan`               | route configuration `route|ns|name` over RDS, one scope `host|<host>`   |
 //! |                           | per host it owns (main and tags) selecting it                           |
 //! | `RoutePlan.host`          | virtual host `route|ns|name`, weighted clusters by percent              |
+//! | revisions' timeouts       | see [Timeouts](#timeouts): no route timeout, a per-try timeout, the     |
+//! |                           | filter for what one route cannot say per revision                      |
 //! | `TagPlan`                 | virtual host `tag|ns|name|tag`, 100% to the tagged revision             |
 //! | `tag_header_routing`      | on the main host, one route per tag matching `Knative-Serving-Tag`      |
 //! | `RevisionBackend`         | EDS cluster `rev|ns|revision` + its `ClusterLoadAssignment`             |
@@ -23,32 +25,63 @@
 //! A Route is one route configuration, so changing it sends that one
 //! resource, not every host's. A host named by no route has no scope and
 //! gets Envoy's 404.
+//!
+//! # Protocols
+//!
+//! The HCM accepts WebSocket upgrades (`upgrade_configs`), on every route:
+//! without it Envoy answers an upgrade `403`. HTTP/2 cleartext (gRPC) comes
+//! in on the same listener (`codec_type: AUTO` tells HTTP/2's preface from
+//! HTTP/1) and goes to a revision whose port is named `h2c` over HTTP/2.
+//!
+//! # Timeouts
+//!
+//! Knative's queue-proxy starts three timers when a request reaches the
+//! revision (knative/serving `pkg/http/handler/timeout.go`):
+//! `timeoutSeconds` and `responseStartTimeoutSeconds` fire only while the
+//! response has not started (no byte written), each answering 504; once the
+//! response started neither ever cuts it (a WebSocket after its `101`, a
+//! gRPC stream after its headers). `idleTimeoutSeconds` (0: none) fires when
+//! no response byte was written for that long, before or after the start.
+//! What revgate's Envoy does with them, verified against Envoy 1.40:
+//!
+//! | Knative | Envoy |
+//! |---|---|
+//! | `timeoutSeconds`, `responseStartTimeoutSeconds` | the route's `timeout` is 0 (off): Envoy's route timeout runs until the response *ends* and would cut a long stream. The route's `retry_policy.per_try_timeout` is the shorter of the two (the *response-start deadline*): it starts when the router has the whole request (so it never starts on an upgraded WebSocket or a bidirectional stream, whose request never ends) and Envoy ignores it once the response started. Its 504 carries the response flag `UT`, which a `local_reply_config` mapper turns into revgate's answer: `x-revgate-reason` and a body naming the limit and the revision, read from the revision cluster's metadata |
+//! | a split whose revisions have different deadlines | one route has one per-try timeout: the longest; the gateway filter answers the same 504 at each revision's own deadline |
+//! | `idleTimeoutSeconds` | the gateway filter: Envoy's idle timeouts count request bytes too and run while the filter holds a request for a cold revision |
+//!
+//! No retry is configured (`retry_on` empty), so a per-try timeout is final.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::time::Duration;
 
+use envoy_types::pb::envoy::config::accesslog::v3::{AccessLogFilter, ResponseFlagFilter, access_log_filter};
 use envoy_types::pb::envoy::config::cluster::v3::{CircuitBreakers, Cluster, cluster};
 use envoy_types::pb::envoy::config::core::v3::TypedExtensionConfig;
 use envoy_types::pb::envoy::config::core::v3::{
     Address, AggregatedConfigSource, ApiVersion, ConfigSource, HeaderValue, HeaderValueOption, Http2ProtocolOptions,
     Locality, Metadata, SocketAddress, address, config_source, header_value_option::HeaderAppendAction, socket_address,
 };
-use envoy_types::pb::envoy::config::core::v3::{DataSource, data_source};
+use envoy_types::pb::envoy::config::core::v3::{
+    DataSource, SubstitutionFormatString, data_source, substitution_format_string,
+};
 use envoy_types::pb::envoy::config::endpoint::v3::{
     ClusterLoadAssignment, Endpoint as EnvoyEndpoint, LbEndpoint, LocalityLbEndpoints, lb_endpoint,
 };
 use envoy_types::pb::envoy::config::listener::v3::{Filter, FilterChain, Listener, filter};
 use envoy_types::pb::envoy::config::route::v3::{
-    HeaderMatcher, Route, RouteAction, RouteConfiguration, RouteMatch, ScopedRouteConfiguration, VirtualHost,
-    WeightedCluster, header_matcher, route, route_action, route_match, scoped_route_configuration, weighted_cluster,
+    HeaderMatcher, RetryPolicy, Route, RouteAction, RouteConfiguration, RouteMatch, ScopedRouteConfiguration,
+    VirtualHost, WeightedCluster, header_matcher, route, route_action, route_match, scoped_route_configuration,
+    weighted_cluster,
 };
 use envoy_types::pb::envoy::extensions::common::matching::v3::ExtensionWithMatcher;
 use envoy_types::pb::envoy::extensions::filters::common::matcher::action::v3::SkipFilter;
 use envoy_types::pb::envoy::extensions::filters::http::lua::v3::Lua;
 use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
-    HttpConnectionManager, HttpFilter, ScopedRds, ScopedRoutes, http_connection_manager, http_filter, scoped_routes,
+    HttpConnectionManager, HttpFilter, LocalReplyConfig, ResponseMapper, ScopedRds, ScopedRoutes,
+    http_connection_manager, http_filter, scoped_routes,
 };
 use envoy_types::pb::envoy::extensions::upstreams::http::v3::{HttpProtocolOptions, http_protocol_options};
 use envoy_types::pb::envoy::r#type::matcher::v3::HttpRequestHeaderMatchInput;
@@ -71,6 +104,24 @@ const DEFAULT_REVISION_TIMEOUT: Duration = Duration::from_secs(300);
 /// Requests held by the data-path filter are cut by the idle timeout, not the
 /// route timeout, so it must leave room for the whole revision timeout.
 const IDLE_TIMEOUT_MARGIN: Duration = Duration::from_secs(60);
+/// WebSocket, the one upgrade Envoy needs to be told to accept.
+const WEBSOCKET_UPGRADE: &str = "websocket";
+/// Envoy's response flag for an upstream request timeout (route or per-try).
+const UPSTREAM_TIMEOUT_FLAG: &str = "UT";
+/// Keys of a revision cluster's metadata (under [`names::METADATA_NAMESPACE`])
+/// that the local reply of a response-start timeout reads.
+const START_TIMEOUT_REASON_KEY: &str = "start_timeout_reason";
+const START_TIMEOUT_FIELD_KEY: &str = "start_timeout_field";
+const START_TIMEOUT_SECONDS_KEY: &str = "start_timeout_seconds";
+/// The header naming the limit behind an answer revgate gives itself (as
+/// the gateway filter's own answers do).
+const REASON_HEADER: &str = "x-revgate-reason";
+/// `x-revgate-reason` of a request whose revision did not start its
+/// response within `timeoutSeconds`.
+pub const REQUEST_TIMEOUT_REASON: &str = "request-timeout";
+/// `x-revgate-reason` of a request whose revision did not start its
+/// response within `responseStartTimeoutSeconds`.
+pub const RESPONSE_START_TIMEOUT_REASON: &str = "response-start-timeout";
 /// TCP connect timeout towards revision endpoints.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Locality given to every endpoint. Strict xDS clients (gRPC) reject
@@ -172,7 +223,7 @@ pub fn translate(plan: &GatewayPlan, endpoints: &EndpointMap, settings: &XdsSett
     let mut shards: BTreeMap<u32, BTreeMap<&ObjectKey, Vec<VirtualHost>>> = BTreeMap::new();
     let mut scoped_routes = Vec::new();
     for (route, owned) in plan.routes.iter().zip(claim_hosts(plan)) {
-        let timeouts = route_timeouts(route, |key| revisions.get(key).map(|r| r.timeout_seconds));
+        let timeouts = route_timeouts(route, |key| revisions.get(key).map(|r| response_start_deadline(r)));
         if let Some((virtual_hosts, scopes)) =
             route_resources(route, &owned, plan.tag_header_routing, &timeouts, settings.alias_domain.as_deref())
         {
@@ -231,9 +282,28 @@ pub fn claim_hosts(plan: &GatewayPlan) -> Vec<Vec<bool>> {
         .collect()
 }
 
-/// Per split, then per tag: the timeout of the revision it sends to, in
-/// seconds, as `timeout_of` knows it (Knative's default for a revision
-/// missing from the plan).
+/// The longest a request sent to `revision` may wait for its response to
+/// start, in seconds: the shorter of `timeoutSeconds` and
+/// `responseStartTimeoutSeconds` (see [Timeouts](self#timeouts)).
+pub fn response_start_deadline(revision: &RevisionBackend) -> u64 {
+    start_timeout(revision).2
+}
+
+/// Which of a revision's two response-start limits applies, as
+/// (`x-revgate-reason`, Knative field, seconds): `responseStartTimeoutSeconds`
+/// when it is shorter than `timeoutSeconds`, else `timeoutSeconds`.
+fn start_timeout(revision: &RevisionBackend) -> (&'static str, &'static str, u64) {
+    let start = revision.response_start_timeout_seconds;
+    if start > 0 && start < revision.timeout_seconds {
+        (RESPONSE_START_TIMEOUT_REASON, "responseStartTimeoutSeconds", start)
+    } else {
+        (REQUEST_TIMEOUT_REASON, "timeoutSeconds", revision.timeout_seconds)
+    }
+}
+
+/// Per split, then per tag: the response-start deadline of the revision it
+/// sends to ([`response_start_deadline`]), in seconds, as `timeout_of` knows
+/// it (Knative's default for a revision missing from the plan).
 pub fn route_timeouts(route: &RoutePlan, timeout_of: impl Fn(&ObjectKey) -> Option<u64>) -> Vec<u64> {
     route
         .splits
@@ -326,11 +396,13 @@ pub fn shard_configuration(
 }
 
 /// The HCM `stream_idle_timeout` for a plan: the configured one, raised to
-/// the longest revision timeout plus 60 s when that is longer.
+/// the longest revision timeout or `idleTimeoutSeconds` plus 60 s when that
+/// is longer, so that Envoy's own idle timer never ends a stream before the
+/// revision's limits do.
 pub fn effective_stream_idle_timeout(plan: &GatewayPlan, settings: &XdsSettings) -> Duration {
     plan.revisions
         .iter()
-        .map(|r| Duration::from_secs(r.timeout_seconds).saturating_add(IDLE_TIMEOUT_MARGIN))
+        .map(|r| Duration::from_secs(r.timeout_seconds.max(r.idle_timeout_seconds)).saturating_add(IDLE_TIMEOUT_MARGIN))
         .fold(settings.stream_idle_timeout, Duration::max)
 }
 
@@ -348,6 +420,11 @@ pub fn http_listener(
         stat_prefix: names::HTTP_STAT_PREFIX.to_owned(),
         codec_type: http_connection_manager::CodecType::Auto as i32,
         stream_idle_timeout: Some(pb_duration(stream_idle_timeout)),
+        upgrade_configs: vec![http_connection_manager::UpgradeConfig {
+            upgrade_type: WEBSOCKET_UPGRADE.to_owned(),
+            ..Default::default()
+        }],
+        local_reply_config: Some(start_timeout_reply()),
         route_specifier: Some(http_connection_manager::RouteSpecifier::ScopedRoutes(scoped_routes_by_host())),
         http_filters,
         ..Default::default()
@@ -360,6 +437,42 @@ pub fn http_listener(
                 name: HCM_FILTER.to_owned(),
                 config_type: Some(filter::ConfigType::TypedConfig(to_any(&hcm))),
             }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+/// Envoy's 504 for a response that did not start within the per-try
+/// timeout (flag `UT`) becomes revgate's answer: `x-revgate-reason` and a
+/// body naming the limit and the revision, from the revision cluster's
+/// metadata (`%CLUSTER_METADATA%` reads the cluster the request went to),
+/// the same answer the gateway filter gives at a revision's own deadline.
+fn start_timeout_reply() -> LocalReplyConfig {
+    let meta = |key: &str| format!("%CLUSTER_METADATA({}:{key})%", names::METADATA_NAMESPACE);
+    let body = format!(
+        "revgate: revision {}/{} did not start its response within {} s (limit {} of the revision)\n",
+        meta("namespace"),
+        meta("revision"),
+        meta(START_TIMEOUT_SECONDS_KEY),
+        meta(START_TIMEOUT_FIELD_KEY),
+    );
+    LocalReplyConfig {
+        mappers: vec![ResponseMapper {
+            filter: Some(AccessLogFilter {
+                filter_specifier: Some(access_log_filter::FilterSpecifier::ResponseFlagFilter(ResponseFlagFilter {
+                    flags: vec![UPSTREAM_TIMEOUT_FLAG.to_owned()],
+                })),
+            }),
+            headers_to_add: vec![overwrite_header(REASON_HEADER, &meta(START_TIMEOUT_REASON_KEY))],
+            body_format_override: Some(SubstitutionFormatString {
+                format: Some(substitution_format_string::Format::TextFormatSource(DataSource {
+                    specifier: Some(data_source::Specifier::InlineString(body)),
+                    ..Default::default()
+                })),
+                content_type: "text/plain; charset=utf-8".to_owned(),
+                ..Default::default()
+            }),
             ..Default::default()
         }],
         ..Default::default()
@@ -513,9 +626,11 @@ fn prefix_match(prefix: &str) -> RouteMatch {
 }
 
 /// A route splitting traffic by weight; weights are Knative percents, so
-/// they total 100. The timeout is the longest of the reachable revisions'.
+/// they total 100. No route timeout (it would cut a response that started);
+/// the per-try timeout is the longest response-start deadline of the
+/// revisions it sends to (see [Timeouts](self#timeouts)).
 fn weighted_route(matcher: RouteMatch, splits: &[(&ObjectKey, u32)], timeouts: &[u64]) -> Route {
-    let timeout = timeouts.iter().copied().max().map_or(DEFAULT_REVISION_TIMEOUT, Duration::from_secs);
+    let deadline = timeouts.iter().copied().max().map_or(DEFAULT_REVISION_TIMEOUT, Duration::from_secs);
     let clusters = splits
         .iter()
         .map(|(key, percent)| weighted_cluster::ClusterWeight {
@@ -535,7 +650,8 @@ fn weighted_route(matcher: RouteMatch, splits: &[(&ObjectKey, u32)], timeouts: &
                 clusters,
                 ..Default::default()
             })),
-            timeout: Some(pb_duration(timeout)),
+            timeout: Some(pb_duration(Duration::ZERO)),
+            retry_policy: Some(RetryPolicy { per_try_timeout: Some(pb_duration(deadline)), ..Default::default() }),
             ..Default::default()
         })),
         ..Default::default()
@@ -588,6 +704,10 @@ fn base_cluster(revision: &RevisionBackend) -> Cluster {
     if let Some(service) = &revision.service {
         facts.push(("service", string_value(service)));
     }
+    let (reason, field, seconds) = start_timeout(revision);
+    facts.push((START_TIMEOUT_REASON_KEY, string_value(reason)));
+    facts.push((START_TIMEOUT_FIELD_KEY, string_value(field)));
+    facts.push((START_TIMEOUT_SECONDS_KEY, string_value(&seconds.to_string())));
     let metadata = Metadata {
         filter_metadata: HashMap::from([(
             names::METADATA_NAMESPACE.to_owned(),
@@ -725,6 +845,8 @@ pub(crate) mod tests {
             protocol: UpstreamProtocol::Http1,
             container_concurrency: 0,
             timeout_seconds: 300,
+            response_start_timeout_seconds: 300,
+            idle_timeout_seconds: 0,
             static_endpoints: None,
         }
     }
@@ -751,6 +873,7 @@ pub(crate) mod tests {
                     protocol: UpstreamProtocol::H2c,
                     container_concurrency: 10,
                     timeout_seconds: 600,
+                    response_start_timeout_seconds: 600,
                     ..revision("hello-00002")
                 },
             ]
@@ -786,9 +909,11 @@ pub(crate) mod tests {
             .collect()
     }
 
-    fn timeout(route: &Route) -> i64 {
+    /// (route timeout, per-try timeout) in seconds.
+    fn timeout(route: &Route) -> (i64, i64) {
         let Some(route::Action::Route(action)) = &route.action else { panic!("not a route action") };
-        action.timeout.as_ref().map_or(0, |t| t.seconds)
+        let per_try = action.retry_policy.as_ref().and_then(|p| p.per_try_timeout.as_ref());
+        (action.timeout.as_ref().map_or(-1, |t| t.seconds), per_try.map_or(-1, |t| t.seconds))
     }
 
     fn hcm(resources: &Resources) -> HttpConnectionManager {
@@ -813,7 +938,7 @@ pub(crate) mod tests {
                 ("rev|default|hello-00002".into(), 10, "hello-00002".into()),
             ]
         );
-        assert_eq!(timeout(&main.routes[0]), 600, "longest timeout of the reachable revisions");
+        assert_eq!(timeout(&main.routes[0]), (0, 600), "no route timeout; the longest response-start deadline");
     }
 
     #[test]
@@ -994,6 +1119,40 @@ pub(crate) mod tests {
         let short = GatewayPlan { revisions: vec![Arc::new(revision("a"))], ..GatewayPlan::default() };
         let settings = XdsSettings { stream_idle_timeout: Duration::from_secs(900), ..XdsSettings::default() };
         assert_eq!(effective_stream_idle_timeout(&short, &settings), Duration::from_secs(900));
+    }
+
+    #[test]
+    fn websockets_upgrade_and_a_late_response_start_is_answered_naming_the_limit_and_revision() {
+        let hcm = hcm(&translate(&plan(), &endpoints(), &XdsSettings::default()));
+        let upgrades: Vec<_> = hcm.upgrade_configs.iter().map(|u| u.upgrade_type.as_str()).collect();
+        assert_eq!(upgrades, ["websocket"], "without it Envoy answers an upgrade 403");
+        let mapper = &hcm.local_reply_config.as_ref().expect("local replies").mappers[0];
+        assert!(matches!(
+            &mapper.filter.as_ref().and_then(|f| f.filter_specifier.as_ref()),
+            Some(access_log_filter::FilterSpecifier::ResponseFlagFilter(f)) if f.flags == ["UT"]
+        ));
+        let header = mapper.headers_to_add[0].header.as_ref().expect("header");
+        assert_eq!(
+            (header.key.as_str(), header.value.as_str()),
+            ("x-revgate-reason", "%CLUSTER_METADATA(revgate:start_timeout_reason)%")
+        );
+    }
+
+    #[test]
+    fn each_revision_cluster_names_its_response_start_limit() {
+        let mut plan = plan();
+        Arc::make_mut(&mut plan.revisions[1]).response_start_timeout_seconds = 20;
+        let r = translate(&plan, &endpoints(), &XdsSettings::default());
+        let facts = |i: usize| {
+            let fields = &r.clusters[i].metadata.as_ref().expect("metadata").filter_metadata["revgate"].fields;
+            [START_TIMEOUT_REASON_KEY, START_TIMEOUT_FIELD_KEY, START_TIMEOUT_SECONDS_KEY].map(|k| fields[k].clone())
+        };
+        let strings = |values: [&str; 3]| values.map(string_value);
+        assert_eq!(facts(0), strings(["request-timeout", "timeoutSeconds", "300"]), "equal: timeoutSeconds");
+        assert_eq!(facts(1), strings(["response-start-timeout", "responseStartTimeoutSeconds", "20"]));
+        // The split's route waits for the longest deadline: 300 s (hello-00001); the tag's for its own.
+        assert_eq!(timeout(&vhost(&r, "route|default|hello").routes[0]), (0, 300));
+        assert_eq!(timeout(&vhost(&r, "tag|default|hello|candidate").routes[0]), (0, 20));
     }
 
     #[test]

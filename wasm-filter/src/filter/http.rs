@@ -10,7 +10,7 @@ use revgate_proto::ActivationRequest;
 use super::host::{self, HostStore};
 use super::{Shared, retime, with_state};
 use crate::control::Call;
-use crate::gate::{Activation, Decision, Effect};
+use crate::gate::{Activation, Decision, Effect, Gate};
 use crate::revision::{self, Target};
 
 /// Upper bound on rounds of cleaning up vanished contexts in [`settle`];
@@ -29,6 +29,17 @@ pub struct Http {
 impl Http {
     pub fn new(id: u32, shared: Shared) -> Self {
         Self { id, shared, tracked: false }
+    }
+
+    /// Tells the gate that the response of this request moved (see
+    /// [`crate::deadline`]); requests it does not track cost nothing.
+    fn response_activity(&self, record: fn(&mut Gate, u32, u64)) {
+        if !self.tracked {
+            return;
+        }
+        let Some(now_ns) = host::now_ns() else { return };
+        let id = self.id;
+        with_state(&self.shared, "timing a response", |s| record(&mut s.gate, id, now_ns));
     }
 
     fn target(&self) -> Option<Target> {
@@ -74,6 +85,19 @@ impl HttpContext for Http {
                 }
             }
         }
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        self.response_activity(Gate::on_response_headers);
+        Action::Continue
+    }
+
+    /// Every chunk of a response, the frames of an upgraded WebSocket too:
+    /// Envoy passes a stream's data through the filter chain after the
+    /// upgrade as before it.
+    fn on_http_response_body(&mut self, _body_size: usize, _end_of_stream: bool) -> Action {
+        self.response_activity(Gate::on_response_data);
+        Action::Continue
     }
 
     fn on_log(&mut self) {
