@@ -367,6 +367,12 @@ impl Gate {
         self.probes.due(&waiting, now_ns)
     }
 
+    /// Whether a probe is due now (see [`Gate::take_probes`]), without
+    /// dispatching it: the probes stay due for the root to send.
+    pub fn probes_due(&mut self, now_ns: u64) -> bool {
+        !self.take_probes(now_ns).is_empty()
+    }
+
     /// The probe through `cluster` was dispatched as call `token`.
     pub fn probe_dispatched(&mut self, cluster: &str, token: u32) {
         self.probes.dispatched(cluster, token);
@@ -917,6 +923,18 @@ mod tests {
         assert!(!g.probe_retry_pending());
         assert_eq!(g.on_request(3, routed("hello", ISTIO), T0 + 15 * MS, &store), Decision::Continue);
         assert_eq!(g.take_probes(T0 + 15 * MS), vec![]);
+    }
+
+    #[test]
+    fn probes_a_request_makes_due_stay_due_for_the_root_to_send() {
+        let (mut g, store) = (probe_gate(), FakeStore::default());
+        g.on_view(view(1, &[("hello", 1, 0)]), T0, &store);
+        assert_eq!(g.on_request(1, routed("hello", ISTIO), T0, &store), pause(None));
+        assert!(g.probes_due(T0));
+        assert!(g.probe_retry_pending(), "the root ticks at the retry step until it sends them");
+        assert_eq!(g.take_probes(T0 + MS), vec![probe_call("hello", ISTIO)], "still due for the root");
+        g.probe_dispatched(ISTIO, 9);
+        assert!(!g.probes_due(T0 + 2 * MS) && !g.probe_retry_pending());
     }
 
     #[test]

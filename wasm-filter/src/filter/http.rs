@@ -70,8 +70,8 @@ impl HttpContext for Http {
                 if let Some(activation) = activate {
                     send_activation(&self.shared, activation, self.id);
                 }
-                // Held for a ready revision not yet confirmed here: probe now.
-                send_probes(&self.shared, self.id, now_ns);
+                // Held for a ready revision not yet confirmed here: probe soon.
+                schedule_probes(&self.shared, self.id, now_ns);
                 Action::Pause
             }
             Decision::Refuse(reply) => {
@@ -130,9 +130,34 @@ pub(super) fn settle(shared: &Shared, mut effects: Vec<Effect>, current: u32, no
     }
 }
 
-/// Dispatches the probes the gate wants now (`release_gate: probe`), from
-/// the root context so their answers reach the root whatever becomes of the
-/// request that caused them; `current` is made effective again afterwards.
+/// Has the root send the probes a request just made due, within the
+/// probes' retry step (10 ms) instead of at the next ordinary tick.
+///
+/// A probe is never dispatched from a request's context: the proxy-wasm SDK
+/// sends a call's answer to the context that was *running* when the call
+/// was made (its `active_id`), whatever context was made effective, so the
+/// answer of a probe dispatched here would reach this request's context and
+/// be lost, leaving the probe in flight for good and the VM's requests for
+/// the revision held until their activation timeout. The probes stay due
+/// instead; a due probe makes [`retime`] shorten the root's timer, and the
+/// root's tick dispatches them ([`send_probes`]).
+fn schedule_probes(shared: &Shared, current: u32, now_ns: u64) {
+    let Some((due, root_id)) = with_state(shared, "scheduling probes", |s| (s.gate.probes_due(now_ns), s.root_id))
+    else {
+        return;
+    };
+    if due && hostcalls::set_effective_context(root_id).is_ok() {
+        retime(shared);
+        if let Err(status) = hostcalls::set_effective_context(current) {
+            log::warn!("revgate: could not restore context {current} after scheduling probes: {status:?}");
+        }
+    }
+}
+
+/// Dispatches the probes the gate wants now (`release_gate: probe`). Call
+/// only from the root context's own callbacks (its tick, its call answers),
+/// so that the answers reach the root (see [`schedule_probes`]); `current`
+/// is made effective again afterwards.
 pub fn send_probes(shared: &Shared, current: u32, now_ns: u64) {
     let Some((probes, root_id, path, timeout_ms)) = with_state(shared, "probing", |s| {
         let config = s.gate.config();
