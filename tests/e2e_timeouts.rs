@@ -208,3 +208,114 @@ async fn in_a_split_each_revision_has_its_own_timeout_seconds() {
         "split-00001's requests end at its 1 s, split-00002's are served: {outcomes:?}"
     );
 }
+
+/// Istio's cluster of revgate's activation service, and of the `istio` revision.
+const ISTIO_CONTROL_CLUSTER: &str = "outbound|9091||revgate.revgate-system.svc.cluster.local";
+const ISTIO_REVISION_CLUSTER: &str = "outbound|80||istio-00001.default.svc.cluster.local";
+
+/// A static Envoy shaped like an Istio ingress gateway that revgate does not
+/// program: Istio's cluster names, a route without a timeout (a
+/// VirtualService's default, and what revgate renders), WebSocket upgrades
+/// on (as Istio's gateways have them), and revgate's filter configured as
+/// the Istio manifests configure it.
+fn istio_gateway(admin: u16, http: u16, activation: u16, revision: SocketAddr) -> String {
+    let configuration =
+        serde_json::to_string(&format!(r#"{{"control_cluster": "{ISTIO_CONTROL_CLUSTER}", "release_gate": "probe"}}"#))
+            .expect("a JSON string");
+    let wasm = support::filter_wasm();
+    let (wasm, ip, port) = (wasm.display(), revision.ip(), revision.port());
+    format!(
+        r#"node: {{id: "router~10.0.0.1~istio-ingressgateway.istio-system~istio-system.svc.cluster.local", cluster: istio-ingressgateway.istio-system}}
+admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}}}
+static_resources:
+  listeners:
+  - name: 0.0.0.0_8080
+    address: {{socket_address: {{address: 127.0.0.1, port_value: {http}}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: outbound_0.0.0.0_8080
+          upgrade_configs: [{{upgrade_type: websocket}}]
+          route_config:
+            virtual_hosts:
+            - name: "istio.default.example.com:80"
+              domains: ["istio.default.example.com", "istio.default.example.com:*"]
+              routes:
+              - match: {{prefix: "/"}}
+                route: {{cluster: "{ISTIO_REVISION_CLUSTER}", timeout: 0s}}
+          http_filters:
+          - name: istio-system.revgate
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
+              config:
+                name: istio-system.revgate
+                root_id: revgate
+                vm_config: {{vm_id: revgate, runtime: envoy.wasm.runtime.v8, code: {{local: {{filename: "{wasm}"}}}}}}
+                configuration:
+                  "@type": type.googleapis.com/google.protobuf.StringValue
+                  value: {configuration}
+          - name: envoy.filters.http.router
+            typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
+  clusters:
+  - name: "{ISTIO_CONTROL_CLUSTER}"
+    type: STATIC
+    connect_timeout: 1s
+    load_assignment:
+      cluster_name: "{ISTIO_CONTROL_CLUSTER}"
+      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {activation}}}}}}}}}]}}]
+  - name: "{ISTIO_REVISION_CLUSTER}"
+    type: STATIC
+    connect_timeout: 1s
+    load_assignment:
+      cluster_name: "{ISTIO_REVISION_CLUSTER}"
+      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: {ip}, port_value: {port}}}}}}}}}]}}]
+"#
+    )
+}
+
+/// In an Istio gateway the VirtualService has no timeout; the filter
+/// enforces the revision's limits from the readiness view the control plane
+/// sends it, with the same answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_an_istio_gateway_the_filter_enforces_the_revisions_timeouts() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let (admin, http, activation) = (support::free_port(), support::free_port(), support::free_port());
+    let addr = |port: u16| format!("127.0.0.1:{port}").parse().expect("address");
+    let extra = ["--activation-addr".to_owned(), format!("127.0.0.1:{activation}")];
+    let revgate = Revgate::start_with(
+        &dir.path().join("state"),
+        support::free_port(),
+        addr(support::free_port()),
+        addr(support::free_port()),
+        &extra,
+    )
+    .await;
+    let spec = "      timeoutSeconds: 30\n      responseStartTimeoutSeconds: 1\n      idleTimeoutSeconds: 2\n";
+    revgate.apply(&service("istio", spec));
+    let backend = Stalling::start().await;
+    revgate.set_endpoints("istio-00001", &[backend.addr]).await;
+    let path = dir.path().join("gateway.yaml");
+    std::fs::write(&path, istio_gateway(admin, http, activation, backend.addr)).expect("writing the bootstrap");
+    let envoy = Envoy::start(dir.path(), &path, admin, http, "istio-gateway").await;
+    let host = "istio.default.example.com";
+
+    // Once the filter has the revision in its view (and a probe reached it), a prompt response passes.
+    support::wait_for("the revision to answer through the Istio-style gateway", async || {
+        let reply = stream(http, host, "/").await;
+        (reply == (200, None, "first\nrest\n".to_owned(), true)).then_some(())
+    })
+    .await;
+    let (status, reason, body, _) = stream(http, host, "/?sleep=20000").await;
+    assert_eq!((status, reason.as_deref()), (504, Some("response-start-timeout")), "{body}");
+    assert_eq!(
+        body,
+        "revgate: revision default/istio-00001 did not start its response within 1 s \
+         (limit responseStartTimeoutSeconds of the revision)\n"
+    );
+    let (status, _, body, clean) = stream(http, host, "/?stall=20000").await;
+    assert_eq!((status, body.as_str(), clean), (200, "first\n", false), "cut after idleTimeoutSeconds");
+    drop(envoy);
+    drop(revgate);
+}
