@@ -193,6 +193,25 @@ async fn a_websocket_session_outlives_timeout_seconds_warm_and_from_zero_and_cou
     assert!(lasted > Duration::from_secs(TIMEOUT_SECONDS), "{lasted:?}");
 }
 
+/// `idleTimeoutSeconds` is the one limit an upgraded WebSocket has: an
+/// active session outlives it (each echo is a response byte), a quiet one
+/// is closed once it passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_is_closed_only_once_it_stays_quiet_past_idle_timeout_seconds() {
+    let manifest =
+        service("ws", "http1", 0).replace("      containers:", "      idleTimeoutSeconds: 1\n      containers:");
+    let s = setup(&manifest).await;
+    let backend = WsEcho::start().await;
+    s.endpoints(WS_REVISION, &[backend.addr]).await;
+
+    let mut ws = connect(s.envoy.http_port, WS_HOST).await.expect("an upgrade");
+    let lasted = session(&mut ws).await.expect("an active session is not cut");
+    assert!(lasted > Duration::from_secs(1), "{lasted:?}");
+    // Quiet from now on: the gateway ends the stream.
+    let end = tokio::time::timeout(support::DEADLINE, ws.next()).await.expect("the quiet WebSocket is closed");
+    assert!(!matches!(end, Some(Ok(Message::Text(_)))), "no message, the end of the stream: {end:?}");
+}
+
 /// The Python that runs `examples/grpc-echo/echo.py`: grpcio from
 /// `.tools/python`, or the test fails with the command that installs it.
 fn grpc_python() -> (PathBuf, PathBuf) {
