@@ -1,9 +1,15 @@
 use std::sync::Arc;
 
+use envoy_types::pb::envoy::config::accesslog::v3::access_log_filter;
+use envoy_types::pb::envoy::config::listener::v3::filter;
 use envoy_types::pb::envoy::config::route::v3::route_action::ClusterSpecifier;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+    HttpConnectionManager, HttpFilter, http_connection_manager, scoped_routes,
+};
 use prost::Message;
 use revgate_model::plan::{RevisionBackend, RoutePlan, Split, TagPlan};
 
+use super::listener::{LUA_FILTER, ROUTER_FILTER};
 use super::*;
 
 pub(crate) fn key(name: &str) -> ObjectKey {
