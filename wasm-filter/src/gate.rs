@@ -9,7 +9,7 @@
 //! | phase | entered when | left when |
 //! |---|---|---|
 //! | waiting | cold revision, or not yet confirmed by a probe (`release_gate: probe`), or its capacity is full, or others wait before it | released ([`Effect::Resume`]), expired ([`Effect::Reply`]) or aborted (`on_log`) |
-//! | admitted | sent upstream, with or without a breaker slot | the stream ends (`on_log`), giving its slot back |
+//! | admitted | sent upstream, with or without a breaker slot; a listed revision's response timers start ([`crate::deadline`]) | the stream ends (`on_log`), giving its slot back; a timer that passes answers it 504 first ([`Effect::Reply`]) |
 //! | refused | its revision's queue was full, or it expired | the stream ends (`on_log`) |
 //!
 //! How the oldest waiting request of a revision may proceed, by the view and

@@ -46,7 +46,7 @@
 //!
 //! | Knative | Envoy |
 //! |---|---|
-//! | `timeoutSeconds`, `responseStartTimeoutSeconds` | the route's `timeout` is 0 (off): Envoy's route timeout runs until the response *ends* and would cut a long stream. The route's `retry_policy.per_try_timeout` is the shorter of the two (the *response-start deadline*): it starts when the router has the whole request (so it never starts on an upgraded WebSocket or a bidirectional stream, whose request never ends) and Envoy ignores it once the response started. Its 504 carries the response flag `UT`, which a `local_reply_config` mapper turns into revgate's answer: `x-revgate-reason` and a body naming the limit and the revision, read from the revision cluster's metadata |
+//! | `timeoutSeconds`, `responseStartTimeoutSeconds` | the route's `timeout` is 0 (off): Envoy's route timeout runs until the response *ends* and would cut a long stream. The route's `retry_policy.per_try_timeout` is the shorter of the two (the *response-start deadline*): it starts when the router has the whole request (never on an upgraded WebSocket, whose request never ends; on a bidirectional stream only once the client half-closes) and Envoy ignores it once the response started. Its 504 carries the response flag `UT`, which a `local_reply_config` mapper turns into revgate's answer: `x-revgate-reason` and a body naming the limit and the revision, read from the revision cluster's metadata |
 //! | a split whose revisions have different deadlines | one route has one per-try timeout: the longest; the gateway filter answers the same 504 at each revision's own deadline |
 //! | `idleTimeoutSeconds` | the gateway filter: Envoy's idle timeouts count request bytes too and run while the filter holds a request for a cold revision |
 //!
