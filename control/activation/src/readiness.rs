@@ -40,6 +40,8 @@ use revgate_xds::names::parse_revision_cluster;
 struct RevisionFacts {
     container_concurrency: u32,
     activation_timeout_ms: u64,
+    response_start_timeout_ms: u64,
+    idle_timeout_ms: u64,
     /// Endpoints inlined by host name, ready without an EDS ACK.
     inlined_endpoints: Option<u32>,
 }
@@ -146,6 +148,8 @@ impl ReadinessTable {
                 let facts = RevisionFacts {
                     container_concurrency: revision.container_concurrency,
                     activation_timeout_ms: revision.timeout_seconds.saturating_mul(1000),
+                    response_start_timeout_ms: revision.response_start_timeout_seconds.saturating_mul(1000),
+                    idle_timeout_ms: revision.idle_timeout_seconds.saturating_mul(1000),
                     inlined_endpoints: inlined,
                 };
                 (revision.key.clone(), facts)
@@ -286,6 +290,8 @@ impl ReadinessTable {
             ready_endpoints: endpoints.min(desired.unwrap_or(u32::MAX)),
             container_concurrency: facts.container_concurrency,
             activation_timeout_ms: facts.activation_timeout_ms,
+            response_start_timeout_ms: facts.response_start_timeout_ms,
+            idle_timeout_ms: facts.idle_timeout_ms,
         }
     }
 }
@@ -345,6 +351,8 @@ mod tests {
             protocol: UpstreamProtocol::Http1,
             container_concurrency: 10,
             timeout_seconds: 300,
+            response_start_timeout_seconds: 120,
+            idle_timeout_seconds: 0,
             static_endpoints,
         }
     }
@@ -432,6 +440,7 @@ mod tests {
         assert_eq!(update.revisions.len(), 1);
         assert_eq!(update.revisions[0].container_concurrency, 10);
         assert_eq!(update.revisions[0].activation_timeout_ms, 300_000);
+        assert_eq!(update.revisions[0].response_start_timeout_ms, 120_000, "the filter enforces it in every mode");
         assert!(!table.set_plan(&plan(vec![revision("hello-00001", None)])), "same plan, same version");
     }
 
