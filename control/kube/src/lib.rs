@@ -96,9 +96,9 @@ pub mod scale;
 pub mod snapshot;
 
 #[cfg(test)]
-mod mesh_tests;
-#[cfg(test)]
 mod gc_tests;
+#[cfg(test)]
+mod mesh_tests;
 #[cfg(test)]
 mod pod_status_tests;
 #[cfg(test)]
