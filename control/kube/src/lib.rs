@@ -51,6 +51,10 @@
 //! - [`mesh`]: in-mesh calls to a revision at zero: when the `-mesh`
 //!   VirtualServices go through the local gateway, and how that switch is
 //!   ordered against the scale to zero.
+//! - [`scrape`]: Knative's stats scraper over the revision pods' Istio
+//!   sidecars: parsing, sampling, averaging, and the combination with the
+//!   gateways' reports; pure.
+//! - [`scraper`]: the loop that scrapes the sidecars for the KPA (leader only).
 //! - [`controller`]: watches, stores, dispatch, views, the leader loop; [`run`].
 //!
 //! # Tests
@@ -93,12 +97,14 @@ pub mod readiness;
 pub mod reconcile;
 pub mod rollouts;
 pub mod scale;
+pub mod scrape;
+pub mod scraper;
 pub mod snapshot;
 
 #[cfg(test)]
-mod mesh_tests;
-#[cfg(test)]
 mod gc_tests;
+#[cfg(test)]
+mod mesh_tests;
 #[cfg(test)]
 mod pod_status_tests;
 #[cfg(test)]
