@@ -71,7 +71,9 @@
 //! scaled and collected; revisions no longer routed garbage-collected with
 //! their Deployments and Services (it sets `knative-serving/config-gc` for
 //! its duration and puts it back); failing pods' reasons (`ExitCode3`,
-//! `Unschedulable`) in the Revision's and Service's status. On a kind (or
+//! `Unschedulable`) in the Revision's and Service's status; a revision
+//! pod's sidecar counting the calls that reach it, which the KPA scrapes.
+//! On a kind (or
 //! k3s: `export KUBECONFIG=/etc/rancher/k3s/k3s.yaml`) cluster:
 //!
 //! ```text
