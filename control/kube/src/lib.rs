@@ -73,8 +73,8 @@
 //! its duration and puts it back); failing pods' reasons (`ExitCode3`,
 //! `Unschedulable`) in the Revision's and Service's status; a revision
 //! pod's sidecar counting the calls that reach it, which the KPA scrapes.
-//! On a kind (or
-//! k3s: `export KUBECONFIG=/etc/rancher/k3s/k3s.yaml`) cluster:
+//! On a kind (or k3s: `export KUBECONFIG=/etc/rancher/k3s/k3s.yaml`)
+//! cluster:
 //!
 //! ```text
 //! kind create cluster --name revgate-it
