@@ -14,7 +14,8 @@
 //!
 //! Knative's rules, kept as they are:
 //! - every second, a sample of the ready pods is scraped, its size by
-//!   [`sample_size`] (95 % confidence, margin of error 5, variance 100);
+//!   [`sample_size`] (95 % confidence, margin of error 5, variance 100), a
+//!   pod that does not answer replaced by the next ([`scrape_order`]);
 //! - the sampled values are averaged and multiplied by the ready pods, so
 //!   the figure is the revision's total ([`average`]);
 //! - nothing is counted twice ([`combine`]): Knative's queue-proxy subtracts
@@ -173,16 +174,17 @@ pub fn sample_size(population: usize) -> usize {
     size.min(population)
 }
 
-/// The pods to scrape in round `round`: [`sample_size`] of them, a window
-/// that moves one pod per round. Knative shuffles; a moving window is as
-/// fair over time and keeps this a function of its inputs.
-pub fn sample<T: Clone>(pods: &[T], round: u64) -> Vec<T> {
-    let size = sample_size(pods.len());
-    if size == 0 {
+/// The order in which round `round` tries the pods: the first
+/// [`sample_size`] are the sample; as in Knative, a pod that does not
+/// answer is replaced by the next one down the line. Knative orders by pod
+/// age; here the list starts one pod further each round, which spreads the
+/// sample over every pod and keeps this a function of its inputs.
+pub fn scrape_order<T: Clone>(pods: &[T], round: u64) -> Vec<T> {
+    if pods.is_empty() {
         return Vec::new();
     }
     let start = usize::try_from(round % pods.len() as u64).unwrap_or(0);
-    pods.iter().cycle().skip(start).take(size).cloned().collect()
+    pods.iter().cycle().skip(start).take(pods.len()).cloned().collect()
 }
 
 /// One pod's figures in one round.

@@ -65,12 +65,13 @@ fn the_sample_moves_over_every_pod() {
     let pods: Vec<u32> = (0..10).collect();
     let mut seen = std::collections::BTreeSet::new();
     for round in 0..4 {
-        let sampled = sample(&pods, round);
-        assert_eq!(sampled.len(), 7);
-        seen.extend(sampled);
+        let order = scrape_order(&pods, round);
+        assert_eq!(order.len(), 10, "every pod can stand in for one that does not answer");
+        seen.extend(order.into_iter().take(sample_size(pods.len())));
     }
-    assert_eq!(seen.len(), 10, "every pod is scraped within a few rounds");
-    assert!(sample::<u32>(&[], 3).is_empty());
+    assert_eq!(seen.len(), 10, "every pod is in the sample within a few rounds");
+    assert_eq!(scrape_order(&pods, 13)[..3], [3, 4, 5]);
+    assert!(scrape_order::<u32>(&[], 3).is_empty());
 }
 
 #[test]

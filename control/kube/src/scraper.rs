@@ -118,21 +118,17 @@ async fn run(
         let current = states.borrow().clone();
         counters.retain(|key, _| current.get(key).is_some_and(|s| !s.ready.is_empty()));
         let scrapes = current.iter().filter(|(_, state)| !state.ready.is_empty()).map(|(key, state)| {
-            let pods = scrape::sample(&state.ready, round);
             let (http, config) = (&http, &config);
-            async move {
-                let results = futures::future::join_all(pods.iter().map(|pod| scrape_pod(http, config, pod))).await;
-                (key.clone(), state.ready.len(), pods, results)
-            }
+            async move { (key.clone(), state.ready.len(), scrape_sample(http, config, &state.ready, round).await) }
         });
         let results = futures::future::join_all(scrapes).await;
         let now_ms = u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
         let mut next = BTreeMap::new();
-        for (key, ready, pods, results) in results {
+        for (key, ready, results) in results {
             let revision_counters = counters.entry(key.clone()).or_default();
             let mut stats: Vec<PodStat> = Vec::new();
             let mut first_error = None;
-            for (pod, result) in pods.iter().zip(results) {
+            for (pod, result) in results {
                 match result {
                     Ok(sample) => stats.push(revision_counters.observe(&pod.to_string(), now_ms, sample)),
                     Err(e) => {
@@ -170,6 +166,30 @@ async fn run(
             }
         });
     }
+}
+
+/// Knative's pod scrape: the sample's pods at once, and for each that does
+/// not answer the next pod down the line, until the sample is complete or
+/// no pod is left.
+async fn scrape_sample(
+    http: &reqwest::Client,
+    config: &ScrapeConfig,
+    ready: &[Endpoint],
+    round: u64,
+) -> Vec<(Endpoint, Result<SidecarSample, ScrapeError>)> {
+    let order = scrape::scrape_order(ready, round);
+    let wanted = scrape::sample_size(order.len());
+    let mut tried = 0;
+    let mut answered = 0;
+    let mut results = Vec::new();
+    while answered < wanted && tried < order.len() {
+        let batch = &order[tried..(tried + wanted - answered).min(order.len())];
+        tried += batch.len();
+        let batch_results = futures::future::join_all(batch.iter().map(|pod| scrape_pod(http, config, pod))).await;
+        answered += batch_results.iter().filter(|r| r.is_ok()).count();
+        results.extend(batch.iter().cloned().zip(batch_results));
+    }
+    results
 }
 
 async fn scrape_pod(
