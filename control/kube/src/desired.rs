@@ -408,26 +408,11 @@ pub fn revision_children(
             {
                 spec.insert("replicas".to_string(), json!(n));
             }
-            include_sidecar_stats(&mut deployment);
+            crate::scrape::include_sidecar_stats(&mut deployment);
             step.apply_child(snapshot, deployment, owner, subject());
         }
     }
     step
-}
-
-/// Asks Istio to export the pod sidecar's inbound request stats, which the
-/// KPA scrapes (`scrape`); a revision that sets `proxy.istio.io/config`
-/// itself keeps its own (and should include those stats).
-fn include_sidecar_stats(deployment: &mut Value) {
-    let Some(template) = deployment.pointer_mut("/spec/template/metadata").and_then(Value::as_object_mut) else {
-        return;
-    };
-    let annotations = template.entry("annotations").or_insert_with(|| json!({}));
-    if let Some(annotations) = annotations.as_object_mut() {
-        annotations
-            .entry(crate::scrape::PROXY_CONFIG_ANNOTATION)
-            .or_insert_with(|| json!(crate::scrape::STATS_INCLUSION));
-    }
 }
 
 /// What the cluster says about each revision, with the problems of this
