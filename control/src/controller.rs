@@ -9,8 +9,9 @@
 //!                                                   │ plan, ready endpoints               ▲
 //!                                                   ▼                                      │ reports, activations
 //!                                          activation service ◀──────── filter in istio-ingressgateway
-//!                                                                                  ▲ sidecar figures
-//!                                          scraper ──GET podIP:15090/stats/prometheus──▶ revision pods' sidecars
+//!
+//! KubeRuntime (ready pod IPs) ──▶ scraper (leader) ──GET podIP:15090/stats/prometheus──▶ revision pods' sidecars
+//!                                    └──sidecar figures──▶ Autoscaler (with the filters' held requests)
 //! ```
 //!
 //! Only the leader scales, so only the leader's autoscaler may count the
