@@ -23,6 +23,12 @@
 //!   here the sidecar's figure already holds every request the gateway
 //!   passed to a pod, so of the gateway filter's figures only what it holds
 //!   (not yet at any pod) is added.
+//!
+//! One difference: a queue-proxy reports its concurrency averaged over the
+//! second, Envoy's gauge is read at the moment of the scrape. The metric
+//! windows average those samples (60 a stable window by default), so a
+//! steady load reads true; a burst shorter than a second may be missed by
+//! the sample and is seen in the request rate only.
 
 use std::collections::BTreeMap;
 
