@@ -12,6 +12,12 @@
 //! with the held request as demand — Knative's "poke" — so a cold start does
 //! not wait for the next tick.
 //!
+//! In cluster mode the revisions' pods' sidecars are a second source
+//! ([`Autoscaler::with_sidecar_figures`]): calls from inside the mesh go
+//! sidecar to pod, past every gateway, and only the pod's sidecar sees them
+//! (as Knative's autoscaler scrapes each pod's queue-proxy). The two are
+//! combined without counting a request twice (`revgate_kube::scrape::combine`).
+//!
 //! Only revisions of Knative's KPA class are scaled; a revision of another
 //! class runs at a fixed scale, and its PodAutoscaler says so.
 //!
@@ -28,6 +34,8 @@ use std::time::Duration;
 
 use revgate_autoscaler::RevisionAutoscaler;
 pub use revgate_autoscaler::{KpaStatus, decider_spec, scaler_spec};
+use revgate_kube::scrape::{GatewayFigures, combine};
+use revgate_kube::scraper::SidecarFigures;
 use revgate_model::World;
 use revgate_model::meta::ENDPOINTS_ANNOTATION;
 use revgate_model::plan::{GatewayPlan, ObjectKey};
@@ -67,6 +75,9 @@ pub struct Autoscaler {
     /// Subscribed at creation so that no activation is missed before `run`
     /// (which takes it).
     activations: Option<broadcast::Receiver<Activation>>,
+    /// Cluster mode's revision sidecars' figures; `None` in standalone
+    /// mode, where the gateway sees every call.
+    sidecars: Option<SidecarFigures>,
     /// Whether the revisions stored before this start were taken over.
     resumed: bool,
     epoch: Instant,
@@ -91,10 +102,21 @@ impl Autoscaler {
             revisions: BTreeMap::new(),
             statuses,
             activations: Some(activations),
+            sidecars: None,
             resumed: false,
             epoch: Instant::now(),
         };
         (autoscaler, readers)
+    }
+
+    /// Counts what the revisions' sidecars see too (cluster mode on a
+    /// mesh): a revision with sidecar figures is sized on those plus the
+    /// requests the gateways hold; one without falls back to the gateways'
+    /// reports alone.
+    #[must_use]
+    pub fn with_sidecar_figures(mut self, figures: SidecarFigures) -> Self {
+        self.sidecars = Some(figures);
+        self
     }
 
     /// Milliseconds since the autoscaler started: the deciders' clock.
@@ -215,10 +237,21 @@ impl Autoscaler {
     fn collect(&mut self) {
         let now = self.now_ms();
         let activity = self.activation.activity();
+        // Cloned out: the scraper's next publication must not wait on this.
+        let sidecars = self.sidecars.as_ref().map(|figures| figures.borrow().clone());
         for (key, revision) in &mut self.revisions {
             let totals = activity.get(key).map(|a| &a.totals);
-            let concurrency = totals.map_or(0.0, |t| t.concurrency + t.held_concurrency);
-            let rps = totals.map_or(0.0, |t| t.rps);
+            let (concurrency, rps) = match &sidecars {
+                Some(sidecars) => {
+                    let gateway = totals.map_or_else(GatewayFigures::default, |t| GatewayFigures {
+                        concurrency: t.concurrency,
+                        held_concurrency: t.held_concurrency,
+                        rps: t.rps,
+                    });
+                    combine(gateway, sidecars.get(key))
+                }
+                None => (totals.map_or(0.0, |t| t.concurrency + t.held_concurrency), totals.map_or(0.0, |t| t.rps)),
+            };
             revision.kpa.record(now, concurrency, rps);
         }
     }

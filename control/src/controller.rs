@@ -9,6 +9,9 @@
 //!                                                   │ plan, ready endpoints               ▲
 //!                                                   ▼                                      │ reports, activations
 //!                                          activation service ◀──────── filter in istio-ingressgateway
+//!
+//! KubeRuntime (ready pod IPs) ──▶ scraper (leader) ──GET podIP:15090/stats/prometheus──▶ revision pods' sidecars
+//!                                    └──sidecar figures──▶ Autoscaler (with the filters' held requests)
 //! ```
 //!
 //! Only the leader scales, so only the leader's autoscaler may count the
@@ -103,7 +106,16 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
     let runtime = GatedRuntime::start(Arc::new(controller.runtime.clone()), Arc::new(activation.clone()));
     desired_counts(runtime.states(), runtime.cold(), desired_tx);
     let runtime: Arc<dyn Runtime> = Arc::new(runtime);
+    // Calls from inside the mesh reach the pods past every gateway: the
+    // leader scrapes the pods' sidecars for them, as Knative scrapes its
+    // queue-proxies.
+    let sidecars = revgate_kube::scraper::start(
+        controller.runtime.states(),
+        controller.leading.clone(),
+        revgate_kube::scraper::ScrapeConfig::default(),
+    );
     let (autoscaler, _) = Autoscaler::new(world, plan, activation.clone(), runtime);
+    let autoscaler = autoscaler.with_sidecar_figures(sidecars);
     let autoscaler = tokio::spawn(autoscaler.run());
     let health = Router::new().route("/healthz", get(|| async { "ok" }));
     tracing::info!(activation = %args.activation_addr, admin = %args.admin_addr, "revgate controller serving");

@@ -51,6 +51,10 @@
 //! - [`mesh`]: in-mesh calls to a revision at zero: when the `-mesh`
 //!   VirtualServices go through the local gateway, and how that switch is
 //!   ordered against the scale to zero.
+//! - [`scrape`]: Knative's stats scraper over the revision pods' Istio
+//!   sidecars: parsing, sampling, averaging, and the combination with the
+//!   gateways' reports; pure.
+//! - [`scraper`]: the loop that scrapes the sidecars for the KPA (leader only).
 //! - [`controller`]: watches, stores, dispatch, views, the leader loop; [`run`].
 //!
 //! # Tests
@@ -67,8 +71,10 @@
 //! scaled and collected; revisions no longer routed garbage-collected with
 //! their Deployments and Services (it sets `knative-serving/config-gc` for
 //! its duration and puts it back); failing pods' reasons (`ExitCode3`,
-//! `Unschedulable`) in the Revision's and Service's status. On a kind (or
-//! k3s: `export KUBECONFIG=/etc/rancher/k3s/k3s.yaml`) cluster:
+//! `Unschedulable`) in the Revision's and Service's status; a revision
+//! pod's sidecar counting the calls that reach it, which the KPA scrapes.
+//! On a kind (or k3s: `export KUBECONFIG=/etc/rancher/k3s/k3s.yaml`)
+//! cluster:
 //!
 //! ```text
 //! kind create cluster --name revgate-it
@@ -93,6 +99,8 @@ pub mod readiness;
 pub mod reconcile;
 pub mod rollouts;
 pub mod scale;
+pub mod scrape;
+pub mod scraper;
 pub mod snapshot;
 
 #[cfg(test)]

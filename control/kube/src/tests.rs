@@ -184,6 +184,24 @@ async fn deployments_start_at_the_initial_scale() {
     assert_eq!(replicas(&cluster), json!(7), "the autoscaler's count stays");
 }
 
+/// Revision pods' sidecars export the inbound request stats the KPA
+/// scrapes; a revision's own `proxy.istio.io/config` is kept as it is.
+#[tokio::test]
+async fn revision_pods_export_the_sidecar_stats_the_kpa_reads() {
+    let proxy_config = |cluster: &Snapshot| {
+        let deployment = cluster.get(Kind::Deployment, "hello-00001-deployment").expect("a deployment");
+        serde_json::to_value(deployment).expect("JSON")["spec"]["template"]["metadata"]["annotations"]
+            [crate::scrape::PROXY_CONFIG_ANNOTATION]
+            .clone()
+    };
+    let cluster = converge(Snapshot::new(NAMESPACE).with(ksvc("hello").object()), 1).await;
+    assert_eq!(proxy_config(&cluster), json!(crate::scrape::STATS_INCLUSION));
+
+    let own = ksvc("hello").template_annotation("proxy.istio.io/config", "{\"holdApplicationUntilProxyStarts\":true}");
+    let cluster = converge(Snapshot::new(NAMESPACE).with(own.object()), 1).await;
+    assert_eq!(proxy_config(&cluster), json!("{\"holdApplicationUntilProxyStarts\":true}"));
+}
+
 /// Once Kubernetes lists a ready pod for the revision, the route gets its
 /// VirtualServices (sidecars and gateways, 100% to the revision) and every
 /// object turns Ready.

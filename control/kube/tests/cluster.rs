@@ -372,3 +372,65 @@ async fn the_mesh_goes_through_the_local_gateway_while_a_revision_is_at_zero() {
     controller.shutdown().await;
     namespaces.delete(&ns, &DeleteParams::default()).await.expect("the test namespace is deleted");
 }
+
+/// The KPA's second source: a revision pod's sidecar exports its inbound
+/// cluster's request stats (the controller's `proxy.istio.io/config` on
+/// the Deployment), which count a call that reaches the pod past every
+/// gateway. Read through the API server's pod proxy, as the scraper reads
+/// `podIP:15090/stats/prometheus` from inside the cluster.
+#[tokio::test]
+#[ignore = "needs a cluster with Istio and revgate's Knative CRDs; see the file's docs"]
+async fn a_revision_pods_sidecar_counts_the_calls_that_reach_it() {
+    use k8s_openapi::api::core::v1::Pod;
+    use kube::api::ListParams;
+    use revgate_kube::scrape::{STATS_PATH, STATS_PORT, parse_sidecar_stats};
+
+    let client = Client::try_default().await.expect("a kubeconfig or in-cluster config");
+    let image = std::env::var("REVGATE_IT_IMAGE").unwrap_or_else(|_| DEFAULT_IMAGE.to_string());
+    let (ns, controller) = isolated(&client, "revgate-it-scrape").await;
+    let namespaces = Api::<Namespace>::all(client.clone());
+    let injection = json!({"metadata": {"labels": {"istio-injection": "enabled"}}});
+    namespaces
+        .patch(&ns, &PatchParams::default(), &Patch::Merge(&injection))
+        .await
+        .expect("the namespace joins the mesh");
+    let apply = PatchParams::apply("revgate-it").force();
+    Api::<DynamicObject>::namespaced_with(client.clone(), &ns, &Kind::KnativeService.api_resource())
+        .patch("hello", &apply, &Patch::Apply(service("hello", &ns, &image, "scraped")))
+        .await
+        .expect("applied");
+
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let pod = eventually("a ready pod of hello-00001 with its sidecar", || async {
+        let list = pods.list(&ListParams::default().labels("serving.knative.dev/revision=hello-00001")).await.ok()?;
+        list.items.into_iter().find_map(|pod| {
+            let statuses = pod.status.as_ref()?.container_statuses.as_ref()?;
+            let sidecar = statuses.iter().any(|c| c.name == "istio-proxy")
+                || pod.spec.as_ref()?.init_containers.iter().flatten().any(|c| c.name == "istio-proxy");
+            (sidecar && statuses.iter().all(|c| c.ready)).then(|| pod.metadata.name.clone()).flatten()
+        })
+    })
+    .await;
+    let get = |path: String| {
+        let client = client.clone();
+        async move {
+            let request = http::Request::get(path).body(Vec::new()).ok()?;
+            client.request_text(request).await.ok()
+        }
+    };
+    let stats_path = format!("/api/v1/namespaces/{ns}/pods/{pod}:{STATS_PORT}/proxy{STATS_PATH}");
+    let before = eventually("the sidecar's inbound stats", || async {
+        parse_sidecar_stats(&get(stats_path.clone()).await?, 8080).ok()
+    })
+    .await;
+    let reply = get(format!("/api/v1/namespaces/{ns}/pods/{pod}:8080/proxy/")).await.expect("the app answers");
+    assert!(reply.contains("scraped"), "{reply}");
+    eventually("the sidecar to count the call", || async {
+        let now = parse_sidecar_stats(&get(stats_path.clone()).await?, 8080).ok()?;
+        (now.total > before.total).then_some(())
+    })
+    .await;
+
+    controller.shutdown().await;
+    namespaces.delete(&ns, &DeleteParams::default()).await.expect("the test namespace is deleted");
+}
