@@ -129,6 +129,16 @@ pub struct PodSpec {
     pub extra: BTreeMap<String, Value>,
 }
 
+/// The pod annotation that makes Istio keep a sidecar's inbound request
+/// stats (by default a sidecar exports only a minimal set of Envoy stats).
+pub const PROXY_CONFIG_ANNOTATION: &str = "proxy.istio.io/config";
+/// Its value on revision pods: the two stats of every inbound cluster that
+/// cluster mode's KPA scrapes (`revgate-kube`'s `scrape`), nothing else. A
+/// revision that sets `proxy.istio.io/config` itself keeps its own, which
+/// should include them.
+pub const SIDECAR_STATS_INCLUSION: &str =
+    r#"{"proxyStatsMatcher":{"inclusionRegexps":["cluster\\.inbound\\|.*\\.upstream_rq_(active|total)"]}}"#;
+
 /// The Deployment of one revision. `scaling` is the revision's resolved
 /// autoscaling (`World::revision_scaling`); only its initial scale is used.
 pub fn deployment(revision: &Revision, scaling: &RevisionScaling, options: &RenderOptions) -> Deployment {
@@ -141,6 +151,8 @@ pub fn deployment(revision: &Revision, scaling: &RevisionScaling, options: &Rend
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     let mut pod_annotations = annotations.clone();
+    // The KPA in cluster mode scrapes these stats from the pod's sidecar.
+    pod_annotations.entry(PROXY_CONFIG_ANNOTATION.to_string()).or_insert_with(|| SIDECAR_STATS_INCLUSION.to_string());
     if let Some(serving) = revision.spec.serving_container().filter(|c| !c.name.is_empty()) {
         pod_annotations.insert(DEFAULT_CONTAINER_ANNOTATION.to_string(), serving.name.clone());
     }

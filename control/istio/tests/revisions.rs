@@ -4,6 +4,7 @@
 mod common;
 
 use common::*;
+use revgate_istio::deployment::{PROXY_CONFIG_ANNOTATION, SIDECAR_STATS_INCLUSION};
 use revgate_istio::{OwnerKind, OwnerUids, RenderOptions, deployment, revision_service};
 use revgate_model::World;
 use revgate_model::plan::ObjectKey;
@@ -44,7 +45,11 @@ fn a_minimal_service_gets_knatives_deployment_without_a_queue_proxy() {
             "template": {
                 "metadata": {
                     "labels": labels,
-                    "annotations": {"kubectl.kubernetes.io/default-container": "user-container"}
+                    "annotations": {
+                        "kubectl.kubernetes.io/default-container": "user-container",
+                        // What cluster mode's KPA scrapes from the pod's sidecar.
+                        PROXY_CONFIG_ANNOTATION: SIDECAR_STATS_INCLUSION
+                    }
                 },
                 "spec": {
                     "containers": [{
@@ -116,7 +121,13 @@ fn min_scale_is_left_to_the_autoscaler_and_initial_scale_sets_the_replicas() {
     // Autoscaling annotations configure the autoscaler, not the pods.
     assert!(got["metadata"].get("annotations").is_none(), "{:#}", got["metadata"]);
     let pod = &got["spec"]["template"];
-    assert_eq!(pod["metadata"]["annotations"], json!({"kubectl.kubernetes.io/default-container": "user-container"}));
+    assert_eq!(
+        pod["metadata"]["annotations"],
+        json!({
+            "kubectl.kubernetes.io/default-container": "user-container",
+            PROXY_CONFIG_ANNOTATION: SIDECAR_STATS_INCLUSION
+        })
+    );
     let container = &pod["spec"]["containers"][0];
     assert_eq!(
         container["resources"],

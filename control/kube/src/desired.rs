@@ -408,7 +408,6 @@ pub fn revision_children(
             {
                 spec.insert("replicas".to_string(), json!(n));
             }
-            crate::scrape::include_sidecar_stats(&mut deployment);
             step.apply_child(snapshot, deployment, owner, subject());
         }
     }

@@ -32,32 +32,13 @@
 
 use std::collections::BTreeMap;
 
-use serde_json::Value;
 use thiserror::Error;
 
 /// Istio's Envoy Prometheus port on every sidecar.
 pub const STATS_PORT: u16 = 15090;
 /// The path Istio serves Envoy's stats on.
 pub const STATS_PATH: &str = "/stats/prometheus";
-/// The pod annotation that makes Istio keep the inbound cluster's request
-/// stats (by default a sidecar exports only a minimal set of Envoy stats).
-pub const PROXY_CONFIG_ANNOTATION: &str = "proxy.istio.io/config";
-/// Its value: the two stats of every inbound cluster, nothing else.
-pub const STATS_INCLUSION: &str =
-    r#"{"proxyStatsMatcher":{"inclusionRegexps":["cluster\\.inbound\\|.*\\.upstream_rq_(active|total)"]}}"#;
-
-/// Asks Istio to export a revision pod's sidecar inbound request stats
-/// (on a Deployment as `revgate-istio` builds it); a revision that sets
-/// `proxy.istio.io/config` itself keeps its own, which should include them.
-pub fn include_sidecar_stats(deployment: &mut Value) {
-    let Some(template) = deployment.pointer_mut("/spec/template/metadata").and_then(Value::as_object_mut) else {
-        return;
-    };
-    let annotations = template.entry("annotations").or_insert_with(|| Value::Object(serde_json::Map::new()));
-    if let Some(annotations) = annotations.as_object_mut() {
-        annotations.entry(PROXY_CONFIG_ANNOTATION).or_insert_with(|| Value::String(STATS_INCLUSION.to_owned()));
-    }
-}
+pub use revgate_istio::deployment::{PROXY_CONFIG_ANNOTATION, SIDECAR_STATS_INCLUSION as STATS_INCLUSION};
 
 /// The in-flight gauge of an Envoy cluster.
 pub const ACTIVE_METRIC: &str = "envoy_cluster_upstream_rq_active";
