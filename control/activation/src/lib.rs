@@ -38,9 +38,11 @@
 
 mod bookkeeping;
 pub mod counters;
+mod gateways;
 mod log_throttle;
 pub mod metrics;
 pub mod readiness;
+pub mod warm;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, Weak};
@@ -69,6 +71,7 @@ use self::log_throttle::{LOG_INTERVAL, LogThrottle};
 use crate::counters::CountersSnapshot;
 use crate::metrics::{Aggregator, ReportError, RevisionTotals};
 use crate::readiness::ReadinessTable;
+use crate::warm::WarmView;
 
 /// The most filter VMs the service tracks, in each of its tables (readiness
 /// pollers, metrics reporters). Every Envoy worker thread runs one VM, and
@@ -195,6 +198,9 @@ pub struct RevisionActivity {
 struct Demand {
     aggregator: Aggregator,
     activations: ActivationRecords,
+    /// When each gateway's statistics last arrived (Unix ms): a gateway
+    /// whose stats sink is silent keeps the filter on every route.
+    stats_seen: BTreeMap<String, u64>,
 }
 
 /// The longest a revision going to zero waits (at the zero gate) for every
@@ -232,6 +238,10 @@ pub struct ActivationService {
     log: Arc<Mutex<LogThrottle>>,
     /// Every activation request, for the autoscaler to act on at once.
     activations: broadcast::Sender<Activation>,
+    /// The warm path (see [`warm`]): owned by the task
+    /// [`ActivationService::follow_gateways`] starts; until then, nothing
+    /// is served without the filter.
+    warm: Arc<watch::Sender<WarmView>>,
 }
 
 impl ActivationService {
@@ -253,6 +263,7 @@ impl ActivationService {
         let demand = Arc::new(Mutex::new(Demand {
             aggregator: Aggregator::new(MAX_FILTER_VMS),
             activations: ActivationRecords::default(),
+            stats_seen: BTreeMap::new(),
         }));
         tokio::spawn(time_cold_starts(readiness.clone(), Arc::downgrade(&demand)));
         Self {
@@ -261,7 +272,33 @@ impl ActivationService {
             pollers: Arc::new(watch::Sender::new(Pollers::new(MAX_FILTER_VMS))),
             log,
             activations: broadcast::Sender::new(256),
+            warm: Arc::new(watch::Sender::new(WarmView::default())),
         }
+    }
+
+    /// Follows the gateways' own statistics (their stats sink), their
+    /// status and their ACKs, and from them owns the warm path: the
+    /// revisions served without the filter, and what each gateway serves so.
+    /// Without this, every route keeps the filter.
+    pub fn follow_gateways(
+        &self,
+        stats: tokio::sync::mpsc::Receiver<revgate_xds::stats::EnvoyStats>,
+        status: watch::Receiver<revgate_xds::GatewayStatus>,
+        acks: broadcast::Receiver<AckEvent>,
+    ) {
+        tokio::spawn(gateways::ingest_stats(stats, self.readiness.clone(), Arc::downgrade(&self.demand)));
+        tokio::spawn(gateways::own_warm_path(
+            self.readiness.clone(),
+            status,
+            acks,
+            Arc::downgrade(&self.demand),
+            self.warm.clone(),
+        ));
+    }
+
+    /// The warm path as it stands: the translation follows its bypass set.
+    pub fn warm(&self) -> watch::Receiver<WarmView> {
+        self.warm.subscribe()
     }
 
     /// Activation requests from now on (Knative's "poke" of the autoscaler
@@ -288,7 +325,17 @@ impl ActivationService {
     /// leave Envoy without a request meeting an empty cluster. A VM that
     /// stays silent past its idle timeout counts as gone. It does not give
     /// up by itself: the zero gate bounds the wait ([`COLD_NOTICE_TIMEOUT`]).
+    ///
+    /// Then, as the filter holds only where it runs, it waits until no
+    /// gateway still routes `revision` without the filter (the warm path):
+    /// the routes that turn it back on were ACKed everywhere.
     pub async fn until_cold_everywhere(&self, revision: &ObjectKey) {
+        self.until_filters_heard_cold(revision).await;
+        let mut warm = self.warm.subscribe();
+        let _ = warm.wait_for(|view| !view.filter_off_anywhere(revision)).await;
+    }
+
+    async fn until_filters_heard_cold(&self, revision: &ObjectKey) {
         let mut readiness = self.readiness.clone();
         let mut polls = self.pollers.subscribe();
         let version = match readiness.wait_for(|table| table.desired(revision) == Some(0)).await {
