@@ -44,8 +44,8 @@ use revgate_xds::translate::XdsSettings;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
 
-pub use crate::external::{EndpointsOrigin, EndpointsSource};
 use crate::activation::warm::WarmView;
+pub use crate::external::{EndpointsOrigin, EndpointsSource};
 use crate::external::{ExternalRuntime, RegistrationError};
 use crate::faults::Fault;
 use crate::manifests::ManifestFile;

@@ -14,7 +14,7 @@ use revgate_xds::{AckEvent, GatewayStatus};
 use tokio::sync::{broadcast, mpsc, watch};
 
 use crate::readiness::ReadinessTable;
-use crate::warm::{WarmView, bypass_set};
+use crate::warm::{WarmView, bypass_set, warm_everywhere};
 use crate::{Demand, lock, unix_ms};
 
 /// A gateway whose statistics are older than this is not streaming them:
@@ -30,6 +30,7 @@ const MAX_GATEWAYS: usize = 1024;
 pub(crate) async fn ingest_stats(
     mut stats: mpsc::Receiver<EnvoyStats>,
     readiness: watch::Receiver<Arc<ReadinessTable>>,
+    warm: watch::Receiver<WarmView>,
     demand: Weak<Mutex<Demand>>,
 ) {
     while let Some(flush) = stats.recv().await {
@@ -54,6 +55,16 @@ pub(crate) async fn ingest_stats(
             .filter(|ms| (100..=10_000).contains(ms))
             .unwrap_or(FLUSH_INTERVAL.as_millis() as u64);
         demand.aggregator.record_envoy_stats(report(&flush, received_ms, window_ms), &known, now_ms);
+        // The answers no filter saw, into the cumulative counters.
+        let view = warm.borrow().clone();
+        let demand = &mut *demand;
+        for (revision, stats) in flush.revisions.iter().filter(|(key, _)| known(key)) {
+            let filter_off = view.filter_off_in(&flush.node, revision);
+            if let Some(unfiltered) = demand.bypassed.flush(&flush.node, revision, stats, filter_off) {
+                demand.aggregator.count_unfiltered(&unfiltered);
+            }
+        }
+        demand.bypassed.retain(|_, revision| known(revision));
     }
 }
 
@@ -93,6 +104,7 @@ pub(crate) async fn own_warm_path(
     warm: Arc<watch::Sender<WarmView>>,
 ) {
     let mut view = warm.borrow().clone();
+    let mut warm_since = BTreeMap::new();
     let mut recheck = tokio::time::interval(RECHECK);
     loop {
         let routes_changed = tokio::select! {
@@ -119,8 +131,8 @@ pub(crate) async fn own_warm_path(
         let seen: BTreeMap<String, u64> = lock(&demand).stats_seen.clone();
         let fresh_after = unix_ms().saturating_sub(STATS_FRESHNESS.as_millis() as u64);
         let table = readiness.borrow_and_update().clone();
-        let bypass = bypass_set(&table, &nodes, |node| seen.get(node).is_some_and(|at| *at >= fresh_after));
-        let bypass_changed = view.set_bypass(bypass);
+        let warm_now = warm_everywhere(&table, &nodes, |node| seen.get(node).is_some_and(|at| *at >= fresh_after));
+        let bypass_changed = view.set_bypass(bypass_set(warm_now, &mut warm_since, unix_ms()));
         if routes_changed || bypass_changed {
             warm.send_replace(view.clone());
         }

@@ -37,6 +37,7 @@
 #![forbid(unsafe_code)]
 
 mod bookkeeping;
+pub mod bypassed;
 pub mod counters;
 mod gateways;
 mod log_throttle;
@@ -201,6 +202,8 @@ struct Demand {
     /// When each gateway's statistics last arrived (Unix ms): a gateway
     /// whose stats sink is silent keeps the filter on every route.
     stats_seen: BTreeMap<String, u64>,
+    /// What each gateway's previous flush said of each revision.
+    bypassed: bypassed::Ledger,
 }
 
 /// The longest a revision going to zero waits (at the zero gate) for every
@@ -264,6 +267,7 @@ impl ActivationService {
             aggregator: Aggregator::new(MAX_FILTER_VMS),
             activations: ActivationRecords::default(),
             stats_seen: BTreeMap::new(),
+            bypassed: bypassed::Ledger::default(),
         }));
         tokio::spawn(time_cold_starts(readiness.clone(), Arc::downgrade(&demand)));
         Self {
@@ -286,7 +290,12 @@ impl ActivationService {
         status: watch::Receiver<revgate_xds::GatewayStatus>,
         acks: broadcast::Receiver<AckEvent>,
     ) {
-        tokio::spawn(gateways::ingest_stats(stats, self.readiness.clone(), Arc::downgrade(&self.demand)));
+        tokio::spawn(gateways::ingest_stats(
+            stats,
+            self.readiness.clone(),
+            self.warm.subscribe(),
+            Arc::downgrade(&self.demand),
+        ));
         tokio::spawn(gateways::own_warm_path(
             self.readiness.clone(),
             status,

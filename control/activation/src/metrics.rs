@@ -193,6 +193,12 @@ impl Aggregator {
         self.latest.insert(key, Latest { received_ms: now_ms, report });
     }
 
+    /// Adds answers no filter saw (see [`crate::bypassed`]) to the
+    /// cumulative counters.
+    pub fn count_unfiltered(&mut self, metrics: &RevisionMetrics) {
+        self.cumulative.add(std::slice::from_ref(metrics));
+    }
+
     /// Counts an activation request for `key`, a revision of the plan,
     /// timing the cold start it begins unless `key` is `ready` already.
     pub fn activated(&mut self, key: &ObjectKey, ready: bool, now_ms: u64) {

@@ -44,7 +44,11 @@ impl WarmView {
         for resource in &ack.resources {
             let Ok(configuration) = RouteConfiguration::decode(resource.resource.value.as_slice()) else { continue };
             let off = revgate_xds::warm::filter_off_revisions(&configuration);
-            let before = if off.is_empty() { node.remove(&resource.name) } else { node.insert(resource.name.clone(), off.clone()) };
+            let before = if off.is_empty() {
+                node.remove(&resource.name)
+            } else {
+                node.insert(resource.name.clone(), off.clone())
+            };
             changed |= before.unwrap_or_default() != off;
         }
         for name in &ack.removed {
@@ -64,6 +68,11 @@ impl WarmView {
         before != self.filter_off.len()
     }
 
+    /// Whether gateway `node` serves `revision` without the filter.
+    pub fn filter_off_in(&self, node: &str, revision: &ObjectKey) -> bool {
+        self.filter_off.get(node).is_some_and(|configs| configs.values().any(|revisions| revisions.contains(revision)))
+    }
+
     /// Whether some gateway still serves `revision` without the filter.
     pub fn filter_off_anywhere(&self, revision: &ObjectKey) -> bool {
         self.filter_off.values().flat_map(BTreeMap::values).any(|revisions| revisions.contains(revision))
@@ -79,9 +88,16 @@ impl WarmView {
     }
 }
 
-/// The bypass set: revisions warm in every gateway of `nodes`, provided
-/// every one of them streams its statistics (`streams_stats`).
-pub fn bypass_set(
+/// How long a revision stays warm in every gateway before it is served
+/// without the filter. A revision just back from zero keeps the filter
+/// through its first burst, and a switch (whose window Envoy's statistics
+/// leave to the filter, see `crate::bypassed`) happens once traffic has
+/// settled rather than at every cold start.
+pub const WARM_SETTLE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The revisions warm in every gateway of `nodes`, provided every one of
+/// them streams its statistics (`streams_stats`).
+pub fn warm_everywhere(
     table: &ReadinessTable,
     nodes: &BTreeSet<String>,
     streams_stats: impl Fn(&str) -> bool,
@@ -90,6 +106,17 @@ pub fn bypass_set(
         return BTreeSet::new();
     }
     table.warm_in_every(nodes)
+}
+
+/// The bypass set at `now_ms`: of the revisions `warm` now, those warm
+/// since at least [`WARM_SETTLE`] ago. `since` keeps when each became warm
+/// (a revision that is not warm is forgotten).
+pub fn bypass_set(warm: BTreeSet<ObjectKey>, since: &mut BTreeMap<ObjectKey, u64>, now_ms: u64) -> BTreeSet<ObjectKey> {
+    since.retain(|key, _| warm.contains(key));
+    let settle_ms = WARM_SETTLE.as_millis() as u64;
+    warm.into_iter()
+        .filter(|key| now_ms.saturating_sub(*since.entry(key.clone()).or_insert(now_ms)) >= settle_ms)
+        .collect()
 }
 
 #[cfg(test)]
@@ -175,7 +202,8 @@ mod tests {
 
     fn table() -> ReadinessTable {
         let mut table = ReadinessTable::new(1);
-        let plan = GatewayPlan { revisions: vec![revision("warm", 0), revision("throttled", 10)], ..Default::default() };
+        let plan =
+            GatewayPlan { revisions: vec![revision("warm", 0), revision("throttled", 10)], ..Default::default() };
         table.set_plan(&plan);
         table.set_desired(&Arc::new(BTreeMap::from([(key("warm"), 1), (key("throttled"), 1)])));
         table
@@ -191,21 +219,37 @@ mod tests {
         let both = nodes(&["gw-1", "gw-2"]);
         table.record_ack(&eds("gw-1", "warm", 1));
         table.record_ack(&eds("gw-1", "throttled", 1));
-        assert!(bypass_set(&table, &both, |_| true).is_empty(), "gw-2 has no endpoints yet");
+        assert!(warm_everywhere(&table, &both, |_| true).is_empty(), "gw-2 has no endpoints yet");
         table.record_ack(&eds("gw-2", "warm", 1));
         table.record_ack(&eds("gw-2", "throttled", 1));
-        assert_eq!(bypass_set(&table, &both, |_| true), BTreeSet::from([key("warm")]), "throttled keeps the filter");
-        assert!(bypass_set(&table, &both, |node| node == "gw-1").is_empty(), "gw-2 streams no statistics");
-        assert!(bypass_set(&table, &BTreeSet::new(), |_| true).is_empty(), "no gateway, nothing known warm");
+        assert_eq!(
+            warm_everywhere(&table, &both, |_| true),
+            BTreeSet::from([key("warm")]),
+            "throttled keeps the filter"
+        );
+        assert!(warm_everywhere(&table, &both, |node| node == "gw-1").is_empty(), "gw-2 streams no statistics");
+        assert!(warm_everywhere(&table, &BTreeSet::new(), |_| true).is_empty(), "no gateway, nothing known warm");
     }
 
     #[test]
     fn a_revision_wanted_at_zero_leaves_the_bypass_set_at_once() {
         let mut table = table();
         table.record_ack(&eds("gw-1", "warm", 1));
-        assert!(!bypass_set(&table, &nodes(&["gw-1"]), |_| true).is_empty());
+        assert!(!warm_everywhere(&table, &nodes(&["gw-1"]), |_| true).is_empty());
         table.set_desired(&Arc::new(BTreeMap::from([(key("warm"), 0)])));
-        assert!(bypass_set(&table, &nodes(&["gw-1"]), |_| true).is_empty(), "endpoints still ACKed, but cold");
+        assert!(warm_everywhere(&table, &nodes(&["gw-1"]), |_| true).is_empty(), "endpoints still ACKed, but cold");
+    }
+
+    #[test]
+    fn a_revision_is_bypassed_only_once_it_stayed_warm_for_the_settle_time() {
+        let settle = WARM_SETTLE.as_millis() as u64;
+        let mut since = BTreeMap::new();
+        let warm = || BTreeSet::from([key("warm")]);
+        assert!(bypass_set(warm(), &mut since, 1_000).is_empty(), "just warm");
+        assert!(bypass_set(warm(), &mut since, 1_000 + settle - 1).is_empty());
+        assert_eq!(bypass_set(warm(), &mut since, 1_000 + settle), warm());
+        assert!(bypass_set(BTreeSet::new(), &mut since, 2_000 + settle).is_empty(), "cold: out at once");
+        assert!(bypass_set(warm(), &mut since, 3_000 + settle).is_empty(), "warm again: settles again");
     }
 
     #[test]
@@ -215,6 +259,7 @@ mod tests {
         assert!(view.record_ack(&routes("gw-2", "warm", true)));
         assert!(!view.record_ack(&eds("gw-1", "warm", 1)), "endpoints are not routes");
         assert!(view.filter_off_anywhere(&key("warm")));
+        assert!(view.filter_off_in("gw-1", &key("warm")) && !view.filter_off_in("gw-3", &key("warm")));
         assert!(view.record_ack(&routes("gw-1", "warm", false)));
         assert!(view.filter_off_anywhere(&key("warm")), "gw-2 still serves it without the filter");
         assert!(!view.record_ack(&routes("gw-1", "warm", false)), "the same ACK changes nothing");

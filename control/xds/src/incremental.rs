@@ -162,8 +162,7 @@ impl Translator {
     pub fn update(&mut self, plan: &GatewayPlan, endpoints: &EndpointMap) -> Result<Arc<Snapshot>, SnapshotError> {
         let result = self.try_update(plan, endpoints);
         if result.is_err() {
-            let (settings, route_fault, bypass) =
-                (self.settings.clone(), self.route_fault.take(), self.bypass.clone());
+            let (settings, route_fault, bypass) = (self.settings.clone(), self.route_fault.take(), self.bypass.clone());
             *self = Translator::new(settings);
             self.route_fault = route_fault;
             self.bypass = bypass;

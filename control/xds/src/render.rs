@@ -24,7 +24,9 @@ use envoy_types::pb::envoy::config::core::v3::{
 };
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::config::listener::v3::{Listener, filter};
-use envoy_types::pb::envoy::config::metrics::v3::{HistogramEmitMode, MetricsServiceConfig, StatsSink, stats_sink};
+use envoy_types::pb::envoy::config::metrics::v3::{
+    HistogramBucketSettings, HistogramEmitMode, MetricsServiceConfig, StatsConfig, StatsSink, stats_sink,
+};
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     HttpConnectionManager, http_connection_manager,
@@ -33,11 +35,12 @@ use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
     CertificateValidationContext, CommonTlsContext, SubjectAltNameMatcher, TlsCertificate, UpstreamTlsContext,
     common_tls_context, subject_alt_name_matcher,
 };
-use envoy_types::pb::envoy::r#type::matcher::v3::{StringMatcher, string_matcher};
+use envoy_types::pb::envoy::r#type::matcher::v3::{RegexMatcher, StringMatcher, string_matcher};
 use envoy_types::pb::google::protobuf::BoolValue;
 use prost::{Message, Name};
 use prost_reflect::SerializeOptions;
 use revgate_model::plan::{Endpoint, ObjectKey};
+use revgate_proto::DURATION_BOUNDS_SECONDS;
 
 use crate::descriptors::{self, DescriptorError};
 use crate::names;
@@ -47,6 +50,9 @@ use crate::translate::{
 };
 
 const ADMIN_ADDRESS: &str = "127.0.0.1";
+/// The statistic of a revision cluster's response times, before tag
+/// extraction (`cluster.<namespace>/<revision>.upstream_rq_time`).
+const REVISION_RQ_TIME_STAT: &str = r"^cluster\.[^./]+/[^./]+\.upstream_rq_time$";
 /// Envoy's name for the `MetricsService` stats sink.
 const METRICS_SERVICE_SINK: &str = "envoy.stat_sinks.metrics_service";
 const XDS_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -192,15 +198,38 @@ pub fn ads_bootstrap_yaml(opts: &AdsBootstrapOptions) -> Result<String, RenderEr
         }),
         static_resources: Some(bootstrap::StaticResources { clusters: vec![xds_cluster], ..Default::default() }),
         stats_sinks: vec![metrics_service_sink(control_plane)],
+        stats_config: Some(revision_stats_config()),
         stats_flush_interval: Some(pb_duration(crate::stats::FLUSH_INTERVAL)),
         ..Default::default()
     };
     to_yaml(&bootstrap)
 }
 
+/// Envoy keeps the revision clusters' response times (`upstream_rq_time`)
+/// in Knative's latency buckets, so that the control plane can count the
+/// requests no filter saw into its own Knative histograms, and Prometheus
+/// reads Envoy's with the same bounds.
+fn revision_stats_config() -> StatsConfig {
+    StatsConfig {
+        histogram_bucket_settings: vec![HistogramBucketSettings {
+            r#match: Some(StringMatcher {
+                match_pattern: Some(string_matcher::MatchPattern::SafeRegex(RegexMatcher {
+                    regex: REVISION_RQ_TIME_STAT.to_owned(),
+                    ..Default::default()
+                })),
+                ..Default::default()
+            }),
+            buckets: DURATION_BOUNDS_SECONDS.iter().map(|seconds| seconds * 1000.0).collect(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
 /// Envoy's `MetricsService` stats sink towards the control plane (see
 /// [`crate::stats`]): counters as deltas since the previous flush, tags as
-/// labels, histograms as summaries only (the control plane reads none).
+/// labels, histograms as buckets (the control plane reads the revision
+/// clusters' response times).
 /// Envoy flushes only statistics that were ever used, so clusters that
 /// never served a request cost nothing.
 fn metrics_service_sink(control_plane: GrpcService) -> StatsSink {
@@ -209,7 +238,7 @@ fn metrics_service_sink(control_plane: GrpcService) -> StatsSink {
         transport_api_version: ApiVersion::V3 as i32,
         report_counters_as_deltas: Some(BoolValue { value: true }),
         emit_tags_as_labels: true,
-        histogram_emit_mode: HistogramEmitMode::Summary as i32,
+        histogram_emit_mode: HistogramEmitMode::Histogram as i32,
         ..Default::default()
     };
     StatsSink {

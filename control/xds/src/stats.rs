@@ -6,7 +6,9 @@
 //! per revision cluster, the requests in flight to it
 //! (`upstream_rq_active`, a gauge sampled at each flush), the requests and
 //! 5xx answers since the last flush (`upstream_rq_total`,
-//! `upstream_rq_xx{class=5}`, sent as deltas). The bootstrap revgate renders
+//! `upstream_rq_xx{class=5}`, sent as deltas), and for `/metrics` the answers
+//! by status code (`upstream_rq{code}`) and their response times
+//! (`upstream_rq_time`, kept by Envoy in Knative's latency buckets). The bootstrap revgate renders
 //! configures the sink (`render`), with tags as labels so that the cluster
 //! comes as the label `envoy.cluster_name`, its statistics name
 //! `<namespace>/<revision>`.
@@ -22,6 +24,7 @@ use envoy_types::pb::envoy::service::metrics::v3::metrics_service_server::{Metri
 use envoy_types::pb::envoy::service::metrics::v3::{StreamMetricsMessage, StreamMetricsResponse};
 use envoy_types::pb::io::prometheus::client::{Metric, MetricFamily};
 use revgate_model::plan::ObjectKey;
+use revgate_proto::{DURATION_BOUNDS_SECONDS, DURATION_BUCKETS};
 use tokio::sync::mpsc;
 use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status, Streaming};
@@ -31,6 +34,8 @@ use crate::server::GatewayAuth;
 /// The label Envoy's tag extraction gives a cluster's statistics name (the
 /// sink sends tag names as they are, not as Prometheus names).
 const CLUSTER_LABEL: &str = "envoy.cluster_name";
+/// The label of a response code (`upstream_rq_503`).
+const CODE_LABEL: &str = "envoy.response_code";
 /// The label of a response code class (`5` for `upstream_rq_5xx`).
 const CODE_CLASS_LABEL: &str = "envoy.response_code_class";
 /// Messages buffered for the follower; beyond, the newest are dropped.
@@ -48,6 +53,22 @@ pub struct ClusterStats {
     pub requests: u64,
     /// Of those, answered 5xx.
     pub responses_5xx: u64,
+    /// Requests answered since the previous flush, by status code
+    /// (`upstream_rq{envoy.response_code}`).
+    pub codes: BTreeMap<u16, u64>,
+    /// The response times of every answered request since Envoy started
+    /// (`upstream_rq_time`), when Envoy keeps them in Knative's buckets.
+    pub durations: Option<CumulativeDurations>,
+}
+
+/// A cumulative histogram over Knative's latency buckets
+/// ([`DURATION_BOUNDS_SECONDS`] and the bucket above them).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CumulativeDurations {
+    /// Per bucket (not cumulative across buckets).
+    pub buckets: [u64; DURATION_BUCKETS],
+    pub count: u64,
+    pub sum_seconds: f64,
 }
 
 /// One flush of one gateway.
@@ -94,8 +115,11 @@ impl MetricsService for StatsSink {
             if let Some(id) = message.identifier.as_ref().and_then(|i| i.node.as_ref()) {
                 node.clone_from(&id.id);
             }
-            let stats =
-                EnvoyStats { node: node.clone(), received: SystemTime::now(), revisions: parse(&message.envoy_metrics) };
+            let stats = EnvoyStats {
+                node: node.clone(),
+                received: SystemTime::now(),
+                revisions: parse(&message.envoy_metrics),
+            };
             tracing::trace!(node, revisions = ?stats.revisions, "statistics flushed");
             if self.tx.is_closed() {
                 break;
@@ -121,6 +145,12 @@ pub fn parse(families: &[MetricFamily]) -> BTreeMap<ObjectKey, ClusterStats> {
                     s.responses_5xx = counter(m);
                 }
             },
+            "upstream_rq" => |s, m| {
+                if let Some(code) = label(m, CODE_LABEL).and_then(|c| c.parse::<u16>().ok()) {
+                    *s.codes.entry(code).or_insert(0) += counter(m);
+                }
+            },
+            "upstream_rq_time" => |s, m| s.durations = m.histogram.as_ref().and_then(knative_buckets),
             _ => continue,
         };
         for metric in &family.metric {
@@ -129,6 +159,27 @@ pub fn parse(families: &[MetricFamily]) -> BTreeMap<ObjectKey, ClusterStats> {
         }
     }
     revisions
+}
+
+/// Envoy's histogram as Knative's buckets, when its bounds are those
+/// (the bootstrap's `histogram_bucket_settings`, in milliseconds); `None`
+/// when a bound is missing.
+fn knative_buckets(histogram: &envoy_types::pb::io::prometheus::client::Histogram) -> Option<CumulativeDurations> {
+    let mut buckets = [0u64; DURATION_BUCKETS];
+    let count = histogram.sample_count?;
+    let mut below = 0u64;
+    for (i, bound) in DURATION_BOUNDS_SECONDS.iter().enumerate() {
+        let cumulative = histogram
+            .bucket
+            .iter()
+            .find(|b| b.upper_bound.is_some_and(|ms| (ms - bound * 1000.0).abs() < 1e-6))?
+            .cumulative_count?;
+        *buckets.get_mut(i)? = cumulative.saturating_sub(below);
+        below = below.max(cumulative);
+    }
+    *buckets.last_mut()? = count.saturating_sub(below);
+    let sum_seconds = histogram.sample_sum.unwrap_or(0.0) / 1000.0;
+    Some(CumulativeDurations { buckets, count, sum_seconds })
 }
 
 fn label<'a>(metric: &'a Metric, name: &str) -> Option<&'a str> {
@@ -194,9 +245,50 @@ mod tests {
             parsed,
             BTreeMap::from([(
                 ObjectKey::new("default", "hello-00001"),
-                ClusterStats { active: 7.0, requests: 120, responses_5xx: 3 }
+                ClusterStats { active: 7.0, requests: 120, responses_5xx: 3, ..Default::default() }
             )])
         );
+    }
+
+    #[test]
+    fn codes_and_knative_buckets_are_read_and_other_bounds_are_not() {
+        use envoy_types::pb::io::prometheus::client::{Bucket, Histogram};
+        let rev = [(CLUSTER_LABEL, "default/hello-00001")];
+        let histogram = |bounds: &[f64], cumulative: &[u64]| Histogram {
+            sample_count: Some(10),
+            sample_sum: Some(250.0),
+            bucket: bounds
+                .iter()
+                .zip(cumulative)
+                .map(|(b, c)| Bucket { upper_bound: Some(*b), cumulative_count: Some(*c), ..Default::default() })
+                .collect(),
+            ..Default::default()
+        };
+        let knative_ms: Vec<f64> = DURATION_BOUNDS_SECONDS.iter().map(|b| b * 1000.0).collect();
+        // 4 under 5 ms, 5 between 25 and 50 ms, 1 above 10 s.
+        let cumulative = [4, 4, 4, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9];
+        let with = |h: Histogram| {
+            let mut m = metric(&rev, None, None);
+            m.histogram = Some(h);
+            vec![
+                family(
+                    "cluster.upstream_rq",
+                    vec![
+                        metric(&[rev[0], (CODE_LABEL, "200")], None, Some(8.0)),
+                        metric(&[rev[0], (CODE_LABEL, "503")], None, Some(2.0)),
+                    ],
+                ),
+                family("cluster.upstream_rq_time", vec![m]),
+            ]
+        };
+        let parsed = parse(&with(histogram(&knative_ms, &cumulative)));
+        let stats = &parsed[&ObjectKey::new("default", "hello-00001")];
+        assert_eq!(stats.codes, BTreeMap::from([(200, 8), (503, 2)]));
+        let durations = stats.durations.as_ref().expect("Knative's buckets");
+        assert_eq!(durations.buckets, [4, 0, 0, 5, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+        assert_eq!((durations.count, durations.sum_seconds), (10, 0.25));
+        let envoys_own = parse(&with(histogram(&[0.5, 1.0, 5.0], &[4, 4, 4])));
+        assert_eq!(envoys_own[&ObjectKey::new("default", "hello-00001")].durations, None);
     }
 
     #[test]

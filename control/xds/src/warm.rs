@@ -40,9 +40,12 @@ use crate::translate::to_any;
 /// traffic goes to one revision.
 pub fn bypasses_filter(route: &RoutePlan, bypass: &BTreeSet<ObjectKey>) -> bool {
     route.splits.len() == 1
-        && route.splits.iter().map(|s| &s.revision).chain(route.tags.iter().map(|t| &t.revision)).all(|revision| {
-            bypass.contains(revision)
-        })
+        && route
+            .splits
+            .iter()
+            .map(|s| &s.revision)
+            .chain(route.tags.iter().map(|t| &t.revision))
+            .all(|revision| bypass.contains(revision))
 }
 
 /// Disables the gateway filter for every request `vhost` routes.
