@@ -9,7 +9,8 @@
 #     - Chromium (the Debian package `chromium`, with apt-get) for the
 #       dashboard's browser test, unless a `chromium` is already on PATH;
 #     - the Python `prometheus_client` package (its exposition parser checks
-#       revgate's /metrics), into .tools/python;
+#       revgate's /metrics) and `grpcio` (gRPC's own client and server for
+#       the protocol tests), into .tools/python;
 #     - what --bench installs (the test run ends with the benchmark smoke run);
 #   - with --bench, the HTTP load generator `oha` (pinned; built from
 #     crates.io with cargo into .tools/cargo, a few minutes once), unless that
@@ -110,6 +111,7 @@ install_chromium() {
 }
 
 prometheus_client_version="0.26.0"
+grpcio_version="1.85.4"
 oha_version="1.16.0"
 
 oha_ok() { [ -x "$1" ] && [ "$("$1" --version 2>/dev/null)" = "oha $oha_version" ]; }
@@ -125,15 +127,23 @@ install_oha() {
   oha_ok "$tools/cargo/bin/oha" || { log "cargo install oha did not leave oha $oha_version in $tools/cargo/bin"; exit 1; }
 }
 
+# The Python packages the tests run, pinned, into one directory on
+# PYTHONPATH: Prometheus's exposition parser, and gRPC's own client and
+# server (grpcio; the protocol tests' real gRPC peer).
 install_python_packages() {
-  if PYTHONPATH="$tools/python" python3 -c "import importlib.metadata as m, sys; import prometheus_client; sys.exit(m.version('prometheus-client') != '$prometheus_client_version')" 2>/dev/null; then
+  if PYTHONPATH="$tools/python" python3 -c "
+import importlib.metadata as m, sys
+import prometheus_client, grpc
+sys.exit(m.version('prometheus-client') != '$prometheus_client_version' or m.version('grpcio') != '$grpcio_version')" 2>/dev/null; then
     return 0
   fi
-  log "installing prometheus-client $prometheus_client_version from PyPI into $tools/python"
+  log "installing prometheus-client $prometheus_client_version and grpcio $grpcio_version from PyPI into $tools/python"
   rm -rf "$tools/python.tmp"
-  python3 -m pip install --disable-pip-version-check --quiet --no-deps \
-    --target "$tools/python.tmp" "prometheus-client==$prometheus_client_version" 2>&1 | grep -v "Running pip as the 'root' user" >&2 || true
+  python3 -m pip install --disable-pip-version-check --quiet --no-deps --only-binary grpcio \
+    --target "$tools/python.tmp" "prometheus-client==$prometheus_client_version" "grpcio==$grpcio_version" 2>&1 \
+    | grep -v "Running pip as the 'root' user" >&2 || true
   [ -d "$tools/python.tmp/prometheus_client" ] || { log "prometheus-client did not install into $tools/python.tmp"; exit 1; }
+  [ -d "$tools/python.tmp/grpc" ] || { log "grpcio did not install into $tools/python.tmp"; exit 1; }
   rm -rf "$tools/python"
   mv "$tools/python.tmp" "$tools/python"
 }

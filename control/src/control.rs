@@ -29,6 +29,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use revgate_model::decode::Budget;
+use revgate_model::gc::Collector;
 use revgate_model::plan::{Endpoint, EndpointMap, GatewayPlan, ObjectKey};
 use revgate_model::rollout::Rollouts;
 use revgate_model::{
@@ -149,8 +150,29 @@ enum Replan {
 }
 
 enum Command {
-    Apply { parsed: Parsed, reply: oneshot::Sender<Result<Applied, ControlError>> },
-    SetFault { fault: Option<Fault>, reply: oneshot::Sender<Published> },
+    Apply {
+        parsed: Parsed,
+        reply: oneshot::Sender<Result<Applied, ControlError>>,
+    },
+    SetFault {
+        fault: Option<Fault>,
+        reply: oneshot::Sender<Published>,
+    },
+    /// One garbage-collection pass at `now` (Unix seconds), see [`crate::gc`].
+    Collect {
+        now: u64,
+        reply: oneshot::Sender<Result<Collected, ControlError>>,
+    },
+}
+
+/// What a garbage-collection pass did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Collected {
+    /// The revisions deleted.
+    pub deleted: Vec<ObjectKey>,
+    /// When a kept revision turns stale (Unix seconds): the next pass that
+    /// may collect more if nothing else changes first.
+    pub next_check: Option<u64>,
 }
 
 /// What the runtime reports of every revision it runs.
@@ -193,6 +215,7 @@ impl std::fmt::Debug for Command {
                 Parsed::Delete(references) => f.debug_struct("Delete").field("references", &references.len()).finish(),
             },
             Command::SetFault { fault, .. } => f.debug_struct("SetFault").field("fault", fault).finish(),
+            Command::Collect { now, .. } => f.debug_struct("Collect").field("now", now).finish(),
         }
     }
 }
@@ -233,6 +256,15 @@ impl Handle {
         let (reply, answer) = oneshot::channel();
         self.commands.send(Command::SetFault { fault, reply }).await.map_err(|_| ControlError::ShuttingDown)?;
         answer.await.map_err(|_| ControlError::ShuttingDown)
+    }
+
+    /// Marks every revision's routing state as the served traffic makes it
+    /// and deletes the revisions `config-gc` collects at `now` (Unix
+    /// seconds), as `revgate delete` would, in one stored change.
+    pub async fn collect(&self, now: u64) -> Result<Collected, ControlError> {
+        let (reply, answer) = oneshot::channel();
+        self.commands.send(Command::Collect { now, reply }).await.map_err(|_| ControlError::ShuttingDown)?;
+        answer.await.map_err(|_| ControlError::ShuttingDown)?
     }
 
     /// Takes the rollout driver whose states the views show and whose
@@ -373,6 +405,8 @@ pub struct ControlPlane {
     rollouts: Option<watch::Receiver<Arc<Rollouts>>>,
     /// The warm path: the revisions served without the gateway filter.
     warm: Option<watch::Receiver<WarmView>>,
+    /// Revision garbage collection's memory between passes.
+    gc: Collector,
 }
 
 impl ControlPlane {
@@ -415,6 +449,7 @@ impl ControlPlane {
             unreadable_tx,
             rollouts: None,
             warm: None,
+            gc: Collector::default(),
         };
         let handle = Handle {
             commands: commands_tx,
@@ -506,7 +541,32 @@ impl ControlPlane {
                 self.fault = fault;
                 let _ = reply.send(self.publish(Replan::No));
             }
+            Command::Collect { now, reply } => {
+                let result = self.collect(now);
+                if result.is_ok() {
+                    self.publish_verdicts();
+                }
+                let _ = reply.send(result);
+            }
         }
+    }
+
+    /// One garbage-collection pass against the plan being served: the
+    /// routing states first (so a revision that just left the traffic is
+    /// stamped now), then the deletions, committed as one change.
+    fn collect(&mut self, now: u64) -> Result<Collected, ControlError> {
+        let plan = self.plan_tx.borrow().clone();
+        let pass = self.gc.pass(&self.world, &plan, now);
+        if pass.marked.is_some() || !pass.delete.is_empty() {
+            let base = pass.marked.as_ref().unwrap_or(&self.world);
+            let (next, changes) = base.without_revisions(&pass.delete);
+            for change in &changes {
+                tracing::info!(revision = %change.key, "garbage-collected a revision no longer routed (config-gc)");
+            }
+            self.commit(next)?;
+        }
+        self.gc.settle(self.world.clone(), self.plan_tx.borrow().clone());
+        Ok(Collected { deleted: pass.delete, next_check: self.gc.next_check() })
     }
 
     /// Follows the runtime through the zero gate: each revision's ready
@@ -571,6 +631,13 @@ impl ControlPlane {
                 (next, changes, warnings)
             }
         };
+        let published = self.commit(next)?;
+        Ok(Applied { changes: changes.iter().map(Change::to_string).collect(), published, warnings })
+    }
+
+    /// Stores `next` as the world and publishes it: the one path of every
+    /// change, applied, deleted or collected.
+    fn commit(&mut self, next: World) -> Result<Published, ControlError> {
         let changed = *self.world != next;
         // An apply that changes nothing writes nothing (a write transaction
         // is a durable commit), unless unreadable rows leave with it.
@@ -578,13 +645,12 @@ impl ControlPlane {
             self.store.save(&self.world, &next)?;
         }
         self.world = Arc::new(next);
-        let published = if changed {
+        Ok(if changed {
             self.world_tx.send_replace(self.world.clone());
             self.publish(Replan::Yes)
         } else {
             self.published_tx.borrow().clone()
-        };
-        Ok(Applied { changes: changes.iter().map(Change::to_string).collect(), published, warnings })
+        })
     }
 
     /// The plan for the current world, reusing the last plan's unchanged

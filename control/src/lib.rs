@@ -19,6 +19,8 @@
 //! - `rollout`: the rollout driver, the one owner of every Route's rollout
 //!   state (Knative's gradual rollout, judged by gates on the gateway's
 //!   figures); `rollout_cli` is `revgate rollout status|promote|abort|retry`.
+//! - `gc`: the revision garbage collector's timer; each pass is a command to
+//!   the owner, which applies Knative's `config-gc` rules (`revgate_model::gc`).
 //! - `store`: the world persisted in an embedded database (redb).
 //! - `admin`: the admin HTTP API (server side) and its client used by the CLI.
 //! - `dashboard`: the live web page the admin address serves at `/`, and
@@ -64,6 +66,7 @@ pub mod external;
 pub mod faults;
 pub mod gateway;
 pub mod gateway_auth;
+pub mod gc;
 pub mod http;
 pub mod manifests;
 pub mod metrics;

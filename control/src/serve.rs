@@ -43,6 +43,7 @@ use crate::cli::{RuntimeKind, ServeArgs};
 use crate::control::{ControlPlane, Handle};
 use crate::external::ExternalRuntime;
 use crate::gateway_auth;
+use crate::gc::Collector;
 use crate::http;
 use crate::metrics::{Exporter, RevisionSources, RolloutMetrics, XdsMetrics};
 use crate::private_file;
@@ -174,6 +175,8 @@ pub struct Server {
     plane: JoinHandle<()>,
     /// The rollout driver (`rollout`).
     rollouts: JoinHandle<()>,
+    /// The revision garbage collector's timer (`gc`).
+    gc: JoinHandle<()>,
     autoscaler: Option<JoinHandle<()>>,
     xds: JoinHandle<Result<(), tonic::transport::Error>>,
     admin: JoinHandle<std::io::Result<()>>,
@@ -375,6 +378,7 @@ impl Server {
         let metrics = metrics_listener
             .map(|listener| tokio::spawn(http::serve(listener, crate::metrics::router(exporter), "metrics endpoint")));
         let plane = tokio::spawn(plane.run(Some(states)));
+        let gc = tokio::spawn(Collector::new(handle.clone()).run());
         let xds = tokio::spawn(
             xds_server
                 .add_service(xds.into_authenticated_service(gateway_auth::xds_auth(xds_addr, &gateway_token)))
@@ -397,6 +401,7 @@ impl Server {
             runtime,
             plane,
             rollouts: rollout_driver,
+            gc,
             autoscaler,
             xds,
             admin,
@@ -463,6 +468,7 @@ impl Server {
         }
         self.plane.abort();
         self.rollouts.abort();
+        self.gc.abort();
     }
 }
 

@@ -235,6 +235,8 @@ mod tests {
                 ready_endpoints: 2,
                 container_concurrency: 10,
                 activation_timeout_ms: 300_000,
+                response_start_timeout_ms: 120_000,
+                idle_timeout_ms: 30_000,
             }],
             ..Default::default()
         };

@@ -13,6 +13,9 @@
 //!   boundaries), held requests and how long they were held, and its own
 //!   503s by reason, every `report_interval_ms` (the queue-proxy's and
 //!   activator's stats).
+//! - **Time** each request it sent on to a revision with Knative's three
+//!   response limits, per revision ([`deadline`]): 504 naming the limit when
+//!   a response does not start in time or goes idle.
 //!
 //! Requests whose cluster is not a revision's, and requests for revisions the
 //! control plane has not described (no answer yet, control plane down,
@@ -60,7 +63,10 @@
 //! - [`hold`]: [`hold::HoldQueue`], per-revision FIFOs of held requests.
 //! - [`breaker`]: in-flight accounting in shared data by compare-and-swap.
 //! - [`averager`], [`histogram`], [`metrics`]: what goes in a report.
-//! - [`reply`]: the 503s the filter answers itself, naming the limit.
+//! - [`deadline`]: Knative's response timers (`timeoutSeconds`,
+//!   `responseStartTimeoutSeconds`, `idleTimeoutSeconds`) of requests in
+//!   flight to a revision.
+//! - [`reply`]: the 503s and 504s the filter answers itself, naming the limit.
 //! - [`control`]: the calls to the control plane and the long-poll's states.
 //! - [`gate`]: [`gate::Gate`], every decision of one VM, as values.
 //!
@@ -79,6 +85,7 @@ pub mod averager;
 pub mod breaker;
 pub mod config;
 pub mod control;
+pub mod deadline;
 pub mod filter;
 pub mod gate;
 pub mod histogram;

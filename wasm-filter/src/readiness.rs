@@ -30,12 +30,17 @@ use revgate_proto::{ReadinessUpdate, RevisionReadiness};
 use crate::revision::{RevisionKey, parse_metadata_name};
 
 /// One revision's line of the view.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Readiness {
     pub ready_endpoints: u32,
     pub container_concurrency: u32,
-    /// 0: use the filter's default.
+    /// The revision's timeoutSeconds in ms; 0: use the filter's default
+    /// for the hold, and no response-start limit.
     pub activation_timeout_ms: u64,
+    /// responseStartTimeoutSeconds in ms; 0: none (see [`crate::deadline`]).
+    pub response_start_timeout_ms: u64,
+    /// idleTimeoutSeconds in ms; 0: none.
+    pub idle_timeout_ms: u64,
 }
 
 impl Readiness {
@@ -156,6 +161,8 @@ fn line_of(entry: &RevisionReadiness) -> Readiness {
         ready_endpoints: entry.ready_endpoints,
         container_concurrency: entry.container_concurrency,
         activation_timeout_ms: entry.activation_timeout_ms,
+        response_start_timeout_ms: entry.response_start_timeout_ms,
+        idle_timeout_ms: entry.idle_timeout_ms,
     }
 }
 
@@ -244,7 +251,13 @@ impl ReadinessTable {
         let revisions = entries
             .iter()
             .map(|&(ns, rev, ready, cc)| {
-                let line = Readiness { ready_endpoints: ready, container_concurrency: cc, activation_timeout_ms: 0 };
+                let line = Readiness {
+                    ready_endpoints: ready,
+                    container_concurrency: cc,
+                    activation_timeout_ms: 0,
+                    response_start_timeout_ms: 0,
+                    idle_timeout_ms: 0,
+                };
                 (RevisionKey::new(ns, rev), line)
             })
             .collect();
@@ -307,13 +320,7 @@ mod tests {
     use revgate_proto::RevisionReadiness;
 
     fn entry(ns: &str, rev: &str, ready: u32) -> RevisionReadiness {
-        RevisionReadiness {
-            namespace: ns.into(),
-            revision: rev.into(),
-            ready_endpoints: ready,
-            container_concurrency: 0,
-            activation_timeout_ms: 0,
-        }
+        RevisionReadiness { namespace: ns.into(), revision: rev.into(), ready_endpoints: ready, ..Default::default() }
     }
 
     #[test]
@@ -347,7 +354,13 @@ mod tests {
 
     #[test]
     fn capacity_and_timeouts() {
-        let line = Readiness { ready_endpoints: 3, container_concurrency: 0, activation_timeout_ms: 0 };
+        let line = Readiness {
+            ready_endpoints: 3,
+            container_concurrency: 0,
+            activation_timeout_ms: 0,
+            response_start_timeout_ms: 0,
+            idle_timeout_ms: 0,
+        };
         assert_eq!(line.capacity(None), None);
         assert_eq!(line.capacity(Some(2)), Some(6), "metadata cc applies when the view has none");
         let line = Readiness { container_concurrency: 10, ..line };
@@ -490,7 +503,7 @@ mod tests {
                 version,
                 revisions: entries.into_iter().map(|(ns, rev, ready, cc, timeout)| RevisionReadiness {
                     namespace: ns, revision: rev, ready_endpoints: ready,
-                    container_concurrency: cc, activation_timeout_ms: timeout,
+                    container_concurrency: cc, activation_timeout_ms: timeout, ..Default::default()
                 }).collect(),
                 ..Default::default()
             };

@@ -1,4 +1,5 @@
-//! The answers the filter gives itself instead of forwarding a request.
+//! The answers the filter gives itself instead of forwarding a request, or
+//! in place of a revision's response that came too late.
 //! Each names the limit that was hit and the revision, in a header for
 //! machines and a body for people, so a 503 from revgate is never confused
 //! with one from the application or from Envoy.
@@ -13,6 +14,16 @@ pub const REASON_HEADER: &str = "x-revgate-reason";
 pub const HELD_REQUESTS_LIMIT: &str = "held-requests-limit";
 /// `x-revgate-reason` of a request held longer than its activation timeout.
 pub const ACTIVATION_TIMEOUT: &str = "activation-timeout";
+
+/// `x-revgate-reason` of a request whose revision did not start its
+/// response within its `timeoutSeconds`.
+pub const REQUEST_TIMEOUT: &str = "request-timeout";
+/// `x-revgate-reason` of a request whose revision did not start its
+/// response within its `responseStartTimeoutSeconds`.
+pub const RESPONSE_START_TIMEOUT: &str = "response-start-timeout";
+/// `x-revgate-reason` of a request whose revision sent no response byte
+/// for its `idleTimeoutSeconds`.
+pub const IDLE_TIMEOUT: &str = "idle-timeout";
 
 /// A response the filter sends in place of the upstream's.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,6 +66,52 @@ impl LocalReply {
             ),
         }
     }
+
+    /// The revision did not start its response within `timeout_ms`
+    /// (`timeoutSeconds`): 504, as Knative's queue-proxy answers. The body
+    /// is the one revgate's Envoy gives for the same limit.
+    pub fn request_timeout(revision: &RevisionKey, timeout_ms: u64) -> Self {
+        Self::late_start(revision, timeout_ms, REQUEST_TIMEOUT, "timeoutSeconds")
+    }
+
+    /// The revision did not start its response within `timeout_ms`
+    /// (`responseStartTimeoutSeconds`): 504, as Knative's queue-proxy answers.
+    pub fn response_start_timeout(revision: &RevisionKey, timeout_ms: u64) -> Self {
+        Self::late_start(revision, timeout_ms, RESPONSE_START_TIMEOUT, "responseStartTimeoutSeconds")
+    }
+
+    fn late_start(revision: &RevisionKey, timeout_ms: u64, reason: &'static str, field: &str) -> Self {
+        Self {
+            status: 504,
+            reason,
+            body: format!(
+                "revgate: revision {revision} did not start its response within {} s (limit {field} of the revision)\n",
+                seconds(timeout_ms)
+            ),
+        }
+    }
+
+    /// The revision sent no response byte for `timeout_ms`
+    /// (`idleTimeoutSeconds`): 504 if its response had not started (Envoy
+    /// ends the stream of one that had).
+    pub fn idle_timeout(revision: &RevisionKey, timeout_ms: u64) -> Self {
+        Self {
+            status: 504,
+            reason: IDLE_TIMEOUT,
+            body: format!(
+                "revgate: revision {revision} sent no response byte for {} s (limit idleTimeoutSeconds of the revision)\n",
+                seconds(timeout_ms)
+            ),
+        }
+    }
+}
+
+/// Milliseconds as seconds, without a fraction when there is none.
+fn seconds(ms: u64) -> String {
+    match ms % 1000 {
+        0 => (ms / 1000).to_string(),
+        frac => format!("{}.{frac:03}", ms / 1000),
+    }
 }
 
 #[cfg(test)]
@@ -75,5 +132,14 @@ mod tests {
         assert_eq!((late.status, late.reason), (503, "activation-timeout"));
         assert!(late.body.contains("default/hello-00001") && late.body.contains("300000 ms"));
         assert_eq!(late.headers()[0], ("x-revgate-reason", "activation-timeout"));
+        let start = LocalReply::response_start_timeout(&rev, 1_500);
+        assert_eq!((start.status, start.reason), (504, "response-start-timeout"));
+        assert_eq!(
+            start.body,
+            "revgate: revision default/hello-00001 did not start its response within 1.500 s \
+             (limit responseStartTimeoutSeconds of the revision)\n"
+        );
+        assert_eq!(LocalReply::request_timeout(&rev, 2_000).reason, "request-timeout");
+        assert!(LocalReply::idle_timeout(&rev, 2_000).body.contains("for 2 s"));
     }
 }

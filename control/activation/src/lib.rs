@@ -713,6 +713,8 @@ mod tests {
             protocol: UpstreamProtocol::Http1,
             container_concurrency: 0,
             timeout_seconds: 300,
+            response_start_timeout_seconds: 300,
+            idle_timeout_seconds: 0,
             static_endpoints: None,
         };
         GatewayPlan { revisions: vec![std::sync::Arc::new(revision)], ..Default::default() }

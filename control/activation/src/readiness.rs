@@ -40,6 +40,8 @@ use revgate_xds::names::parse_revision_cluster;
 struct RevisionFacts {
     container_concurrency: u32,
     activation_timeout_ms: u64,
+    response_start_timeout_ms: u64,
+    idle_timeout_ms: u64,
     /// Endpoints inlined by host name, ready without an EDS ACK.
     inlined_endpoints: Option<u32>,
 }
@@ -146,6 +148,8 @@ impl ReadinessTable {
                 let facts = RevisionFacts {
                     container_concurrency: revision.container_concurrency,
                     activation_timeout_ms: revision.timeout_seconds.saturating_mul(1000),
+                    response_start_timeout_ms: revision.response_start_timeout_seconds.saturating_mul(1000),
+                    idle_timeout_ms: revision.idle_timeout_seconds.saturating_mul(1000),
                     inlined_endpoints: inlined,
                 };
                 (revision.key.clone(), facts)
@@ -239,7 +243,8 @@ impl ReadinessTable {
     }
 
     /// The revisions that need nothing of the gateway filter in any of
-    /// `nodes`: wanted warm, without `containerConcurrency`, and with
+    /// `nodes`: wanted warm, without `containerConcurrency` or
+    /// `idleTimeoutSeconds` (the filter's to enforce), and with
     /// endpoints every node in `nodes` ACKed (or inlined). Empty when
     /// `nodes` is: with no gateway to ask, nothing is known to be warm.
     pub fn warm_in_every(&self, nodes: &BTreeSet<String>) -> BTreeSet<ObjectKey> {
@@ -252,6 +257,7 @@ impl ReadinessTable {
             .iter()
             .filter(|(key, facts)| {
                 facts.container_concurrency == 0
+                    && facts.idle_timeout_ms == 0
                     && self.desired(key).is_some_and(|wanted| wanted > 0)
                     && (facts.inlined_endpoints.is_some_and(|n| n > 0)
                         || acked.iter().all(|node| node.and_then(|a| a.get(*key)).is_some_and(|n| *n > 0)))
@@ -308,6 +314,8 @@ impl ReadinessTable {
             ready_endpoints: endpoints.min(desired.unwrap_or(u32::MAX)),
             container_concurrency: facts.container_concurrency,
             activation_timeout_ms: facts.activation_timeout_ms,
+            response_start_timeout_ms: facts.response_start_timeout_ms,
+            idle_timeout_ms: facts.idle_timeout_ms,
         }
     }
 }
@@ -367,6 +375,8 @@ mod tests {
             protocol: UpstreamProtocol::Http1,
             container_concurrency: 10,
             timeout_seconds: 300,
+            response_start_timeout_seconds: 120,
+            idle_timeout_seconds: 0,
             static_endpoints,
         }
     }
@@ -454,6 +464,7 @@ mod tests {
         assert_eq!(update.revisions.len(), 1);
         assert_eq!(update.revisions[0].container_concurrency, 10);
         assert_eq!(update.revisions[0].activation_timeout_ms, 300_000);
+        assert_eq!(update.revisions[0].response_start_timeout_ms, 120_000, "the filter enforces it in every mode");
         assert!(!table.set_plan(&plan(vec![revision("hello-00001", None)])), "same plan, same version");
     }
 

@@ -137,7 +137,7 @@ mod tests {
         ObjectKey::new("default", name)
     }
 
-    fn revision(name: &str, container_concurrency: u32) -> Arc<RevisionBackend> {
+    fn revision(name: &str, container_concurrency: u32, idle_timeout_seconds: u64) -> Arc<RevisionBackend> {
         Arc::new(RevisionBackend {
             key: key(name),
             configuration: "hello".into(),
@@ -145,6 +145,8 @@ mod tests {
             protocol: UpstreamProtocol::Http1,
             container_concurrency,
             timeout_seconds: 300,
+            response_start_timeout_seconds: 300,
+            idle_timeout_seconds,
             static_endpoints: None,
         })
     }
@@ -202,10 +204,13 @@ mod tests {
 
     fn table() -> ReadinessTable {
         let mut table = ReadinessTable::new(1);
-        let plan =
-            GatewayPlan { revisions: vec![revision("warm", 0), revision("throttled", 10)], ..Default::default() };
+        let plan = GatewayPlan {
+            revisions: vec![revision("warm", 0, 0), revision("throttled", 10, 0), revision("idle", 0, 60)],
+            ..Default::default()
+        };
         table.set_plan(&plan);
-        table.set_desired(&Arc::new(BTreeMap::from([(key("warm"), 1), (key("throttled"), 1)])));
+        let desired = [(key("warm"), 1), (key("throttled"), 1), (key("idle"), 1)];
+        table.set_desired(&Arc::new(BTreeMap::from(desired)));
         table
     }
 
@@ -222,10 +227,12 @@ mod tests {
         assert!(warm_everywhere(&table, &both, |_| true).is_empty(), "gw-2 has no endpoints yet");
         table.record_ack(&eds("gw-2", "warm", 1));
         table.record_ack(&eds("gw-2", "throttled", 1));
+        table.record_ack(&eds("gw-1", "idle", 1));
+        table.record_ack(&eds("gw-2", "idle", 1));
         assert_eq!(
             warm_everywhere(&table, &both, |_| true),
             BTreeSet::from([key("warm")]),
-            "throttled keeps the filter"
+            "throttled, or with an idle timeout, keeps the filter"
         );
         assert!(warm_everywhere(&table, &both, |node| node == "gw-1").is_empty(), "gw-2 streams no statistics");
         assert!(warm_everywhere(&table, &BTreeSet::new(), |_| true).is_empty(), "no gateway, nothing known warm");

@@ -36,11 +36,18 @@
 //! Every (rule, path) becomes one `http` entry, whose matches are the
 //! distinct authority *prefixes* of the rule's hosts (so `host:port` matches
 //! too), with `retries: {}`: Istio retries failed requests twice by default,
-//! and Knative does not retry. No `timeout`, as in net-istio: Istio sets
-//! none by default, and Knative enforces `timeoutSeconds` in the
-//! queue-proxy and activator. revgate's pods have no queue-proxy, so under
-//! Istio a revision's `timeoutSeconds` bounds only its pods' shutdown grace
-//! period (revgate's own xDS sets it as the route timeout instead).
+//! and Knative does not retry. No `timeout`, as in net-istio, and on
+//! purpose: a VirtualService's `timeout` is Envoy's route timeout, which runs
+//! until the response *ends*, so it would cut a WebSocket or a gRPC stream
+//! that Knative lets run, and one `http` entry has one timeout however its
+//! split's revisions differ; its `retries.perTryTimeout` comes only with
+//! retry attempts, which Knative does not make. Knative
+//! enforces `timeoutSeconds`, `responseStartTimeoutSeconds` and
+//! `idleTimeoutSeconds` in the queue-proxy; revgate's pods have none, so
+//! revgate's gateway filter enforces all three per revision in the Istio
+//! gateway (the WasmPlugin), from the readiness view the control plane
+//! sends it, with the same 504s and `x-revgate-reason` as revgate's own
+//! Envoy. WebSocket upgrades need nothing here: Istio's gateways accept them.
 //!
 //! Left out on purpose: net-istio's `K-Network-Hash` probe copies of every
 //! entry (they only serve net-istio's own gateway prober), and the

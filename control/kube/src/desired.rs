@@ -34,6 +34,7 @@ use std::sync::Arc;
 
 use kube::api::DynamicObject;
 use revgate_istio::{OwnerKind, RenderOptions};
+use revgate_model::gc;
 use revgate_model::meta::{
     CONFIGURATION_GENERATION_LABEL, CONFIGURATION_LABEL, Condition, ConditionStatus, LAST_APPLIED_ANNOTATION,
     SERVICE_LABEL, rfc3339,
@@ -281,6 +282,9 @@ pub fn revisions(snapshot: &Snapshot, now_unix_secs: u64) -> Step {
         }
         let mut annotations = template.metadata.annotations.clone();
         annotations.remove(LAST_APPLIED_ANNOTATION);
+        // Created never routed, as Knative's `MakeRevision` marks it.
+        labels.insert(gc::ROUTING_STATE_LABEL.to_string(), gc::RoutingState::Pending.as_str().to_string());
+        annotations.insert(gc::ROUTING_STATE_MODIFIED_ANNOTATION.to_string(), rfc3339(now_unix_secs));
         let body = json!({
             "apiVersion": Kind::Revision.api_version(),
             "kind": Kind::Revision.name(),
@@ -522,7 +526,15 @@ pub fn statuses(
     let pods = readiness::pods(snapshot);
     let mut views: Vec<(Kind, String, Value)> = Vec::new();
     for revision in world.revision_views(observed) {
-        let mut status = to_value(&revision.status.unwrap_or_default());
+        let mut revision_status = revision.status.unwrap_or_default();
+        // Which of ContainerHealthy and ResourcesAvailable the pods' failure concerns.
+        if let Some(failure) =
+            pods.get(&revision.metadata.name).filter(|p| p.ready.is_empty()).and_then(|p| p.failure.as_ref())
+            && problems.get(Kind::Revision, &revision.metadata.name).is_none()
+        {
+            crate::pod_status::show(&mut revision_status.conditions, failure);
+        }
+        let mut status = to_value(&revision_status);
         // Knative's `kubectl get revisions` columns: pods ready, pods asked for.
         if let (Some(map), Some(pods)) = (status.as_object_mut(), pods.get(&revision.metadata.name)) {
             map.insert("actualReplicas".to_string(), json!(pods.ready.len()));

@@ -46,6 +46,8 @@ pub enum Kind {
     Service,
     /// `discovery.k8s.io/v1` EndpointSlice of a revision's Service: readiness.
     EndpointSlice,
+    /// `v1` Pod of a revision: why it does not run (read only).
+    Pod,
     /// `networking.istio.io/v1beta1` VirtualService of a route.
     VirtualService,
     /// `extensions.istio.io/v1alpha1` WasmPlugin: the gateway filter.
@@ -58,7 +60,7 @@ pub enum Kind {
 
 impl Kind {
     /// Every kind.
-    pub const ALL: [Kind; 11] = [
+    pub const ALL: [Kind; 12] = [
         Kind::KnativeService,
         Kind::Configuration,
         Kind::Route,
@@ -66,6 +68,7 @@ impl Kind {
         Kind::Deployment,
         Kind::Service,
         Kind::EndpointSlice,
+        Kind::Pod,
         Kind::VirtualService,
         Kind::WasmPlugin,
         Kind::ConfigMap,
@@ -74,7 +77,7 @@ impl Kind {
 
     /// The kinds watched in every selected namespace, in the order a
     /// namespace's objects are reconciled.
-    pub const NAMESPACED: [Kind; 9] = [
+    pub const NAMESPACED: [Kind; 10] = [
         Kind::KnativeService,
         Kind::Configuration,
         Kind::Route,
@@ -82,6 +85,7 @@ impl Kind {
         Kind::Deployment,
         Kind::Service,
         Kind::EndpointSlice,
+        Kind::Pod,
         Kind::VirtualService,
         Kind::DomainMapping,
     ];
@@ -96,6 +100,7 @@ impl Kind {
             Kind::Deployment => ("apps", "v1", "Deployment", "deployments"),
             Kind::Service => ("", "v1", "Service", "services"),
             Kind::EndpointSlice => ("discovery.k8s.io", "v1", "EndpointSlice", "endpointslices"),
+            Kind::Pod => ("", "v1", "Pod", "pods"),
             Kind::VirtualService => ("networking.istio.io", "v1beta1", "VirtualService", "virtualservices"),
             Kind::WasmPlugin => ("extensions.istio.io", "v1alpha1", "WasmPlugin", "wasmplugins"),
             Kind::ConfigMap => ("", "v1", "ConfigMap", "configmaps"),
@@ -139,7 +144,7 @@ impl Kind {
     /// not fill the controller's memory.
     pub fn watch_selector(self) -> Option<&'static str> {
         match self {
-            Kind::Deployment | Kind::Service | Kind::EndpointSlice => Some(REVISION_LABEL),
+            Kind::Deployment | Kind::Service | Kind::EndpointSlice | Kind::Pod => Some(REVISION_LABEL),
             // A Route's and a DomainMapping's VirtualServices both name
             // their (networking) Ingress, as net-istio labels them.
             Kind::VirtualService => Some(INGRESS_LABEL),

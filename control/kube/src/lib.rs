@@ -13,7 +13,9 @@
 //!    ([`readiness`]) and writes the routes' VirtualServices, deleting the
 //!    ones no longer wanted;
 //! 5. writes Knative's status conditions (`Ready`, `ConfigurationsReady`,
-//!    `RoutesReady`, with reasons), including why a write failed.
+//!    `RoutesReady`, with reasons), including why a write failed;
+//! 6. labels each Revision's routing state and deletes the Revisions
+//!    `config-gc` collects ([`gc`]).
 //!
 //! Every write is a server-side apply under the field manager `revgate`.
 //! Every generated object has a controller owner reference, so deleting a
@@ -33,10 +35,12 @@
 //!   (objects being deleted, children of deleted owners).
 //! - [`desired`]: the pure steps: Knative children, revisions, the world,
 //!   Deployments/Services/VirtualServices, statuses.
+//! - [`gc`]: Knative's labeler (the Revisions' routing state) and revision GC per `config-gc`; pure.
 //! - [`rollouts`]: Knative's gradual rollout with revgate's gates, stepped each
 //!   pass; the state travels in an annotation of the Route's VirtualServices.
 //! - [`domain_mappings`]: DomainMappings into the world, their VirtualServices and status; claims
 //!   across namespaces.
+//! - [`pod_status`]: why a revision's pods do not run, as Knative reads it from a pod; pure.
 //! - [`readiness`]: revision readiness and endpoints from EndpointSlices and Deployments; pure.
 //! - [`mod@reconcile`]: the thin I/O around `desired`: `reconcile(Arc<Namespace>, Arc<Context>)`,
 //!   `error_policy`, backoff.
@@ -58,11 +62,18 @@
 //! each answer canned, the whole script under a timeout.
 //!
 //! `tests/cluster.rs` holds an `#[ignore]`d suite for a real cluster with
-//! Istio and revgate's CRDs installed (`kubectl apply -f
-//! shared/knative/knative-serving-crds.yaml`); it uses the current
-//! kubeconfig context and its own namespace:
+//! Istio and revgate's CRDs installed; it uses the current kubeconfig
+//! context and a namespace of its own per case: a Service created, updated,
+//! scaled and collected; revisions no longer routed garbage-collected with
+//! their Deployments and Services (it sets `knative-serving/config-gc` for
+//! its duration and puts it back); failing pods' reasons (`ExitCode3`,
+//! `Unschedulable`) in the Revision's and Service's status. On a kind (or
+//! k3s: `export KUBECONFIG=/etc/rancher/k3s/k3s.yaml`) cluster:
 //!
 //! ```text
+//! kind create cluster --name revgate-it
+//! istioctl install -y --set profile=minimal
+//! kubectl apply -f istio-manifests/100-namespaces.yaml -f istio-manifests/200-knative-serving-crds.yaml
 //! CARGO_TARGET_DIR=/work/target-kube cargo test -p revgate-kube --test cluster -- --ignored --nocapture
 //! ```
 
@@ -72,10 +83,12 @@ pub mod config;
 pub mod controller;
 pub mod desired;
 pub mod domain_mappings;
+pub mod gc;
 pub mod kinds;
 pub mod leader;
 pub mod leader_label;
 pub mod mesh;
+pub mod pod_status;
 pub mod readiness;
 pub mod reconcile;
 pub mod rollouts;
@@ -83,7 +96,11 @@ pub mod scale;
 pub mod snapshot;
 
 #[cfg(test)]
+mod gc_tests;
+#[cfg(test)]
 mod mesh_tests;
+#[cfg(test)]
+mod pod_status_tests;
 #[cfg(test)]
 mod rollout_tests;
 #[cfg(test)]

@@ -9,7 +9,7 @@
 //! | ready endpoints | Deployment failed | Revision's `Ready` so far | verdict |
 //! |---|---|---|---|
 //! | ≥ 1 | any | any | Ready |
-//! | 0 | yes (`ProgressDeadlineExceeded`, `ReplicaFailure`) | any | NotReady, with the Deployment's reason |
+//! | 0 | yes: the Deployment's conditions or its pods say why ([`crate::pod_status`]: `ExitCode1`, `Unschedulable`, `ImagePullBackOff`, `ProgressDeadlineExceeded`…) | any | NotReady, with that reason |
 //! | 0 | no | True | Ready: scaled to zero (or pods restarting); the gateway holds requests until pods are back |
 //! | 0 | no | not True | Deploying: the model shows it Unknown `Deploying` |
 //!
@@ -20,6 +20,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use revgate_model::meta::{Condition, condition};
 use revgate_model::plan::{Endpoint, ObjectKey};
@@ -27,7 +28,8 @@ use revgate_model::status::reason;
 use revgate_model::{Revision, RevisionReadiness};
 use revgate_runtime_api::{RevisionState, RevisionStates};
 
-use crate::kinds::{Kind, SERVICE_NAME_LABEL, typed};
+use crate::kinds::{Kind, REVISION_LABEL, SERVICE_NAME_LABEL, typed};
+use crate::pod_status::{PodFailure, deployment_failure, deployment_timed_out, pod_failure, wants_pods_but_has_none};
 use crate::snapshot::Snapshot;
 
 /// What the cluster says about one revision's pods.
@@ -37,8 +39,8 @@ pub struct PodsView {
     pub ready: Vec<Endpoint>,
     /// `spec.replicas` of the Deployment, if it exists.
     pub replicas: Option<u32>,
-    /// Why the Deployment cannot make progress: `(reason, message)`.
-    pub failure: Option<(String, String)>,
+    /// Why the pods do not run, as Knative reads it from the Deployment and its first pod.
+    pub failure: Option<PodFailure>,
 }
 
 /// The pods of every revision in a snapshot, by revision name.
@@ -53,6 +55,17 @@ pub fn pods(snapshot: &Snapshot) -> BTreeMap<String, PodsView> {
         if let Some(deployment) = deployment {
             view.replicas = deployment.spec.as_ref().and_then(|s| s.replicas).and_then(|r| u32::try_from(r).ok());
             view.failure = deployment_failure(&deployment);
+            if wants_pods_but_has_none(&deployment)
+                && let Some(pod) = first_pod(snapshot, view_name(revision))
+            {
+                let container = typed::<Revision>(revision)
+                    .ok()
+                    .and_then(|r| r.spec.serving_container().map(|c| c.name.clone()))
+                    .filter(|n| !n.is_empty());
+                if let Some(found) = pod_failure(&pod, container.as_deref(), deployment_timed_out(&deployment)) {
+                    view.failure = Some(found);
+                }
+            }
         }
     }
     for slice in snapshot.all(Kind::EndpointSlice) {
@@ -88,14 +101,18 @@ pub fn ready_endpoints(slice: &EndpointSlice) -> Vec<Endpoint> {
         .collect()
 }
 
-/// Why a Deployment cannot make progress, from its conditions.
-pub fn deployment_failure(deployment: &Deployment) -> Option<(String, String)> {
-    let conditions = deployment.status.as_ref()?.conditions.as_ref()?;
-    conditions.iter().find_map(|c| {
-        let failed =
-            (c.type_ == "Progressing" && c.status == "False") || (c.type_ == "ReplicaFailure" && c.status == "True");
-        failed.then(|| (c.reason.clone().unwrap_or_else(|| c.type_.clone()), c.message.clone().unwrap_or_default()))
-    })
+fn view_name(revision: &kube::api::DynamicObject) -> &str {
+    revision.metadata.name.as_deref().unwrap_or_default()
+}
+
+/// The first pod of a revision by name, as Knative takes the first one the
+/// API server lists: they all fail alike.
+fn first_pod(snapshot: &Snapshot, revision: &str) -> Option<Pod> {
+    snapshot
+        .all(Kind::Pod)
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .find(|p| p.metadata.labels.as_ref().and_then(|l| l.get(REVISION_LABEL)).map(String::as_str) == Some(revision))
+        .and_then(|p| typed::<Pod>(p).ok())
 }
 
 /// The readiness of a revision (the truth table of this module).
@@ -105,8 +122,8 @@ pub fn readiness(revision: &Revision, pods: Option<&PodsView>) -> RevisionReadin
     if !pods.ready.is_empty() {
         return RevisionReadiness::Ready;
     }
-    if let Some((reason, message)) = &pods.failure {
-        return RevisionReadiness::NotReady { reason: reason.clone(), message: message.clone() };
+    if let Some(failure) = &pods.failure {
+        return RevisionReadiness::NotReady { reason: failure.reason.clone(), message: failure.message.clone() };
     }
     let was_ready =
         revision.status.as_ref().and_then(|s| condition(&s.conditions, reason::READY)).is_some_and(Condition::is_true);
@@ -126,7 +143,7 @@ pub fn revision_states(snapshot: &Snapshot) -> RevisionStates {
     pods(snapshot)
         .into_iter()
         .map(|(name, view)| {
-            let (reason, message) = view.failure.map_or((None, None), |(r, m)| (Some(r), Some(m)));
+            let (reason, message) = view.failure.map_or((None, None), |f| (Some(f.reason), Some(f.message)));
             let state = RevisionState {
                 desired: view.replicas.unwrap_or(0),
                 ready: view.ready,
@@ -157,8 +174,14 @@ mod tests {
     #[test]
     fn readiness_follows_the_truth_table() {
         let up = PodsView { ready: vec![Endpoint { host: "10.0.0.1".into(), port: 8080 }], ..PodsView::default() };
-        let failed =
-            PodsView { failure: Some(("ProgressDeadlineExceeded".into(), "too slow".into())), ..PodsView::default() };
+        let failed = PodsView {
+            failure: Some(PodFailure {
+                condition: reason::RESOURCES_AVAILABLE,
+                reason: "ProgressDeadlineExceeded".into(),
+                message: "too slow".into(),
+            }),
+            ..PodsView::default()
+        };
         let zero = PodsView { replicas: Some(0), ..PodsView::default() };
         let deploying = |r: &RevisionReadiness| matches!(r, RevisionReadiness::Deploying { .. });
         assert_eq!(readiness(&revision(None), Some(&up)), RevisionReadiness::Ready);
@@ -195,7 +218,7 @@ mod tests {
     fn a_stuck_deployment_names_its_reason() {
         let stuck = Fixture::deployment("hello-00001").condition("Progressing", "False", "ProgressDeadlineExceeded");
         let deployment: Deployment = typed(&stuck.object()).expect("a deployment");
-        assert_eq!(deployment_failure(&deployment).map(|(r, _)| r).as_deref(), Some("ProgressDeadlineExceeded"));
+        assert_eq!(deployment_failure(&deployment).map(|f| f.reason).as_deref(), Some("ProgressDeadlineExceeded"));
         let fine = Fixture::deployment("hello-00001").condition("Progressing", "True", "NewReplicaSetAvailable");
         assert_eq!(deployment_failure(&typed(&fine.object()).expect("a deployment")), None);
     }

@@ -3,8 +3,14 @@
 //!
 //! ```text
 //! snapshot ─▶ service_children ─apply─▶ revisions ─apply─▶ world ─▶ revision_children ─apply─▶
-//!            routing ─apply/delete─▶ statuses ─patch status─▶ Action (or an error: back off)
+//!            routing ─apply/delete─▶ statuses ─patch status─▶ gc ─label/delete─▶ Action (or an error: back off)
 //! ```
+//!
+//! The last step is Knative's labeler and revision GC ([`crate::gc`]): the
+//! Revisions' routing state, under a field manager of its own, and the
+//! deletion of the Revisions `config-gc` collects (their Deployments and
+//! Services go by owner reference). A namespace with a revision about to
+//! turn stale is looked at again when it does.
 //!
 //! Every write is a server-side apply under the one field manager
 //! [`FIELD_MANAGER`], forced: revgate is the only intended writer of the
@@ -36,6 +42,7 @@ use revgate_istio::RenderOptions;
 use revgate_model::plan::ObjectKey;
 
 use crate::desired::{self, Apply, Delete, Problems, StatusWrite, Step};
+use crate::gc::{self, LABELER_FIELD_MANAGER};
 use crate::kinds::{FIELD_MANAGER, Kind};
 use crate::rollouts::{self, CandidateFigures, ROLLOUT_REQUEUE};
 use crate::scale::KubeRuntime;
@@ -66,6 +73,8 @@ pub struct Context {
     figures: Option<CandidateFigures>,
     /// Namespaces with a rollout in progress, reconciled again soon.
     rolling: Mutex<BTreeSet<String>>,
+    /// Per namespace, when a kept revision turns stale (Unix seconds).
+    gc_due: Mutex<BTreeMap<String, u64>>,
 }
 
 impl fmt::Debug for Context {
@@ -91,6 +100,7 @@ impl Context {
             attempts: Mutex::new(BTreeMap::new()),
             figures: None,
             rolling: Mutex::new(BTreeSet::new()),
+            gc_due: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -136,6 +146,24 @@ impl Context {
 
     fn succeeded(&self, namespace: &str) {
         self.attempts.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(namespace);
+    }
+
+    fn set_gc_due(&self, namespace: &str, due: Option<u64>) {
+        let mut map = self.gc_due.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        match due {
+            Some(at) => map.insert(namespace.to_string(), at),
+            None => map.remove(namespace),
+        };
+    }
+
+    /// The resync, or sooner when a revision of the namespace turns stale.
+    fn requeue_after(&self, namespace: &str) -> Duration {
+        let resync = if self.rolling(namespace) { self.resync.min(ROLLOUT_REQUEUE) } else { self.resync };
+        let due = self.gc_due.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(namespace).copied();
+        match due {
+            Some(at) => resync.min(Duration::from_secs(at.saturating_sub((self.clock)()).max(1))),
+            None => resync,
+        }
     }
 
     fn rolling(&self, namespace: &str) -> bool {
@@ -187,7 +215,7 @@ pub async fn reconcile(namespace: Arc<Namespace>, ctx: Arc<Context>) -> Result<A
     let failures = pass(&ctx, &name).await;
     if failures.is_empty() {
         ctx.succeeded(&name);
-        Ok(Action::requeue(if ctx.rolling(&name) { ctx.resync.min(ROLLOUT_REQUEUE) } else { ctx.resync }))
+        Ok(Action::requeue(ctx.requeue_after(&name)))
     } else {
         Err(ReconcileError::Writes { namespace: name, failures })
     }
@@ -233,6 +261,16 @@ pub async fn pass(ctx: &Context, namespace: &str) -> Vec<WriteFailure> {
     for status in desired::statuses(&snapshot, &world, &observed, &writer.problems, &rollouts, now) {
         writer.status(status).await;
     }
+
+    let collection = gc::collect(&snapshot, &world, &plan, now);
+    ctx.set_gc_due(namespace, collection.next_check);
+    for apply in collection.labels {
+        writer.apply_as(&mut snapshot, apply, LABELER_FIELD_MANAGER).await;
+    }
+    for delete in collection.deletes {
+        tracing::info!(%namespace, revision = %delete.name, "garbage-collecting a revision no longer routed (config-gc)");
+        writer.delete(&mut snapshot, delete).await;
+    }
     writer.failures
 }
 
@@ -264,7 +302,11 @@ impl<'a> Writer<'a> {
     }
 
     async fn apply(&mut self, snapshot: &mut Snapshot, apply: Apply) {
-        let params = PatchParams::apply(FIELD_MANAGER).force();
+        self.apply_as(snapshot, apply, FIELD_MANAGER).await;
+    }
+
+    async fn apply_as(&mut self, snapshot: &mut Snapshot, apply: Apply, field_manager: &str) {
+        let params = PatchParams::apply(field_manager).force();
         match self.api(apply.kind).patch(&apply.name, &params, &Patch::Apply(&apply.body)).await {
             Ok(object) => snapshot.insert(object),
             Err(e) => {

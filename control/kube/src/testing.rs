@@ -330,6 +330,16 @@ impl Exchange {
         exchange
     }
 
+    /// The labeler's server-side apply of a Revision's routing state
+    /// (`active`, `reserve`…), under its own field manager.
+    pub fn routing_state(revision: &str, state: &'static str) -> Self {
+        let mut exchange = Self::apply(Kind::Revision, revision);
+        exchange.query = vec![format!("fieldManager={}", crate::gc::LABELER_FIELD_MANAGER), "force=true".to_string()];
+        exchange
+            .expect_at("/metadata/labels/serving.knative.dev~1routingState", json!(state))
+            .expect(|body| assert!(body.get("spec").is_none(), "the labeler writes metadata only: {body:#}"))
+    }
+
     /// A server-side apply of a status subresource.
     pub fn status(kind: Kind, name: &str) -> Self {
         let mut exchange = Self::apply(kind, name);
@@ -586,6 +596,25 @@ fn store(state: &mut Snapshot, method: &Method, path: &str, body: Value) -> Valu
             object["spec"]["replicas"] = body.pointer("/spec/replicas").cloned().unwrap_or(Value::Null);
             state.insert(serde_json::from_value(object).expect("an object"));
             json!({"apiVersion": "autoscaling/v1", "kind": "Scale", "spec": body["spec"]})
+        }
+        // An apply of metadata only (the labeler's field manager) keeps the rest.
+        ("PATCH", None) if body.get("spec").is_none() && existing.as_ref().is_some_and(|e| e.get("spec").is_some()) => {
+            let mut object = existing.unwrap_or_default();
+            for field in ["labels", "annotations"] {
+                if let Some(values) = body.pointer(&format!("/metadata/{field}")).and_then(Value::as_object) {
+                    for (key, value) in values {
+                        object["metadata"][field][key] = value.clone();
+                    }
+                }
+            }
+            // The labeler owns the routes annotation: leaving it out removes it.
+            if body.pointer("/metadata/annotations/serving.knative.dev~1routes").is_none()
+                && let Some(annotations) = object.pointer_mut("/metadata/annotations").and_then(Value::as_object_mut)
+            {
+                annotations.remove("serving.knative.dev/routes");
+            }
+            state.insert(serde_json::from_value(object.clone()).expect("an object"));
+            object
         }
         ("PATCH", None) => {
             let mut object = body.clone();

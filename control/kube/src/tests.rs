@@ -212,6 +212,13 @@ async fn first_ready_pod_routes_traffic() {
                 .expect(expect_condition("Ready", "True", None))
                 .expect_at("/status/traffic/0/revisionName", json!("hello-00001")),
             Exchange::status(Kind::KnativeService, "hello").expect(expect_condition("Ready", "True", None)),
+            // Knative's labeler: the revision now takes traffic.
+            Exchange::routing_state("hello-00001", "active")
+                .expect_at("/metadata/annotations/serving.knative.dev~1routes", json!("hello"))
+                .expect_at(
+                    "/metadata/annotations/serving.knative.dev~1routingStateModified",
+                    json!("2024-05-01T12:00:00Z"),
+                ),
         ],
     )
     .await
@@ -283,6 +290,9 @@ async fn update_creates_a_revision_and_moves_traffic_when_it_is_ready() {
                 .expect(expect_condition("Ready", "True", None)),
             Exchange::status(Kind::Route, "hello").expect_at("/status/traffic/0/revisionName", json!("hello-00002")),
             Exchange::status(Kind::KnativeService, "hello").expect(expect_condition("Ready", "True", None)),
+            // The new revision takes the traffic. The old one turns `reserve`
+            // on the next pass, once the Route's status no longer names it.
+            Exchange::routing_state("hello-00002", "active"),
         ],
     )
     .await
@@ -324,6 +334,7 @@ async fn traffic_change_rewrites_the_route_and_virtual_services() {
             Exchange::status(Kind::KnativeService, "hello")
                 .expect_at("/status/observedGeneration", json!(3))
                 .expect(expect_condition("Ready", "True", None)),
+            Exchange::routing_state("hello-00001", "active"),
         ],
     )
     .await
@@ -594,6 +605,7 @@ async fn a_refused_virtual_service_shows_on_the_route_and_service() {
             Exchange::status(Kind::KnativeService, "hello")
                 .expect(expect_condition("RoutesReady", "False", Some("GatewayRejected")))
                 .expect(expect_condition("Ready", "False", Some("GatewayRejected"))),
+            Exchange::routing_state("hello-00001", "active"),
         ],
     )
     .await;

@@ -6,11 +6,18 @@
 //! lives there too), and deletes the namespace at the end.
 //!
 //! ```text
+//! kind create cluster --name revgate-it        # or k3s: export KUBECONFIG=/etc/rancher/k3s/k3s.yaml
+//! istioctl install -y --set profile=minimal
+//! kubectl apply -f istio-manifests/100-namespaces.yaml -f istio-manifests/200-knative-serving-crds.yaml
 //! CARGO_TARGET_DIR=/work/target-kube cargo test -p revgate-kube --test cluster -- --ignored --nocapture
 //! ```
 //!
+//! The garbage-collection case sets `knative-serving/config-gc` to collect
+//! at once while it runs, and puts the previous data back.
+//!
 //! `REVGATE_IT_IMAGE` overrides the image served (default Knative's
-//! helloworld-go, which listens on `$PORT`).
+//! helloworld-go, which listens on `$PORT`); `REVGATE_IT_CRASH_IMAGE` the
+//! shell image whose container exits on purpose (default `busybox:1.36`).
 
 use std::future::Future;
 use std::time::Duration;
@@ -128,6 +135,141 @@ async fn a_service_runs_updates_scales_and_is_collected() {
 
     controller.shutdown().await;
     namespaces.delete(&ns, &DeleteParams::default()).await.expect("the test namespace is deleted");
+}
+
+/// A fresh namespace for one case, and the controller serving only it.
+async fn isolated(client: &Client, prefix: &str) -> (String, revgate_kube::ControllerHandle) {
+    let suffix =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() % 100_000);
+    let ns = format!("{prefix}-{suffix}");
+    let mut namespace = Namespace::default();
+    namespace.metadata.name = Some(ns.clone());
+    Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &namespace).await.expect("a test namespace");
+    let mut config = ControllerConfig::new("revgate-it");
+    config.namespaces = vec![ns.clone()];
+    config.lease.namespace = ns.clone();
+    config.render.gateway_namespace = ns.clone();
+    (ns.clone(), revgate_kube::start(client.clone(), config).expect("the controller starts"))
+}
+
+fn reason(object: &DynamicObject, type_: &str) -> Option<(String, String, String)> {
+    let c = object.data["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == type_)?;
+    let text = |key: &str| c[key].as_str().unwrap_or_default().to_string();
+    Some((text("status"), text("reason"), text("message")))
+}
+
+/// Sets `config-gc` in `knative-serving` (which configures every
+/// namespace) and returns what was there, to put back.
+async fn set_config_gc(client: &Client, data: Value) -> Option<Value> {
+    let maps =
+        Api::<DynamicObject>::namespaced_with(client.clone(), "knative-serving", &Kind::ConfigMap.api_resource());
+    let mut system = Namespace::default();
+    system.metadata.name = Some("knative-serving".into());
+    let _ = Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &system).await;
+    let before = maps.get_opt("config-gc").await.expect("reading config-gc").map(|m| m.data["data"].clone());
+    let body = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "config-gc", "namespace": "knative-serving"}, "data": data});
+    maps.patch("config-gc", &PatchParams::apply("revgate-it").force(), &Patch::Apply(body)).await.expect("config-gc");
+    before
+}
+
+#[tokio::test]
+#[ignore = "needs a cluster with Istio and revgate's Knative CRDs; changes knative-serving/config-gc for its duration"]
+async fn revisions_no_longer_routed_are_collected_with_their_children() {
+    let client = Client::try_default().await.expect("a kubeconfig or in-cluster config");
+    let image = std::env::var("REVGATE_IT_IMAGE").unwrap_or_else(|_| DEFAULT_IMAGE.to_string());
+    // Collect every revision that leaves the traffic, at once.
+    let before = set_config_gc(
+        &client,
+        json!({"retain-since-create-time": "disabled", "retain-since-last-active-time": "disabled",
+               "min-non-active-revisions": "0", "max-non-active-revisions": "0"}),
+    )
+    .await;
+    let (ns, controller) = isolated(&client, "revgate-gc").await;
+    let resource = |kind: Kind| Api::<DynamicObject>::namespaced_with(client.clone(), &ns, &kind.api_resource());
+    let ksvcs = resource(Kind::KnativeService);
+    let apply = PatchParams::apply("revgate-it").force();
+    let mut pinned = service("hello", &ns, &image, "one");
+    ksvcs.patch("hello", &apply, &Patch::Apply(pinned.clone())).await.expect("applied");
+    eventually("hello-00001 routed", || async {
+        let revision = resource(Kind::Revision).get("hello-00001").await.ok()?;
+        (revision.metadata.labels?.get("serving.knative.dev/routingState")? == "active").then_some(())
+    })
+    .await;
+
+    // Version two, with a tag keeping hello-00001; version three: hello-00002 goes.
+    pinned["spec"]["template"]["spec"]["containers"][0]["env"][0]["value"] = json!("two");
+    pinned["spec"]["traffic"] = json!([{"latestRevision": true, "percent": 100},
+                                       {"revisionName": "hello-00001", "tag": "pinned", "percent": 0}]);
+    ksvcs.patch("hello", &apply, &Patch::Apply(pinned.clone())).await.expect("applied");
+    eventually("traffic on hello-00002", || async {
+        let route = resource(Kind::Route).get("hello").await.ok()?;
+        (route.data["status"]["traffic"][0]["revisionName"] == "hello-00002").then_some(())
+    })
+    .await;
+    pinned["spec"]["template"]["spec"]["containers"][0]["env"][0]["value"] = json!("three");
+    ksvcs.patch("hello", &apply, &Patch::Apply(pinned)).await.expect("applied");
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    eventually("hello-00002, its Deployment and Service to be collected", || async {
+        let gone = resource(Kind::Revision).get_opt("hello-00002").await.ok()?.is_none()
+            && deployments.get_opt("hello-00002-deployment").await.ok()?.is_none()
+            && resource(Kind::Service).get_opt("hello-00002").await.ok()?.is_none();
+        gone.then_some(())
+    })
+    .await;
+    assert!(resource(Kind::Revision).get_opt("hello-00001").await.expect("listing").is_some(), "the tag keeps it");
+    assert!(resource(Kind::Revision).get_opt("hello-00003").await.expect("listing").is_some(), "the latest stays");
+
+    controller.shutdown().await;
+    let _ = set_config_gc(&client, before.unwrap_or_else(|| json!({}))).await;
+    Api::<Namespace>::all(client.clone()).delete(&ns, &DeleteParams::default()).await.expect("deleted");
+}
+
+#[tokio::test]
+#[ignore = "needs a cluster with Istio and revgate's Knative CRDs; see the file's docs"]
+async fn pods_that_fail_show_why_in_the_revision_and_service() {
+    let client = Client::try_default().await.expect("a kubeconfig or in-cluster config");
+    let image = std::env::var("REVGATE_IT_CRASH_IMAGE").unwrap_or_else(|_| "busybox:1.36".to_string());
+    let (ns, controller) = isolated(&client, "revgate-pods").await;
+    let resource = |kind: Kind| Api::<DynamicObject>::namespaced_with(client.clone(), &ns, &kind.api_resource());
+    let ksvcs = resource(Kind::KnativeService);
+    let apply = PatchParams::apply("revgate-it").force();
+    let container = |extra: Value| {
+        let mut c = json!({"image": image, "command": ["sh", "-c", "echo 'no DATABASE_URL' >&2; exit 3"]});
+        if let (Some(c), Some(extra)) = (c.as_object_mut(), extra.as_object()) {
+            c.extend(extra.clone());
+        }
+        c
+    };
+    let ksvc = |name: &str, extra: Value| {
+        json!({"apiVersion": "serving.knative.dev/v1", "kind": "Service", "metadata": {"name": name, "namespace": ns},
+               "spec": {"template": {"spec": {"containers": [container(extra)]}}}})
+    };
+    ksvcs.patch("crash", &apply, &Patch::Apply(ksvc("crash", json!({})))).await.expect("applied");
+    let huge = json!({"resources": {"requests": {"memory": "64Ti"}}});
+    ksvcs.patch("huge", &apply, &Patch::Apply(ksvc("huge", huge))).await.expect("applied");
+
+    let (status, why, message) = eventually("crash-00001 to show its exit code", || async {
+        let revision = resource(Kind::Revision).get("crash-00001").await.ok()?;
+        reason(&revision, "ContainerHealthy").filter(|(s, _, _)| s == "False")
+    })
+    .await;
+    assert_eq!((status.as_str(), why.as_str()), ("False", "ExitCode3"));
+    assert!(message.starts_with("Container failed with: ") && message.contains("no DATABASE_URL"), "{message}");
+    let ksvc = ksvcs.get("crash").await.expect("the Service");
+    let (_, why, message) = reason(&ksvc, "ConfigurationsReady").expect("ConfigurationsReady");
+    assert_eq!(why, "RevisionFailed");
+    assert!(message.starts_with("Revision \"crash-00001\" failed with message: Container failed with: "), "{message}");
+
+    let (_, why, message) = eventually("huge-00001 to be unschedulable", || async {
+        let revision = resource(Kind::Revision).get("huge-00001").await.ok()?;
+        reason(&revision, "ResourcesAvailable").filter(|(s, _, _)| s == "False")
+    })
+    .await;
+    assert_eq!(why, "Unschedulable");
+    assert!(message.contains("Insufficient memory"), "the scheduler's message: {message}");
+
+    controller.shutdown().await;
+    Api::<Namespace>::all(client.clone()).delete(&ns, &DeleteParams::default()).await.expect("deleted");
 }
 
 /// The `-mesh` destinations of a VirtualService.

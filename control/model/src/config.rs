@@ -7,6 +7,7 @@
 //! | `config-network` | `domain-template`, `tag-template`, `rollout-duration` (seconds) | `{{.Name}}.{{.Namespace}}.{{.Domain}}`, `{{.Tag}}-{{.Name}}`, `0` |
 //! | `config-features` | `tag-header-based-routing` (`Enabled`/`Disabled`) | `Disabled` |
 //! | `config-defaults` | `revision-timeout-seconds`, `max-revision-timeout-seconds`, `revision-response-start-timeout-seconds`, `revision-idle-timeout-seconds`, `container-concurrency`, `container-concurrency-max-limit` | 300, 600, 300, 0, 0, 1000 |
+//! | `config-gc` | `retain-since-create-time`, `retain-since-last-active-time`, `min-non-active-revisions`, `max-non-active-revisions` (each but `min-…` also `disabled`) | 48h, 15h, 20, 1000 (see [`crate::gc`]) |
 //! | `config-autoscaler` | `container-concurrency-target-percentage`, `container-concurrency-target-default`, `requests-per-second-target-default`, `target-burst-capacity`, `stable-window`, `panic-window-percentage`, `panic-threshold-percentage`, `max-scale-up-rate`, `max-scale-down-rate`, `enable-scale-to-zero`, `scale-to-zero-grace-period`, `scale-to-zero-pod-retention-period`, `activator-capacity`, `initial-scale`, `allow-zero-initial-scale`, `min-scale`, `max-scale`, `scale-down-delay`, `max-scale-limit`, `pod-autoscaler-class` | 70, 100, 200, 211, 60s, 10, 200, 1000, 2, true, 30s, 0s, 100, 1, false, 0, 0, 0s, 0, `kpa.autoscaling.knative.dev` (see [`crate::autoscaling`]) |
 //!
 //! Other keys are ignored, as Knative ignores keys it does not know (and
@@ -19,6 +20,7 @@ use serde::Deserialize;
 
 use crate::autoscaling::{AUTOSCALER_CONFIG_MAP, AutoscalerConfig};
 use crate::error::ConfigError;
+use crate::gc::{GC_CONFIG_MAP, GcConfig};
 use crate::host_template::{HostTemplate, TemplateVar};
 use crate::meta::SYSTEM_NAMESPACE;
 use crate::resources::ConfigMap;
@@ -39,6 +41,8 @@ pub struct Settings {
     pub features: FeatureSettings,
     pub defaults: RevisionDefaults,
     pub autoscaler: AutoscalerConfig,
+    /// `config-gc`: when revisions no longer routed are deleted.
+    pub gc: GcConfig,
 }
 
 impl Settings {
@@ -66,6 +70,7 @@ impl Settings {
             FEATURES_CONFIG_MAP => self.features = FeatureSettings::parse(data)?,
             DEFAULTS_CONFIG_MAP => self.defaults = RevisionDefaults::parse(data)?,
             AUTOSCALER_CONFIG_MAP => self.autoscaler = AutoscalerConfig::parse(data)?,
+            GC_CONFIG_MAP => self.gc = GcConfig::parse(data)?,
             _ => {}
         }
         Ok(())
@@ -413,6 +418,8 @@ mod tests {
             (DEFAULTS_CONFIG_MAP, &[("revision-timeout-seconds", "900")][..], "revision-timeout-seconds"),
             (DEFAULTS_CONFIG_MAP, &[("container-concurrency", "2000")][..], "container-concurrency"),
             (AUTOSCALER_CONFIG_MAP, &[("stable-window", "5s")][..], "stable-window"),
+            (GC_CONFIG_MAP, &[("retain-since-create-time", "2 days")][..], "retain-since-create-time"),
+            (GC_CONFIG_MAP, &[("max-non-active-revisions", "-1")][..], "max-non-active-revisions"),
         ] {
             let errors = Settings::check(&map(name, data)).expect_err(key);
             assert_eq!(errors[0].key, key, "{errors:?}");

@@ -23,6 +23,7 @@
 //!   revision's readiness (ready, deploying, not ready) and each route's gateway verdict.
 //! - [`status`]: status of every object and the gateway plan, from the world and what was observed.
 //! - [`plan`]: the contract with the gateway translations.
+//! - [`gc`]: Knative's revision garbage collection (`config-gc`, routing states), time as a parameter.
 //! - [`rollout`]: Knative's gradual rollout with revgate's gates: annotations, the
 //!   orchestrator (time as a parameter), the per-Route state, and the split it serves.
 //! - [`error`]: [`error::FieldError`], [`error::ManifestError`], [`error::ApplyError`], and the
@@ -33,6 +34,7 @@ pub mod config;
 pub mod decode;
 pub mod domainmapping;
 pub mod error;
+pub mod gc;
 pub mod host_template;
 pub mod manifest;
 pub mod meta;

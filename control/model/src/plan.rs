@@ -104,8 +104,23 @@ pub struct RevisionBackend {
     pub protocol: UpstreamProtocol,
     /// `spec.containerConcurrency` (0 = unlimited).
     pub container_concurrency: u32,
-    /// `spec.timeoutSeconds`, defaulted from `config-defaults`.
+    /// `spec.timeoutSeconds`, defaulted from `config-defaults`
+    /// (`revision-timeout-seconds`). As Knative's queue-proxy applies it: the
+    /// time a request sent to the revision may wait for its response to
+    /// start; a response that started (a WebSocket's `101`, a gRPC stream's
+    /// headers) is never cut by it. It also bounds how long the gateway
+    /// holds a request for the revision while it activates.
     pub timeout_seconds: u64,
+    /// `spec.responseStartTimeoutSeconds`, defaulted from `config-defaults`
+    /// (`revision-response-start-timeout-seconds`, at most `timeout_seconds`):
+    /// the same wait as `timeout_seconds`, named apart so that the answer
+    /// says which limit the revision hit.
+    pub response_start_timeout_seconds: u64,
+    /// `spec.idleTimeoutSeconds`, defaulted from `config-defaults`
+    /// (`revision-idle-timeout-seconds`); 0 means none. The longest a request
+    /// may go without a byte of response from the revision, before and after
+    /// its response started.
+    pub idle_timeout_seconds: u64,
     /// Static endpoints from the `revgate.dev/endpoints` annotation, if given.
     /// Runtimes supply the live endpoints otherwise.
     pub static_endpoints: Option<Vec<Endpoint>>,

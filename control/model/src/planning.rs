@@ -247,6 +247,7 @@ fn with_mappings(entry: &mut RouteEntry, mappings: &[MappedHost]) {
 /// A revision's backend: what the gateway needs to reach and limit it.
 fn backend(revision: &Revision, settings: &Settings) -> RevisionBackend {
     let spec = &revision.spec;
+    let timeout_seconds = seconds(spec.timeout_seconds, settings.defaults.revision_timeout_seconds);
     let h2c = spec.serving_container().and_then(|c| c.ports.first()).is_some_and(|p| p.name == "h2c");
     RevisionBackend {
         key: revision.metadata.key(),
@@ -254,10 +255,19 @@ fn backend(revision: &Revision, settings: &Settings) -> RevisionBackend {
         service: revision.metadata.labels.get(SERVICE_LABEL).cloned(),
         protocol: if h2c { UpstreamProtocol::H2c } else { UpstreamProtocol::Http1 },
         container_concurrency: spec.container_concurrency.and_then(|c| u32::try_from(c).ok()).unwrap_or(0),
-        timeout_seconds: spec
-            .timeout_seconds
-            .and_then(|t| u64::try_from(t).ok())
-            .unwrap_or_else(|| u64::try_from(settings.defaults.revision_timeout_seconds).unwrap_or(300)),
+        timeout_seconds,
+        response_start_timeout_seconds: seconds(
+            spec.response_start_timeout_seconds,
+            settings.defaults.revision_response_start_timeout_seconds,
+        )
+        .min(timeout_seconds),
+        idle_timeout_seconds: seconds(spec.idle_timeout_seconds, settings.defaults.revision_idle_timeout_seconds),
         static_endpoints: revision.metadata.annotations.get(ENDPOINTS_ANNOTATION).and_then(|v| parse_endpoints(v).ok()),
     }
+}
+
+/// A revision's timeout field in seconds, else its `config-defaults` value
+/// (both validated non-negative; a negative one reads as 0).
+fn seconds(field: Option<i64>, default: i64) -> u64 {
+    u64::try_from(field.unwrap_or(default)).unwrap_or(0)
 }

@@ -341,11 +341,12 @@ impl World {
                     reason::DEPLOYING,
                     &format!("revision {:?} is not ready: {}: {message}", r.metadata.name, reason::DEPLOYING),
                 ),
-                RevisionReadiness::NotReady { reason: why, message } => Condition::new(
+                // Knative's `MarkLatestCreatedFailed`: the revision's own message, in its words.
+                RevisionReadiness::NotReady { message, .. } => Condition::new(
                     reason::READY,
                     ConditionStatus::False,
                     Some(reason::REVISION_FAILED),
-                    Some(format!("revision {:?} is not ready: {why}: {message}", r.metadata.name)),
+                    Some(format!("Revision {:?} failed with message: {message}.", r.metadata.name)),
                 ),
             },
         };

@@ -439,7 +439,7 @@ impl World {
             // long as it really is the same template of the same configuration.
             let same = old.metadata.labels.get(CONFIGURATION_LABEL) == Some(config_name)
                 && old.spec == revision.spec
-                && old.metadata.annotations == revision.metadata.annotations;
+                && crate::gc::same_but_routing(&old.metadata, &revision.metadata);
             if same {
                 return Ok(name);
             }

@@ -120,3 +120,27 @@ fn a_memoized_plan_follows_what_its_routes_name_appearing_and_readiness_changing
         assert_eq!(world.plan_with(&observed, &mut memo), world.plan(&observed), "{step}");
     }
 }
+
+/// A Service `name` whose template's spec starts with `spec` (indented lines).
+fn timed_service(name: &str, spec: &str) -> String {
+    format!(
+        "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata:\n  name: {name}\nspec:\n  template:\n    spec:\n{spec}      containers:\n      - image: img:1\n"
+    )
+}
+
+#[test]
+fn each_revision_carries_knatives_three_timeouts_to_the_gateway() {
+    let mut world = World::default();
+    let explicit = "      timeoutSeconds: 20\n      responseStartTimeoutSeconds: 5\n      idleTimeoutSeconds: 7\n";
+    world = apply(&world, &timed_service("explicit", explicit)).0;
+    world = apply(&world, &timed_service("short", "      timeoutSeconds: 2\n")).0;
+    world = apply(&world, &timed_service("defaults", "")).0;
+    let plan = world.plan(&ready());
+    let timeouts = |name: &str| {
+        let backend = plan.revisions.iter().find(|r| r.key.name == name).expect("revision");
+        (backend.timeout_seconds, backend.response_start_timeout_seconds, backend.idle_timeout_seconds)
+    };
+    assert_eq!(timeouts("explicit-00001"), (20, 5, 7));
+    assert_eq!(timeouts("short-00001"), (2, 2, 0), "the response-start default is at most timeoutSeconds");
+    assert_eq!(timeouts("defaults-00001"), (300, 300, 0), "config-defaults: 300, 300 and none");
+}

@@ -40,8 +40,8 @@ use crate::snapshot::{
     scope_resource,
 };
 use crate::translate::{
-    XdsSettings, claim_hosts, effective_stream_idle_timeout, http_listener, revision_endpoints, revision_resources,
-    route_resources, route_timeouts, shard_configuration,
+    XdsSettings, claim_hosts, effective_stream_idle_timeout, http_listener, response_start_deadline,
+    revision_endpoints, revision_resources, route_resources, route_timeouts, shard_configuration,
 };
 
 /// Translates successive plans into successive snapshots, each change
@@ -87,6 +87,7 @@ struct RevisionEntry {
     live: u64,
     /// [`revision_fingerprint`] of the revision and its endpoints.
     fingerprint: u64,
+    /// Its [`response_start_deadline`], which its routes carry.
     timeout_seconds: u64,
     /// Whether the revision has an EDS assignment (not a DNS cluster).
     eds: bool,
@@ -232,8 +233,9 @@ impl Translator {
                 }
                 previous => previous,
             };
-            if previous.as_ref().is_none_or(|p| p.timeout_seconds != revision.timeout_seconds) {
-                self.timeouts.insert(revision.key.clone(), revision.timeout_seconds);
+            let deadline = response_start_deadline(revision);
+            if previous.as_ref().is_none_or(|p| p.timeout_seconds != deadline) {
+                self.timeouts.insert(revision.key.clone(), deadline);
                 retimed.insert(revision.key.clone());
             }
             let (cluster, assignment) = revision_resources(revision, live);
@@ -253,7 +255,7 @@ impl Translator {
                 source: revision.clone(),
                 live: live_fingerprint,
                 fingerprint,
-                timeout_seconds: revision.timeout_seconds,
+                timeout_seconds: deadline,
                 eds,
             });
         }
@@ -401,10 +403,13 @@ fn revision_fingerprint(revision: &RevisionBackend, live: &[Endpoint]) -> u64 {
         protocol,
         container_concurrency,
         timeout_seconds,
+        response_start_timeout_seconds,
+        idle_timeout_seconds,
         static_endpoints,
     } = revision;
     let mut hasher = DefaultHasher::new();
-    (key, configuration, service, container_concurrency, timeout_seconds, static_endpoints, live).hash(&mut hasher);
+    let timeouts = (timeout_seconds, response_start_timeout_seconds, idle_timeout_seconds);
+    (key, configuration, service, container_concurrency, timeouts, static_endpoints, live).hash(&mut hasher);
     // The protocol is not `Hash`; what it changes is whether the cluster speaks HTTP/2.
     (*protocol == UpstreamProtocol::H2c).hash(&mut hasher);
     hasher.finish()
@@ -758,7 +763,9 @@ mod tests {
         let mut translator = Translator::new(XdsSettings::default());
         let before = translator.update(&plan(), &endpoints()).expect("consistent");
         let mut slower = plan();
-        Arc::make_mut(&mut slower.revisions[1]).timeout_seconds = 900;
+        let slower_revision = Arc::make_mut(&mut slower.revisions[1]);
+        slower_revision.timeout_seconds = 900;
+        slower_revision.response_start_timeout_seconds = 900;
         let after = translator.update(&slower, &endpoints()).expect("consistent");
         assert_ne!(before.version(ResourceType::Route), after.version(ResourceType::Route));
         assert_eq!(versions(&after), versions(&whole(&slower, &endpoints())));

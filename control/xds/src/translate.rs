@@ -14,6 +14,8 @@
 //! | `RoutePlan`               | route configuration `route|ns|name` over RDS, one scope `host|<host>`   |
 //! |                           | per host it owns (main and tags) selecting it                           |
 //! | `RoutePlan.host`          | virtual host `route|ns|name`, weighted clusters by percent              |
+//! | revisions' timeouts       | see [Timeouts](#timeouts): no route timeout, a per-try timeout, the     |
+//! |                           | filter for what one route cannot say per revision                      |
 //! | `TagPlan`                 | virtual host `tag|ns|name|tag`, 100% to the tagged revision             |
 //! | `tag_header_routing`      | on the main host, one route per tag matching `Knative-Serving-Tag`      |
 //! | `MappedHost` (mappings)   | virtual host `mapping|ns|name|domain`: the main host's routes, the host |
@@ -25,39 +27,54 @@
 //! A Route is one route configuration, so changing it sends that one
 //! resource, not every host's. A host named by no route has no scope and
 //! gets Envoy's 404.
+//!
+//! # Protocols
+//!
+//! The HCM accepts WebSocket upgrades (`upgrade_configs`), on every route:
+//! without it Envoy answers an upgrade `403`. HTTP/2 cleartext (gRPC) comes
+//! in on the same listener (`codec_type: AUTO` tells HTTP/2's preface from
+//! HTTP/1) and goes to a revision whose port is named `h2c` over HTTP/2.
+//!
+//! # Timeouts
+//!
+//! Knative's queue-proxy starts three timers when a request reaches the
+//! revision (knative/serving `pkg/http/handler/timeout.go`):
+//! `timeoutSeconds` and `responseStartTimeoutSeconds` fire only while the
+//! response has not started (no byte written), each answering 504; once the
+//! response started neither ever cuts it (a WebSocket after its `101`, a
+//! gRPC stream after its headers). `idleTimeoutSeconds` (0: none) fires when
+//! no response byte was written for that long, before or after the start.
+//! What revgate's Envoy does with them, verified against Envoy 1.40:
+//!
+//! | Knative | Envoy |
+//! |---|---|
+//! | `timeoutSeconds`, `responseStartTimeoutSeconds` | the route's `timeout` is 0 (off): Envoy's route timeout runs until the response *ends* and would cut a long stream. The route's `retry_policy.per_try_timeout` is the shorter of the two (the *response-start deadline*): it starts when the router has the whole request (never on an upgraded WebSocket, whose request never ends; on a bidirectional stream only once the client half-closes) and Envoy ignores it once the response started. Its 504 carries the response flag `UT`, which a `local_reply_config` mapper turns into revgate's answer: `x-revgate-reason` and a body naming the limit and the revision, read from the revision cluster's metadata |
+//! | a split whose revisions have different deadlines | one route has one per-try timeout: the longest; the gateway filter answers the same 504 at each revision's own deadline |
+//! | `idleTimeoutSeconds` | the gateway filter: Envoy's idle timeouts count request bytes too and run while the filter holds a request for a cold revision |
+//!
+//! No retry is configured (`retry_on` empty), so a per-try timeout is final.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::time::Duration;
 
 use envoy_types::pb::envoy::config::cluster::v3::{CircuitBreakers, Cluster, cluster};
-use envoy_types::pb::envoy::config::core::v3::TypedExtensionConfig;
 use envoy_types::pb::envoy::config::core::v3::{
-    Address, AggregatedConfigSource, ApiVersion, ConfigSource, HeaderValue, HeaderValueOption, Http2ProtocolOptions,
-    Locality, Metadata, SocketAddress, address, config_source, header_value_option::HeaderAppendAction, socket_address,
+    Address, HeaderValue, HeaderValueOption, Http2ProtocolOptions, Locality, Metadata, SocketAddress, address,
+    header_value_option::HeaderAppendAction, socket_address,
 };
-use envoy_types::pb::envoy::config::core::v3::{DataSource, data_source};
 use envoy_types::pb::envoy::config::endpoint::v3::{
     ClusterLoadAssignment, Endpoint as EnvoyEndpoint, LbEndpoint, LocalityLbEndpoints, lb_endpoint,
 };
-use envoy_types::pb::envoy::config::listener::v3::{Filter, FilterChain, Listener, filter};
+use envoy_types::pb::envoy::config::listener::v3::Listener;
 use envoy_types::pb::envoy::config::route::v3::{
-    HeaderMatcher, Route, RouteAction, RouteConfiguration, RouteMatch, ScopedRouteConfiguration, VirtualHost,
-    WeightedCluster, header_matcher, route, route_action, route_match, scoped_route_configuration, weighted_cluster,
-};
-use envoy_types::pb::envoy::extensions::common::matching::v3::ExtensionWithMatcher;
-use envoy_types::pb::envoy::extensions::filters::common::matcher::action::v3::SkipFilter;
-use envoy_types::pb::envoy::extensions::filters::http::lua::v3::Lua;
-use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
-use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
-    HttpConnectionManager, HttpFilter, ScopedRds, ScopedRoutes, http_connection_manager, http_filter, scoped_routes,
+    HeaderMatcher, RetryPolicy, Route, RouteAction, RouteConfiguration, RouteMatch, ScopedRouteConfiguration,
+    VirtualHost, WeightedCluster, header_matcher, route, route_action, route_match, scoped_route_configuration,
+    weighted_cluster,
 };
 use envoy_types::pb::envoy::extensions::upstreams::http::v3::{HttpProtocolOptions, http_protocol_options};
-use envoy_types::pb::envoy::r#type::matcher::v3::HttpRequestHeaderMatchInput;
 use envoy_types::pb::envoy::r#type::matcher::v3::{StringMatcher, string_matcher};
 use envoy_types::pb::google::protobuf::{Any, Duration as PbDuration, Struct, UInt32Value, Value, value};
-use envoy_types::pb::xds::core::v3::TypedExtensionConfig as XdsTypedExtensionConfig;
-use envoy_types::pb::xds::r#type::matcher::v3 as xds_matcher;
 use prost::Name;
 use revgate_model::plan::{
     Endpoint, EndpointMap, GatewayPlan, MappedHost, ObjectKey, RevisionBackend, RoutePlan, UpstreamProtocol,
@@ -66,44 +83,30 @@ use revgate_model::plan::{
 use crate::filter::FilterSettings;
 use crate::names;
 
+mod listener;
+
+pub use listener::{ads_config_source, effective_stream_idle_timeout, http_listener, router_filter};
+
 /// Knative's default `revision-timeout-seconds`, used for a split whose
 /// revision is missing from the plan (the model never produces one).
 const DEFAULT_REVISION_TIMEOUT: Duration = Duration::from_secs(300);
-/// How much longer than the longest revision timeout a stream may stay idle.
-/// Requests held by the data-path filter are cut by the idle timeout, not the
-/// route timeout, so it must leave room for the whole revision timeout.
-const IDLE_TIMEOUT_MARGIN: Duration = Duration::from_secs(60);
+/// Keys of a revision cluster's metadata (under [`names::METADATA_NAMESPACE`])
+/// that the local reply of a response-start timeout reads.
+const START_TIMEOUT_REASON_KEY: &str = "start_timeout_reason";
+const START_TIMEOUT_FIELD_KEY: &str = "start_timeout_field";
+const START_TIMEOUT_SECONDS_KEY: &str = "start_timeout_seconds";
+/// `x-revgate-reason` of a request whose revision did not start its
+/// response within `timeoutSeconds`.
+pub const REQUEST_TIMEOUT_REASON: &str = "request-timeout";
+/// `x-revgate-reason` of a request whose revision did not start its
+/// response within `responseStartTimeoutSeconds`.
+pub const RESPONSE_START_TIMEOUT_REASON: &str = "response-start-timeout";
 /// TCP connect timeout towards revision endpoints.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Locality given to every endpoint. Strict xDS clients (gRPC) reject
 /// endpoints without a locality and ignore localities without a weight.
 const LOCALITY_REGION: &str = "revgate";
 
-/// Envoy's well-known filter and extension names.
-const HCM_FILTER: &str = "envoy.filters.network.http_connection_manager";
-const ROUTER_FILTER: &str = "envoy.filters.http.router";
-const LUA_FILTER: &str = "envoy.filters.http.lua";
-
-/// Lowercases a `:authority` that has an ASCII capital and has Envoy pick
-/// the route again. Scope keys are compared byte for byte, while hosts are
-/// case-insensitive (RFC 9110 §4.2.3): without this, `Host: Hello.example.com`
-/// finds no scope and gets 404. Hosts already in lowercase (what browsers and
-/// most clients send) pass untouched, so the common path only runs `find`.
-/// Lua patterns and `string.lower` are ASCII-only, as hosts are. Clearing
-/// the route cache also clears the route the gateway filter reads (it reads
-/// `xds.cluster_name`, which does not pick a route again), so the script
-/// asks for the route's metadata, which does: without it, a cold revision's
-/// request passed the filter unheld and got 503.
-const LOWERCASE_HOST_LUA: &str = r#"function envoy_on_request(request_handle)
-  local headers = request_handle:headers()
-  local host = headers:get(":authority")
-  if host ~= nil and host:find("%u") ~= nil then
-    headers:replace(":authority", host:lower())
-    request_handle:clearRouteCache()
-    request_handle:metadata()
-  end
-end
-"#;
 pub(crate) const HTTP_PROTOCOL_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
 
 /// Knobs of the generated listener.
@@ -185,7 +188,7 @@ pub fn translate_bypassing(
     let mut shards: BTreeMap<u32, BTreeMap<&ObjectKey, Vec<VirtualHost>>> = BTreeMap::new();
     let mut scoped_routes = Vec::new();
     for (route, owned) in plan.routes.iter().zip(claim_hosts(plan)) {
-        let timeouts = route_timeouts(route, |key| revisions.get(key).map(|r| r.timeout_seconds));
+        let timeouts = route_timeouts(route, |key| revisions.get(key).map(|r| response_start_deadline(r)));
         if let Some((mut virtual_hosts, scopes)) =
             route_resources(route, &owned, plan.tag_header_routing, &timeouts, settings.alias_domain.as_deref())
         {
@@ -248,9 +251,28 @@ pub fn claim_hosts(plan: &GatewayPlan) -> Vec<Vec<bool>> {
         .collect()
 }
 
-/// Per split, then per tag: the timeout of the revision it sends to, in
-/// seconds, as `timeout_of` knows it (Knative's default for a revision
-/// missing from the plan).
+/// The longest a request sent to `revision` may wait for its response to
+/// start, in seconds: the shorter of `timeoutSeconds` and
+/// `responseStartTimeoutSeconds` (see [Timeouts](self#timeouts)).
+pub fn response_start_deadline(revision: &RevisionBackend) -> u64 {
+    start_timeout(revision).2
+}
+
+/// Which of a revision's two response-start limits applies, as
+/// (`x-revgate-reason`, Knative field, seconds): `responseStartTimeoutSeconds`
+/// when it is shorter than `timeoutSeconds`, else `timeoutSeconds`.
+fn start_timeout(revision: &RevisionBackend) -> (&'static str, &'static str, u64) {
+    let start = revision.response_start_timeout_seconds;
+    if start > 0 && start < revision.timeout_seconds {
+        (RESPONSE_START_TIMEOUT_REASON, "responseStartTimeoutSeconds", start)
+    } else {
+        (REQUEST_TIMEOUT_REASON, "timeoutSeconds", revision.timeout_seconds)
+    }
+}
+
+/// Per split, then per tag: the response-start deadline of the revision it
+/// sends to ([`response_start_deadline`]), in seconds, as `timeout_of` knows
+/// it (Knative's default for a revision missing from the plan).
 pub fn route_timeouts(route: &RoutePlan, timeout_of: impl Fn(&ObjectKey) -> Option<u64>) -> Vec<u64> {
     route
         .splits
@@ -353,148 +375,6 @@ pub fn shard_configuration(
     }
 }
 
-/// The HCM `stream_idle_timeout` for a plan: the configured one, raised to
-/// the longest revision timeout plus 60 s when that is longer.
-pub fn effective_stream_idle_timeout(plan: &GatewayPlan, settings: &XdsSettings) -> Duration {
-    plan.revisions
-        .iter()
-        .map(|r| Duration::from_secs(r.timeout_seconds).saturating_add(IDLE_TIMEOUT_MARGIN))
-        .fold(settings.stream_idle_timeout, Duration::max)
-}
-
-/// The HTTP listener. `filters_before_router` are inserted, in order, ahead
-/// of the router filter (the data-path wasm filter goes there).
-pub fn http_listener(
-    settings: &XdsSettings,
-    stream_idle_timeout: Duration,
-    filters_before_router: Vec<HttpFilter>,
-) -> Listener {
-    let mut http_filters = vec![lowercase_host_filter()];
-    http_filters.extend(filters_before_router);
-    http_filters.push(router_filter());
-    let hcm = HttpConnectionManager {
-        stat_prefix: names::HTTP_STAT_PREFIX.to_owned(),
-        codec_type: http_connection_manager::CodecType::Auto as i32,
-        stream_idle_timeout: Some(pb_duration(stream_idle_timeout)),
-        route_specifier: Some(http_connection_manager::RouteSpecifier::ScopedRoutes(scoped_routes_by_host())),
-        http_filters,
-        ..Default::default()
-    };
-    Listener {
-        name: names::LISTENER.to_owned(),
-        address: Some(socket_address(&settings.listener_address, settings.listener_port)),
-        filter_chains: vec![FilterChain {
-            filters: vec![Filter {
-                name: HCM_FILTER.to_owned(),
-                config_type: Some(filter::ConfigType::TypedConfig(to_any(&hcm))),
-            }],
-            ..Default::default()
-        }],
-        ..Default::default()
-    }
-}
-
-/// The first HTTP filter: makes scope selection case-insensitive by
-/// lowercasing a host that is not (see [`LOWERCASE_HOST_LUA`]). It runs
-/// before the data-path filter, which reads the route Envoy picks. A
-/// matcher skips it unless `:authority` has a capital, so the common
-/// request pays one regular-expression match, not a Lua call (measured on
-/// direct responses: about 2 µs per request either way, within the noise,
-/// but no Lua coroutine for requests that need none).
-fn lowercase_host_filter() -> HttpFilter {
-    use xds_matcher::matcher::{OnMatch, matcher_list, on_match};
-    use xds_matcher::{RegexMatcher, StringMatcher, regex_matcher, string_matcher};
-    let lua = Lua {
-        default_source_code: Some(DataSource {
-            specifier: Some(data_source::Specifier::InlineString(LOWERCASE_HOST_LUA.to_owned())),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    let no_capital = matcher_list::predicate::SinglePredicate {
-        input: Some(XdsTypedExtensionConfig {
-            name: "authority".to_owned(),
-            typed_config: Some(to_any(&HttpRequestHeaderMatchInput { header_name: ":authority".to_owned() })),
-        }),
-        matcher: Some(matcher_list::predicate::single_predicate::Matcher::ValueMatch(StringMatcher {
-            match_pattern: Some(string_matcher::MatchPattern::SafeRegex(RegexMatcher {
-                regex: "^[^A-Z]*$".to_owned(),
-                engine_type: Some(regex_matcher::EngineType::GoogleRe2(regex_matcher::GoogleRe2 {})),
-            })),
-            ..Default::default()
-        })),
-    };
-    let matcher = xds_matcher::Matcher {
-        matcher_type: Some(xds_matcher::matcher::MatcherType::MatcherList(xds_matcher::matcher::MatcherList {
-            matchers: vec![matcher_list::FieldMatcher {
-                predicate: Some(matcher_list::Predicate {
-                    match_type: Some(matcher_list::predicate::MatchType::SinglePredicate(no_capital)),
-                }),
-                on_match: Some(OnMatch {
-                    on_match: Some(on_match::OnMatch::Action(XdsTypedExtensionConfig {
-                        name: "skip".to_owned(),
-                        typed_config: Some(to_any(&SkipFilter {})),
-                    })),
-                    ..Default::default()
-                }),
-            }],
-        })),
-        ..Default::default()
-    };
-    let filter = ExtensionWithMatcher {
-        xds_matcher: Some(matcher),
-        extension_config: Some(TypedExtensionConfig { name: LUA_FILTER.to_owned(), typed_config: Some(to_any(&lua)) }),
-        ..Default::default()
-    };
-    HttpFilter {
-        name: LUA_FILTER.to_owned(),
-        config_type: Some(http_filter::ConfigType::TypedConfig(to_any(&filter))),
-        ..Default::default()
-    }
-}
-
-/// The terminal router filter; it must stay last in `http_filters`.
-pub fn router_filter() -> HttpFilter {
-    HttpFilter {
-        name: ROUTER_FILTER.to_owned(),
-        config_type: Some(http_filter::ConfigType::TypedConfig(to_any(&Router::default()))),
-        ..Default::default()
-    }
-}
-
-/// Config source meaning "over the same ADS stream", xDS v3.
-pub fn ads_config_source() -> ConfigSource {
-    ConfigSource {
-        resource_api_version: ApiVersion::V3 as i32,
-        config_source_specifier: Some(config_source::ConfigSourceSpecifier::Ads(AggregatedConfigSource::default())),
-        ..Default::default()
-    }
-}
-
-/// Scoped routes over ADS, keyed on the host of `:authority`: the part
-/// before the first `:`, so `hello.example.com:8080` selects the scope of
-/// `hello.example.com`. A host with no scope finds no route (404).
-fn scoped_routes_by_host() -> ScopedRoutes {
-    use scoped_routes::scope_key_builder::fragment_builder::{self, header_value_extractor};
-    ScopedRoutes {
-        name: names::ROUTE_CONFIGURATION.to_owned(),
-        scope_key_builder: Some(scoped_routes::ScopeKeyBuilder {
-            fragments: vec![scoped_routes::scope_key_builder::FragmentBuilder {
-                r#type: Some(fragment_builder::Type::HeaderValueExtractor(fragment_builder::HeaderValueExtractor {
-                    name: names::SCOPE_KEY_HEADER.to_owned(),
-                    element_separator: ":".to_owned(),
-                    extract_type: Some(header_value_extractor::ExtractType::Index(0)),
-                })),
-            }],
-        }),
-        rds_config_source: Some(ads_config_source()),
-        config_specifier: Some(scoped_routes::ConfigSpecifier::ScopedRds(ScopedRds {
-            scoped_rds_config_source: Some(ads_config_source()),
-            ..Default::default()
-        })),
-    }
-}
-
 /// The main virtual host, then one per tag.
 fn route_virtual_hosts(route: &RoutePlan, tag_header_routing: bool, timeouts: &[u64]) -> Vec<VirtualHost> {
     let (split_timeouts, tag_timeouts) = timeouts.split_at(route.splits.len().min(timeouts.len()));
@@ -561,9 +441,11 @@ fn prefix_match(prefix: &str) -> RouteMatch {
 }
 
 /// A route splitting traffic by weight; weights are Knative percents, so
-/// they total 100. The timeout is the longest of the reachable revisions'.
+/// they total 100. No route timeout (it would cut a response that started);
+/// the per-try timeout is the longest response-start deadline of the
+/// revisions it sends to (see [Timeouts](self#timeouts)).
 fn weighted_route(matcher: RouteMatch, splits: &[(&ObjectKey, u32)], timeouts: &[u64]) -> Route {
-    let timeout = timeouts.iter().copied().max().map_or(DEFAULT_REVISION_TIMEOUT, Duration::from_secs);
+    let deadline = timeouts.iter().copied().max().map_or(DEFAULT_REVISION_TIMEOUT, Duration::from_secs);
     let clusters = splits
         .iter()
         .map(|(key, percent)| weighted_cluster::ClusterWeight {
@@ -583,7 +465,8 @@ fn weighted_route(matcher: RouteMatch, splits: &[(&ObjectKey, u32)], timeouts: &
                 clusters,
                 ..Default::default()
             })),
-            timeout: Some(pb_duration(timeout)),
+            timeout: Some(pb_duration(Duration::ZERO)),
+            retry_policy: Some(RetryPolicy { per_try_timeout: Some(pb_duration(deadline)), ..Default::default() }),
             ..Default::default()
         })),
         ..Default::default()
@@ -636,6 +519,10 @@ fn base_cluster(revision: &RevisionBackend) -> Cluster {
     if let Some(service) = &revision.service {
         facts.push(("service", string_value(service)));
     }
+    let (reason, field, seconds) = start_timeout(revision);
+    facts.push((START_TIMEOUT_REASON_KEY, string_value(reason)));
+    facts.push((START_TIMEOUT_FIELD_KEY, string_value(field)));
+    facts.push((START_TIMEOUT_SECONDS_KEY, string_value(&seconds.to_string())));
     let metadata = Metadata {
         filter_metadata: HashMap::from([(
             names::METADATA_NAMESPACE.to_owned(),
@@ -770,419 +657,4 @@ pub fn to_any<M: prost::Message + Name>(message: &M) -> Any {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
-    use std::sync::Arc;
-
-    use envoy_types::pb::envoy::config::route::v3::route_action::ClusterSpecifier;
-    use prost::Message;
-    use revgate_model::plan::{RevisionBackend, RoutePlan, Split, TagPlan};
-
-    use super::*;
-
-    pub(crate) fn key(name: &str) -> ObjectKey {
-        ObjectKey::new("default", name)
-    }
-
-    fn revision(name: &str) -> RevisionBackend {
-        RevisionBackend {
-            key: key(name),
-            configuration: "hello".into(),
-            service: Some("hello".into()),
-            protocol: UpstreamProtocol::Http1,
-            container_concurrency: 0,
-            timeout_seconds: 300,
-            static_endpoints: None,
-        }
-    }
-
-    /// `hello`: 90% to 00001, 10% to 00002, tag `candidate` → 00002.
-    pub(crate) fn plan() -> GatewayPlan {
-        GatewayPlan {
-            routes: vec![Arc::new(RoutePlan {
-                key: key("hello"),
-                host: "hello.default.example.com".into(),
-                splits: vec![
-                    Split { revision: key("hello-00001"), percent: 90 },
-                    Split { revision: key("hello-00002"), percent: 10 },
-                ],
-                tags: vec![TagPlan {
-                    tag: "candidate".into(),
-                    host: "candidate-hello.default.example.com".into(),
-                    revision: key("hello-00002"),
-                }],
-                mappings: Vec::new(),
-            })],
-            revisions: [
-                revision("hello-00001"),
-                RevisionBackend {
-                    protocol: UpstreamProtocol::H2c,
-                    container_concurrency: 10,
-                    timeout_seconds: 600,
-                    ..revision("hello-00002")
-                },
-            ]
-            .map(Arc::new)
-            .to_vec(),
-            tag_header_routing: false,
-        }
-    }
-
-    pub(crate) fn endpoints() -> EndpointMap {
-        EndpointMap::from([(
-            key("hello-00001"),
-            vec![Endpoint { host: "10.0.0.2".into(), port: 8080 }, Endpoint { host: "10.0.0.1".into(), port: 8080 }],
-        )])
-    }
-
-    fn vhost<'a>(resources: &'a Resources, name: &str) -> &'a VirtualHost {
-        resources.routes.iter().flat_map(|r| &r.virtual_hosts).find(|v| v.name == name).expect("virtual host")
-    }
-
-    /// (cluster, weight, revision header) per route of a virtual host.
-    fn weights(route: &Route) -> Vec<(String, u32, String)> {
-        let Some(route::Action::Route(action)) = &route.action else { panic!("not a route action") };
-        let Some(ClusterSpecifier::WeightedClusters(w)) = &action.cluster_specifier else { panic!("not weighted") };
-        w.clusters
-            .iter()
-            .map(|c| {
-                let header = c.request_headers_to_add.iter().find_map(|h| {
-                    h.header.as_ref().filter(|h| h.key == names::REVISION_HEADER).map(|h| h.value.clone())
-                });
-                (c.name.clone(), c.weight.as_ref().map_or(0, |w| w.value), header.unwrap_or_default())
-            })
-            .collect()
-    }
-
-    fn timeout(route: &Route) -> i64 {
-        let Some(route::Action::Route(action)) = &route.action else { panic!("not a route action") };
-        action.timeout.as_ref().map_or(0, |t| t.seconds)
-    }
-
-    fn hcm(resources: &Resources) -> HttpConnectionManager {
-        let Some(filter::ConfigType::TypedConfig(any)) =
-            &resources.listeners[0].filter_chains[0].filters[0].config_type
-        else {
-            panic!("no typed config")
-        };
-        HttpConnectionManager::decode(any.value.as_slice()).expect("hcm")
-    }
-
-    #[test]
-    fn main_host_splits_by_percent() {
-        let r = translate(&plan(), &endpoints(), &XdsSettings::default());
-        let main = vhost(&r, "route|default|hello");
-        assert_eq!(main.domains, ["hello.default.example.com", "hello.default.example.com:*"]);
-        assert_eq!(main.routes.len(), 1, "no tag header routes unless enabled");
-        assert_eq!(
-            weights(&main.routes[0]),
-            [
-                ("rev|default|hello-00001".into(), 90, "hello-00001".into()),
-                ("rev|default|hello-00002".into(), 10, "hello-00002".into()),
-            ]
-        );
-        assert_eq!(timeout(&main.routes[0]), 600, "longest timeout of the reachable revisions");
-    }
-
-    #[test]
-    fn tag_host_goes_to_the_tagged_revision() {
-        let r = translate(&plan(), &endpoints(), &XdsSettings::default());
-        let tag = vhost(&r, "tag|default|hello|candidate");
-        assert_eq!(tag.domains, ["candidate-hello.default.example.com", "candidate-hello.default.example.com:*"]);
-        assert_eq!(weights(&tag.routes[0]), [("rev|default|hello-00002".into(), 100, "hello-00002".into())]);
-    }
-
-    #[test]
-    fn an_alias_domain_serves_every_host_under_it_too() {
-        let settings = XdsSettings { alias_domain: Some("localhost".into()), ..XdsSettings::default() };
-        let r = translate(&plan(), &endpoints(), &settings);
-        let main = vhost(&r, "route|default|hello");
-        assert_eq!(
-            main.domains,
-            [
-                "hello.default.example.com",
-                "hello.default.example.com:*",
-                "hello.default.localhost",
-                "hello.default.localhost:*"
-            ]
-        );
-        let tag = vhost(&r, "tag|default|hello|candidate");
-        assert!(tag.domains.iter().any(|d| d == "candidate-hello.default.localhost"), "{:?}", tag.domains);
-        let keys: Vec<&str> = r.scoped_routes.iter().map(|s| s.name.as_str()).collect();
-        assert_eq!(
-            keys,
-            [
-                "host|hello.default.example.com",
-                "host|hello.default.localhost",
-                "host|candidate-hello.default.example.com",
-                "host|candidate-hello.default.localhost"
-            ]
-        );
-        let plain = translate(&plan(), &endpoints(), &XdsSettings::default());
-        assert_eq!(plain.scoped_routes.len(), 2, "no alias unless asked for");
-    }
-
-    #[test]
-    fn a_mapped_domain_gets_the_main_split_with_the_host_rewritten_and_no_alias() {
-        let mut plan = plan();
-        Arc::make_mut(&mut plan.routes[0]).mappings =
-            vec![MappedHost { host: "example.org".into(), rewrite_host: "hello.default.svc.cluster.local".into() }];
-        let settings = XdsSettings { alias_domain: Some("localhost".into()), ..XdsSettings::default() };
-        let r = translate(&plan, &endpoints(), &settings);
-        let mapped = vhost(&r, "mapping|default|hello|example.org");
-        assert_eq!(mapped.domains, ["example.org", "example.org:*"]);
-        let header = mapped.request_headers_to_add[0].header.as_ref().expect("a header");
-        assert_eq!((header.key.as_str(), header.value.as_str()), ("K-Original-Host", "example.org"));
-        let main = vhost(&r, "route|default|hello");
-        for (route, main_route) in mapped.routes.iter().zip(&main.routes) {
-            let (Some(route::Action::Route(action)), Some(route::Action::Route(main_action))) =
-                (&route.action, &main_route.action)
-            else {
-                panic!("route actions")
-            };
-            assert_eq!(action.cluster_specifier, main_action.cluster_specifier, "the main host's split");
-            assert_eq!(
-                action.host_rewrite_specifier,
-                Some(route_action::HostRewriteSpecifier::HostRewriteLiteral("hello.default.svc.cluster.local".into()))
-            );
-        }
-        let keys: Vec<&str> = r.scoped_routes.iter().map(|s| s.name.as_str()).collect();
-        assert!(keys.contains(&"host|example.org"), "{keys:?}");
-        assert_eq!(keys.len(), 5, "main and tag with their aliases, and the domain alone: {keys:?}");
-    }
-
-    #[test]
-    fn alias_hosts_keep_the_name_and_namespace_labels() {
-        assert_eq!(
-            alias_host("hello.default.example.com", "default", "localhost").as_deref(),
-            Some("hello.default.localhost")
-        );
-        assert_eq!(alias_host("a-b.team.svc.example.org", "team", "localhost").as_deref(), Some("a-b.team.localhost"));
-        assert_eq!(alias_host("hello.default.localhost", "default", "localhost"), None, "already under the alias");
-        assert_eq!(alias_host("hello-default.example.com", "default", "localhost"), None, "no namespace label");
-    }
-
-    #[test]
-    fn tag_header_routes_come_first_when_enabled() {
-        let plan = GatewayPlan { tag_header_routing: true, ..plan() };
-        let r = translate(&plan, &endpoints(), &XdsSettings::default());
-        let main = vhost(&r, "route|default|hello");
-        assert_eq!(main.routes.len(), 2);
-        let header = &main.routes[0].r#match.as_ref().expect("match").headers[0];
-        assert_eq!(header.name, names::TAG_HEADER);
-        assert!(matches!(
-            &header.header_match_specifier,
-            Some(header_matcher::HeaderMatchSpecifier::StringMatch(StringMatcher {
-                match_pattern: Some(string_matcher::MatchPattern::Exact(t)), ..
-            })) if t == "candidate"
-        ));
-        assert_eq!(weights(&main.routes[0]), [("rev|default|hello-00002".into(), 100, "hello-00002".into())]);
-        assert!(main.routes[1].r#match.as_ref().expect("match").headers.is_empty(), "fallback to the split");
-        assert_eq!(weights(&main.routes[1]).len(), 2);
-    }
-
-    #[test]
-    fn clusters_are_eds_with_metadata_and_h2c_options() {
-        let r = translate(&plan(), &endpoints(), &XdsSettings::default());
-        let names: Vec<_> = r.clusters.iter().map(|c| c.name.as_str()).collect();
-        assert_eq!(names, ["rev|default|hello-00001", "rev|default|hello-00002"]);
-        let stat_names: Vec<_> = r.clusters.iter().map(|c| c.alt_stat_name.as_str()).collect();
-        assert_eq!(stat_names, ["default/hello-00001", "default/hello-00002"], "as Flagger queries Envoy's stats");
-        for c in &r.clusters {
-            assert_eq!(
-                c.cluster_discovery_type,
-                Some(cluster::ClusterDiscoveryType::Type(cluster::DiscoveryType::Eds as i32))
-            );
-        }
-        assert!(r.clusters[0].typed_extension_protocol_options.is_empty(), "http1 revision");
-        let h2 = &r.clusters[1].typed_extension_protocol_options[HTTP_PROTOCOL_OPTIONS];
-        let options = HttpProtocolOptions::decode(h2.value.as_slice()).expect("options");
-        assert_eq!(options, http2_protocol_options());
-
-        let facts = &r.clusters[1].metadata.as_ref().expect("metadata").filter_metadata["revgate"].fields;
-        assert_eq!(facts["revision"], string_value("hello-00002"));
-        assert_eq!(facts["namespace"], string_value("default"));
-        assert_eq!(facts["configuration"], string_value("hello"));
-        assert_eq!(facts["container_concurrency"].kind, Some(value::Kind::NumberValue(10.0)));
-    }
-
-    #[test]
-    fn envoy_limits_do_not_cut_a_released_burst() {
-        // The filter holds up to 10,000 requests per revision per worker and
-        // releases them together; Envoy's default breakers (1024) would 503 most.
-        let r = translate(&plan(), &endpoints(), &XdsSettings::default());
-        for c in &r.clusters {
-            let thresholds = &c.circuit_breakers.as_ref().expect("circuit breakers").thresholds[0];
-            for limit in [thresholds.max_connections, thresholds.max_pending_requests, thresholds.max_requests] {
-                assert!(limit.is_some_and(|l| l.value >= 2 * 10_000), "{}: {limit:?}", c.name);
-            }
-            // ...while the connections they open stay within a file budget.
-            let per_host = &c.circuit_breakers.as_ref().expect("circuit breakers").per_host_thresholds[0];
-            assert_eq!(per_host.max_connections.map(|l| l.value), Some(ENDPOINT_MAX_CONNECTIONS), "{}", c.name);
-        }
-    }
-
-    #[test]
-    fn endpoints_are_sorted_with_a_locality_and_empty_revisions_get_empty_assignments() {
-        let r = translate(&plan(), &endpoints(), &XdsSettings::default());
-        assert_eq!(r.endpoints.len(), 2);
-        let first = &r.endpoints[0];
-        assert_eq!(first.cluster_name, "rev|default|hello-00001");
-        let locality = &first.endpoints[0];
-        assert_eq!(locality.locality.as_ref().map(|l| l.region.as_str()), Some(LOCALITY_REGION));
-        assert_eq!(locality.load_balancing_weight, Some(UInt32Value { value: 1 }));
-        let hosts: Vec<_> = locality
-            .lb_endpoints
-            .iter()
-            .map(|e| match &e.host_identifier {
-                Some(lb_endpoint::HostIdentifier::Endpoint(e)) => match &e.address.as_ref().expect("address").address {
-                    Some(address::Address::SocketAddress(s)) => s.address.clone(),
-                    _ => panic!("not a socket address"),
-                },
-                _ => panic!("not an endpoint"),
-            })
-            .collect();
-        assert_eq!(hosts, ["10.0.0.1", "10.0.0.2"]);
-        assert_eq!(r.endpoints[1].cluster_name, "rev|default|hello-00002");
-        assert!(r.endpoints[1].endpoints.is_empty());
-    }
-
-    #[test]
-    fn static_endpoints_are_the_fallback() {
-        let mut plan = plan();
-        Arc::make_mut(&mut plan.revisions[1]).static_endpoints =
-            Some(vec![Endpoint { host: "127.0.0.1".into(), port: 9000 }]);
-        let r = translate(&plan, &endpoints(), &XdsSettings::default());
-        assert_eq!(r.endpoints[1].endpoints[0].lb_endpoints.len(), 1);
-        // Live endpoints win over static ones.
-        Arc::make_mut(&mut plan.revisions[0]).static_endpoints =
-            Some(vec![Endpoint { host: "127.0.0.1".into(), port: 9000 }]);
-        let r = translate(&plan, &endpoints(), &XdsSettings::default());
-        assert_eq!(r.endpoints[0].endpoints[0].lb_endpoints.len(), 2);
-    }
-
-    #[test]
-    fn dns_endpoints_make_a_strict_dns_cluster() {
-        let mut plan = plan();
-        Arc::make_mut(&mut plan.revisions[1]).static_endpoints =
-            Some(vec![Endpoint { host: "localhost".into(), port: 9000 }]);
-        let r = translate(&plan, &EndpointMap::new(), &XdsSettings::default());
-        assert_eq!(
-            r.clusters[1].cluster_discovery_type,
-            Some(cluster::ClusterDiscoveryType::Type(cluster::DiscoveryType::StrictDns as i32))
-        );
-        assert!(r.clusters[1].load_assignment.is_some());
-        assert_eq!(r.endpoints.len(), 1, "no EDS resource for a DNS cluster");
-    }
-
-    #[test]
-    fn listener_uses_rds_over_ads_and_a_long_enough_idle_timeout() {
-        let r = translate(&plan(), &endpoints(), &XdsSettings::default());
-        assert_eq!(r.listeners[0].name, names::LISTENER);
-        let hcm = hcm(&r);
-        assert_eq!(hcm.stat_prefix, names::HTTP_STAT_PREFIX);
-        let Some(http_connection_manager::RouteSpecifier::ScopedRoutes(scoped)) = &hcm.route_specifier else {
-            panic!("not scoped routes")
-        };
-        assert_eq!(scoped.name, names::ROUTE_CONFIGURATION);
-        assert!(matches!(scoped.config_specifier, Some(scoped_routes::ConfigSpecifier::ScopedRds(_))));
-        assert_eq!(scoped.rds_config_source, Some(ads_config_source()));
-        assert_eq!(hcm.http_filters.last().map(|f| f.name.as_str()), Some(ROUTER_FILTER));
-        // 600 s revision timeout + 60 s beats the 300 s default.
-        assert_eq!(hcm.stream_idle_timeout.map(|d| d.seconds), Some(660));
-
-        let short = GatewayPlan { revisions: vec![Arc::new(revision("a"))], ..GatewayPlan::default() };
-        let settings = XdsSettings { stream_idle_timeout: Duration::from_secs(900), ..XdsSettings::default() };
-        assert_eq!(effective_stream_idle_timeout(&short, &settings), Duration::from_secs(900));
-    }
-
-    #[test]
-    fn filters_go_before_the_router() {
-        let extra = HttpFilter { name: "revgate.hold".into(), ..Default::default() };
-        let l = http_listener(&XdsSettings::default(), Duration::from_secs(300), vec![extra]);
-        let Some(filter::ConfigType::TypedConfig(any)) = &l.filter_chains[0].filters[0].config_type else {
-            panic!("no typed config")
-        };
-        let hcm = HttpConnectionManager::decode(any.value.as_slice()).expect("hcm");
-        let names: Vec<_> = hcm.http_filters.iter().map(|f| f.name.as_str()).collect();
-        assert_eq!(names, [LUA_FILTER, "revgate.hold", ROUTER_FILTER]);
-    }
-
-    #[test]
-    fn output_is_deterministic() {
-        let a = translate(&plan(), &endpoints(), &XdsSettings::default());
-        let mut reordered = endpoints();
-        reordered.values_mut().for_each(|v| v.reverse());
-        let b = translate(&plan(), &reordered, &XdsSettings::default());
-        assert_eq!(a.routes, b.routes);
-        assert_eq!(a.listeners, b.listeners);
-        assert_eq!(a.endpoints, b.endpoints);
-        assert_eq!(a.clusters, b.clusters);
-    }
-
-    #[test]
-    fn empty_plan_still_has_a_listener() {
-        let r = translate(&GatewayPlan::default(), &EndpointMap::new(), &XdsSettings::default());
-        assert_eq!(r.listeners.len(), 1);
-        assert!(r.scoped_routes.is_empty() && r.routes.is_empty(), "every host gets Envoy's 404");
-        assert!(r.clusters.is_empty() && r.endpoints.is_empty());
-    }
-
-    #[test]
-    fn each_route_is_in_its_shards_route_configuration_selected_by_a_scope_per_host() {
-        let r = translate(&plan(), &endpoints(), &XdsSettings::default());
-        let names: Vec<_> = r.routes.iter().map(|c| c.name.as_str()).collect();
-        assert_eq!(names, ["routes|193"]);
-        let scopes: Vec<_> = r
-            .scoped_routes
-            .iter()
-            .map(|s| {
-                let key = s.key.as_ref().expect("key");
-                let Some(scoped_route_configuration::key::fragment::Type::StringKey(host)) = &key.fragments[0].r#type
-                else {
-                    panic!("not a string key")
-                };
-                (s.name.as_str(), host.as_str(), s.route_configuration_name.as_str())
-            })
-            .collect();
-        assert_eq!(
-            scopes,
-            [
-                ("host|hello.default.example.com", "hello.default.example.com", "routes|193"),
-                ("host|candidate-hello.default.example.com", "candidate-hello.default.example.com", "routes|193"),
-            ]
-        );
-    }
-
-    #[test]
-    fn colliding_hosts_keep_the_first_claim() {
-        let mut plan = plan();
-        let mut other = (*plan.routes[0]).clone();
-        other.key = key("other");
-        other.tags.clear();
-        plan.routes.push(Arc::new(other));
-        let r = translate(&plan, &endpoints(), &XdsSettings::default());
-        assert!(r.routes.iter().flat_map(|c| &c.virtual_hosts).all(|v| v.name != "route|default|other"));
-        assert_eq!(r.routes.len(), 1, "a Route owning no host adds no route configuration");
-        assert_eq!(r.scoped_routes.len(), 2, "one scope per host");
-    }
-
-    #[test]
-    fn routes_of_one_shard_share_its_route_configuration() {
-        let mut plan = plan();
-        let shard = names::route_shard(&key("hello"));
-        let twin = (0..)
-            .map(|i| key(&format!("twin-{i}")))
-            .find(|k| names::route_shard(k) == shard)
-            .expect("every shard is reached");
-        let mut other = (*plan.routes[0]).clone();
-        other.key = twin.clone();
-        other.host = format!("{}.default.example.com", twin.name);
-        other.tags.clear();
-        plan.routes.push(Arc::new(other));
-        let r = translate(&plan, &endpoints(), &XdsSettings::default());
-        assert_eq!(r.routes.len(), 1, "one configuration for the shard");
-        let vhosts: Vec<_> = r.routes[0].virtual_hosts.iter().map(|v| v.name.as_str()).collect();
-        assert_eq!(vhosts, ["route|default|hello", "tag|default|hello|candidate", &names::route_virtual_host(&twin)]);
-        assert!(r.scoped_routes.iter().all(|s| s.route_configuration_name == r.routes[0].name));
-    }
-}
+pub(crate) mod tests;

@@ -151,7 +151,7 @@ pub fn carry_out(effects: Vec<Effect>, current: u32) -> Vec<u32> {
             }
         };
         if let Err(status) = result {
-            log::warn!("revgate: could not act on held request {id}: {status:?}");
+            log::warn!("revgate: could not act on request {id}: {status:?}");
         }
     }
     if let Err(status) = hostcalls::set_effective_context(current) {

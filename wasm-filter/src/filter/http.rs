@@ -10,7 +10,7 @@ use revgate_proto::ActivationRequest;
 use super::host::{self, HostStore};
 use super::{Shared, retime, with_state};
 use crate::control::Call;
-use crate::gate::{Activation, Decision, Effect};
+use crate::gate::{Activation, Decision, Effect, Gate};
 use crate::revision::{self, Target};
 
 /// Upper bound on rounds of cleaning up vanished contexts in [`settle`];
@@ -29,6 +29,17 @@ pub struct Http {
 impl Http {
     pub fn new(id: u32, shared: Shared) -> Self {
         Self { id, shared, tracked: false }
+    }
+
+    /// Tells the gate that the response of this request moved (see
+    /// [`crate::deadline`]); requests it does not track cost nothing.
+    fn response_activity(&self, record: fn(&mut Gate, u32, u64)) {
+        if !self.tracked {
+            return;
+        }
+        let Some(now_ns) = host::now_ns() else { return };
+        let id = self.id;
+        with_state(&self.shared, "timing a response", |s| record(&mut s.gate, id, now_ns));
     }
 
     fn target(&self) -> Option<Target> {
@@ -59,8 +70,8 @@ impl HttpContext for Http {
                 if let Some(activation) = activate {
                     send_activation(&self.shared, activation, self.id);
                 }
-                // Held for a ready revision not yet confirmed here: probe now.
-                send_probes(&self.shared, self.id, now_ns);
+                // Held for a ready revision not yet confirmed here: probe soon.
+                schedule_probes(&self.shared, self.id, now_ns);
                 Action::Pause
             }
             Decision::Refuse(reply) => {
@@ -74,6 +85,19 @@ impl HttpContext for Http {
                 }
             }
         }
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        self.response_activity(Gate::on_response_headers);
+        Action::Continue
+    }
+
+    /// Every chunk of a response, the frames of an upgraded WebSocket too:
+    /// Envoy passes a stream's data through the filter chain after the
+    /// upgrade as before it.
+    fn on_http_response_body(&mut self, _body_size: usize, _end_of_stream: bool) -> Action {
+        self.response_activity(Gate::on_response_data);
+        Action::Continue
     }
 
     fn on_log(&mut self) {
@@ -106,9 +130,34 @@ pub(super) fn settle(shared: &Shared, mut effects: Vec<Effect>, current: u32, no
     }
 }
 
-/// Dispatches the probes the gate wants now (`release_gate: probe`), from
-/// the root context so their answers reach the root whatever becomes of the
-/// request that caused them; `current` is made effective again afterwards.
+/// Has the root send the probes a request just made due, within the
+/// probes' retry step (10 ms) instead of at the next ordinary tick.
+///
+/// A probe is never dispatched from a request's context: the proxy-wasm SDK
+/// sends a call's answer to the context that was *running* when the call
+/// was made (its `active_id`), whatever context was made effective, so the
+/// answer of a probe dispatched here would reach this request's context and
+/// be lost, leaving the probe in flight for good and the VM's requests for
+/// the revision held until their activation timeout. The probes stay due
+/// instead; a due probe makes [`retime`] shorten the root's timer, and the
+/// root's tick dispatches them ([`send_probes`]).
+fn schedule_probes(shared: &Shared, current: u32, now_ns: u64) {
+    let Some((due, root_id)) = with_state(shared, "scheduling probes", |s| (s.gate.probes_due(now_ns), s.root_id))
+    else {
+        return;
+    };
+    if due && hostcalls::set_effective_context(root_id).is_ok() {
+        retime(shared);
+        if let Err(status) = hostcalls::set_effective_context(current) {
+            log::warn!("revgate: could not restore context {current} after scheduling probes: {status:?}");
+        }
+    }
+}
+
+/// Dispatches the probes the gate wants now (`release_gate: probe`). Call
+/// only from the root context's own callbacks (its tick, its call answers),
+/// so that the answers reach the root (see [`schedule_probes`]); `current`
+/// is made effective again afterwards.
 pub fn send_probes(shared: &Shared, current: u32, now_ns: u64) {
     let Some((probes, root_id, path, timeout_ms)) = with_state(shared, "probing", |s| {
         let config = s.gate.config();

@@ -27,6 +27,8 @@ pub fn revision(name: &str) -> RevisionBackend {
         protocol: UpstreamProtocol::Http1,
         container_concurrency: 0,
         timeout_seconds: 300,
+        response_start_timeout_seconds: 300,
+        idle_timeout_seconds: 0,
         static_endpoints: None,
     }
 }
