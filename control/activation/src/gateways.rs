@@ -30,7 +30,6 @@ const MAX_GATEWAYS: usize = 1024;
 pub(crate) async fn ingest_stats(
     mut stats: mpsc::Receiver<EnvoyStats>,
     readiness: watch::Receiver<Arc<ReadinessTable>>,
-    warm: watch::Receiver<WarmView>,
     demand: Weak<Mutex<Demand>>,
 ) {
     while let Some(flush) = stats.recv().await {
@@ -55,16 +54,7 @@ pub(crate) async fn ingest_stats(
             .filter(|ms| (100..=10_000).contains(ms))
             .unwrap_or(FLUSH_INTERVAL.as_millis() as u64);
         demand.aggregator.record_envoy_stats(report(&flush, received_ms, window_ms), &known, now_ms);
-        // The answers no filter saw, into the cumulative counters.
-        let view = warm.borrow().clone();
-        let demand = &mut *demand;
-        for (revision, stats) in flush.revisions.iter().filter(|(key, _)| known(key)) {
-            let filter_off = view.filter_off_in(&flush.node, revision);
-            if let Some(unfiltered) = demand.bypassed.flush(&flush.node, revision, stats, filter_off) {
-                demand.aggregator.count_unfiltered(&unfiltered);
-            }
-        }
-        demand.bypassed.retain(|_, revision| known(revision));
+        demand.aggregator.count_unfiltered(&flush, &known, received_ms);
     }
 }
 

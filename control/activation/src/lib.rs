@@ -202,8 +202,6 @@ struct Demand {
     /// When each gateway's statistics last arrived (Unix ms): a gateway
     /// whose stats sink is silent keeps the filter on every route.
     stats_seen: BTreeMap<String, u64>,
-    /// What each gateway's previous flush said of each revision.
-    bypassed: bypassed::Ledger,
 }
 
 /// The longest a revision going to zero waits (at the zero gate) for every
@@ -267,7 +265,6 @@ impl ActivationService {
             aggregator: Aggregator::new(MAX_FILTER_VMS),
             activations: ActivationRecords::default(),
             stats_seen: BTreeMap::new(),
-            bypassed: bypassed::Ledger::default(),
         }));
         tokio::spawn(time_cold_starts(readiness.clone(), Arc::downgrade(&demand)));
         Self {
@@ -290,12 +287,7 @@ impl ActivationService {
         status: watch::Receiver<revgate_xds::GatewayStatus>,
         acks: broadcast::Receiver<AckEvent>,
     ) {
-        tokio::spawn(gateways::ingest_stats(
-            stats,
-            self.readiness.clone(),
-            self.warm.subscribe(),
-            Arc::downgrade(&self.demand),
-        ));
+        tokio::spawn(gateways::ingest_stats(stats, self.readiness.clone(), Arc::downgrade(&self.demand)));
         tokio::spawn(gateways::own_warm_path(
             self.readiness.clone(),
             status,

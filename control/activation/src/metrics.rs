@@ -25,6 +25,9 @@ use revgate_proto::{
 };
 use serde::{Deserialize, Serialize};
 
+use revgate_xds::stats::EnvoyStats;
+
+use crate::bypassed::Ledger;
 use crate::counters::{Counters, CountersSnapshot, DurationHistogram};
 
 /// A report stays current for this many of its own windows, so one late or
@@ -112,12 +115,20 @@ pub struct Aggregator {
     next_sweep_ms: u64,
     /// Every recorded report, added up per revision.
     cumulative: Counters,
+    /// What Envoy and the filters counted, per gateway and revision.
+    unfiltered: Ledger,
 }
 
 impl Aggregator {
     /// Keeps the reports of at most `max_reporters` reporters.
     pub fn new(max_reporters: usize) -> Self {
-        Self { latest: BTreeMap::new(), max_reporters, next_sweep_ms: 0, cumulative: Counters::default() }
+        Self {
+            latest: BTreeMap::new(),
+            max_reporters,
+            next_sweep_ms: 0,
+            cumulative: Counters::default(),
+            unfiltered: Ledger::default(),
+        }
     }
 
     /// Reporters whose report is kept.
@@ -169,6 +180,9 @@ impl Aggregator {
             return Err(ReportError::TooManyReporters { limit: self.max_reporters, node, reporter });
         }
         self.cumulative.add(&report.revisions);
+        for metrics in &report.revisions {
+            self.unfiltered.filter_report(&report.node_id, metrics, report.window_start_unix_ms, report.window_ms);
+        }
         self.latest.insert(key, Latest { received_ms: now_ms, report });
         Ok(())
     }
@@ -193,10 +207,16 @@ impl Aggregator {
         self.latest.insert(key, Latest { received_ms: now_ms, report });
     }
 
-    /// Adds answers no filter saw (see [`crate::bypassed`]) to the
-    /// cumulative counters.
-    pub fn count_unfiltered(&mut self, metrics: &RevisionMetrics) {
-        self.cumulative.add(std::slice::from_ref(metrics));
+    /// Adds the answers of a gateway's flush that no filter saw (see
+    /// [`crate::bypassed`]) to the cumulative counters.
+    pub fn count_unfiltered(&mut self, flush: &EnvoyStats, known: &dyn Fn(&ObjectKey) -> bool, received_ms: u64) {
+        for (revision, stats) in flush.revisions.iter().filter(|(key, _)| known(key)) {
+            let flushed_ms = flush.flushed_unix_ms.unwrap_or(received_ms);
+            if let Some(unfiltered) = self.unfiltered.flush(&flush.node, revision, stats, flushed_ms, received_ms) {
+                self.cumulative.add(std::slice::from_ref(&unfiltered));
+            }
+        }
+        self.unfiltered.retain(|_, revision| known(revision));
     }
 
     /// Counts an activation request for `key`, a revision of the plan,

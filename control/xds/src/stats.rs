@@ -76,6 +76,9 @@ pub struct CumulativeDurations {
 pub struct EnvoyStats {
     pub node: String,
     pub received: SystemTime,
+    /// When Envoy flushed, by the gateway's clock (Unix ms; the metrics'
+    /// timestamp), the clock the filters' report windows use too.
+    pub flushed_unix_ms: Option<u64>,
     /// Every revision cluster Envoy reported.
     pub revisions: BTreeMap<ObjectKey, ClusterStats>,
 }
@@ -118,6 +121,7 @@ impl MetricsService for StatsSink {
             let stats = EnvoyStats {
                 node: node.clone(),
                 received: SystemTime::now(),
+                flushed_unix_ms: flushed_at(&message.envoy_metrics),
                 revisions: parse(&message.envoy_metrics),
             };
             tracing::trace!(node, revisions = ?stats.revisions, "statistics flushed");
@@ -159,6 +163,11 @@ pub fn parse(families: &[MetricFamily]) -> BTreeMap<ObjectKey, ClusterStats> {
         }
     }
     revisions
+}
+
+/// When a flush was taken: its metrics' latest timestamp.
+fn flushed_at(families: &[MetricFamily]) -> Option<u64> {
+    families.iter().flat_map(|f| &f.metric).filter_map(|m| m.timestamp_ms).max().and_then(|ms| u64::try_from(ms).ok())
 }
 
 /// Envoy's histogram as Knative's buckets, when its bounds are those
