@@ -759,6 +759,68 @@ mod tests {
         tokio::task::yield_now().await;
     }
 
+    /// An RDS ACK of `node` routing to the test revision, the filter
+    /// disabled on the route when `filter_off`.
+    fn routes_ack(node: &str, filter_off: bool) -> AckEvent {
+        use envoy_types::pb::envoy::config::route::v3::{Route, RouteAction, RouteConfiguration, VirtualHost};
+        use envoy_types::pb::envoy::config::route::v3::{route, route_action};
+        use prost::Name;
+        let action = RouteAction {
+            cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(revgate_xds::names::revision_cluster(
+                &key(),
+            ))),
+            ..Default::default()
+        };
+        let mut vhost = VirtualHost {
+            routes: vec![Route { action: Some(route::Action::Route(action)), ..Default::default() }],
+            ..Default::default()
+        };
+        if filter_off {
+            revgate_xds::warm::disable_filter(&mut vhost);
+        }
+        let configuration =
+            RouteConfiguration { name: "routes|1".into(), virtual_hosts: vec![vhost], ..Default::default() };
+        AckEvent {
+            node: node.into(),
+            type_url: RouteConfiguration::type_url(),
+            version: "1".into(),
+            resources: vec![revgate_xds::AckedResource {
+                name: "routes|1".into(),
+                version: "1".into(),
+                resource: envoy_types::pb::google::protobuf::Any {
+                    type_url: RouteConfiguration::type_url(),
+                    value: configuration.encode_to_vec(),
+                },
+            }],
+            removed: Vec::new(),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn going_to_zero_waits_until_no_gateway_serves_the_revision_without_the_filter() {
+        let (service, inputs, version) = start().await;
+        let live = tokio::spawn({
+            let service = service.clone();
+            async move { poll(&service, "live", version).await }
+        });
+        tokio::task::yield_now().await;
+        service.warm.send_modify(|view| {
+            view.record_ack(&routes_ack("gw", true));
+        });
+        go_to_zero(&inputs).await;
+        let cold = tokio::spawn({
+            let service = service.clone();
+            async move { service.until_cold_everywhere(&key()).await }
+        });
+        live.await.expect("poll task");
+        tokio::time::advance(Duration::from_millis(100)).await;
+        assert!(!cold.is_finished(), "the gateway still routes the revision past the filter");
+        service.warm.send_modify(|view| {
+            view.record_ack(&routes_ack("gw", false));
+        });
+        cold.await.expect("wait task");
+    }
+
     #[tokio::test(start_paused = true)]
     async fn going_to_zero_stops_waiting_for_a_silent_filter_vm_once_it_counts_as_gone() {
         let (service, inputs, version) = start().await;
