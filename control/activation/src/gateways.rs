@@ -96,28 +96,40 @@ pub(crate) async fn own_warm_path(
     let mut view = warm.borrow().clone();
     let mut warm_since = BTreeMap::new();
     let mut recheck = tokio::time::interval(RECHECK);
+    let mut nodes: BTreeSet<String> = status.borrow_and_update().nodes.keys().cloned().collect();
     loop {
-        let routes_changed = tokio::select! {
-            changed = readiness.changed() => if changed.is_err() { return } else { false },
+        // ACKs change what the gateways serve; the rest may change the set.
+        let (routes_changed, recompute) = tokio::select! {
+            changed = readiness.changed() => if changed.is_err() { return } else { (false, true) },
             changed = status.changed() => {
                 if changed.is_err() {
                     return;
                 }
-                let listed = status.borrow_and_update().clone();
-                view.retain_nodes(|node| listed.nodes.contains_key(node))
+                // The status changes with every ACK; only its nodes matter here.
+                let listed: BTreeSet<String> = status.borrow_and_update().nodes.keys().cloned().collect();
+                if listed == nodes {
+                    continue;
+                }
+                nodes = listed;
+                (view.retain_nodes(|node| nodes.contains(node)), true)
             }
             ack = acks.recv() => match ack {
-                Ok(ack) => view.record_ack(&ack),
+                Ok(ack) => (view.record_ack(&ack), false),
                 Err(broadcast::error::RecvError::Lagged(missed)) => {
                     tracing::warn!(missed, "the warm path fell behind the xDS ACKs");
-                    false
+                    (false, false)
                 }
                 Err(broadcast::error::RecvError::Closed) => return,
             },
-            _ = recheck.tick() => false,
+            _ = recheck.tick() => (false, true),
         };
+        if !recompute {
+            if routes_changed {
+                warm.send_replace(view.clone());
+            }
+            continue;
+        }
         let Some(demand) = demand.upgrade() else { return };
-        let nodes: BTreeSet<String> = status.borrow().nodes.keys().cloned().collect();
         let seen: BTreeMap<String, u64> = lock(&demand).stats_seen.clone();
         let fresh_after = unix_ms().saturating_sub(STATS_FRESHNESS.as_millis() as u64);
         let table = readiness.borrow_and_update().clone();

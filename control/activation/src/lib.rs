@@ -786,7 +786,8 @@ mod tests {
             version: "1".into(),
             resources: vec![revgate_xds::AckedResource {
                 name: "routes|1".into(),
-                version: "1".into(),
+                // A content hash: the two contents get two versions.
+                version: if filter_off { "off" } else { "on" }.into(),
                 resource: envoy_types::pb::google::protobuf::Any {
                     type_url: RouteConfiguration::type_url(),
                     value: configuration.encode_to_vec(),

@@ -30,6 +30,10 @@ pub struct WarmView {
     /// Per node, per route configuration it ACKed, the revisions it routes
     /// to with the filter disabled (only non-empty entries are kept).
     filter_off: BTreeMap<String, BTreeMap<String, BTreeSet<ObjectKey>>>,
+    /// Per node, the version (content hash) of each route configuration it
+    /// ACKed: a state-of-the-world ACK carries every configuration, and only
+    /// the changed ones are decoded again.
+    versions: BTreeMap<String, BTreeMap<String, String>>,
 }
 
 impl WarmView {
@@ -40,8 +44,13 @@ impl WarmView {
             return false;
         }
         let node = self.filter_off.entry(ack.node.clone()).or_default();
+        let versions = self.versions.entry(ack.node.clone()).or_default();
         let mut changed = false;
         for resource in &ack.resources {
+            if versions.get(&resource.name) == Some(&resource.version) {
+                continue;
+            }
+            versions.insert(resource.name.clone(), resource.version.clone());
             let Ok(configuration) = RouteConfiguration::decode(resource.resource.value.as_slice()) else { continue };
             let off = revgate_xds::warm::filter_off_revisions(&configuration);
             let before = if off.is_empty() {
@@ -52,6 +61,7 @@ impl WarmView {
             changed |= before.unwrap_or_default() != off;
         }
         for name in &ack.removed {
+            versions.remove(name);
             changed |= node.remove(name).is_some();
         }
         if node.is_empty() {
@@ -65,6 +75,7 @@ impl WarmView {
     pub fn retain_nodes(&mut self, keep: impl Fn(&str) -> bool) -> bool {
         let before = self.filter_off.len();
         self.filter_off.retain(|node, _| keep(node));
+        self.versions.retain(|node, _| keep(node));
         before != self.filter_off.len()
     }
 
@@ -199,7 +210,10 @@ mod tests {
         }
         let configuration =
             RouteConfiguration { name: "routes|1".into(), virtual_hosts: vec![vhost], ..Default::default() };
-        ack(node, "routes|1", &configuration)
+        let mut ack = ack(node, "routes|1", &configuration);
+        // The version is a content hash: the two contents get two versions.
+        ack.resources[0].version = if filter_off { "off" } else { "on" }.into();
+        ack
     }
 
     fn table() -> ReadinessTable {
@@ -270,6 +284,12 @@ mod tests {
         assert!(view.record_ack(&routes("gw-1", "warm", false)));
         assert!(view.filter_off_anywhere(&key("warm")), "gw-2 still serves it without the filter");
         assert!(!view.record_ack(&routes("gw-1", "warm", false)), "the same ACK changes nothing");
+        let mut same_version_other_content = routes("gw-1", "warm", true);
+        same_version_other_content.resources[0].version = "on".into();
+        assert!(!view.record_ack(&same_version_other_content), "an unchanged version is not decoded again");
+        let mut changed = routes("gw-1", "warm", false);
+        changed.resources[0].version = "2".into();
+        assert!(!view.record_ack(&changed), "a new version with the filter still on changes nothing served");
         assert!(view.record_ack(&routes("gw-2", "warm", false)));
         assert!(!view.filter_off_anywhere(&key("warm")));
 
