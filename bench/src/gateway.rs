@@ -290,6 +290,26 @@ impl Envoy {
         self.stat("cluster.revgate-xds.upstream_cx_rx_bytes_total").await
     }
 
+    /// Waits until Envoy serves `host` with the gateway filter disabled (the
+    /// warm path: its virtual host carries `FilterConfig{disabled: true}`).
+    pub async fn wait_filter_disabled(&self, host: &str) -> anyhow::Result<()> {
+        let url = format!("http://127.0.0.1:{}/config_dump?resource=dynamic_route_configs", self.admin_port);
+        wait_for(&format!("{host} to be served without the filter"), POLL, async || {
+            let dump: Value = self.http.get(&url).send().await?.json().await?;
+            let vhosts = dump["configs"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|c| c.pointer("/route_config/virtual_hosts")?.as_array())
+                .flatten();
+            let disabled = vhosts
+                .filter(|v| v["domains"].as_array().is_some_and(|d| d.iter().any(|d| d.as_str() == Some(host))))
+                .any(|v| v.pointer("/typed_per_filter_config/envoy.filters.http.wasm/disabled") == Some(&json!(true)));
+            Ok(disabled.then_some(()))
+        })
+        .await
+    }
+
     /// Waits until a request for `host` answers 200.
     pub async fn wait_serving(&self, host: &str) -> anyhow::Result<()> {
         let url = format!("http://127.0.0.1:{}/", self.http_port);

@@ -45,6 +45,7 @@ use revgate_xds::translate::XdsSettings;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::activation::warm::WarmView;
 pub use crate::external::{EndpointsOrigin, EndpointsSource};
 use crate::external::{ExternalRuntime, RegistrationError};
 use crate::faults::Fault;
@@ -402,6 +403,8 @@ pub struct ControlPlane {
     unreadable_tx: watch::Sender<Arc<Vec<UnreadableObject>>>,
     /// The rollout driver's states: the split each Route in rollout serves.
     rollouts: Option<watch::Receiver<Arc<Rollouts>>>,
+    /// The warm path: the revisions served without the gateway filter.
+    warm: Option<watch::Receiver<WarmView>>,
     /// Revision garbage collection's memory between passes.
     gc: Collector,
 }
@@ -445,6 +448,7 @@ impl ControlPlane {
             last_states_verdicts: BTreeMap::new(),
             unreadable_tx,
             rollouts: None,
+            warm: None,
             gc: Collector::default(),
         };
         let handle = Handle {
@@ -467,6 +471,13 @@ impl ControlPlane {
     /// it, and publishes again whenever that changes.
     pub fn follow_rollouts(&mut self, rollouts: watch::Receiver<Arc<Rollouts>>) {
         self.rollouts = Some(rollouts);
+    }
+
+    /// Serves the Routes whose revisions are all in the warm path's bypass
+    /// set without the gateway filter, and publishes again whenever the set
+    /// changes (see `revgate_activation::warm`).
+    pub fn follow_warm_path(&mut self, warm: watch::Receiver<WarmView>) {
+        self.warm = Some(warm);
     }
 
     /// Publishes the first snapshot, then serves commands until every handle
@@ -502,6 +513,14 @@ impl ControlPlane {
                         }
                     }
                     None => self.rollouts = None,
+                },
+                view = changed(&mut self.warm) => match view {
+                    Some(view) => {
+                        if self.translator.set_bypass(view.bypass) {
+                            self.publish(Replan::No);
+                        }
+                    }
+                    None => self.warm = None,
                 },
             }
         }

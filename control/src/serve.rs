@@ -29,6 +29,7 @@ use std::time::Duration;
 use anyhow::Context;
 use revgate_runtime::{ImageMap, ProcessConfig, ProcessRuntime, Runtime};
 use revgate_xds::server::{SnapshotCache, XdsServer};
+use revgate_xds::stats::StatsSink;
 use revgate_xds::translate::XdsSettings;
 use revgate_xds::{FilterSettings, GatewayToken};
 use tokio::net::TcpListener;
@@ -323,6 +324,12 @@ impl Server {
             }
         };
         let rollout_driver = tokio::spawn(rollout_driver.run());
+        // The warm path: routes whose revisions are warm in every gateway that
+        // streams its statistics here are served without the filter.
+        let (stats_sink, envoy_stats) = StatsSink::new();
+        activation.follow_gateways(envoy_stats, xds.status(), xds.subscribe_acks());
+        let mut plane = plane;
+        plane.follow_warm_path(activation.warm());
 
         let (autoscaler, kpa) = match &runtime {
             Some(runtime) => {
@@ -375,6 +382,7 @@ impl Server {
         let xds = tokio::spawn(
             xds_server
                 .add_service(xds.into_authenticated_service(gateway_auth::xds_auth(xds_addr, &gateway_token)))
+                .add_service(stats_sink.into_authenticated_service(gateway_auth::xds_auth(xds_addr, &gateway_token)))
                 .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(xds_listener)),
         );
         let admin = tokio::spawn(http::serve(admin_listener, admin, "admin API"));

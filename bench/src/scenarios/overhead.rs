@@ -2,12 +2,15 @@
 //! warm revision.
 //!
 //! Two gateways, identical but for the filter: each is a `revgate serve`
-//! programming its own Envoy (same binary, same workers) with one Service
-//! whose revision points at the same fast upstream. (a) runs without the
-//! filter, (b) with it. Each round measures both back to back, first
-//! closed loop (peak throughput), then at a fixed rate of 10% of (a)'s peak
-//! with latency correction; the figures are medians over rounds, so that
-//! background noise hits both sides alike.
+//! programming its own Envoy (same binary, same workers) with two Services
+//! whose revisions point at the same fast upstream: one plain, which the
+//! filter gateway serves through the warm path once it settled (no filter
+//! on its route), one with `containerConcurrency`, which keeps the filter.
+//! (a) runs without the filter, (b) with it. Per revision, each round
+//! measures both back to back, first closed loop (peak throughput), then at
+//! a fixed rate of 10% of (a)'s peak on the plain revision, with latency
+//! correction; the figures are medians over rounds, so that background
+//! noise hits both sides alike.
 
 use std::time::Duration;
 
@@ -22,6 +25,10 @@ use crate::servers::start_upstream;
 use crate::stats::Samples;
 
 const SERVICE: &str = "echo";
+/// The same upstream behind a revision with `containerConcurrency`, which
+/// keeps the filter on every request (it is what throttles).
+const THROTTLED: &str = "echo-cc";
+const CONTAINER_CONCURRENCY: u32 = 1000;
 /// Concurrent connections of the closed-loop and fixed-rate runs.
 const CONNECTIONS: usize = 50;
 /// The fixed rate as a share of bare Envoy's peak: real load, yet far from
@@ -34,10 +41,67 @@ struct Gateway {
     envoy: Envoy,
 }
 
+/// One revision measured through both gateways.
+struct Measured {
+    rate: u64,
+    peaks: [Vec<OhaReport>; 2],
+    steady: [Vec<OhaReport>; 2],
+}
+
+impl Measured {
+    fn peak(&self, i: usize) -> f64 {
+        Samples::new(self.peaks[i].iter().map(|r| r.ok_per_sec).collect()).median()
+    }
+
+    fn latency(&self, i: usize, p: &str) -> f64 {
+        Samples::new(self.steady[i].iter().map(|r| r.p(p)).collect()).median()
+    }
+
+    /// The rows of this revision: latency added at the fixed rate, and peak
+    /// throughput against bare Envoy's; `what` names the revision's kind.
+    fn rows(&self, what: &str, bare: &str) -> Vec<Row> {
+        let mut rows = Vec::new();
+        let goals = [("p50", Some(30.0)), ("p99", Some(100.0)), ("p99.9", None)];
+        for (p, limit) in goals {
+            let (plain, filtered) = (self.latency(0, p), self.latency(1, p));
+            let added = Figure::micros(filtered - plain);
+            let row = Row::new(
+                format!("{what}: {p} latency at {} req/s (fixed rate; {added} added)", self.rate),
+                Figure::micros(filtered),
+            )
+            .baseline(bare, Figure::micros(plain));
+            rows.push(match limit {
+                Some(limit) => row.goal(Goal::at_most(format!("≤ {limit:.0} µs added"), added, " added", limit)),
+                None => row,
+            });
+        }
+        let (bare_peak, filter_peak) = (self.peak(0), self.peak(1));
+        let share = if bare_peak > 0.0 { filter_peak / bare_peak * 100.0 } else { 0.0 };
+        rows.push(
+            Row::new(
+                format!("{what}: peak throughput, closed loop, {CONNECTIONS} connections"),
+                Figure::rps(filter_peak),
+            )
+            .baseline(bare, Figure::rps(bare_peak))
+            .goal(Goal::at_least("≥ 97% of bare Envoy", Figure::percent(share), " of bare", 97.0)),
+        );
+        rows
+    }
+
+    fn errors(&self) -> u64 {
+        self.steady.iter().chain(self.peaks.iter()).flatten().map(OhaReport::not_ok).sum()
+    }
+}
+
 pub async fn run(tools: &Tools, size: Size) -> anyhow::Result<Outcome> {
     let dir = tools.scenario_dir("overhead")?;
     let (_upstream, upstream) = start_upstream(tools, &dir).await?;
-    let manifest = service(SERVICE, &[("revgate.dev/endpoints", upstream.to_string())], "image: example.com/echo:v1");
+    let endpoints = [("revgate.dev/endpoints", upstream.to_string())];
+    let throttled = format!("image: example.com/echo:v1\n      containerConcurrency: {CONTAINER_CONCURRENCY}");
+    let manifests = vec![
+        ("echo.yaml".to_owned(), service(SERVICE, &endpoints, "image: example.com/echo:v1")),
+        ("echo-cc.yaml".to_owned(), service(THROTTLED, &endpoints, &throttled)),
+    ];
 
     let mut gateways = Vec::new();
     for (name, filter) in [("bare Envoy", false), ("Envoy + revgate filter", true)] {
@@ -45,71 +109,76 @@ pub async fn run(tools: &Tools, size: Size) -> anyhow::Result<Outcome> {
         std::fs::create_dir_all(&sub)?;
         let serve = Serve::start(tools, &sub, filter).await?;
         let envoy = serve.envoy(tools, &sub, "gateway", false).await?;
-        serve.admin.apply(&[("echo.yaml".to_owned(), manifest.clone())]).await?;
+        serve.admin.apply(&manifests).await?;
         serve.admin.wait_acked(&envoy.node_id).await?;
         if filter {
             serve.admin.wait_filters(&envoy.node_id, u64::from(crate::gateway::ENVOY_CONCURRENCY)).await?;
         }
         envoy.wait_serving(&host(SERVICE)).await?;
+        envoy.wait_serving(&host(THROTTLED)).await?;
+        if filter {
+            // The warm revision settles into the warm path: no filter on its route.
+            envoy.wait_filter_disabled(&host(SERVICE)).await?;
+        }
         gateways.push(Gateway { name, _serve: serve, envoy });
     }
 
     let (saturate, fixed, rounds) = size.pick(
         (Duration::from_secs(3), Duration::from_secs(5), 1),
-        (Duration::from_secs(15), Duration::from_secs(30), 3),
+        (Duration::from_secs(10), Duration::from_secs(20), 3),
     );
-    let oha = |g: &Gateway| Oha::new(&tools.oha, &format!("http://127.0.0.1:{}/", g.envoy.http_port), &host(SERVICE));
+    let oha = |g: &Gateway, service: &str| {
+        Oha::new(&tools.oha, &format!("http://127.0.0.1:{}/", g.envoy.http_port), &host(service))
+    };
 
     // Warm both: connections, Envoy's and the filter's first-use paths.
     for g in &gateways {
-        oha(g).closed_loop(Duration::from_secs(1), CONNECTIONS).run().await?;
-    }
-
-    let mut peaks: [Vec<OhaReport>; 2] = [Vec::new(), Vec::new()];
-    for _ in 0..rounds {
-        for (i, g) in gateways.iter().enumerate() {
-            peaks[i].push(oha(g).closed_loop(saturate, CONNECTIONS).run().await?);
+        for service in [SERVICE, THROTTLED] {
+            oha(g, service).closed_loop(Duration::from_secs(1), CONNECTIONS).run().await?;
         }
     }
-    let peak = |i: usize| Samples::new(peaks[i].iter().map(|r| r.ok_per_sec).collect()).median();
-    let rate = (peak(0) * RATE_SHARE).round().max(100.0) as u64;
 
-    let mut steady: [Vec<OhaReport>; 2] = [Vec::new(), Vec::new()];
-    for _ in 0..rounds {
-        for (i, g) in gateways.iter().enumerate() {
-            steady[i].push(oha(g).fixed_rate(fixed, CONNECTIONS, rate).run().await?);
+    let mut measured = Vec::new();
+    let mut rate = 0;
+    for service in [SERVICE, THROTTLED] {
+        let mut peaks: [Vec<OhaReport>; 2] = [Vec::new(), Vec::new()];
+        for _ in 0..rounds {
+            for (i, g) in gateways.iter().enumerate() {
+                peaks[i].push(oha(g, service).closed_loop(saturate, CONNECTIONS).run().await?);
+            }
         }
+        if rate == 0 {
+            // One fixed rate for both revisions: 10% of bare Envoy's peak on the first.
+            let bare = Samples::new(peaks[0].iter().map(|r| r.ok_per_sec).collect()).median();
+            rate = (bare * RATE_SHARE).round().max(100.0) as u64;
+        }
+        let mut steady: [Vec<OhaReport>; 2] = [Vec::new(), Vec::new()];
+        for _ in 0..rounds {
+            for (i, g) in gateways.iter().enumerate() {
+                steady[i].push(oha(g, service).fixed_rate(fixed, CONNECTIONS, rate).run().await?);
+            }
+        }
+        measured.push(Measured { rate, peaks, steady });
     }
-    let latency = |i: usize, p: &str| Samples::new(steady[i].iter().map(|r| r.p(p)).collect()).median();
 
-    let mut rows = Vec::new();
-    let goals = [("p50", Some(30.0)), ("p99", Some(100.0)), ("p99.9", None)];
-    for (p, limit) in goals {
-        let (bare, filtered) = (latency(0, p), latency(1, p));
-        let added = Figure::micros(filtered - bare);
-        let row =
-            Row::new(format!("{p} latency at {rate} req/s (fixed rate; {added} added)"), Figure::micros(filtered))
-                .baseline(gateways[0].name, Figure::micros(bare));
-        rows.push(match limit {
-            Some(limit) => row.goal(Goal::at_most(format!("≤ {limit:.0} µs added"), added, " added", limit)),
-            None => row,
-        });
-    }
-    let (bare_peak, filter_peak) = (peak(0), peak(1));
-    let share = if bare_peak > 0.0 { filter_peak / bare_peak * 100.0 } else { 0.0 };
-    rows.push(
-        Row::new(format!("peak throughput, closed loop, {CONNECTIONS} connections"), Figure::rps(filter_peak))
-            .baseline(gateways[0].name, Figure::rps(bare_peak))
-            .goal(Goal::at_least("≥ 97% of bare Envoy", Figure::percent(share), " of bare", 97.0)),
+    let bare = gateways[0].name;
+    let mut rows = measured[0].rows("warm revision (warm path, no filter on its route)", bare);
+    rows.extend(
+        measured[1].rows(&format!("warm revision with containerConcurrency {CONTAINER_CONCURRENCY} (filter on)"), bare),
     );
 
-    let errors: u64 = steady.iter().chain(peaks.iter()).flatten().map(OhaReport::not_ok).sum();
+    let errors: u64 = measured.iter().map(Measured::errors).sum();
     let notes = vec![
         format!(
             "Upstream: this suite's Rust server (axum, one worker thread) on loopback; Envoy {} workers in both; \
              {rounds} alternating round(s), medians shown; fixed rate = {:.0}% of bare Envoy's peak.",
             crate::gateway::ENVOY_CONCURRENCY,
             RATE_SHARE * 100.0
+        ),
+        format!(
+            "Two revisions on the same upstream: `{SERVICE}` (no `containerConcurrency`), measured once the \
+             control plane serves its route without the filter (the warm path), and `{THROTTLED}` \
+             (`containerConcurrency: {CONTAINER_CONCURRENCY}`, never reached here), whose route keeps the filter."
         ),
         "Load generator, upstream and Envoy share the same cores, so peak throughput is the whole \
          machine's, not Envoy's alone; the ratio is what compares."
@@ -127,8 +196,10 @@ pub async fn run(tools: &Tools, size: Size) -> anyhow::Result<Outcome> {
     let raw = json!({
         "rate": rate,
         "rounds": rounds,
-        "peak": { "bare": peaks[0], "filter": peaks[1] },
-        "fixed_rate": { "bare": steady[0], "filter": steady[1] },
+        "warm_path": { "peak": { "bare": measured[0].peaks[0], "filter": measured[0].peaks[1] },
+                       "fixed_rate": { "bare": measured[0].steady[0], "filter": measured[0].steady[1] } },
+        "container_concurrency": { "peak": { "bare": measured[1].peaks[0], "filter": measured[1].peaks[1] },
+                       "fixed_rate": { "bare": measured[1].steady[0], "filter": measured[1].steady[1] } },
     });
     Ok(Outcome { rows, load_commands, notes, raw })
 }

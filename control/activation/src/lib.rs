@@ -37,10 +37,13 @@
 #![forbid(unsafe_code)]
 
 mod bookkeeping;
+pub mod bypassed;
 pub mod counters;
+mod gateways;
 mod log_throttle;
 pub mod metrics;
 pub mod readiness;
+pub mod warm;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, Weak};
@@ -69,6 +72,7 @@ use self::log_throttle::{LOG_INTERVAL, LogThrottle};
 use crate::counters::CountersSnapshot;
 use crate::metrics::{Aggregator, ReportError, RevisionTotals};
 use crate::readiness::ReadinessTable;
+use crate::warm::WarmView;
 
 /// The most filter VMs the service tracks, in each of its tables (readiness
 /// pollers, metrics reporters). Every Envoy worker thread runs one VM, and
@@ -195,6 +199,9 @@ pub struct RevisionActivity {
 struct Demand {
     aggregator: Aggregator,
     activations: ActivationRecords,
+    /// When each gateway's statistics last arrived (Unix ms): a gateway
+    /// whose stats sink is silent keeps the filter on every route.
+    stats_seen: BTreeMap<String, u64>,
 }
 
 /// The longest a revision going to zero waits (at the zero gate) for every
@@ -232,6 +239,10 @@ pub struct ActivationService {
     log: Arc<Mutex<LogThrottle>>,
     /// Every activation request, for the autoscaler to act on at once.
     activations: broadcast::Sender<Activation>,
+    /// The warm path (see [`warm`]): owned by the task
+    /// [`ActivationService::follow_gateways`] starts; until then, nothing
+    /// is served without the filter.
+    warm: Arc<watch::Sender<WarmView>>,
 }
 
 impl ActivationService {
@@ -253,6 +264,7 @@ impl ActivationService {
         let demand = Arc::new(Mutex::new(Demand {
             aggregator: Aggregator::new(MAX_FILTER_VMS),
             activations: ActivationRecords::default(),
+            stats_seen: BTreeMap::new(),
         }));
         tokio::spawn(time_cold_starts(readiness.clone(), Arc::downgrade(&demand)));
         Self {
@@ -261,7 +273,33 @@ impl ActivationService {
             pollers: Arc::new(watch::Sender::new(Pollers::new(MAX_FILTER_VMS))),
             log,
             activations: broadcast::Sender::new(256),
+            warm: Arc::new(watch::Sender::new(WarmView::default())),
         }
+    }
+
+    /// Follows the gateways' own statistics (their stats sink), their
+    /// status and their ACKs, and from them owns the warm path: the
+    /// revisions served without the filter, and what each gateway serves so.
+    /// Without this, every route keeps the filter.
+    pub fn follow_gateways(
+        &self,
+        stats: tokio::sync::mpsc::Receiver<revgate_xds::stats::EnvoyStats>,
+        status: watch::Receiver<revgate_xds::GatewayStatus>,
+        acks: broadcast::Receiver<AckEvent>,
+    ) {
+        tokio::spawn(gateways::ingest_stats(stats, self.readiness.clone(), Arc::downgrade(&self.demand)));
+        tokio::spawn(gateways::own_warm_path(
+            self.readiness.clone(),
+            status,
+            acks,
+            Arc::downgrade(&self.demand),
+            self.warm.clone(),
+        ));
+    }
+
+    /// The warm path as it stands: the translation follows its bypass set.
+    pub fn warm(&self) -> watch::Receiver<WarmView> {
+        self.warm.subscribe()
     }
 
     /// Activation requests from now on (Knative's "poke" of the autoscaler
@@ -288,7 +326,17 @@ impl ActivationService {
     /// leave Envoy without a request meeting an empty cluster. A VM that
     /// stays silent past its idle timeout counts as gone. It does not give
     /// up by itself: the zero gate bounds the wait ([`COLD_NOTICE_TIMEOUT`]).
+    ///
+    /// Then, as the filter holds only where it runs, it waits until no
+    /// gateway still routes `revision` without the filter (the warm path):
+    /// the routes that turn it back on were ACKed everywhere.
     pub async fn until_cold_everywhere(&self, revision: &ObjectKey) {
+        self.until_filters_heard_cold(revision).await;
+        let mut warm = self.warm.subscribe();
+        let _ = warm.wait_for(|view| !view.filter_off_anywhere(revision)).await;
+    }
+
+    async fn until_filters_heard_cold(&self, revision: &ObjectKey) {
         let mut readiness = self.readiness.clone();
         let mut polls = self.pollers.subscribe();
         let version = match readiness.wait_for(|table| table.desired(revision) == Some(0)).await {
@@ -709,6 +757,69 @@ mod tests {
     async fn go_to_zero(inputs: &Inputs) {
         inputs.desired.send_replace(Arc::new(BTreeMap::from([(key(), 0)])));
         tokio::task::yield_now().await;
+    }
+
+    /// An RDS ACK of `node` routing to the test revision, the filter
+    /// disabled on the route when `filter_off`.
+    fn routes_ack(node: &str, filter_off: bool) -> AckEvent {
+        use envoy_types::pb::envoy::config::route::v3::{Route, RouteAction, RouteConfiguration, VirtualHost};
+        use envoy_types::pb::envoy::config::route::v3::{route, route_action};
+        use prost::Name;
+        let action = RouteAction {
+            cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(revgate_xds::names::revision_cluster(
+                &key(),
+            ))),
+            ..Default::default()
+        };
+        let mut vhost = VirtualHost {
+            routes: vec![Route { action: Some(route::Action::Route(action)), ..Default::default() }],
+            ..Default::default()
+        };
+        if filter_off {
+            revgate_xds::warm::disable_filter(&mut vhost);
+        }
+        let configuration =
+            RouteConfiguration { name: "routes|1".into(), virtual_hosts: vec![vhost], ..Default::default() };
+        AckEvent {
+            node: node.into(),
+            type_url: RouteConfiguration::type_url(),
+            version: "1".into(),
+            resources: vec![revgate_xds::AckedResource {
+                name: "routes|1".into(),
+                // A content hash: the two contents get two versions.
+                version: if filter_off { "off" } else { "on" }.into(),
+                resource: envoy_types::pb::google::protobuf::Any {
+                    type_url: RouteConfiguration::type_url(),
+                    value: configuration.encode_to_vec(),
+                },
+            }],
+            removed: Vec::new(),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn going_to_zero_waits_until_no_gateway_serves_the_revision_without_the_filter() {
+        let (service, inputs, version) = start().await;
+        let live = tokio::spawn({
+            let service = service.clone();
+            async move { poll(&service, "live", version).await }
+        });
+        tokio::task::yield_now().await;
+        service.warm.send_modify(|view| {
+            view.record_ack(&routes_ack("gw", true));
+        });
+        go_to_zero(&inputs).await;
+        let cold = tokio::spawn({
+            let service = service.clone();
+            async move { service.until_cold_everywhere(&key()).await }
+        });
+        live.await.expect("poll task");
+        tokio::time::advance(Duration::from_millis(100)).await;
+        assert!(!cold.is_finished(), "the gateway still routes the revision past the filter");
+        service.warm.send_modify(|view| {
+            view.record_ack(&routes_ack("gw", false));
+        });
+        cold.await.expect("wait task");
     }
 
     #[tokio::test(start_paused = true)]

@@ -25,6 +25,9 @@ use revgate_proto::{
 };
 use serde::{Deserialize, Serialize};
 
+use revgate_xds::stats::EnvoyStats;
+
+use crate::bypassed::Ledger;
 use crate::counters::{Counters, CountersSnapshot, DurationHistogram};
 
 /// A report stays current for this many of its own windows, so one late or
@@ -37,6 +40,10 @@ const MIN_FRESHNESS_MS: u64 = 2_000;
 /// The longest freshness, whatever window a report claims: a reporter
 /// silent for this long is forgotten.
 pub const MAX_FRESHNESS_MS: u64 = 30_000;
+
+/// The reporter name of a gateway's own statistics (Envoy's stats sink):
+/// one per node, beside its filter VMs.
+pub const ENVOY_STATS_REPORTER: &str = "envoy-stats";
 
 /// Why a report was not recorded. Nothing of it is kept.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -108,12 +115,20 @@ pub struct Aggregator {
     next_sweep_ms: u64,
     /// Every recorded report, added up per revision.
     cumulative: Counters,
+    /// What Envoy and the filters counted, per gateway and revision.
+    unfiltered: Ledger,
 }
 
 impl Aggregator {
     /// Keeps the reports of at most `max_reporters` reporters.
     pub fn new(max_reporters: usize) -> Self {
-        Self { latest: BTreeMap::new(), max_reporters, next_sweep_ms: 0, cumulative: Counters::default() }
+        Self {
+            latest: BTreeMap::new(),
+            max_reporters,
+            next_sweep_ms: 0,
+            cumulative: Counters::default(),
+            unfiltered: Ledger::default(),
+        }
     }
 
     /// Reporters whose report is kept.
@@ -165,8 +180,43 @@ impl Aggregator {
             return Err(ReportError::TooManyReporters { limit: self.max_reporters, node, reporter });
         }
         self.cumulative.add(&report.revisions);
+        for metrics in &report.revisions {
+            self.unfiltered.filter_report(&report.node_id, metrics, report.window_start_unix_ms, report.window_ms);
+        }
         self.latest.insert(key, Latest { received_ms: now_ms, report });
         Ok(())
+    }
+
+    /// Records what a gateway's own statistics say of its revision clusters
+    /// (reporter [`ENVOY_STATS_REPORTER`]). They count every request the
+    /// gateway sent, through the filter or not, so [`Aggregator::totals`]
+    /// takes, per gateway and revision, the larger of them and the sum of
+    /// its filters' figures rather than both; and they are not added to the
+    /// cumulative counters, which the filters' reports keep.
+    pub fn record_envoy_stats(&mut self, mut report: MetricsReport, known: &dyn Fn(&ObjectKey) -> bool, now_ms: u64) {
+        report.reporter = ENVOY_STATS_REPORTER.to_owned();
+        report.revisions.retain(|m| known(&ObjectKey::new(m.namespace.as_str(), m.revision.as_str())));
+        let key = (report.node_id.clone(), report.reporter.clone());
+        if report.revisions.is_empty() {
+            self.latest.remove(&key);
+            return;
+        }
+        if !self.latest.contains_key(&key) && self.latest.len() >= self.max_reporters {
+            return;
+        }
+        self.latest.insert(key, Latest { received_ms: now_ms, report });
+    }
+
+    /// Adds the answers of a gateway's flush that no filter saw (see
+    /// [`crate::bypassed`]) to the cumulative counters.
+    pub fn count_unfiltered(&mut self, flush: &EnvoyStats, known: &dyn Fn(&ObjectKey) -> bool, received_ms: u64) {
+        for (revision, stats) in flush.revisions.iter().filter(|(key, _)| known(key)) {
+            let flushed_ms = flush.flushed_unix_ms.unwrap_or(received_ms);
+            if let Some(unfiltered) = self.unfiltered.flush(&flush.node, revision, stats, flushed_ms, received_ms) {
+                self.cumulative.add(std::slice::from_ref(&unfiltered));
+            }
+        }
+        self.unfiltered.retain(|_, revision| known(revision));
     }
 
     /// Counts an activation request for `key`, a revision of the plan,
@@ -199,10 +249,13 @@ impl Aggregator {
     /// configuration). Stale reporters are forgotten.
     pub fn totals(&mut self, known: &dyn Fn(&ObjectKey) -> bool, now_ms: u64) -> BTreeMap<ObjectKey, RevisionTotals> {
         self.latest.retain(|_, latest| latest.is_fresh(now_ms));
-        let mut totals: BTreeMap<ObjectKey, RevisionTotals> = BTreeMap::new();
+        // Per gateway and revision: its filters' sum, and its own statistics.
+        let mut filters: BTreeMap<(&str, ObjectKey), RevisionTotals> = BTreeMap::new();
+        let mut envoy: BTreeMap<(&str, ObjectKey), RevisionTotals> = BTreeMap::new();
         let mut durations: BTreeMap<ObjectKey, DurationHistogram> = BTreeMap::new();
-        for latest in self.latest.values() {
+        for ((node, reporter), latest) in &self.latest {
             let window_s = latest.report.window_ms.max(1) as f64 / 1000.0;
+            let sums = if reporter == ENVOY_STATS_REPORTER { &mut envoy } else { &mut filters };
             for metrics in &latest.report.revisions {
                 let key = ObjectKey::new(metrics.namespace.as_str(), metrics.revision.as_str());
                 if !known(&key) {
@@ -212,7 +265,7 @@ impl Aggregator {
                 for entry in metrics.durations.iter().filter_map(|d| d.duration.as_ref()) {
                     merged.merge(&DurationHistogram::from_proto(entry));
                 }
-                let total = totals.entry(key).or_default();
+                let total = sums.entry((node.as_str(), key)).or_default();
                 total.concurrency += metrics.average_concurrency;
                 total.held_concurrency += metrics.average_held_concurrency.unwrap_or(0.0);
                 total.rps += metrics.requests as f64 / window_s;
@@ -222,6 +275,27 @@ impl Aggregator {
                 total.in_flight += metrics.in_flight;
                 total.reporters += 1;
             }
+        }
+        for (node_key, own) in envoy {
+            let total = filters.entry(node_key).or_default();
+            total.concurrency = total.concurrency.max(own.concurrency);
+            total.rps = total.rps.max(own.rps);
+            total.requests = total.requests.max(own.requests);
+            total.responses_5xx = total.responses_5xx.max(own.responses_5xx);
+            total.in_flight = total.in_flight.max(own.in_flight);
+            total.reporters += own.reporters;
+        }
+        let mut totals: BTreeMap<ObjectKey, RevisionTotals> = BTreeMap::new();
+        for ((_, key), node) in filters {
+            let total = totals.entry(key).or_default();
+            total.concurrency += node.concurrency;
+            total.held_concurrency += node.held_concurrency;
+            total.rps += node.rps;
+            total.requests += node.requests;
+            total.responses_5xx += node.responses_5xx;
+            total.held += node.held;
+            total.in_flight += node.in_flight;
+            total.reporters += node.reporters;
         }
         for (key, merged) in durations {
             if let (Some(total), Some(p99)) = (totals.get_mut(&key), merged.quantile(0.99)) {
@@ -343,6 +417,29 @@ mod tests {
 
     fn record(aggregator: &mut Aggregator, report: MetricsReport, now_ms: u64) {
         aggregator.record(report, &any, now_ms).expect("recorded");
+    }
+
+    #[test]
+    fn a_gateways_own_statistics_count_once_beside_its_filters() {
+        let key = || ObjectKey::new("default", "hello-00001");
+        let mut aggregator = aggregator();
+        let envoy = |node: &str, concurrency: f64, requests: u64| MetricsReport {
+            reporter: String::new(),
+            ..report(node, "", "hello-00001", concurrency, requests)
+        };
+        // Filter off: only Envoy saw the requests.
+        aggregator.record_envoy_stats(envoy("gw-1", 10.0, 100), &any, 0);
+        let totals = aggregator.totals(&any, 500);
+        assert_eq!((totals[&key()].concurrency, totals[&key()].requests), (10.0, 100));
+        // Filter on: both saw the same requests; counted once.
+        record(&mut aggregator, report("gw-1", "vm-1", "hello-00001", 6.0, 60), 600);
+        record(&mut aggregator, report("gw-1", "vm-2", "hello-00001", 4.5, 45), 600);
+        let totals = aggregator.totals(&any, 700);
+        assert_eq!((totals[&key()].concurrency, totals[&key()].requests), (10.5, 105));
+        // Another gateway adds up.
+        aggregator.record_envoy_stats(envoy("gw-2", 2.0, 20), &any, 700);
+        let totals = aggregator.totals(&any, 800);
+        assert_eq!((totals[&key()].concurrency, totals[&key()].requests), (12.5, 125));
     }
 
     #[test]

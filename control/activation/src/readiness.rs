@@ -242,6 +242,30 @@ impl ReadinessTable {
         acked.min(wanted) > 0
     }
 
+    /// The revisions that need nothing of the gateway filter in any of
+    /// `nodes`: wanted warm, without `containerConcurrency` or
+    /// `idleTimeoutSeconds` (the filter's to enforce), and with
+    /// endpoints every node in `nodes` ACKed (or inlined). Empty when
+    /// `nodes` is: with no gateway to ask, nothing is known to be warm.
+    pub fn warm_in_every(&self, nodes: &BTreeSet<String>) -> BTreeSet<ObjectKey> {
+        if nodes.is_empty() {
+            return BTreeSet::new();
+        }
+        let acked: Vec<Option<&BTreeMap<ObjectKey, u32>>> =
+            nodes.iter().map(|node| self.acked.get(node).map(|a| &**a)).collect();
+        self.revisions
+            .iter()
+            .filter(|(key, facts)| {
+                facts.container_concurrency == 0
+                    && facts.idle_timeout_ms == 0
+                    && self.desired(key).is_some_and(|wanted| wanted > 0)
+                    && (facts.inlined_endpoints.is_some_and(|n| n > 0)
+                        || acked.iter().all(|node| node.and_then(|a| a.get(*key)).is_some_and(|n| *n > 0)))
+            })
+            .map(|(key, _)| key.clone())
+            .collect()
+    }
+
     /// The update for one node: every known revision with the endpoints that
     /// node runs. A node whose filter `probes` (it confirms endpoints in its
     /// own Envoy before releasing) gets the registered endpoints instead: it

@@ -23,7 +23,7 @@ use crate::names;
 use crate::translate::{pb_duration, socket_address, to_any};
 
 /// Envoy's name for the wasm HTTP filter.
-const WASM_FILTER: &str = "envoy.filters.http.wasm";
+pub(crate) const WASM_FILTER: &str = "envoy.filters.http.wasm";
 /// The V8 runtime, built into the official Envoy binary.
 const WASM_RUNTIME: &str = "envoy.wasm.runtime.v8";
 /// `root_id` and `vm_id` of the filter: one VM per worker shared by every

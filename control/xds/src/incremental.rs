@@ -52,6 +52,11 @@ pub struct Translator {
     /// A virtual host appended to every route configuration while set:
     /// fault injection (a gateway that rejects routes).
     route_fault: Option<VirtualHost>,
+    /// The revisions served without the gateway filter (see [`crate::warm`]).
+    bypass: Arc<BTreeSet<ObjectKey>>,
+    /// The revisions whose membership of `bypass` changed since the last
+    /// update: the Routes sending to them are translated again.
+    rebypassed: HashSet<ObjectKey>,
     snapshot: Arc<Snapshot>,
     /// In the order of the last plan.
     revisions: Vec<RevisionEntry>,
@@ -106,6 +111,8 @@ struct RouteInput {
     tag_header_routing: bool,
     timeouts: Vec<u64>,
     fault: bool,
+    /// Served without the gateway filter.
+    filter_off: bool,
 }
 
 impl Translator {
@@ -113,6 +120,8 @@ impl Translator {
         Self {
             settings,
             route_fault: None,
+            bypass: Arc::new(BTreeSet::new()),
+            rebypassed: HashSet::new(),
             snapshot: Arc::new(Snapshot::empty()),
             revisions: Vec::new(),
             routes: Vec::new(),
@@ -131,6 +140,18 @@ impl Translator {
     }
 
     /// The latest snapshot.
+    /// Sets the revisions served without the gateway filter (the next
+    /// update translates again the Routes of those that joined or left);
+    /// returns whether it changed.
+    pub fn set_bypass(&mut self, bypass: Arc<BTreeSet<ObjectKey>>) -> bool {
+        if Arc::ptr_eq(&bypass, &self.bypass) || bypass == self.bypass {
+            return false;
+        }
+        self.rebypassed.extend(self.bypass.symmetric_difference(&bypass).cloned());
+        self.bypass = bypass;
+        true
+    }
+
     pub fn snapshot(&self) -> &Arc<Snapshot> {
         &self.snapshot
     }
@@ -142,16 +163,18 @@ impl Translator {
     pub fn update(&mut self, plan: &GatewayPlan, endpoints: &EndpointMap) -> Result<Arc<Snapshot>, SnapshotError> {
         let result = self.try_update(plan, endpoints);
         if result.is_err() {
-            let (settings, route_fault) = (self.settings.clone(), self.route_fault.take());
+            let (settings, route_fault, bypass) = (self.settings.clone(), self.route_fault.take(), self.bypass.clone());
             *self = Translator::new(settings);
             self.route_fault = route_fault;
+            self.bypass = bypass;
         }
         result
     }
 
     fn try_update(&mut self, plan: &GatewayPlan, endpoints: &EndpointMap) -> Result<Arc<Snapshot>, SnapshotError> {
         let mut changes = Changes::default();
-        let retimed = self.update_revisions(plan, endpoints, &mut changes);
+        let mut retimed = self.update_revisions(plan, endpoints, &mut changes);
+        retimed.extend(self.rebypassed.drain());
         self.update_routes(plan, &retimed, &mut changes);
         self.update_listener(plan, &mut changes)?;
         if changes.is_empty() {
@@ -300,6 +323,7 @@ impl Translator {
                 tag_header_routing: plan.tag_header_routing,
                 timeouts: route_timeouts(route, timeout_of),
                 fault,
+                filter_off: self.settings.filter.is_some() && crate::warm::bypasses_filter(route, &self.bypass),
             };
             if let Some(mut entry) = previous {
                 if entry.input == input {
@@ -316,7 +340,10 @@ impl Translator {
                 &input.timeouts,
                 self.settings.alias_domain.as_deref(),
             );
-            let scopes = resources.map(|(virtual_hosts, scopes)| {
+            let scopes = resources.map(|(mut virtual_hosts, scopes)| {
+                if input.filter_off {
+                    virtual_hosts.iter_mut().for_each(crate::warm::disable_filter);
+                }
                 let shard = crate::names::route_shard(&route.key);
                 self.shards.entry(shard).or_default().insert(route.key.clone(), virtual_hosts);
                 touched.insert(shard);
@@ -580,6 +607,34 @@ mod tests {
 
     fn whole(plan: &GatewayPlan, endpoints: &EndpointMap) -> Snapshot {
         Snapshot::new(&translate(plan, endpoints, &XdsSettings::default()))
+    }
+
+    #[test]
+    fn a_bypass_change_touches_only_the_routes_and_matches_a_whole_translation() {
+        let filter = crate::filter::FilterSettings {
+            wasm_path: "/filter.wasm".to_owned(),
+            control_address: std::net::SocketAddr::from(([127, 0, 0, 1], 9091)),
+            configuration: "{}".to_owned(),
+        };
+        let settings = XdsSettings { filter: Some(filter), ..XdsSettings::default() };
+        let mut single = plan();
+        let mut route = (*single.routes[0]).clone();
+        route.splits = vec![Split { revision: key("hello-00001"), percent: 100 }];
+        single.routes[0] = Arc::new(route);
+        let mut translator = Translator::new(settings.clone());
+        let before = translator.update(&single, &endpoints()).expect("consistent");
+        let bypass: BTreeSet<ObjectKey> = [key("hello-00001"), key("hello-00002")].into();
+        translator.set_bypass(Arc::new(bypass.clone()));
+        let after = translator.update(&single, &endpoints()).expect("consistent");
+        let whole = Snapshot::new(&crate::translate::translate_bypassing(&single, &endpoints(), &settings, &bypass));
+        assert_eq!(versions(&after), versions(&whole));
+        for kind in ResourceType::ALL {
+            let changed = before.version(kind) != after.version(kind);
+            assert_eq!(changed, kind == ResourceType::Route, "{kind:?}");
+        }
+        translator.set_bypass(Arc::new(BTreeSet::new()));
+        let back = translator.update(&single, &endpoints()).expect("consistent");
+        assert_eq!(versions(&back), versions(&before), "the filter is back on");
     }
 
     #[test]

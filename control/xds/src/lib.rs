@@ -15,6 +15,12 @@
 //!   [`server::SnapshotCache`] (*how* to send), with ACK/NACK status, the
 //!   grace after which a disconnected node stops counting, and gateway
 //!   authentication ([`server::auth`]).
+//! - [`warm`]: the warm path: which Routes are served without the gateway
+//!   filter, the per-route marker that disables it, and reading it back from
+//!   an ACKed route configuration.
+//! - [`stats`]: the `MetricsService` Envoy streams its statistics to: the
+//!   revision clusters' requests in flight, requests and 5xx answers, what
+//!   the KPA needs of requests the filter does not see.
 //! - [`render`]: Envoy bootstrap YAML (static, or ADS) from the same protos.
 //! - `descriptors`: envoy-types' descriptor set, copied in by `build.rs`,
 //!   for proto3 JSON and canonical hashing.
@@ -30,7 +36,9 @@ pub mod names;
 pub mod render;
 pub mod server;
 pub mod snapshot;
+pub mod stats;
 pub mod translate;
+pub mod warm;
 
 pub use descriptors::DescriptorError;
 pub use filter::FilterSettings;
@@ -39,4 +47,4 @@ pub use server::{
     AckEvent, AckedResource, Api, BearerToken, GatewayAuth, GatewayStatus, GatewayToken, SnapshotCache, XdsServer,
 };
 pub use snapshot::{ResourceType, Snapshot, SnapshotError};
-pub use translate::{Resources, XdsSettings, translate};
+pub use translate::{Resources, XdsSettings, translate, translate_bypassing};

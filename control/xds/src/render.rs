@@ -10,7 +10,8 @@
 //!   the clusters with their endpoints inlined as STATIC load assignments.
 //! - [`ads_bootstrap_yaml`]: a config that fetches everything from revgate's
 //!   ADS server, presenting the gateway token and, optionally, a client
-//!   certificate (mutual TLS).
+//!   certificate (mutual TLS), and streaming its statistics back to the
+//!   control plane's stats sink ([`crate::stats`]) every second.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -23,6 +24,9 @@ use envoy_types::pb::envoy::config::core::v3::{
 };
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::config::listener::v3::{Listener, filter};
+use envoy_types::pb::envoy::config::metrics::v3::{
+    HistogramBucketSettings, HistogramEmitMode, MetricsServiceConfig, StatsConfig, StatsSink, stats_sink,
+};
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     HttpConnectionManager, http_connection_manager,
@@ -31,10 +35,12 @@ use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
     CertificateValidationContext, CommonTlsContext, SubjectAltNameMatcher, TlsCertificate, UpstreamTlsContext,
     common_tls_context, subject_alt_name_matcher,
 };
-use envoy_types::pb::envoy::r#type::matcher::v3::{StringMatcher, string_matcher};
+use envoy_types::pb::envoy::r#type::matcher::v3::{RegexMatcher, StringMatcher, string_matcher};
+use envoy_types::pb::google::protobuf::BoolValue;
 use prost::{Message, Name};
 use prost_reflect::SerializeOptions;
 use revgate_model::plan::{Endpoint, ObjectKey};
+use revgate_proto::DURATION_BOUNDS_SECONDS;
 
 use crate::descriptors::{self, DescriptorError};
 use crate::names;
@@ -44,6 +50,11 @@ use crate::translate::{
 };
 
 const ADMIN_ADDRESS: &str = "127.0.0.1";
+/// The statistic of a revision cluster's response times, before tag
+/// extraction (`cluster.<namespace>/<revision>.upstream_rq_time`).
+const REVISION_RQ_TIME_STAT: &str = r"^cluster\.[^./]+/[^./]+\.upstream_rq_time$";
+/// Envoy's name for the `MetricsService` stats sink.
+const METRICS_SERVICE_SINK: &str = "envoy.stat_sinks.metrics_service";
 const XDS_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Why a bootstrap could not be rendered.
@@ -137,25 +148,26 @@ pub fn ads_bootstrap_yaml(opts: &AdsBootstrapOptions) -> Result<String, RenderEr
         Api::Sotw => api_config_source::ApiType::Grpc,
         Api::Delta => api_config_source::ApiType::DeltaGrpc,
     };
+    let control_plane = GrpcService {
+        target_specifier: Some(grpc_service::TargetSpecifier::EnvoyGrpc(grpc_service::EnvoyGrpc {
+            cluster_name: names::XDS_CLUSTER.to_owned(),
+            ..Default::default()
+        })),
+        initial_metadata: opts
+            .token
+            .iter()
+            .map(|token| HeaderValue {
+                key: auth::AUTHORIZATION.to_owned(),
+                value: token.bearer(),
+                ..Default::default()
+            })
+            .collect(),
+        ..Default::default()
+    };
     let ads_config = ApiConfigSource {
         api_type: api_type as i32,
         transport_api_version: ApiVersion::V3 as i32,
-        grpc_services: vec![GrpcService {
-            target_specifier: Some(grpc_service::TargetSpecifier::EnvoyGrpc(grpc_service::EnvoyGrpc {
-                cluster_name: names::XDS_CLUSTER.to_owned(),
-                ..Default::default()
-            })),
-            initial_metadata: opts
-                .token
-                .iter()
-                .map(|token| HeaderValue {
-                    key: auth::AUTHORIZATION.to_owned(),
-                    value: token.bearer(),
-                    ..Default::default()
-                })
-                .collect(),
-            ..Default::default()
-        }],
+        grpc_services: vec![control_plane.clone()],
         set_node_on_first_message_only: true,
         ..Default::default()
     };
@@ -185,9 +197,54 @@ pub fn ads_bootstrap_yaml(opts: &AdsBootstrapOptions) -> Result<String, RenderEr
             ..Default::default()
         }),
         static_resources: Some(bootstrap::StaticResources { clusters: vec![xds_cluster], ..Default::default() }),
+        stats_sinks: vec![metrics_service_sink(control_plane)],
+        stats_config: Some(revision_stats_config()),
+        stats_flush_interval: Some(pb_duration(crate::stats::FLUSH_INTERVAL)),
         ..Default::default()
     };
     to_yaml(&bootstrap)
+}
+
+/// Envoy keeps the revision clusters' response times (`upstream_rq_time`)
+/// in Knative's latency buckets, so that the control plane can count the
+/// requests no filter saw into its own Knative histograms, and Prometheus
+/// reads Envoy's with the same bounds.
+fn revision_stats_config() -> StatsConfig {
+    StatsConfig {
+        histogram_bucket_settings: vec![HistogramBucketSettings {
+            r#match: Some(StringMatcher {
+                match_pattern: Some(string_matcher::MatchPattern::SafeRegex(RegexMatcher {
+                    regex: REVISION_RQ_TIME_STAT.to_owned(),
+                    ..Default::default()
+                })),
+                ..Default::default()
+            }),
+            buckets: DURATION_BOUNDS_SECONDS.iter().map(|seconds| seconds * 1000.0).collect(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+/// Envoy's `MetricsService` stats sink towards the control plane (see
+/// [`crate::stats`]): counters as deltas since the previous flush, tags as
+/// labels, histograms as buckets (the control plane reads the revision
+/// clusters' response times).
+/// Envoy flushes only statistics that were ever used, so clusters that
+/// never served a request cost nothing.
+fn metrics_service_sink(control_plane: GrpcService) -> StatsSink {
+    let config = MetricsServiceConfig {
+        grpc_service: Some(control_plane),
+        transport_api_version: ApiVersion::V3 as i32,
+        report_counters_as_deltas: Some(BoolValue { value: true }),
+        emit_tags_as_labels: true,
+        histogram_emit_mode: HistogramEmitMode::Histogram as i32,
+        ..Default::default()
+    };
+    StatsSink {
+        name: METRICS_SERVICE_SINK.to_owned(),
+        config_type: Some(stats_sink::ConfigType::TypedConfig(to_any(&config))),
+    }
 }
 
 /// The xDS cluster's TLS: Envoy's certificate, and the server's verified

@@ -158,6 +158,17 @@ pub struct Resources {
 /// `static_endpoints`; a revision with neither still gets its cluster and an
 /// empty assignment, so routing to it never waits for cluster warming.
 pub fn translate(plan: &GatewayPlan, endpoints: &EndpointMap, settings: &XdsSettings) -> Resources {
+    translate_bypassing(plan, endpoints, settings, &BTreeSet::new())
+}
+
+/// [`translate`], serving the Routes whose revisions are all in `bypass`
+/// without the gateway filter (see [`crate::warm`]).
+pub fn translate_bypassing(
+    plan: &GatewayPlan,
+    endpoints: &EndpointMap,
+    settings: &XdsSettings,
+    bypass: &BTreeSet<ObjectKey>,
+) -> Resources {
     let revisions: HashMap<&ObjectKey, &RevisionBackend> = plan.revisions.iter().map(|r| (&r.key, &**r)).collect();
 
     let mut clusters = Vec::with_capacity(plan.revisions.len());
@@ -178,9 +189,12 @@ pub fn translate(plan: &GatewayPlan, endpoints: &EndpointMap, settings: &XdsSett
     let mut scoped_routes = Vec::new();
     for (route, owned) in plan.routes.iter().zip(claim_hosts(plan)) {
         let timeouts = route_timeouts(route, |key| revisions.get(key).map(|r| response_start_deadline(r)));
-        if let Some((virtual_hosts, scopes)) =
+        if let Some((mut virtual_hosts, scopes)) =
             route_resources(route, &owned, plan.tag_header_routing, &timeouts, settings.alias_domain.as_deref())
         {
+            if settings.filter.is_some() && crate::warm::bypasses_filter(route, bypass) {
+                virtual_hosts.iter_mut().for_each(crate::warm::disable_filter);
+            }
             shards.entry(names::route_shard(&route.key)).or_default().insert(&route.key, virtual_hosts);
             scoped_routes.extend(scopes);
         }
