@@ -145,15 +145,24 @@ pub struct Envoy {
 
 impl Envoy {
     /// Starts Envoy on `bootstrap` with `concurrency` workers, logging to
-    /// `log`. Envoy gets its own process group so that a terminal's Ctrl-C
-    /// reaches revgate only, which stops Envoy first (no new requests) and
-    /// then the revision instances.
-    pub fn start(envoy: &Path, bootstrap: &Path, log: PathBuf, concurrency: u16) -> anyhow::Result<Self> {
+    /// `log`; Envoy writes where its admin interface listens to
+    /// `admin_address_path`. Envoy gets its own process group so that a
+    /// terminal's Ctrl-C reaches revgate only, which stops Envoy first (no
+    /// new requests) and then the revision instances.
+    pub fn start(
+        envoy: &Path,
+        bootstrap: &Path,
+        admin_address_path: &Path,
+        log: PathBuf,
+        concurrency: u16,
+    ) -> anyhow::Result<Self> {
         let file = std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
         let mut command = Command::new(envoy);
         command
             .arg("-c")
             .arg(bootstrap)
+            .arg("--admin-address-path")
+            .arg(admin_address_path)
             .args(["--log-level", "warn", "--component-log-level", "wasm:info", "--disable-hot-restart"])
             .args(["--drain-time-s", "1", "--parent-shutdown-time-s", "2"])
             .stdin(Stdio::null())

@@ -180,16 +180,17 @@ async fn serve(
     let logs = args.state_dir.join(LOG_DIR);
     std::fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
     let bootstrap = args.state_dir.join("envoy.yaml");
-    let envoy_admin_port = match args.envoy_admin_port {
-        Some(port) => port,
-        None => free_loopback_port()?,
-    };
+    // Without a port given, Envoy's admin binds port 0 and writes where it
+    // listens: a port probed free here could be taken by another process
+    // (another `up`) before Envoy binds it.
+    let admin_address_path = args.state_dir.join("envoy-admin-address");
+    remove_stale(&admin_address_path)?;
     let yaml = ads_bootstrap_yaml(&AdsBootstrapOptions {
         node_id: NODE_ID.to_owned(),
         cluster: "revgate".to_owned(),
         xds_address: platform.xds_addr,
         api: Api::Sotw,
-        admin_port: envoy_admin_port,
+        admin_port: args.envoy_admin_port.unwrap_or(0),
         // Sent although loopback does not require it, so that the same
         // bootstrap works against a server bound beyond it.
         token: Some(platform.gateway_token.clone()),
@@ -209,10 +210,14 @@ async fn serve(
         Some(_) => {}
         None => tracing::warn!("could not read or raise the open-files limit; a large cold burst may fail to connect"),
     }
-    let mut envoy = Envoy::start(envoy_bin, &bootstrap, logs.join("envoy.log"), workers)?;
+    let mut envoy = Envoy::start(envoy_bin, &bootstrap, &admin_address_path, logs.join("envoy.log"), workers)?;
     if let Some(process) = envoy.pid().and_then(|pid| RecordedProcess::observe(pid, "Envoy")) {
         envoy_record.insert(process);
     }
+    let envoy_admin_port = match args.envoy_admin_port {
+        Some(port) => port,
+        None => admin_port(&mut envoy, &admin_address_path).await?,
+    };
     step(format_args!(
         "Envoy started (pid {}), admin http://127.0.0.1:{envoy_admin_port}/, log {}",
         envoy.pid().unwrap_or(0),
@@ -309,10 +314,37 @@ async fn wait_for_filters(activation: &ActivationService, workers: usize) {
 /// A loopback port free now, for Envoy's admin interface: Envoy binds it
 /// itself, so revgate can only choose one and hand it over. Should another
 /// process take it first, Envoy exits and `wait_for_gateway` names the port.
-fn free_loopback_port() -> anyhow::Result<u16> {
-    let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .context("finding a free loopback port for Envoy's admin interface (choose one with --envoy-admin-port)")?;
-    Ok(listener.local_addr()?.port())
+fn remove_stale(path: &Path) -> anyhow::Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(e).with_context(|| format!("removing {}", path.display()))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The port Envoy's admin bound, from the file `--admin-address-path`
+/// names (`127.0.0.1:PORT`), once Envoy has written it.
+async fn admin_port(envoy: &mut Envoy, path: &Path) -> anyhow::Result<u16> {
+    let deadline = Instant::now() + GATEWAY_TIMEOUT;
+    loop {
+        let written = std::fs::read_to_string(path).ok();
+        if let Some(port) = written.as_deref().and_then(|a| a.trim().rsplit_once(':')).and_then(|(_, p)| p.parse().ok())
+        {
+            return Ok(port);
+        }
+        if let Some(status) = envoy.exited() {
+            bail!(
+                "Envoy exited ({status}) before its admin interface listened; last lines of {}:\n{}",
+                envoy.log.display(),
+                envoy.log_tail(20)
+            );
+        }
+        if Instant::now() > deadline {
+            bail!("Envoy did not write its admin address to {} within {} s", path.display(), GATEWAY_TIMEOUT.as_secs());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 async fn listening(port: u16) -> bool {
