@@ -25,7 +25,8 @@ use envoy_types::pb::envoy::config::core::v3::{
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::config::listener::v3::{Listener, filter};
 use envoy_types::pb::envoy::config::metrics::v3::{
-    HistogramBucketSettings, HistogramEmitMode, MetricsServiceConfig, StatsConfig, StatsSink, stats_sink,
+    HistogramBucketSettings, HistogramEmitMode, MetricsServiceConfig, StatsConfig, StatsMatcher, StatsSink,
+    stats_matcher, stats_sink,
 };
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
@@ -35,7 +36,7 @@ use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
     CertificateValidationContext, CommonTlsContext, SubjectAltNameMatcher, TlsCertificate, UpstreamTlsContext,
     common_tls_context, subject_alt_name_matcher,
 };
-use envoy_types::pb::envoy::r#type::matcher::v3::{RegexMatcher, StringMatcher, string_matcher};
+use envoy_types::pb::envoy::r#type::matcher::v3::{ListStringMatcher, RegexMatcher, StringMatcher, string_matcher};
 use envoy_types::pb::google::protobuf::BoolValue;
 use prost::{Message, Name};
 use prost_reflect::SerializeOptions;
@@ -53,6 +54,11 @@ const ADMIN_ADDRESS: &str = "127.0.0.1";
 /// The statistic of a revision cluster's response times, before tag
 /// extraction (`cluster.<namespace>/<revision>.upstream_rq_time`).
 const REVISION_RQ_TIME_STAT: &str = r"^cluster\.[^./]+/[^./]+\.upstream_rq_time$";
+/// Every statistic but a revision cluster's (see [`revision_stats_config`]).
+const NOT_A_REVISION_STAT: &str = r"^[^/]*$";
+/// A revision cluster's request and connection statistics (Envoy matches
+/// a safe regex against the whole name).
+const REVISION_UPSTREAM_STATS: &str = r"^cluster\.[^./]+/[^./]+\.upstream_.*$";
 /// Envoy's name for the `MetricsService` stats sink.
 const METRICS_SERVICE_SINK: &str = "envoy.stat_sinks.metrics_service";
 const XDS_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -209,16 +215,34 @@ pub fn ads_bootstrap_yaml(opts: &AdsBootstrapOptions) -> Result<String, RenderEr
 /// in Knative's latency buckets, so that the control plane can count the
 /// requests no filter saw into its own Knative histograms, and Prometheus
 /// reads Envoy's with the same bounds.
+///
+/// Of a revision cluster's statistics, Envoy keeps only the `upstream_*`
+/// families (requests and connections: what the control plane, Flagger and
+/// an operator's diagnosis read); every other statistic is kept. Envoy
+/// flushes each statistic ever set to the stats sink every second, and the
+/// rest of a cluster's (membership, update and circuit-breaker gauges,
+/// versions) is set as soon as the cluster loads: with 10,000 Services,
+/// flushing them kept Envoy's main thread, which also applies xDS, busy
+/// all the time, and held twice the memory. A revision cluster that served
+/// nothing now has nothing to flush.
 fn revision_stats_config() -> StatsConfig {
+    let regex = |regex: &str| StringMatcher {
+        match_pattern: Some(string_matcher::MatchPattern::SafeRegex(RegexMatcher {
+            regex: regex.to_owned(),
+            ..Default::default()
+        })),
+        ..Default::default()
+    };
     StatsConfig {
+        stats_matcher: Some(StatsMatcher {
+            stats_matcher: Some(stats_matcher::StatsMatcher::InclusionList(ListStringMatcher {
+                // A revision cluster's statistics are the only ones whose
+                // names hold a `/` (`alt_stat_name`: `<namespace>/<revision>`).
+                patterns: vec![regex(NOT_A_REVISION_STAT), regex(REVISION_UPSTREAM_STATS)],
+            })),
+        }),
         histogram_bucket_settings: vec![HistogramBucketSettings {
-            r#match: Some(StringMatcher {
-                match_pattern: Some(string_matcher::MatchPattern::SafeRegex(RegexMatcher {
-                    regex: REVISION_RQ_TIME_STAT.to_owned(),
-                    ..Default::default()
-                })),
-                ..Default::default()
-            }),
+            r#match: Some(regex(REVISION_RQ_TIME_STAT)),
             buckets: DURATION_BOUNDS_SECONDS.iter().map(|seconds| seconds * 1000.0).collect(),
             ..Default::default()
         }],
