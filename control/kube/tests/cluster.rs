@@ -69,20 +69,8 @@ fn service(name: &str, namespace: &str, image: &str, message: &str) -> Value {
 async fn a_service_runs_updates_scales_and_is_collected() {
     let client = Client::try_default().await.expect("a kubeconfig or in-cluster config");
     let image = std::env::var("REVGATE_IT_IMAGE").unwrap_or_else(|_| DEFAULT_IMAGE.to_string());
-    let suffix =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() % 100_000);
-    let ns = format!("revgate-it-{suffix}");
+    let (ns, controller) = isolated(&client, "revgate-it").await;
     let namespaces: Api<Namespace> = Api::all(client.clone());
-    let mut namespace = Namespace::default();
-    namespace.metadata.name = Some(ns.clone());
-    namespaces.create(&PostParams::default(), &namespace).await.expect("a test namespace");
-
-    let mut config = ControllerConfig::new("revgate-it");
-    config.namespaces = vec![ns.clone()];
-    config.lease.namespace = ns.clone();
-    // The WasmPlugin goes to the test namespace, where it selects no gateway.
-    config.render.gateway_namespace = ns.clone();
-    let controller = revgate_kube::start(client.clone(), config).expect("the controller starts");
 
     let resource = |kind: Kind| Api::<DynamicObject>::namespaced_with(client.clone(), &ns, &kind.api_resource());
     let ksvcs = resource(Kind::KnativeService);
@@ -137,7 +125,8 @@ async fn a_service_runs_updates_scales_and_is_collected() {
     namespaces.delete(&ns, &DeleteParams::default()).await.expect("the test namespace is deleted");
 }
 
-/// A fresh namespace for one case, and the controller serving only it.
+/// A fresh namespace for one case, and the controller serving only it (its
+/// WasmPlugin goes to that namespace, where it selects no gateway).
 async fn isolated(client: &Client, prefix: &str) -> (String, revgate_kube::ControllerHandle) {
     let suffix =
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() % 100_000);
@@ -296,19 +285,8 @@ async fn the_mesh_goes_through_the_local_gateway_while_a_revision_is_at_zero() {
 
     let client = Client::try_default().await.expect("a kubeconfig or in-cluster config");
     let image = std::env::var("REVGATE_IT_IMAGE").unwrap_or_else(|_| DEFAULT_IMAGE.to_string());
-    let suffix =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() % 100_000);
-    let ns = format!("revgate-it-mesh-{suffix}");
+    let (ns, controller) = isolated(&client, "revgate-it-mesh").await;
     let namespaces: Api<Namespace> = Api::all(client.clone());
-    let mut namespace = Namespace::default();
-    namespace.metadata.name = Some(ns.clone());
-    namespaces.create(&PostParams::default(), &namespace).await.expect("a test namespace");
-
-    let mut config = ControllerConfig::new("revgate-it");
-    config.namespaces = vec![ns.clone()];
-    config.lease.namespace = ns.clone();
-    config.render.gateway_namespace = ns.clone();
-    let controller = revgate_kube::start(client.clone(), config).expect("the controller starts");
     let resource = |kind: Kind| Api::<DynamicObject>::namespaced_with(client.clone(), &ns, &kind.api_resource());
     let apply = PatchParams::apply("revgate-it").force();
     resource(Kind::KnativeService)
