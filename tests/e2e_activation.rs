@@ -12,7 +12,7 @@ mod support;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
-use support::{Backend, Envoy, Reply, Revgate, wait_for};
+use support::{Backend, Envoy, Gateway, Reply, Revgate, wait_for};
 
 const HOST: &str = "cold.default.example.com";
 const REVISION: &str = "cold-00001";
@@ -32,23 +32,6 @@ spec:
       - image: example.com/{name}:v1
 "#
     )
-}
-
-/// Fields drop in order: the processes go before the directory holding their logs.
-struct Setup {
-    revgate: Revgate,
-    envoy: Envoy,
-    _dir: tempfile::TempDir,
-}
-
-/// revgate with the filter, a delta-xDS Envoy, and `manifest` applied and ACKed.
-async fn setup(manifest: &str, filter_config: &str) -> Setup {
-    let dir = tempfile::tempdir().expect("temporary directory");
-    let revgate = Revgate::start_with_filter(&dir.path().join("state"), support::free_port(), filter_config).await;
-    let envoy = Envoy::start_ads(dir.path(), &revgate, true).await;
-    revgate.apply(manifest);
-    revgate.wait_acked(&envoy.node_id).await;
-    Setup { _dir: dir, revgate, envoy }
 }
 
 fn unix_ms(time: SystemTime) -> f64 {
@@ -96,7 +79,7 @@ async fn wait_activations(revgate: &Revgate, revision: &str, at_least: u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_to_a_cold_revision_is_held_and_released_once_an_endpoint_is_acked() {
-    let s = setup(&service("cold", 0, 300), "{}").await;
+    let s = Gateway::start(&service("cold", 0, 300), "{}").await;
     let backend = Backend::start("cold-backend").await;
     let client = s.envoy.client();
 
@@ -136,7 +119,7 @@ async fn a_request_to_a_cold_revision_is_held_and_released_once_an_endpoint_is_a
 /// must see that route, not none).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cold_request_with_capitals_in_its_host_is_held_and_released() {
-    let s = setup(&service("cold", 0, 300), "{}").await;
+    let s = Gateway::start(&service("cold", 0, 300), "{}").await;
     let backend = Backend::start("cold-backend").await;
     let client = s.envoy.client();
     let request = tokio::spawn(async move { client.get("Cold.Default.Example.COM", "/").await });
@@ -149,7 +132,7 @@ async fn a_cold_request_with_capitals_in_its_host_is_held_and_released() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_concurrent_held_requests_all_complete_after_activation() {
-    let s = setup(&service("cold", 0, 300), "{}").await;
+    let s = Gateway::start(&service("cold", 0, 300), "{}").await;
     let backend = Backend::start("cold-backend").await;
     let requests = spawn_requests(&s.envoy, 1000);
     wait_for("1000 requests held by the gateway", async || {
@@ -174,7 +157,7 @@ async fn a_thousand_concurrent_held_requests_all_complete_after_activation() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hundred_cold_start_cycles_under_concurrent_load_see_only_200s() {
-    let s = setup(&format!("{}---\n{}", service("cold", 0, 300), service("warm", 0, 300)), "{}").await;
+    let s = Gateway::start(&format!("{}---\n{}", service("cold", 0, 300), service("warm", 0, 300)), "{}").await;
     let cold = Backend::start("cold-backend").await;
     let warm = Backend::start("warm-backend").await;
     s.revgate.set_endpoints("warm-00001", &[warm.addr]).await;
@@ -218,7 +201,7 @@ async fn a_hundred_cold_start_cycles_under_concurrent_load_see_only_200s() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn overflow_timeout_and_client_abort_answer_clearly() {
     // Five held requests per worker VM at most; the revision times out after 1 s.
-    let s = setup(&service("cold", 0, 1), r#"{"max_held_per_revision": 5}"#).await;
+    let s = Gateway::start(&service("cold", 0, 1), r#"{"max_held_per_revision": 5}"#).await;
     let requests = spawn_requests(&s.envoy, 30);
     let mut overflow = 0;
     let mut timeouts = 0;
@@ -252,7 +235,7 @@ async fn overflow_timeout_and_client_abort_answer_clearly() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn container_concurrency_one_never_overloads_the_backend() {
-    let s = setup(&service("cold", 1, 300), "{}").await;
+    let s = Gateway::start(&service("cold", 1, 300), "{}").await;
     let backend = Backend::start("cold-backend").await;
     s.revgate.set_endpoints(REVISION, &[backend.addr]).await;
     s.revgate.wait_acked(&s.envoy.node_id).await;
@@ -279,7 +262,7 @@ async fn container_concurrency_one_never_overloads_the_backend() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reported_concurrency_matches_the_load() {
-    let s = setup(&service("cold", 0, 300), r#"{"report_interval_ms": 500}"#).await;
+    let s = Gateway::start(&service("cold", 0, 300), r#"{"report_interval_ms": 500}"#).await;
     let backend = Backend::start("cold-backend").await;
     s.revgate.set_endpoints(REVISION, &[backend.addr]).await;
     s.revgate.wait_acked(&s.envoy.node_id).await;
@@ -347,7 +330,7 @@ async fn reported_concurrency_matches_the_load() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_the_control_plane_down_warm_revisions_serve_and_held_requests_fail_at_their_timeout() {
-    let mut s = setup(&format!("{}---\n{}", service("cold", 0, 2), service("warm", 0, 300)), "{}").await;
+    let mut s = Gateway::start(&format!("{}---\n{}", service("cold", 0, 2), service("warm", 0, 300)), "{}").await;
     let warm = Backend::start("warm-backend").await;
     s.revgate.set_endpoints("warm-00001", &[warm.addr]).await;
     s.revgate.wait_acked(&s.envoy.node_id).await;

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use futures::{SinkExt, StreamExt};
 use serde_json::Value;
-use support::{Envoy, Revgate, repo_root, wait_for};
+use support::{Gateway, repo_root, wait_for};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -52,30 +52,7 @@ spec:
     )
 }
 
-/// Fields drop in order: the processes go before the directory holding their logs.
-struct Setup {
-    revgate: Revgate,
-    envoy: Envoy,
-    dir: tempfile::TempDir,
-}
-
-async fn setup(manifest: &str) -> Setup {
-    let dir = tempfile::tempdir().expect("temporary directory");
-    let revgate = Revgate::start_with_filter(&dir.path().join("state"), support::free_port(), "{}").await;
-    let envoy = Envoy::start_ads(dir.path(), &revgate, true).await;
-    revgate.apply(manifest);
-    revgate.wait_acked(&envoy.node_id).await;
-    Setup { revgate, envoy, dir }
-}
-
-impl Setup {
-    /// Gives `revision` these endpoints (none: scaled to zero) and waits
-    /// until this Envoy has them.
-    async fn endpoints(&self, revision: &str, endpoints: &[SocketAddr]) {
-        self.revgate.set_endpoints(revision, endpoints).await;
-        self.revgate.wait_acked(&self.envoy.node_id).await;
-    }
-
+impl Gateway {
     async fn activity(&self, revision: &str, field: &str) -> u64 {
         self.revgate.activity(revision).await.and_then(|a| a.get(field)?.as_u64()).unwrap_or(0)
     }
@@ -157,7 +134,7 @@ const WS_REVISION: &str = "ws-00001";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_websocket_session_outlives_timeout_seconds_warm_and_from_zero_and_counts_as_one_request() {
-    let s = setup(&service("ws", "http1", 1)).await;
+    let s = Gateway::start(&service("ws", "http1", 1), "{}").await;
     let backend = WsEcho::start().await;
     let port = s.envoy.http_port;
 
@@ -200,7 +177,7 @@ async fn a_websocket_session_outlives_timeout_seconds_warm_and_from_zero_and_cou
 async fn a_websocket_is_closed_only_once_it_stays_quiet_past_idle_timeout_seconds() {
     let manifest =
         service("ws", "http1", 0).replace("      containers:", "      idleTimeoutSeconds: 1\n      containers:");
-    let s = setup(&manifest).await;
+    let s = Gateway::start(&manifest, "{}").await;
     let backend = WsEcho::start().await;
     s.endpoints(WS_REVISION, &[backend.addr]).await;
 
@@ -300,7 +277,7 @@ const GRPC_REVISION: &str = "grpc-00001";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_unary_and_bidirectional_streaming_calls_work_warm_and_from_zero() {
-    let s = setup(&service("grpc", "h2c", 0)).await;
+    let s = Gateway::start(&service("grpc", "h2c", 0), "{}").await;
     let server = GrpcServer::start(s.dir.path()).await;
     let addr = server.addr;
     let port = s.envoy.http_port;

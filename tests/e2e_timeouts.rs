@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use futures::StreamExt;
-use support::{Backend, Envoy, Revgate};
+use support::{Backend, Envoy, Gateway, Revgate};
 
 /// A Service `name` with a first revision `<name>-00001` whose template sets `spec`.
 fn service(name: &str, spec: &str) -> String {
@@ -36,33 +36,10 @@ spec:
     )
 }
 
-/// Fields drop in order: the processes go before the directory holding their logs.
-struct Setup {
-    revgate: Revgate,
-    envoy: Envoy,
-    _dir: tempfile::TempDir,
-}
-
-async fn setup(manifest: &str) -> Setup {
-    let dir = tempfile::tempdir().expect("temporary directory");
-    let revgate = Revgate::start_with_filter(&dir.path().join("state"), support::free_port(), "{}").await;
-    let envoy = Envoy::start_ads(dir.path(), &revgate, true).await;
-    revgate.apply(manifest);
-    revgate.wait_acked(&envoy.node_id).await;
-    Setup { revgate, envoy, _dir: dir }
-}
-
-impl Setup {
-    async fn endpoints(&self, revision: &str, endpoints: &[SocketAddr]) {
-        self.revgate.set_endpoints(revision, endpoints).await;
-        self.revgate.wait_acked(&self.envoy.node_id).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revision_that_does_not_start_its_response_in_time_gets_504_naming_the_limit() {
     let spec = "      timeoutSeconds: 30\n      responseStartTimeoutSeconds: 1\n";
-    let s = setup(&service("slow", spec)).await;
+    let s = Gateway::start(&service("slow", spec), "{}").await;
     let backend = Backend::start("slow-backend").await;
     s.endpoints("slow-00001", &[backend.addr]).await;
     let client = s.envoy.client();
@@ -148,7 +125,7 @@ async fn stream(port: u16, host: &str, path: &str) -> (u16, Option<String>, Stri
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_stream_is_cut_after_idle_timeout_seconds() {
     let spec = "      timeoutSeconds: 30\n      idleTimeoutSeconds: 1\n";
-    let s = setup(&service("stall", spec)).await;
+    let s = Gateway::start(&service("stall", spec), "{}").await;
     let backend = Stalling::start().await;
     s.endpoints("stall-00001", &[backend.addr]).await;
     let (port, host) = (s.envoy.http_port, "stall.default.example.com");
@@ -171,7 +148,7 @@ async fn a_stalled_stream_is_cut_after_idle_timeout_seconds() {
 async fn in_a_split_each_revision_has_its_own_timeout_seconds() {
     // Two revisions of one Service: `split-00001` with timeoutSeconds 1,
     // `split-00002` with 5, half the traffic each.
-    let s = setup(&service("split", "      timeoutSeconds: 1\n")).await;
+    let s = Gateway::start(&service("split", "      timeoutSeconds: 1\n"), "{}").await;
     let second = format!(
         "{}  traffic:\n  - revisionName: split-00001\n    percent: 50\n  - revisionName: split-00002\n    percent: 50\n",
         service("split", "      timeoutSeconds: 5\n").replace(":v1", ":v2")

@@ -508,6 +508,35 @@ impl Backend {
     }
 }
 
+/// revgate with the gateway filter and a delta-xDS Envoy, with a manifest
+/// applied and ACKed: where most data-path tests start. Fields drop in
+/// order: the processes go before the directory holding their logs.
+pub struct Gateway {
+    pub revgate: Revgate,
+    pub envoy: Envoy,
+    pub dir: tempfile::TempDir,
+}
+
+impl Gateway {
+    /// Starts both with the filter configured by `filter_config` (JSON) and
+    /// applies `manifest`.
+    pub async fn start(manifest: &str, filter_config: &str) -> Self {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let revgate = Revgate::start_with_filter(&dir.path().join("state"), free_port(), filter_config).await;
+        let envoy = Envoy::start_ads(dir.path(), &revgate, true).await;
+        revgate.apply(manifest);
+        revgate.wait_acked(&envoy.node_id).await;
+        Self { revgate, envoy, dir }
+    }
+
+    /// Gives `revision` these endpoints (none: scaled to zero) and waits
+    /// until this Envoy has them.
+    pub async fn endpoints(&self, revision: &str, endpoints: &[SocketAddr]) {
+        self.revgate.set_endpoints(revision, endpoints).await;
+        self.revgate.wait_acked(&self.envoy.node_id).await;
+    }
+}
+
 /// A Knative Service `name` with one container (`example.com/{name}:v1`) and
 /// nothing else: whoever runs its revisions registers their endpoints.
 pub fn service_manifest(name: &str) -> String {
