@@ -9,6 +9,8 @@
 //! Timeouts are a few seconds, so each test takes seconds; backends delay or
 //! stall per request (`?sleep=MS`, `?stall=MS`).
 
+#[path = "support/mesh.rs"]
+mod mesh;
 mod support;
 
 use std::collections::BTreeMap;
@@ -18,6 +20,7 @@ use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use futures::StreamExt;
+use serde_json::json;
 use support::{Backend, Envoy, Gateway, Revgate};
 
 /// A Service `name` with a first revision `<name>-00001` whose template sets `spec`.
@@ -196,59 +199,26 @@ const ISTIO_REVISION_CLUSTER: &str = "outbound|80||istio-00001.default.svc.clust
 /// on (as Istio's gateways have them), and revgate's filter configured as
 /// the Istio manifests configure it.
 fn istio_gateway(admin: u16, http: u16, activation: u16, revision: SocketAddr) -> String {
-    let configuration =
-        serde_json::to_string(&format!(r#"{{"control_cluster": "{ISTIO_CONTROL_CLUSTER}", "release_gate": "probe"}}"#))
-            .expect("a JSON string");
-    let wasm = support::filter_wasm();
-    let (wasm, ip, port) = (wasm.display(), revision.ip(), revision.port());
-    format!(
-        r#"node: {{id: "router~10.0.0.1~istio-ingressgateway.istio-system~istio-system.svc.cluster.local", cluster: istio-ingressgateway.istio-system}}
-admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}}}
-static_resources:
-  listeners:
-  - name: 0.0.0.0_8080
-    address: {{socket_address: {{address: 127.0.0.1, port_value: {http}}}}}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: outbound_0.0.0.0_8080
-          upgrade_configs: [{{upgrade_type: websocket}}]
-          route_config:
-            virtual_hosts:
-            - name: "istio.default.example.com:80"
-              domains: ["istio.default.example.com", "istio.default.example.com:*"]
-              routes:
-              - match: {{prefix: "/"}}
-                route: {{cluster: "{ISTIO_REVISION_CLUSTER}", timeout: 0s}}
-          http_filters:
-          - name: istio-system.revgate
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
-              config:
-                name: istio-system.revgate
-                root_id: revgate
-                vm_config: {{vm_id: revgate, runtime: envoy.wasm.runtime.v8, code: {{local: {{filename: "{wasm}"}}}}}}
-                configuration:
-                  "@type": type.googleapis.com/google.protobuf.StringValue
-                  value: {configuration}
-          - name: envoy.filters.http.router
-            typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
-  clusters:
-  - name: "{ISTIO_CONTROL_CLUSTER}"
-    type: STATIC
-    connect_timeout: 1s
-    load_assignment:
-      cluster_name: "{ISTIO_CONTROL_CLUSTER}"
-      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {activation}}}}}}}}}]}}]
-  - name: "{ISTIO_REVISION_CLUSTER}"
-    type: STATIC
-    connect_timeout: 1s
-    load_assignment:
-      cluster_name: "{ISTIO_REVISION_CLUSTER}"
-      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: {ip}, port_value: {port}}}}}}}}}]}}]
-"#
+    let configuration = format!(r#"{{"control_cluster": "{ISTIO_CONTROL_CLUSTER}", "release_gate": "probe"}}"#);
+    let routes = json!({"virtual_hosts": [{
+        "name": "istio.default.example.com:80",
+        "domains": ["istio.default.example.com", "istio.default.example.com:*"],
+        "routes": [{"match": {"prefix": "/"}, "route": {"cluster": ISTIO_REVISION_CLUSTER, "timeout": "0s"}}],
+    }]});
+    let filter = mesh::revgate_filter(&support::filter_wasm(), &configuration);
+    let mut listener = mesh::listener("0.0.0.0_8080", http, "outbound_0.0.0.0_8080", routes, vec![filter]);
+    listener["filter_chains"][0]["filters"][0]["typed_config"]["upgrade_configs"] =
+        json!([{"upgrade_type": "websocket"}]);
+    let activation = SocketAddr::from(([127, 0, 0, 1], activation));
+    mesh::bootstrap(
+        "router~10.0.0.1~istio-ingressgateway.istio-system~istio-system.svc.cluster.local",
+        "istio-ingressgateway.istio-system",
+        admin,
+        vec![listener],
+        vec![
+            mesh::static_cluster(ISTIO_CONTROL_CLUSTER, activation),
+            mesh::static_cluster(ISTIO_REVISION_CLUSTER, revision),
+        ],
     )
 }
 
