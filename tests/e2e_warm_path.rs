@@ -17,6 +17,11 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use support::{Backend, Envoy, Revgate, wait_for};
 
+/// The two tests each keep a steady load on the gateway; on two cores one's
+/// load would stall the other's clients, whose own timings are what the
+/// reported concurrency is compared with. They take turns.
+static ONE_LOAD_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 const HOST: &str = "warm.default.example.com";
 const REVISION: &str = "warm-00001";
 const CLUSTER: &str = "rev|default|warm-00001";
@@ -135,6 +140,7 @@ fn invocations(text: &str) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn warm_requests_skip_the_filter_and_their_concurrency_is_still_reported() {
+    let _turn = ONE_LOAD_AT_A_TIME.lock().await;
     let s = setup().await;
     // Ten clients, each always with one request in flight to a handler that
     // sleeps 100 ms: about 10 in flight.
@@ -197,6 +203,7 @@ async fn warm_requests_skip_the_filter_and_their_concurrency_is_still_reported()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn going_to_zero_and_back_under_steady_load_answers_every_request_200() {
+    let _turn = ONE_LOAD_AT_A_TIME.lock().await;
     let s = setup().await;
     let load = Load::start(&s.envoy, 4, 20);
     wait_filter(&s.envoy, true).await;
