@@ -30,7 +30,7 @@ use std::sync::Arc;
 
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use prost::{Message, Name};
-use revgate_model::plan::{GatewayPlan, ObjectKey};
+use revgate_model::plan::{GatewayPlan, ObjectKey, RevisionBackend};
 use revgate_proto::{ReadinessUpdate, RevisionName, RevisionReadiness};
 use revgate_xds::AckEvent;
 use revgate_xds::names::parse_revision_cluster;
@@ -61,6 +61,10 @@ pub struct ReadinessTable {
     /// Shared with every snapshot until the plan changes: publishing a
     /// snapshot per ACK must not copy every revision.
     revisions: Arc<BTreeMap<ObjectKey, RevisionFacts>>,
+    /// The plan's revisions `revisions` was read from. A plan that shares
+    /// every one of them (a route change) changes nothing here, and telling
+    /// so costs a pointer comparison per revision.
+    backends: Arc<[Arc<RevisionBackend>]>,
     /// Per node, the revisions with a non-zero ACKed endpoint count (absent
     /// is 0), so a node's map holds the warm revisions, not the world, and
     /// the copy an ACK makes of it costs what is warm.
@@ -118,6 +122,7 @@ impl ReadinessTable {
         Self {
             version: first.max(1),
             revisions: Arc::default(),
+            backends: Arc::new([]),
             acked: BTreeMap::new(),
             desired: Arc::default(),
             changes: ChangeLog::default(),
@@ -136,6 +141,13 @@ impl ReadinessTable {
 
     /// Takes the revisions of a new plan; returns whether anything changed.
     pub fn set_plan(&mut self, plan: &GatewayPlan) -> bool {
+        let same = |a: &[Arc<RevisionBackend>], b: &[Arc<RevisionBackend>]| {
+            a.len() == b.len() && a.iter().zip(b).all(|(a, b)| Arc::ptr_eq(a, b))
+        };
+        if same(&self.backends, &plan.revisions) {
+            return false;
+        }
+        self.backends = plan.revisions.iter().cloned().collect();
         let revisions: BTreeMap<ObjectKey, RevisionFacts> = plan
             .revisions
             .iter()

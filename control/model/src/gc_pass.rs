@@ -81,7 +81,9 @@ impl Collector {
         let groups = if configurations.is_empty() {
             BTreeMap::new()
         } else {
-            candidates(current, |configuration| configurations.contains(configuration))
+            let wanted: BTreeSet<(&str, &str)> =
+                configurations.iter().map(|key| (key.namespace.as_str(), key.name.as_str())).collect();
+            candidates(current, |namespace, configuration| wanted.contains(&(namespace, configuration)))
         };
         for key in &configurations {
             self.due.remove(key);
@@ -100,7 +102,7 @@ impl Collector {
         if config.is_disabled() {
             return Pass { marked, delete: Vec::new() };
         }
-        let groups = candidates(current, |_| true);
+        let groups = candidates(current, |_, _| true);
         let (delete, due) = current.collect_configurations(&config, groups, now);
         self.due = due;
         Pass { marked, delete }
@@ -126,14 +128,16 @@ fn is_routed(annotations: &BTreeMap<String, String>) -> bool {
 /// its Route annotation says, grouped by Configuration. One walk over the
 /// revisions, whatever the number of Configurations: an apply of thousands
 /// of Services asks for thousands of them, and a walk per Configuration
-/// made such a pass quadratic.
-fn candidates(world: &World, wanted: impl Fn(&ObjectKey) -> bool) -> BTreeMap<ObjectKey, Vec<Candidate>> {
+/// made such a pass quadratic. `wanted` takes a namespace and a
+/// Configuration name, so the revisions of other Configurations cost no
+/// allocation.
+fn candidates(world: &World, wanted: impl Fn(&str, &str) -> bool) -> BTreeMap<ObjectKey, Vec<Candidate>> {
     let mut groups: BTreeMap<ObjectKey, Vec<Candidate>> = BTreeMap::new();
     for (key, revision) in &world.revisions {
         let Some(configuration) = revision.metadata.labels.get(CONFIGURATION_LABEL) else { continue };
-        let configuration = ObjectKey::new(key.namespace.clone(), configuration.clone());
-        if wanted(&configuration) {
+        if wanted(&key.namespace, configuration) {
             let candidate = Candidate::of(&revision.metadata, is_routed(&revision.metadata.annotations));
+            let configuration = ObjectKey::new(key.namespace.clone(), configuration.clone());
             groups.entry(configuration).or_default().push(candidate);
         }
     }
@@ -154,21 +158,14 @@ struct Scope {
 
 impl Scope {
     fn between(before: &World, served: &GatewayPlan, world: &World, plan: &GatewayPlan) -> Self {
-        let old_plan = by_key(served);
-        let new_plan = by_key(plan);
-        let mut route_keys: BTreeSet<&ObjectKey> = BTreeSet::new();
-        for (key, entry) in &new_plan {
-            if !old_plan.get(key).is_some_and(|old| Arc::ptr_eq(old, entry)) {
-                route_keys.insert(key);
-            }
-        }
-        route_keys.extend(old_plan.keys().filter(|key| !new_plan.contains_key(*key)));
-        for (key, route) in &world.routes {
-            if !before.routes.get(key).is_some_and(|old| Arc::ptr_eq(old, route)) {
-                route_keys.insert(key);
-            }
-        }
-        route_keys.extend(before.routes.keys().filter(|key| !world.routes.contains_key(*key)));
+        let old_plan = planned(served);
+        let new_plan = planned(plan);
+        let mut route_keys: BTreeSet<&ObjectKey> = replaced(old_plan.iter().copied(), new_plan.iter().copied());
+        route_keys.extend(replaced(&before.routes, &world.routes));
+        let old_plan: BTreeMap<&ObjectKey, &Arc<RoutePlan>> =
+            old_plan.into_iter().filter(|(key, _)| route_keys.contains(key)).collect();
+        let new_plan: BTreeMap<&ObjectKey, &Arc<RoutePlan>> =
+            new_plan.into_iter().filter(|(key, _)| route_keys.contains(key)).collect();
 
         let mut changed_routes = BTreeSet::new();
         let mut routed_by_changed: BTreeMap<ObjectKey, BTreeSet<String>> = BTreeMap::new();
@@ -185,18 +182,16 @@ impl Scope {
                 .extend(was_served.into_iter().chain(now_served).map(|name| ObjectKey::new(namespace.clone(), name)));
             changed_routes.insert(key.clone());
         }
-        for (key, revision) in &world.revisions {
-            if !before.revisions.get(key).is_some_and(|old| Arc::ptr_eq(old, revision)) {
-                revisions.insert(key.clone());
-            }
-        }
-        let configurations = world
-            .configurations
-            .iter()
-            .filter(|(key, configuration)| {
-                !before.configurations.get(*key).is_some_and(|c| Arc::ptr_eq(c, configuration))
-            })
-            .map(|(key, _)| key.clone())
+        revisions.extend(
+            replaced(&before.revisions, &world.revisions)
+                .into_iter()
+                .filter(|key| world.revisions.contains_key(*key))
+                .cloned(),
+        );
+        let configurations = replaced(&before.configurations, &world.configurations)
+            .into_iter()
+            .filter(|key| world.configurations.contains_key(*key))
+            .cloned()
             .collect();
         Self { changed_routes, routed_by_changed, revisions, configurations }
     }
@@ -217,8 +212,31 @@ impl Scope {
     }
 }
 
-fn by_key(plan: &GatewayPlan) -> BTreeMap<&ObjectKey, &Arc<RoutePlan>> {
+fn planned(plan: &GatewayPlan) -> Vec<(&ObjectKey, &Arc<RoutePlan>)> {
     plan.routes.iter().map(|route| (&route.key, route)).collect()
+}
+
+/// The keys whose objects are not the very same allocation before and
+/// after, including keys on one side only: one walk over both sides in key
+/// order, a comparison per key. Most of a world is shared between two
+/// passes, so this finds what a change touched without looking up each
+/// key. Sides out of order would only report more keys, never fewer.
+fn replaced<'a, K: Ord + 'a, V: 'a>(
+    before: impl IntoIterator<Item = (&'a K, &'a Arc<V>)>,
+    after: impl IntoIterator<Item = (&'a K, &'a Arc<V>)>,
+) -> BTreeSet<&'a K> {
+    let mut keys = BTreeSet::new();
+    let mut before = before.into_iter().peekable();
+    for (key, object) in after {
+        while let Some((gone, _)) = before.next_if(|(old, _)| *old < key) {
+            keys.insert(gone);
+        }
+        if before.next_if(|(old, _)| *old == key).is_none_or(|(_, old)| !Arc::ptr_eq(old, object)) {
+            keys.insert(key);
+        }
+    }
+    keys.extend(before.map(|(gone, _)| gone));
+    keys
 }
 
 /// The revision names a Route sends traffic to: its served entry's splits

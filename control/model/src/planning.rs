@@ -20,7 +20,7 @@
 //! plan compares equal to the previous one entry by entry at the cost of a
 //! pointer comparison, and so does whatever keeps the previous plan.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use crate::config::Settings;
@@ -44,6 +44,18 @@ pub struct PlanMemo {
     /// memo side by side instead of looking each entry up.
     routes: Vec<RouteEntry>,
     revisions: Vec<(Arc<Revision>, Arc<RevisionBackend>)>,
+    configurations: Vec<(ObjectKey, Arc<Configuration>)>,
+}
+
+/// The keys of the revisions and Configurations that are not the very same
+/// objects as in the last plan's world (added, removed or rewritten). A
+/// Route entry is reused while none of its inputs is among them; with
+/// thousands of Routes that is a look into two small sets each, where
+/// looking every input up in the world cost a B-tree search.
+#[derive(Debug, Default)]
+struct Replaced {
+    revisions: BTreeSet<ObjectKey>,
+    configurations: BTreeSet<ObjectKey>,
 }
 
 #[derive(Debug)]
@@ -64,27 +76,22 @@ struct RouteEntry {
     plan: Option<Arc<RoutePlan>>,
 }
 
-/// One object a Route's resolution read, as it was (`None`: absent).
+/// One object a Route's resolution read (present or not).
 #[derive(Debug)]
 enum Input {
-    Revision(ObjectKey, Option<Arc<Revision>>),
-    Configuration(ObjectKey, Option<Arc<Configuration>>),
+    Revision(ObjectKey),
+    Configuration(ObjectKey),
 }
 
 impl Input {
-    fn unchanged(&self, world: &World) -> bool {
+    /// Whether the object is as this input saw it. Every entry of the memo
+    /// was checked against (or built from) the last plan's world, so it is
+    /// unless that world and this one differ there.
+    fn unchanged(&self, replaced: &Replaced) -> bool {
         match self {
-            Input::Revision(key, seen) => same(world.revisions.get(key), seen.as_ref()),
-            Input::Configuration(key, seen) => same(world.configurations.get(key), seen.as_ref()),
+            Input::Revision(key) => !replaced.revisions.contains(key),
+            Input::Configuration(key) => !replaced.configurations.contains(key),
         }
-    }
-}
-
-fn same<T>(now: Option<&Arc<T>>, seen: Option<&Arc<T>>) -> bool {
-    match (now, seen) {
-        (Some(now), Some(seen)) => Arc::ptr_eq(now, seen),
-        (None, None) => true,
-        _ => false,
     }
 }
 
@@ -99,7 +106,8 @@ impl World {
     /// [`World::plan`], reusing the entries of `memo` whose inputs did not
     /// change and leaving this plan's entries in it for the next call.
     pub fn plan_with(&self, observed: &Observed, memo: &mut PlanMemo) -> GatewayPlan {
-        let PlanMemo { basis, routes: memo_routes, revisions: memo_revisions } = memo;
+        let PlanMemo { basis, routes: memo_routes, revisions: memo_revisions, configurations: memo_configurations } =
+            memo;
         let current = |b: &Basis| b.config_maps == self.config_maps && b.readiness == observed.revisions;
         if !basis.as_ref().is_some_and(current) {
             memo_routes.clear();
@@ -111,28 +119,52 @@ impl World {
             });
         }
         let Some(Basis { settings, .. }) = basis.as_ref() else { return GatewayPlan::default() };
+        let mut replaced = Replaced::default();
+
+        let mut previous = std::mem::take(memo_revisions).into_iter().peekable();
+        for (key, revision) in &self.revisions {
+            while let Some((_, gone)) = previous.next_if(|(_, built)| built.key < *key) {
+                replaced.revisions.insert(gone.key.clone());
+            }
+            let entry = previous
+                .next_if(|(_, built)| built.key == *key)
+                .filter(|(seen, _)| Arc::ptr_eq(seen, revision))
+                .unwrap_or_else(|| {
+                    replaced.revisions.insert(key.clone());
+                    (revision.clone(), Arc::new(backend(revision, settings)))
+                });
+            memo_revisions.push(entry);
+        }
+        replaced.revisions.extend(previous.map(|(_, gone)| gone.key.clone()));
+        let revisions = memo_revisions.iter().map(|(_, built)| built.clone()).collect();
+
+        let mut previous = std::mem::take(memo_configurations).into_iter().peekable();
+        for (key, configuration) in &self.configurations {
+            while let Some((gone, _)) = previous.next_if(|(seen, _)| seen < key) {
+                replaced.configurations.insert(gone);
+            }
+            match previous.next_if(|(seen, _)| seen == key) {
+                Some((seen, object)) if Arc::ptr_eq(&object, configuration) => {
+                    memo_configurations.push((seen, object));
+                }
+                _ => {
+                    replaced.configurations.insert(key.clone());
+                    memo_configurations.push((key.clone(), configuration.clone()));
+                }
+            }
+        }
+        replaced.configurations.extend(previous.map(|(gone, _)| gone));
 
         let mapped = self.mapped_hosts();
         let mut previous = std::mem::take(memo_routes).into_iter().peekable();
         for (key, route) in &self.routes {
             while previous.next_if(|entry| entry.key < *key).is_some() {}
             let last = previous.next_if(|entry| entry.key == *key);
-            let mut entry = self.route_entry(key, route, observed, settings, last);
+            let mut entry = self.route_entry(key, route, observed, settings, last, &replaced);
             with_mappings(&mut entry, mapped.get(key).map(Vec::as_slice).unwrap_or_default());
             memo_routes.push(entry);
         }
         let routes = memo_routes.iter().filter_map(|entry| entry.plan.clone()).collect();
-
-        let mut previous = std::mem::take(memo_revisions).into_iter().peekable();
-        for (key, revision) in &self.revisions {
-            while previous.next_if(|(_, built)| built.key < *key).is_some() {}
-            let entry = previous
-                .next_if(|(_, built)| built.key == *key)
-                .filter(|(seen, _)| Arc::ptr_eq(seen, revision))
-                .unwrap_or_else(|| (revision.clone(), Arc::new(backend(revision, settings))));
-            memo_revisions.push(entry);
-        }
-        let revisions = memo_revisions.iter().map(|(_, built)| built.clone()).collect();
 
         GatewayPlan { routes, revisions, tag_header_routing: settings.features.tag_header_based_routing }
     }
@@ -145,10 +177,11 @@ impl World {
         observed: &Observed,
         settings: &Settings,
         last: Option<RouteEntry>,
+        replaced: &Replaced,
     ) -> RouteEntry {
         if let Some(entry) = last
             && Arc::ptr_eq(&entry.route, route)
-            && entry.inputs.as_ref().is_some_and(|inputs| inputs.iter().all(|input| input.unchanged(self)))
+            && entry.inputs.as_ref().is_some_and(|inputs| inputs.iter().all(|input| input.unchanged(replaced)))
         {
             return entry;
         }
@@ -173,7 +206,7 @@ impl World {
             match (&target.revision_name, &target.configuration_name) {
                 (Some(name), _) => {
                     let key = ObjectKey::new(namespace.clone(), name.clone());
-                    inputs.push(Input::Revision(key.clone(), self.revisions.get(&key).cloned()));
+                    inputs.push(Input::Revision(key));
                 }
                 (None, Some(name)) => {
                     let key = ObjectKey::new(namespace.clone(), name.clone());
@@ -182,9 +215,9 @@ impl World {
                         if !observed.is_ready(&latest) {
                             return None;
                         }
-                        inputs.push(Input::Revision(latest.clone(), self.revisions.get(&latest).cloned()));
+                        inputs.push(Input::Revision(latest));
                     }
-                    inputs.push(Input::Configuration(key.clone(), self.configurations.get(&key).cloned()));
+                    inputs.push(Input::Configuration(key));
                 }
                 (None, None) => {}
             }
