@@ -21,7 +21,8 @@ use crate::{Demand, lock, unix_ms};
 /// three flushes, as a filter's report stays current for three windows.
 const STATS_FRESHNESS: Duration = Duration::from_secs(3);
 /// How often the bypass set is checked against the statistics' freshness
-/// when nothing else changes.
+/// and the revisions settling when nothing else changes. A check that finds
+/// neither moved costs no walk over the revisions.
 const RECHECK: Duration = Duration::from_secs(1);
 /// At most this many gateways' statistics are tracked.
 const MAX_GATEWAYS: usize = 1024;
@@ -97,6 +98,10 @@ pub(crate) async fn own_warm_path(
     let mut warm_since = BTreeMap::new();
     let mut recheck = tokio::time::interval(RECHECK);
     let mut nodes: BTreeSet<String> = status.borrow_and_update().nodes.keys().cloned().collect();
+    // What the last recomputation saw of time: the nodes streaming
+    // statistics then, and when the next warm revision settles.
+    let mut streaming: BTreeSet<String> = BTreeSet::new();
+    let mut next_settle: Option<u64> = None;
     loop {
         // ACKs change what the gateways serve; the rest may change the set.
         let (routes_changed, recompute) = tokio::select! {
@@ -121,7 +126,11 @@ pub(crate) async fn own_warm_path(
                 }
                 Err(broadcast::error::RecvError::Closed) => return,
             },
-            _ = recheck.tick() => (false, true),
+            _ = recheck.tick() => {
+                let Some(demand) = demand.upgrade() else { return };
+                let settled = next_settle.is_some_and(|at| at <= unix_ms());
+                (false, settled || streaming_nodes(&demand, &nodes) != streaming)
+            }
         };
         if !recompute {
             if routes_changed {
@@ -130,13 +139,21 @@ pub(crate) async fn own_warm_path(
             continue;
         }
         let Some(demand) = demand.upgrade() else { return };
-        let seen: BTreeMap<String, u64> = lock(&demand).stats_seen.clone();
-        let fresh_after = unix_ms().saturating_sub(STATS_FRESHNESS.as_millis() as u64);
+        streaming = streaming_nodes(&demand, &nodes);
         let table = readiness.borrow_and_update().clone();
-        let warm_now = warm_everywhere(&table, &nodes, |node| seen.get(node).is_some_and(|at| *at >= fresh_after));
-        let bypass_changed = view.set_bypass(bypass_set(warm_now, &mut warm_since, unix_ms()));
+        let warm_now = warm_everywhere(&table, &nodes, |node| streaming.contains(node));
+        let (bypass, settles) = bypass_set(warm_now, &mut warm_since, unix_ms());
+        next_settle = settles;
+        let bypass_changed = view.set_bypass(bypass);
         if routes_changed || bypass_changed {
             warm.send_replace(view.clone());
         }
     }
+}
+
+/// The gateways of `nodes` whose statistics are current.
+fn streaming_nodes(demand: &Mutex<Demand>, nodes: &BTreeSet<String>) -> BTreeSet<String> {
+    let fresh_after = unix_ms().saturating_sub(STATS_FRESHNESS.as_millis() as u64);
+    let demand = lock(demand);
+    nodes.iter().filter(|node| demand.stats_seen.get(*node).is_some_and(|at| *at >= fresh_after)).cloned().collect()
 }

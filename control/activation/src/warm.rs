@@ -121,13 +121,28 @@ pub fn warm_everywhere(
 
 /// The bypass set at `now_ms`: of the revisions `warm` now, those warm
 /// since at least [`WARM_SETTLE`] ago. `since` keeps when each became warm
-/// (a revision that is not warm is forgotten).
-pub fn bypass_set(warm: BTreeSet<ObjectKey>, since: &mut BTreeMap<ObjectKey, u64>, now_ms: u64) -> BTreeSet<ObjectKey> {
+/// (a revision that is not warm is forgotten). Also when the next of the
+/// others settles: until then, and while nothing else changes, the set
+/// stays what it is.
+pub fn bypass_set(
+    warm: BTreeSet<ObjectKey>,
+    since: &mut BTreeMap<ObjectKey, u64>,
+    now_ms: u64,
+) -> (BTreeSet<ObjectKey>, Option<u64>) {
     since.retain(|key, _| warm.contains(key));
     let settle_ms = WARM_SETTLE.as_millis() as u64;
-    warm.into_iter()
-        .filter(|key| now_ms.saturating_sub(*since.entry(key.clone()).or_insert(now_ms)) >= settle_ms)
-        .collect()
+    let mut next_due: Option<u64> = None;
+    let bypass = warm
+        .into_iter()
+        .filter(|key| {
+            let settles_at = since.entry(key.clone()).or_insert(now_ms).saturating_add(settle_ms);
+            if settles_at > now_ms {
+                next_due = Some(next_due.map_or(settles_at, |due| due.min(settles_at)));
+            }
+            settles_at <= now_ms
+        })
+        .collect();
+    (bypass, next_due)
 }
 
 #[cfg(test)]
@@ -266,11 +281,11 @@ mod tests {
         let settle = WARM_SETTLE.as_millis() as u64;
         let mut since = BTreeMap::new();
         let warm = || BTreeSet::from([key("warm")]);
-        assert!(bypass_set(warm(), &mut since, 1_000).is_empty(), "just warm");
-        assert!(bypass_set(warm(), &mut since, 1_000 + settle - 1).is_empty());
-        assert_eq!(bypass_set(warm(), &mut since, 1_000 + settle), warm());
-        assert!(bypass_set(BTreeSet::new(), &mut since, 2_000 + settle).is_empty(), "cold: out at once");
-        assert!(bypass_set(warm(), &mut since, 3_000 + settle).is_empty(), "warm again: settles again");
+        assert_eq!(bypass_set(warm(), &mut since, 1_000), (BTreeSet::new(), Some(1_000 + settle)), "just warm");
+        assert!(bypass_set(warm(), &mut since, 1_000 + settle - 1).0.is_empty());
+        assert_eq!(bypass_set(warm(), &mut since, 1_000 + settle), (warm(), None));
+        assert!(bypass_set(BTreeSet::new(), &mut since, 2_000 + settle).0.is_empty(), "cold: out at once");
+        assert!(bypass_set(warm(), &mut since, 3_000 + settle).0.is_empty(), "warm again: settles again");
     }
 
     #[test]
