@@ -10,15 +10,10 @@
 //! the stored Revisions (Knative's `serving.knative.dev/routingState` label
 //! and `routingStateModified` annotation), so a restart resumes with them.
 //!
-//! A pass runs at start, after the world or the served plan changes (a new
-//! revision, a Route leaving a revision, a rollout step, a changed
+//! A pass runs at start, whenever the world or the served plan changes
+//! (a new revision, a Route leaving a revision, a rollout step, a changed
 //! `config-gc`), and at the moment the next kept revision turns stale —
-//! no polling in between. Changes wake at most one pass per
-//! `CHANGE_PASS_INTERVAL`: a pass compares the whole world with the one
-//! before (a pointer per object), so a stream of changes among 10,000
-//! Services costs a pass a second rather than one per change. Knative's
-//! collector, too, runs apart from the change that makes a revision
-//! collectable, at its Configuration's next reconcile.
+//! no polling in between.
 //!
 //! ```text
 //! world, plan (watch) ──▶ driver (timer) ──Collect{now}──▶ ControlPlane ──▶ store, xDS
@@ -38,11 +33,6 @@ use crate::publish::unix_now;
 /// before the next try.
 const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(30);
 
-/// The least time between the starts of two passes that changes woke.
-/// Routing-state stamps move by at most this much; `config-gc`'s limits
-/// are hours and counts.
-const CHANGE_PASS_INTERVAL: Duration = Duration::from_secs(1);
-
 /// The driver: its timer and what wakes it.
 #[derive(Debug)]
 pub struct Collector {
@@ -59,7 +49,6 @@ impl Collector {
     /// Runs passes until the control plane shuts down.
     pub async fn run(mut self) {
         loop {
-            let started = tokio::time::Instant::now();
             let wait = match self.handle.collect(unix_now()).await {
                 Ok(collected) => {
                     if !collected.deleted.is_empty() {
@@ -79,13 +68,10 @@ impl Collector {
                     None => std::future::pending().await,
                 }
             };
-            let woken_by_change = tokio::select! {
-                changed = self.world.changed() => if changed.is_err() { return } else { true },
-                changed = self.plan.changed() => if changed.is_err() { return } else { true },
-                () = timer => false,
-            };
-            if woken_by_change {
-                tokio::time::sleep_until(started + CHANGE_PASS_INTERVAL).await;
+            tokio::select! {
+                changed = self.world.changed() => if changed.is_err() { return },
+                changed = self.plan.changed() => if changed.is_err() { return },
+                () = timer => {}
             }
             // Whatever else changed meanwhile is taken by the coming pass.
             self.world.mark_unchanged();
