@@ -406,3 +406,41 @@ fn a_rollouts_previous_revision_stays_while_it_is_served() {
     let pass = collector.pass(&Arc::new(marked), &Arc::new(plan), NOW + 1000);
     assert!(pass.delete.is_empty(), "{:?}", pass.delete);
 }
+
+/// Several changes between two passes (they came together while the owner
+/// was busy) are decided as a pass over everything decides them. Like
+/// Knative's labeler, which marks what a Route serves when it reconciles,
+/// a pass marks what is served at that moment: revisions created and
+/// superseded between two passes were never seen routed, stay `pending`,
+/// and are not collected.
+#[test]
+fn a_pass_after_several_changes_decides_as_a_full_one() {
+    let pinned = |version: &str| {
+        format!(
+            "{}\n  traffic:\n  - {{latestRevision: true, percent: 100}}\n  - {{revisionName: hello-00001, tag: old, percent: 0}}\n",
+            SERVICE.replace("VERSION", version).trim_end()
+        )
+    };
+    let mut world = apply(&World::default(), GC_NOW, NOW);
+    let mut collector = Collector::default();
+    world = pass(&mut collector, &world, NOW).0;
+    for (version, at) in [("1", NOW), ("2", NOW + 1), ("3", NOW + 2)] {
+        world = apply(&world, &pinned(version), at);
+    }
+    let mut full = world.clone();
+    for now in [NOW + 3, NOW + 13, NOW + 14] {
+        world = apply(&world, &pinned("4"), now);
+        full = apply(&full, &pinned("4"), now);
+        let (next, deleted) = pass(&mut collector, &world, now);
+        let (full_next, full_deleted) = pass(&mut Collector::default(), &full, now);
+        assert_eq!(deleted, full_deleted, "deletions at {now}");
+        assert_eq!(states(&next), states(&full_next), "routing states at {now}");
+        world = next;
+        full = full_next;
+    }
+    let kept: Vec<String> = world.revisions.values().map(|r| r.metadata.name.clone()).collect();
+    assert_eq!(kept, ["hello-00001", "hello-00002", "hello-00003", "hello-00004"]);
+    let state = |name: &str| RoutingState::of(&world.revisions[&ObjectKey::new("default", name)].metadata.labels);
+    assert_eq!(state("hello-00002"), RoutingState::Pending, "never seen routed");
+    assert_eq!(state("hello-00001"), RoutingState::Active, "tagged");
+}
