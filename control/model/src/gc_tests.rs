@@ -330,6 +330,17 @@ fn states(world: &World) -> Vec<(String, &'static str, String)> {
         .collect()
 }
 
+/// A pass of `collector` over `world` and one of a fresh collector (which
+/// looks at everything) over `full`, which must decide the same; the
+/// worlds each leaves.
+fn pass_beside_full(collector: &mut Collector, world: &World, full: &World, now: u64) -> (World, World) {
+    let (next, deleted) = pass(collector, world, now);
+    let (full_next, full_deleted) = pass(&mut Collector::default(), full, now);
+    assert_eq!(deleted, full_deleted, "deletions at {now}");
+    assert_eq!(states(&next), states(&full_next), "routing states at {now}");
+    (next, full_next)
+}
+
 /// Passes after each change look only at what changed, and decide what a
 /// pass over everything decides: the same routing states, the same
 /// deletions, at the same times.
@@ -358,13 +369,7 @@ fn incremental_passes_decide_as_full_ones() {
         world = apply(&world, &text, at);
         full = apply(&full, &text, at);
         for now in [at, at + 5, at + 11] {
-            let (next, deleted) = pass(&mut collector, &world, now);
-            // A fresh collector looks at everything.
-            let (full_next, full_deleted) = pass(&mut Collector::default(), &full, now);
-            assert_eq!(deleted, full_deleted, "deletions at {now}");
-            assert_eq!(states(&next), states(&full_next), "routing states at {now}");
-            world = next;
-            full = full_next;
+            (world, full) = pass_beside_full(&mut collector, &world, &full, now);
         }
     }
     let kept: Vec<String> = world.revisions.values().map(|r| r.metadata.name.clone()).collect();
@@ -431,12 +436,7 @@ fn a_pass_after_several_changes_decides_as_a_full_one() {
     for now in [NOW + 3, NOW + 13, NOW + 14] {
         world = apply(&world, &pinned("4"), now);
         full = apply(&full, &pinned("4"), now);
-        let (next, deleted) = pass(&mut collector, &world, now);
-        let (full_next, full_deleted) = pass(&mut Collector::default(), &full, now);
-        assert_eq!(deleted, full_deleted, "deletions at {now}");
-        assert_eq!(states(&next), states(&full_next), "routing states at {now}");
-        world = next;
-        full = full_next;
+        (world, full) = pass_beside_full(&mut collector, &world, &full, now);
     }
     let kept: Vec<String> = world.revisions.values().map(|r| r.metadata.name.clone()).collect();
     assert_eq!(kept, ["hello-00001", "hello-00002", "hello-00003", "hello-00004"]);
