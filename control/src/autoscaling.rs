@@ -52,6 +52,12 @@ const COLLECT_INTERVAL: Duration = Duration::from_secs(1);
 /// is followed at once by a decision, so the newest bucket is never empty
 /// when it is read (which matters for panic windows of a second or two).
 const COLLECTIONS_PER_TICK: u64 = 2;
+/// The KPA statuses are views (`get kpa`, `/metrics`, the dashboard), rebuilt
+/// for every revision when published: what changes within this long is
+/// published once. A cold start among 10,000 revisions (the poke, the
+/// instance's spawn and readiness) then rebuilds them once, after the
+/// request was served, rather than three times while it waits.
+const PUBLISH_COALESCE: Duration = Duration::from_millis(100);
 
 /// Readers of the KPA statuses.
 pub type KpaStatuses = watch::Receiver<Arc<BTreeMap<ObjectKey, KpaStatus>>>;
@@ -81,6 +87,8 @@ pub struct Autoscaler {
     /// Whether the revisions stored before this start were taken over.
     resumed: bool,
     epoch: Instant,
+    /// When the statuses are next published (see [`PUBLISH_COALESCE`]).
+    publish_due: Option<Instant>,
 }
 
 impl Autoscaler {
@@ -105,6 +113,7 @@ impl Autoscaler {
             sidecars: None,
             resumed: false,
             epoch: Instant::now(),
+            publish_due: None,
         };
         (autoscaler, readers)
     }
@@ -136,8 +145,11 @@ impl Autoscaler {
         // `sync` would block the control plane's next publication.
         let (current_world, current_plan) = (world.borrow_and_update().clone(), plan.borrow_and_update().clone());
         self.sync(&current_world, &current_plan);
+        self.publish();
         loop {
+            let publish_due = self.publish_due;
             tokio::select! {
+                () = sleep_or_pending(publish_due) => self.publish(),
                 _ = collect.tick() => {
                     self.collect();
                     collections += 1;
@@ -165,7 +177,7 @@ impl Autoscaler {
                     }
                     states.borrow_and_update();
                     self.refresh_actual();
-                    self.publish();
+                    self.schedule_publish();
                 }
                 activation = activations.recv() => match activation {
                     Ok(activation) => self.poke(&activation),
@@ -224,7 +236,7 @@ impl Autoscaler {
             }
         }
         self.resumed = true;
-        self.publish();
+        self.schedule_publish();
     }
 
     fn ready(&self, key: &ObjectKey) -> u32 {
@@ -264,7 +276,7 @@ impl Autoscaler {
             let requests_held = held.contains(&key);
             self.decide(&key, requests_held);
         }
-        self.publish();
+        self.schedule_publish();
     }
 
     /// Revisions whose requests the gateways hold right now.
@@ -281,7 +293,7 @@ impl Autoscaler {
         if revision.kpa.is_at_zero() {
             tracing::info!(revision = %activation.revision, held = activation.held, "activation: deciding now");
             self.decide(&activation.revision.clone(), true);
-            self.publish();
+            self.schedule_publish();
         }
     }
 
@@ -306,10 +318,25 @@ impl Autoscaler {
         }
     }
 
-    fn publish(&self) {
+    /// Publishes the statuses within [`PUBLISH_COALESCE`], with whatever
+    /// else changes until then.
+    fn schedule_publish(&mut self) {
+        self.publish_due.get_or_insert_with(|| Instant::now() + PUBLISH_COALESCE);
+    }
+
+    fn publish(&mut self) {
+        self.publish_due = None;
         let statuses: BTreeMap<ObjectKey, KpaStatus> =
             self.revisions.iter().map(|(key, revision)| (key.clone(), revision.status())).collect();
         replace_if_changed(&self.statuses, statuses);
+    }
+}
+
+/// Sleeps until `due`; never returns without one.
+async fn sleep_or_pending(due: Option<Instant>) {
+    match due {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
