@@ -23,6 +23,7 @@ use std::sync::Arc;
 use super::{Candidate, ROUTES_ANNOTATION, routing_meta};
 use crate::meta::CONFIGURATION_LABEL;
 use crate::plan::{GatewayPlan, ObjectKey, RoutePlan};
+use crate::replaced::replaced;
 use crate::resources::Route;
 use crate::world::World;
 
@@ -214,34 +215,6 @@ impl Scope {
 
 fn planned(plan: &GatewayPlan) -> Vec<(&ObjectKey, &Arc<RoutePlan>)> {
     plan.routes.iter().map(|route| (&route.key, route)).collect()
-}
-
-/// The keys whose objects are not the very same allocation before and
-/// after, including keys on one side only: one walk over both sides in key
-/// order. Most of a world is shared between two passes, so this finds what
-/// a change touched without looking each key up. Sides out of order would
-/// only report more keys, never fewer.
-fn replaced<'a, K: Ord + 'a, V: 'a>(
-    before: impl IntoIterator<Item = (&'a K, &'a Arc<V>)>,
-    after: impl IntoIterator<Item = (&'a K, &'a Arc<V>)>,
-) -> BTreeSet<&'a K> {
-    let mut keys = BTreeSet::new();
-    let mut before = before.into_iter().peekable();
-    for (key, object) in after {
-        // The same allocation is the same object under its own key: most
-        // steps cost a pointer comparison, no key comparison.
-        if before.next_if(|(_, old)| Arc::ptr_eq(old, object)).is_some() {
-            continue;
-        }
-        while let Some((gone, _)) = before.next_if(|(old, _)| *old < key) {
-            keys.insert(gone);
-        }
-        if before.next_if(|(old, _)| *old == key).is_none_or(|(_, old)| !Arc::ptr_eq(old, object)) {
-            keys.insert(key);
-        }
-    }
-    keys.extend(before.map(|(gone, _)| gone));
-    keys
 }
 
 /// The revision names a Route sends traffic to: its served entry's splits

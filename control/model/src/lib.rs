@@ -42,6 +42,7 @@ pub mod names;
 pub mod observed;
 pub mod plan;
 pub mod planning;
+pub mod replaced;
 pub mod resources;
 pub mod rollout;
 mod schema;
