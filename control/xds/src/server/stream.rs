@@ -428,20 +428,28 @@ impl Session {
                 }
                 if watch.wildcard {
                     watch.client.clear();
+                } else if let Some(names) = &changed {
+                    for name in names.iter().filter(|n| !available.resources.contains_key(*n)) {
+                        watch.client.remove(name);
+                    }
                 } else {
                     watch.client.retain(|name, _| available.resources.contains_key(name));
                 }
                 (version, Vec::new())
             }
             Api::Delta => {
-                let mut removed: BTreeSet<String> = watch
-                    .client
-                    .keys()
-                    .filter(|name| {
-                        (watch.wildcard || watch.subscribed.contains(*name)) && !available.resources.contains_key(*name)
-                    })
-                    .cloned()
-                    .collect();
+                let in_scope_and_gone = |name: &&String| {
+                    (watch.wildcard || watch.subscribed.contains(*name)) && !available.resources.contains_key(*name)
+                };
+                let mut removed: BTreeSet<String> = match &changed {
+                    Some(names) => names
+                        .iter()
+                        .filter(|n| watch.client.contains_key(*n))
+                        .filter(in_scope_and_gone)
+                        .cloned()
+                        .collect(),
+                    None => watch.client.keys().filter(in_scope_and_gone).cloned().collect(),
+                };
                 // A name just subscribed that does not exist: say so, rather than let
                 // the client wait for its initial fetch timeout.
                 removed
@@ -450,9 +458,16 @@ impl Session {
                 if resources.is_empty() && removed.is_empty() && watch.answered {
                     return None;
                 }
-                // Forget names the client may hold but no longer asked for.
-                let (wildcard, subscribed) = (watch.wildcard, &watch.subscribed);
-                watch.client.retain(|name, _| (wildcard || subscribed.contains(name)) && !removed.contains(name));
+                if changed.is_some() {
+                    // The scope is the last answer's, which left only names in it.
+                    for name in &removed {
+                        watch.client.remove(name);
+                    }
+                } else {
+                    // Forget names the client may hold but no longer asked for.
+                    let (wildcard, subscribed) = (watch.wildcard, &watch.subscribed);
+                    watch.client.retain(|name, _| (wildcard || subscribed.contains(name)) && !removed.contains(name));
+                }
                 (available.version.clone(), removed.into_iter().collect())
             }
         };
