@@ -256,17 +256,11 @@ async fn wait_for_gateway(
     envoy_admin_port: u16,
 ) -> anyhow::Result<()> {
     let http_port = args.http_port;
-    let deadline = Instant::now() + GATEWAY_TIMEOUT;
-    loop {
-        if let Some(status) = envoy.exited() {
-            bail!(
-                "Envoy exited ({status}) before taking its configuration (is port {http_port} or {} in use? \
-                 choose others with --http-port and --envoy-admin-port); last lines of {}:\n{}",
-                envoy_admin_port,
-                envoy.log.display(),
-                envoy.log_tail(20)
-            );
-        }
+    let exited = format!(
+        "before taking its configuration (is port {http_port} or {envoy_admin_port} in use? \
+         choose others with --http-port and --envoy-admin-port)"
+    );
+    while_envoy_runs(envoy, Duration::from_millis(50), &exited, "take its configuration", async || {
         let observed = handle.observed();
         if let Some(message) = observed.ingress.values().find_map(|state| match state {
             IngressState::Rejected { message } => Some(message.clone()),
@@ -277,19 +271,11 @@ async fn wait_for_gateway(
         let gateway = handle.gateway();
         let connected = gateway.nodes.get(NODE_ID).is_some_and(|node| node.connected);
         let programmed = observed.ingress.values().all(|state| matches!(state, IngressState::Ready));
-        if connected && (programmed || observed.ingress.is_empty()) && listening(http_port).await {
-            step(format_args!("gateway connected and programmed; listening on port {http_port}"));
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!(
-                "Envoy did not take its configuration within {} s; see {}",
-                GATEWAY_TIMEOUT.as_secs(),
-                envoy.log.display()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        Ok((connected && (programmed || observed.ingress.is_empty()) && listening(http_port).await).then_some(()))
+    })
+    .await?;
+    step(format_args!("gateway connected and programmed; listening on port {http_port}"));
+    Ok(())
 }
 
 /// Waits briefly for every worker's filter to take its first readiness
@@ -311,9 +297,7 @@ async fn wait_for_filters(activation: &ActivationService, workers: usize) {
     ));
 }
 
-/// A loopback port free now, for Envoy's admin interface: Envoy binds it
-/// itself, so revgate can only choose one and hand it over. Should another
-/// process take it first, Envoy exits and `wait_for_gateway` names the port.
+/// Removes a file left by an earlier run, if there is one.
 fn remove_stale(path: &Path) -> anyhow::Result<()> {
     match std::fs::remove_file(path) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
@@ -326,24 +310,37 @@ fn remove_stale(path: &Path) -> anyhow::Result<()> {
 /// The port Envoy's admin bound, from the file `--admin-address-path`
 /// names (`127.0.0.1:PORT`), once Envoy has written it.
 async fn admin_port(envoy: &mut Envoy, path: &Path) -> anyhow::Result<u16> {
+    let late = format!("write its admin address to {}", path.display());
+    while_envoy_runs(envoy, Duration::from_millis(20), "before its admin interface listened", &late, async || {
+        let written = std::fs::read_to_string(path).ok();
+        Ok(written.as_deref().and_then(|a| a.trim().rsplit_once(':')).and_then(|(_, p)| p.parse().ok()))
+    })
+    .await
+}
+
+/// Asks `check` every `every` until it has an answer, for at most
+/// [`GATEWAY_TIMEOUT`]. Fails with Envoy's last log lines if Envoy exits
+/// first (`exited` says when), and names what it did not do (`late`) if
+/// the time runs out.
+async fn while_envoy_runs<T>(
+    envoy: &mut Envoy,
+    every: Duration,
+    exited: &str,
+    late: &str,
+    mut check: impl AsyncFnMut() -> anyhow::Result<Option<T>>,
+) -> anyhow::Result<T> {
     let deadline = Instant::now() + GATEWAY_TIMEOUT;
     loop {
-        let written = std::fs::read_to_string(path).ok();
-        if let Some(port) = written.as_deref().and_then(|a| a.trim().rsplit_once(':')).and_then(|(_, p)| p.parse().ok())
-        {
-            return Ok(port);
-        }
         if let Some(status) = envoy.exited() {
-            bail!(
-                "Envoy exited ({status}) before its admin interface listened; last lines of {}:\n{}",
-                envoy.log.display(),
-                envoy.log_tail(20)
-            );
+            bail!("Envoy exited ({status}) {exited}; last lines of {}:\n{}", envoy.log.display(), envoy.log_tail(20));
+        }
+        if let Some(answer) = check().await? {
+            return Ok(answer);
         }
         if Instant::now() > deadline {
-            bail!("Envoy did not write its admin address to {} within {} s", path.display(), GATEWAY_TIMEOUT.as_secs());
+            bail!("Envoy did not {late} within {} s; see {}", GATEWAY_TIMEOUT.as_secs(), envoy.log.display());
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(every).await;
     }
 }
 
