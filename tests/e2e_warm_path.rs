@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::{Backend, Envoy, Revgate, wait_for};
+use support::{Backend, Envoy, Gateway, Revgate, wait_for};
 
 /// The two tests each keep a steady load on the gateway; on two cores one's
 /// load would stall the other's clients, whose own timings are what the
@@ -48,12 +48,7 @@ struct Setup {
 /// revgate with the filter, a delta-xDS Envoy, the Service applied and its
 /// revision's endpoint registered and ACKed.
 async fn setup() -> Setup {
-    let dir = tempfile::tempdir().expect("temporary directory");
-    let revgate =
-        Revgate::start_with_filter(&dir.path().join("state"), support::free_port(), r#"{"report_interval_ms": 500}"#)
-            .await;
-    let envoy = Envoy::start_ads(dir.path(), &revgate, true).await;
-    revgate.apply(SERVICE);
+    let Gateway { revgate, envoy, dir } = Gateway::start(SERVICE, r#"{"report_interval_ms": 500}"#).await;
     let backend = Backend::start("warm-backend").await;
     revgate.set_endpoints(REVISION, &[backend.addr]).await;
     revgate.wait_acked(&envoy.node_id).await;
