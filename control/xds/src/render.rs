@@ -54,9 +54,9 @@ const ADMIN_ADDRESS: &str = "127.0.0.1";
 /// The statistic of a revision cluster's response times, before tag
 /// extraction (`cluster.<namespace>/<revision>.upstream_rq_time`).
 const REVISION_RQ_TIME_STAT: &str = r"^cluster\.[^./]+/[^./]+\.upstream_rq_time$";
-/// Every statistic but a revision cluster's and a route shard's (see
-/// [`revision_stats_config`]).
-const NOT_A_REVISION_STAT: &str = r"^[^/|]*$";
+/// Envoy's own statistics: every one but a revision cluster's and a route
+/// shard's (see [`revision_stats_config`]).
+const ENVOY_WIDE_STAT: &str = r"^[^/|]*$";
 /// A revision cluster's request and connection statistics (Envoy matches
 /// a safe regex against the whole name).
 const REVISION_UPSTREAM_STATS: &str = r"^cluster\.[^./]+/[^./]+\.upstream_.*$";
@@ -219,7 +219,7 @@ pub fn ads_bootstrap_yaml(opts: &AdsBootstrapOptions) -> Result<String, RenderEr
 ///
 /// Of a revision cluster's statistics, Envoy keeps only the `upstream_*`
 /// families (requests and connections: what the control plane, Flagger and
-/// an operator's diagnosis read); every other statistic is kept. Envoy
+/// an operator's diagnosis read); Envoy's own are all kept. Envoy
 /// flushes each statistic ever set to the stats sink every second, and the
 /// rest of a cluster's (membership, update and circuit-breaker gauges,
 /// versions) is set as soon as the cluster loads: with 10,000 Services,
@@ -243,7 +243,7 @@ fn revision_stats_config() -> StatsConfig {
                 // A revision cluster's statistics are the only ones whose
                 // names hold a `/` (`alt_stat_name`: `<namespace>/<revision>`),
                 // a route shard's the only ones with a `|` (`routes|<shard>`).
-                patterns: vec![regex(NOT_A_REVISION_STAT), regex(REVISION_UPSTREAM_STATS)],
+                patterns: vec![regex(ENVOY_WIDE_STAT), regex(REVISION_UPSTREAM_STATS)],
             })),
         }),
         histogram_bucket_settings: vec![HistogramBucketSettings {
