@@ -8,14 +8,27 @@
 //! [`release`]), write it back with the token, and start over when another VM
 //! wrote in between.
 //!
-//! Known limits, accepted because a shared-data key can be neither created
-//! atomically nor enumerated:
-//! - the first write of a key is unconditional, so two VMs admitting the very
-//!   first requests of a revision at the same instant may both count from 0
-//!   (one request over capacity, once);
-//! - a VM that dies with requests in flight leaves them counted. The filter
-//!   never panics, so VMs end only by configuration change, and an old VM
-//!   still runs `on_log` for its streams and releases their slots.
+//! # Creating a key
+//!
+//! Envoy writes a key that does not exist yet whatever CAS token comes with
+//! the write, so two VMs that both read a revision's key as absent would both
+//! write it, and one would overwrite the other's count (two requests in
+//! flight under `containerConcurrency: 1`). So a count is never written to an
+//! absent key: the key is first created as 0 under a lock ([`create`]), and
+//! counting starts over against the created key with its token.
+//!
+//! The lock is itself a shared-data key, created by every VM's start
+//! ([`prepare`]) if absent. Envoy starts a plugin's first VM (its
+//! configuration canary, on the main thread) before any VM of the plugin
+//! serves a request, so the lock exists before anyone counts. It holds the
+//! holder's clock reading; a holder that has not let go after
+//! [`LOCK_LEASE_NS`] is taken to be gone (its VM ended mid-callback) and the
+//! lock is taken over.
+//!
+//! Known limit, accepted because shared data cannot be enumerated: a VM that
+//! dies with requests in flight leaves them counted. The filter never panics,
+//! so VMs end only by configuration change, and an old VM still runs `on_log`
+//! for its streams and releases their slots.
 
 use crate::revision::RevisionKey;
 
@@ -26,6 +39,19 @@ pub const MAX_CAS_ATTEMPTS: usize = 16;
 
 /// Prefix of the shared-data keys holding in-flight counts.
 const KEY_PREFIX: &str = "revgate.inflight/";
+
+/// The shared-data key of the lock under which keys are created: 0 when
+/// free, else the holder's clock reading in ns.
+pub const CREATE_LOCK_KEY: &str = "revgate.create-lock";
+
+/// Reads of a taken create lock before [`create`] gives up for now. The
+/// holder lets go within a few host calls, unless its thread is descheduled.
+pub const LOCK_ATTEMPTS: usize = 256;
+
+/// How long a holder may keep the create lock before it is taken to be gone.
+/// A holder keeps it for two host calls; only a VM that ended mid-callback
+/// keeps it longer.
+pub const LOCK_LEASE_NS: u64 = 1_000_000_000;
 
 /// The shared-data key of a revision's in-flight count.
 pub fn counter_key(revision: &RevisionKey) -> String {
@@ -76,21 +102,80 @@ pub enum BreakerError {
     Store { key: String, source: StoreError },
     #[error("shared counter `{key}` kept changing under {MAX_CAS_ATTEMPTS} compare-and-swap attempts")]
     Contended { key: String },
+    /// Another VM is creating a key right now; ask again shortly.
+    #[error("shared counter `{key}` cannot be created now: another VM holds the create lock")]
+    Busy { key: String },
 }
 
-/// Applies `step` to the count under `key` by compare-and-swap. Returns the
-/// new count, or `None` when `step` declined (e.g. at capacity: nothing is
-/// written).
+/// Makes the create lock exist, free, unless it already does. Called as
+/// each VM starts, before it counts anything (see the module doc).
+pub fn prepare(store: &dyn SharedStore) -> Result<(), BreakerError> {
+    let store_error = |source| BreakerError::Store { key: CREATE_LOCK_KEY.to_owned(), source };
+    let (_, cas) = store.get(CREATE_LOCK_KEY).map_err(store_error)?;
+    if cas.is_none() {
+        store.set(CREATE_LOCK_KEY, &encode_count(0), None).map_err(store_error)?;
+    }
+    Ok(())
+}
+
+/// Whether a lock holding `held` may be taken at `now_ns`: it is free, or
+/// its holder's lease ran out.
+pub fn lock_takeable(held: u64, now_ns: u64) -> bool {
+    held == 0 || now_ns.saturating_sub(held) >= LOCK_LEASE_NS
+}
+
+/// Creates `key` as 0 under the create lock, unless it exists by then.
+/// [`BreakerError::Busy`] when another VM keeps the lock through every
+/// attempt: nothing was written.
+pub fn create(store: &dyn SharedStore, key: &str, now_ns: u64) -> Result<(), BreakerError> {
+    let lock_error = |source| BreakerError::Store { key: CREATE_LOCK_KEY.to_owned(), source };
+    let key_error = |source| BreakerError::Store { key: key.to_owned(), source };
+    // A clock reading of 0 would read as a free lock.
+    let stamp = encode_count(now_ns.max(1));
+    for _ in 0..LOCK_ATTEMPTS {
+        let (raw, cas) = store.get(CREATE_LOCK_KEY).map_err(lock_error)?;
+        let Some(cas) = cas else {
+            prepare(store)?;
+            continue;
+        };
+        if !lock_takeable(decode_count(raw.as_deref()), now_ns) {
+            continue;
+        }
+        match store.set(CREATE_LOCK_KEY, &stamp, Some(cas)) {
+            Ok(()) => {}
+            Err(StoreError::CasMismatch) => continue,
+            Err(e) => return Err(lock_error(e)),
+        }
+        // Holding the lock: no other VM writes an absent key now.
+        let created = match store.get(key) {
+            Ok((_, Some(_))) => Ok(()),
+            Ok((_, None)) => store.set(key, &encode_count(0), None).map_err(key_error),
+            Err(e) => Err(key_error(e)),
+        };
+        store.set(CREATE_LOCK_KEY, &encode_count(0), None).map_err(lock_error)?;
+        return created;
+    }
+    Err(BreakerError::Busy { key: key.to_owned() })
+}
+
+/// Applies `step` to the count under `key` by compare-and-swap, creating
+/// the key first if it is absent. Returns the new count, or `None` when
+/// `step` declined (e.g. at capacity: nothing is written).
 pub fn update(
     store: &dyn SharedStore,
     key: &str,
+    now_ns: u64,
     step: impl Fn(u64) -> Option<u64>,
 ) -> Result<Option<u64>, BreakerError> {
     let store_error = |source| BreakerError::Store { key: key.to_owned(), source };
     for _ in 0..MAX_CAS_ATTEMPTS {
         let (raw, cas) = store.get(key).map_err(store_error)?;
+        let Some(cas) = cas else {
+            create(store, key, now_ns)?;
+            continue;
+        };
         let Some(next) = step(decode_count(raw.as_deref())) else { return Ok(None) };
-        match store.set(key, &encode_count(next), cas) {
+        match store.set(key, &encode_count(next), Some(cas)) {
             Ok(()) => return Ok(Some(next)),
             Err(StoreError::CasMismatch) => continue,
             Err(e) => return Err(store_error(e)),
@@ -100,13 +185,18 @@ pub fn update(
 }
 
 /// Takes one slot of the revision's capacity; `Ok(false)` when full.
-pub fn try_acquire(store: &dyn SharedStore, revision: &RevisionKey, capacity: u64) -> Result<bool, BreakerError> {
-    Ok(update(store, &counter_key(revision), |n| admit(n, capacity))?.is_some())
+pub fn try_acquire(
+    store: &dyn SharedStore,
+    revision: &RevisionKey,
+    capacity: u64,
+    now_ns: u64,
+) -> Result<bool, BreakerError> {
+    Ok(update(store, &counter_key(revision), now_ns, |n| admit(n, capacity))?.is_some())
 }
 
 /// Gives back one slot.
-pub fn give_back(store: &dyn SharedStore, revision: &RevisionKey) -> Result<(), BreakerError> {
-    update(store, &counter_key(revision), release).map(|_| ())
+pub fn give_back(store: &dyn SharedStore, revision: &RevisionKey, now_ns: u64) -> Result<(), BreakerError> {
+    update(store, &counter_key(revision), now_ns, release).map(|_| ())
 }
 
 /// An in-memory [`SharedStore`] with Envoy's CAS semantics, for tests.
@@ -116,13 +206,25 @@ pub mod fake {
     use std::cell::{Cell, RefCell};
     use std::collections::HashMap;
 
-    #[derive(Debug, Default)]
+    /// What another VM does in between, given the shared store.
+    pub type OtherVm = Box<dyn FnOnce(&FakeStore)>;
+
+    #[derive(Default)]
     pub struct FakeStore {
         pub values: RefCell<HashMap<String, (Vec<u8>, u32)>>,
         /// Simulates other VMs: this many upcoming `set`s see a CAS mismatch
         /// (and bump the value's token as a concurrent writer would).
         pub mismatches: Cell<usize>,
         pub fail: Cell<bool>,
+        /// Simulates another VM acting between this VM's read and its next
+        /// write: runs once, just before the next `set`.
+        pub before_set: RefCell<Option<OtherVm>>,
+    }
+
+    impl std::fmt::Debug for FakeStore {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("FakeStore").field("values", &self.values).finish_non_exhaustive()
+        }
     }
 
     impl FakeStore {
@@ -150,6 +252,10 @@ pub mod fake {
         }
 
         fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), StoreError> {
+            let other_vm = self.before_set.borrow_mut().take();
+            if let Some(other_vm) = other_vm {
+                other_vm(self);
+            }
             let mut values = self.values.borrow_mut();
             let current = values.get(key).map(|(_, c)| *c);
             if self.mismatches.get() > 0 {
@@ -172,6 +278,12 @@ pub mod fake {
 mod tests {
     use super::fake::FakeStore;
     use super::*;
+
+    const NOW: u64 = 1_700_000_000_000_000_000;
+
+    fn lock(store: &FakeStore) -> u64 {
+        decode_count(store.values.borrow().get(CREATE_LOCK_KEY).map(|(v, _)| v.as_slice()))
+    }
 
     #[test]
     fn pure_accounting() {
@@ -197,13 +309,13 @@ mod tests {
     fn acquire_until_full_then_release() {
         let store = FakeStore::default();
         let rev = RevisionKey::new("d", "a");
-        assert_eq!(try_acquire(&store, &rev, 2), Ok(true));
-        assert_eq!(try_acquire(&store, &rev, 2), Ok(true));
-        assert_eq!(try_acquire(&store, &rev, 2), Ok(false));
+        assert_eq!(try_acquire(&store, &rev, 2, NOW), Ok(true));
+        assert_eq!(try_acquire(&store, &rev, 2, NOW), Ok(true));
+        assert_eq!(try_acquire(&store, &rev, 2, NOW), Ok(false));
         assert_eq!(store.count(&rev), 2);
-        give_back(&store, &rev).unwrap();
+        give_back(&store, &rev, NOW).unwrap();
         assert_eq!(store.count(&rev), 1);
-        assert_eq!(try_acquire(&store, &rev, 2), Ok(true));
+        assert_eq!(try_acquire(&store, &rev, 2, NOW), Ok(true));
     }
 
     #[test]
@@ -212,11 +324,11 @@ mod tests {
         let rev = RevisionKey::new("d", "a");
         store.set_count(&rev, 1);
         store.mismatches.set(3);
-        assert_eq!(try_acquire(&store, &rev, 5), Ok(true));
+        assert_eq!(try_acquire(&store, &rev, 5, NOW), Ok(true));
         assert_eq!(store.count(&rev), 2);
 
         store.mismatches.set(MAX_CAS_ATTEMPTS);
-        assert!(matches!(try_acquire(&store, &rev, 5), Err(BreakerError::Contended { .. })));
+        assert!(matches!(try_acquire(&store, &rev, 5, NOW), Err(BreakerError::Contended { .. })));
         assert_eq!(store.count(&rev), 2, "nothing written when contended");
     }
 
@@ -225,7 +337,53 @@ mod tests {
         let store = FakeStore::default();
         store.fail.set(true);
         let rev = RevisionKey::new("d", "a");
-        let err = try_acquire(&store, &rev, 1).unwrap_err();
+        let err = try_acquire(&store, &rev, 1, NOW).unwrap_err();
         assert!(err.to_string().contains("revgate.inflight/d/a"), "{err}");
+    }
+
+    #[test]
+    fn two_vms_admitting_a_new_revisions_first_requests_count_both() {
+        // VM A reads the counter absent; VM B takes the only slot before A
+        // writes. A must see B's count, not overwrite it.
+        let store = FakeStore::default();
+        prepare(&store).unwrap();
+        let rev = RevisionKey::new("d", "a");
+        *store.before_set.borrow_mut() = Some(Box::new(|store: &FakeStore| {
+            let b = try_acquire(store, &RevisionKey::new("d", "a"), 1, NOW);
+            assert_eq!(b, Ok(true), "VM B takes the slot");
+        }));
+        assert_eq!(try_acquire(&store, &rev, 1, NOW), Ok(false), "VM A finds the revision full");
+        assert_eq!(store.count(&rev), 1);
+        assert_eq!(lock(&store), 0, "the create lock is let go");
+    }
+
+    #[test]
+    fn a_held_create_lock_defers_and_a_stale_one_is_taken_over() {
+        let store = FakeStore::default();
+        prepare(&store).unwrap();
+        let rev = RevisionKey::new("d", "a");
+        store.set(CREATE_LOCK_KEY, &encode_count(NOW - 1_000), None).unwrap();
+        assert!(matches!(try_acquire(&store, &rev, 1, NOW), Err(BreakerError::Busy { .. })));
+        assert!(!store.values.borrow().contains_key(&counter_key(&rev)), "nothing written while another VM creates");
+
+        let later = NOW - 1_000 + LOCK_LEASE_NS;
+        assert_eq!(try_acquire(&store, &rev, 1, later), Ok(true), "the lease ran out");
+        assert_eq!(store.count(&rev), 1);
+        assert_eq!(lock(&store), 0);
+    }
+
+    #[test]
+    fn preparing_keeps_a_taken_lock_and_creating_keeps_an_existing_count() {
+        let store = FakeStore::default();
+        prepare(&store).unwrap();
+        store.set(CREATE_LOCK_KEY, &encode_count(NOW), None).unwrap();
+        prepare(&store).unwrap();
+        assert_eq!(lock(&store), NOW, "a VM starting later does not free another's lock");
+
+        store.set(CREATE_LOCK_KEY, &encode_count(0), None).unwrap();
+        let rev = RevisionKey::new("d", "a");
+        store.set_count(&rev, 3);
+        create(&store, &counter_key(&rev), NOW).unwrap();
+        assert_eq!(store.count(&rev), 3);
     }
 }

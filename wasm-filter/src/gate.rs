@@ -24,7 +24,7 @@
 
 use std::collections::HashMap;
 
-use crate::breaker::{self, SharedStore};
+use crate::breaker::{self, BreakerError, SharedStore};
 use crate::config::{FilterConfig, ReleaseGate};
 use crate::deadline::{Limits, Timers};
 use crate::hold::{Held, HoldQueue};
@@ -176,7 +176,7 @@ impl Gate {
         let admission = match line {
             _ if self.queue.len(&tracked.key) > 0 => Admission::Wait,
             None => self.unlisted(now_ns),
-            Some(line) => self.admission(&tracked.key, &tracked.cluster, &line, metadata_cc, store),
+            Some(line) => self.admission(&tracked.key, &tracked.cluster, &line, metadata_cc, now_ns, store),
         };
         let decision = match admission {
             Admission::Untracked => {
@@ -232,15 +232,18 @@ impl Gate {
         cluster: &str,
         line: &Readiness,
         metadata_cc: Option<u32>,
+        now_ns: u64,
         store: &dyn SharedStore,
     ) -> Admission {
         if !line.is_ready() || !self.confirmed(cluster) {
             return Admission::Wait;
         }
         let Some(capacity) = line.capacity(metadata_cc) else { return Admission::Go { slot: false } };
-        match breaker::try_acquire(store, key, capacity) {
+        match breaker::try_acquire(store, key, capacity, now_ns) {
             Ok(true) => Admission::Go { slot: true },
-            Ok(false) => Admission::Wait,
+            // Another VM is creating the revision's counter: the next pump
+            // (at the latest the root's tick) asks again.
+            Ok(false) | Err(BreakerError::Busy { .. }) => Admission::Wait,
             Err(e) => {
                 // Failing open: an uncounted request beats one held forever.
                 log::warn!("revgate: admitting a request for {key} without the breaker: {e}");
@@ -258,7 +261,7 @@ impl Gate {
             let line = self.line(key);
             let admission = match &line {
                 None => self.unlisted(now_ns),
-                Some(line) => self.admission(key, &cluster, line, metadata_cc, store),
+                Some(line) => self.admission(key, &cluster, line, metadata_cc, now_ns, store),
             };
             let slot = match admission {
                 Admission::Wait => break,
@@ -502,7 +505,7 @@ impl Gate {
             Phase::Admitted { slot } => {
                 self.metrics.left(key, now_ns);
                 if slot {
-                    if let Err(e) = breaker::give_back(store, key) {
+                    if let Err(e) = breaker::give_back(store, key, now_ns) {
                         log::warn!("revgate: could not give back a breaker slot of {key}: {e}");
                     }
                     freed_slot = true;

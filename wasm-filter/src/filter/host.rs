@@ -162,8 +162,8 @@ pub fn carry_out(effects: Vec<Effect>, current: u32) -> Vec<u32> {
 
 /// A number unique to this VM among the plugin's VMs in this Envoy process,
 /// from a shared-data counter (see `control::reporter_id`).
-pub fn vm_sequence(store: &HostStore) -> Option<u64> {
-    crate::breaker::update(store, "revgate.vm-sequence", |n| Some(n.saturating_add(1))).ok().flatten()
+pub fn vm_sequence(store: &HostStore, now_ns: u64) -> Option<u64> {
+    crate::breaker::update(store, "revgate.vm-sequence", now_ns, |n| Some(n.saturating_add(1))).ok().flatten()
 }
 
 #[cfg(test)]

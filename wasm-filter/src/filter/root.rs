@@ -12,10 +12,10 @@ use proxy_wasm::types::{BufferType, ContextType};
 use super::host::{self, HostStore};
 use super::http::{Http, send_probes};
 use super::{Shared, VmState, retime, with_state};
-use crate::config;
 use crate::control::{self, Call, Poller};
 use crate::probe;
 use crate::readiness::View;
+use crate::{breaker, config};
 
 /// The root context of one VM.
 #[derive(Debug)]
@@ -57,13 +57,13 @@ impl Root {
 
     /// Learns the node id and settles the reporter id, once. Envoy without
     /// a node id (a bootstrap with no `node`) reports as `unknown-node`.
-    fn ensure_identity(&self) {
+    fn ensure_identity(&self, now_ns: u64) {
         let known = with_state(&self.shared, "reading identity", |s| !s.reporter.is_empty()).unwrap_or(true);
         if known {
             return;
         }
         let node_id = host::node_id();
-        let seq = host::vm_sequence(&HostStore).unwrap_or(u64::from(self.id));
+        let seq = host::vm_sequence(&HostStore, now_ns).unwrap_or(u64::from(self.id));
         let reporter = control::reporter_id(node_id.as_deref().unwrap_or("unknown-node"), self.start_ns, seq);
         log::info!("revgate: filter VM reporting as {reporter}");
         with_state(&self.shared, "setting identity", |s| {
@@ -187,6 +187,10 @@ impl Context for Root {
 
 impl RootContext for Root {
     fn on_vm_start(&mut self, _vm_configuration_size: usize) -> bool {
+        // Before this VM counts anything (see `breaker`'s module doc).
+        if let Err(e) = breaker::prepare(&HostStore) {
+            log::warn!("revgate: {e}; the breaker's counters will create it");
+        }
         true
     }
 
@@ -212,7 +216,7 @@ impl RootContext for Root {
 
     fn on_tick(&mut self) {
         let Some(now_ns) = host::now_ns() else { return };
-        self.ensure_identity();
+        self.ensure_identity(now_ns);
         let effects = with_state(&self.shared, "ticking", |s| s.gate.on_tick(now_ns, &HostStore)).unwrap_or_default();
         super::http::settle(&self.shared, effects, self.id, now_ns);
         send_probes(&self.shared, self.id, now_ns);
