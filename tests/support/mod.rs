@@ -61,9 +61,40 @@ pub fn revgate_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_revgate"))
 }
 
-/// A port that was free a moment ago.
+/// A loopback port for a process a test starts, free a moment ago.
+///
+/// Taken below the kernel's ephemeral range, never from it: a port the kernel
+/// handed out for a bind to port 0 and that was released again can be handed
+/// out a second time to any other process of the run (an Envoy's admin, a
+/// backend) before the test's process binds it. Below that range ports are
+/// only ever given by this function, which never gives one twice in a test
+/// binary and skips those a leftover process still holds.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("no free port on loopback")
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let (low, high) = (FIRST_TEST_PORT, ephemeral_ports_start());
+    let span = u64::from(high.saturating_sub(low)).max(1);
+    // Test binaries run one after another; each starts elsewhere in the span.
+    let start = u64::from(std::process::id()).wrapping_mul(7919) % span;
+    for _ in 0..span {
+        let offset = (start + NEXT.fetch_add(1, Ordering::Relaxed)) % span;
+        let port = low + u16::try_from(offset).expect("the span fits in a port");
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port in {low}..{high}");
+}
+
+/// The lowest port [`free_port`] gives.
+const FIRST_TEST_PORT: u16 = 10_000;
+
+/// Where the kernel's ephemeral ports start (`ip_local_port_range`).
+fn ephemeral_ports_start() -> u16 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse().ok())
+        .filter(|start| *start > FIRST_TEST_PORT + 1_000)
+        .unwrap_or(32_768)
 }
 
 /// Polls `check` until it returns `Some`, failing the test after [`DEADLINE`].
