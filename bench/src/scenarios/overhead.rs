@@ -93,6 +93,13 @@ impl Measured {
     }
 }
 
+/// Which gateway runs first in round `round`: bare, filter, then filter,
+/// bare, and so on, so that a drift over the run (the machine warming up or
+/// a neighbour's load easing) favours neither side.
+fn round_order(round: usize) -> [usize; 2] {
+    if round % 2 == 0 { [0, 1] } else { [1, 0] }
+}
+
 pub async fn run(tools: &Tools, size: Size) -> anyhow::Result<Outcome> {
     let dir = tools.scenario_dir("overhead")?;
     let (_upstream, upstream) = start_upstream(tools, &dir).await?;
@@ -142,9 +149,9 @@ pub async fn run(tools: &Tools, size: Size) -> anyhow::Result<Outcome> {
     let mut rate = 0;
     for service in [SERVICE, THROTTLED] {
         let mut peaks: [Vec<OhaReport>; 2] = [Vec::new(), Vec::new()];
-        for _ in 0..rounds {
-            for (i, g) in gateways.iter().enumerate() {
-                peaks[i].push(oha(g, service).closed_loop(saturate, CONNECTIONS).run().await?);
+        for round in 0..rounds {
+            for i in round_order(round) {
+                peaks[i].push(oha(&gateways[i], service).closed_loop(saturate, CONNECTIONS).run().await?);
             }
         }
         if rate == 0 {
@@ -153,9 +160,9 @@ pub async fn run(tools: &Tools, size: Size) -> anyhow::Result<Outcome> {
             rate = (bare * RATE_SHARE).round().max(100.0) as u64;
         }
         let mut steady: [Vec<OhaReport>; 2] = [Vec::new(), Vec::new()];
-        for _ in 0..rounds {
-            for (i, g) in gateways.iter().enumerate() {
-                steady[i].push(oha(g, service).fixed_rate(fixed, CONNECTIONS, rate).run().await?);
+        for round in 0..rounds {
+            for i in round_order(round) {
+                steady[i].push(oha(&gateways[i], service).fixed_rate(fixed, CONNECTIONS, rate).run().await?);
             }
         }
         measured.push(Measured { rate, peaks, steady });
@@ -171,7 +178,7 @@ pub async fn run(tools: &Tools, size: Size) -> anyhow::Result<Outcome> {
     let notes = vec![
         format!(
             "Upstream: this suite's Rust server (axum, one worker thread) on loopback; Envoy {} workers in both; \
-             {rounds} alternating round(s), medians shown; fixed rate = {:.0}% of bare Envoy's peak.",
+             {rounds} round(s), each gateway going first in turn, medians shown; fixed rate = {:.0}% of bare Envoy's peak.",
             crate::gateway::ENVOY_CONCURRENCY,
             RATE_SHARE * 100.0
         ),
