@@ -39,6 +39,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use revgate_model::plan::ObjectKey;
+use revgate_model::replaced::{Differing, differing};
 use revgate_runtime::{RevisionState, RevisionStates, Runtime, Workload};
 use tokio::sync::watch;
 use tokio::task::{AbortHandle, JoinSet};
@@ -144,9 +145,7 @@ impl<T: Withdrawal> ZeroGate<T> {
         if Arc::ptr_eq(&previous, &input) {
             return step;
         }
-        let gone: Vec<&ObjectKey> = previous.keys().filter(|key| !input.contains_key(*key)).collect();
-        let changed: Vec<(&ObjectKey, &T)> =
-            input.iter().filter(|(key, next)| previous.get(*key) != Some(*next)).collect();
+        let Differing { gone, changed } = differing(&previous, &input);
         if gone.is_empty() && changed.is_empty() {
             return step;
         }

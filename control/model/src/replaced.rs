@@ -1,9 +1,11 @@
-//! Finding what changed between two versions of a map whose values are
-//! shared (`Arc`): a new version keeps the allocation of every value it
+//! Finding what changed between two versions of a sorted map in one walk
+//! over both, without looking keys up: [`replaced`] for maps whose values
+//! are shared (`Arc`): a new version keeps the allocation of every value it
 //! leaves equal (a [`crate::World`], a gateway snapshot), so what a change
-//! touched is what is not the very same allocation.
+//! touched is what is not the very same allocation; [`differing`] for maps
+//! of plain values, compared by value.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 /// The keys whose objects are not the very same allocation before and
@@ -32,4 +34,66 @@ pub fn replaced<'a, K: Ord + 'a, V: 'a>(
     }
     keys.extend(before.map(|(gone, _)| gone));
     keys
+}
+
+/// What differs between two versions of a map.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Differing<'a, K, V> {
+    /// Keys only the old version has, in order.
+    pub gone: Vec<&'a K>,
+    /// Entries of the new version that the old one lacks or holds with
+    /// another value, in order.
+    pub changed: Vec<(&'a K, &'a V)>,
+}
+
+/// The entries that differ between `before` and `after`: one walk over both
+/// in key order, two key comparisons per entry, where looking each key of
+/// one map up in the other costs a search.
+pub fn differing<'a, K: Ord, V: PartialEq>(
+    before: &'a BTreeMap<K, V>,
+    after: &'a BTreeMap<K, V>,
+) -> Differing<'a, K, V> {
+    let mut differing = Differing { gone: Vec::new(), changed: Vec::new() };
+    let mut before = before.iter().peekable();
+    for (key, value) in after {
+        while let Some((gone, _)) = before.next_if(|(old, _)| *old < key) {
+            differing.gone.push(gone);
+        }
+        match before.next_if(|(old, _)| *old == key) {
+            Some((_, old)) if old == value => {}
+            _ => differing.changed.push((key, value)),
+        }
+    }
+    differing.gone.extend(before.map(|(gone, _)| gone));
+    differing
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn differing_finds_gone_new_and_changed_entries_in_order() {
+        let before = BTreeMap::from([(1, "a"), (2, "b"), (4, "d"), (6, "f")]);
+        let after = BTreeMap::from([(2, "b"), (3, "c"), (4, "D"), (7, "g")]);
+        let found = differing(&before, &after);
+        assert_eq!(found.gone, vec![&1, &6]);
+        assert_eq!(found.changed, vec![(&3, &"c"), (&4, &"D"), (&7, &"g")]);
+
+        let same = differing(&before, &before);
+        assert!(same.gone.is_empty() && same.changed.is_empty());
+        let nothing = BTreeMap::new();
+        let from_nothing = differing(&nothing, &after);
+        assert_eq!((from_nothing.gone.len(), from_nothing.changed.len()), (0, 4));
+        let to_nothing = differing(&before, &nothing);
+        assert_eq!((to_nothing.gone.len(), to_nothing.changed.len()), (4, 0));
+    }
+
+    #[test]
+    fn replaced_compares_allocations_not_values() {
+        let (a, b) = (Arc::new("a"), Arc::new("b"));
+        let before = BTreeMap::from([(1, a.clone()), (2, b.clone()), (3, Arc::new("c"))]);
+        let after = BTreeMap::from([(1, a), (2, Arc::new("b")), (4, b)]);
+        assert_eq!(replaced(&before, &after), BTreeSet::from([&2, &3, &4]));
+    }
 }
