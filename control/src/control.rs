@@ -581,14 +581,15 @@ impl ControlPlane {
             .filter(|(_, state)| !state.ready.is_empty())
             .map(|(key, state)| (key.clone(), state.ready.clone()))
             .collect();
+        let cold_changed = self.cold != gated.cold;
         self.cold.clone_from(&gated.cold);
         if first || endpoints != *self.endpoints {
             self.endpoints = Arc::new(endpoints);
             // Endpoints are not part of the plan; the first snapshot is.
             self.publish(if first { Replan::Yes } else { Replan::No });
             self.endpoints_tx.send_replace(self.endpoints.clone());
-        } else {
-            // The snapshot is unchanged: only the wanted counts may be.
+        } else if cold_changed {
+            // The snapshot is unchanged: only the wanted counts are not.
             let plan = self.plan_tx.borrow().clone();
             self.publish_desired(&plan);
         }
@@ -598,7 +599,9 @@ impl ControlPlane {
     fn runtime_verdicts(&mut self, states: &BTreeMap<ObjectKey, RevisionState>) {
         let verdicts: BTreeMap<ObjectKey, RevisionReadiness> = states
             .iter()
-            .filter(|(key, state)| self.world.revisions.contains_key(*key) && state.ready.is_empty())
+            .filter(|(key, state)| {
+                state.ready.is_empty() && state.reason.is_some() && self.world.revisions.contains_key(*key)
+            })
             .filter_map(|(key, state)| {
                 let reason = state.reason.clone()?;
                 let message = state.message.clone().unwrap_or_default();
