@@ -175,9 +175,19 @@ impl TypeSnapshot {
     /// The version of the subset of this type named by `names` (absent
     /// names are skipped): what a SotW stream asking for those names has.
     pub fn version_of_names<'a>(&self, names: impl IntoIterator<Item = &'a String>) -> String {
-        let sum =
-            names.into_iter().filter_map(|n| self.resources.get(n)).fold(0u64, |sum, r| sum.wrapping_add(r.digest));
-        hex_digest(sum)
+        subset_version(self.digest_of_names(names))
+    }
+
+    /// The digest behind [`Self::version_of_names`]: a sum, so that a
+    /// stream can keep it and move it by what one change replaced
+    /// ([`Self::digest_of`] before and after) instead of summing every name.
+    pub fn digest_of_names<'a>(&self, names: impl IntoIterator<Item = &'a String>) -> u64 {
+        names.into_iter().fold(0u64, |sum, name| sum.wrapping_add(self.digest_of(name)))
+    }
+
+    /// One resource's share of a subset's digest (0 when absent).
+    pub fn digest_of(&self, name: &str) -> u64 {
+        self.resources.get(name).map_or(0, |r| r.digest)
     }
 }
 
@@ -434,6 +444,12 @@ fn pair_digest(name: &str, version: &str) -> u64 {
     let mut first = [0u8; 8];
     first.copy_from_slice(&digest[..8]);
     u64::from_le_bytes(first)
+}
+
+/// The version of a subset whose digest is `digest` (see
+/// [`TypeSnapshot::digest_of_names`]).
+pub fn subset_version(digest: u64) -> String {
+    hex_digest(digest)
 }
 
 fn hex_digest(digest: u64) -> String {

@@ -242,6 +242,50 @@ async fn unchanged_content_and_stale_nonces_send_nothing() {
 }
 
 #[tokio::test]
+async fn a_subscribed_subsets_version_follows_each_change_as_a_fresh_subscription_would_see_it() {
+    // What a new stream asking for `names` is answered: the reference.
+    async fn fresh_version(addr: std::net::SocketAddr, names: &[&str]) -> String {
+        let mut fresh = Sotw::open(addr).await;
+        fresh.subscribe(EDS, names).await;
+        fresh.recv().await.version_info
+    }
+    let cache = SnapshotCache::new();
+    cache.set_snapshot(snapshot(&plan(), &endpoints()));
+    let (_server, addr) = start(cache.clone()).await;
+    let mut ads = Sotw::open(addr).await;
+
+    ads.subscribe(EDS, &[CLUSTER_1]).await;
+    let first = ads.recv().await;
+    ads.ack(&first, &[CLUSTER_1]).await;
+
+    // The subscribed assignment changes: its version moves with it.
+    cache.set_snapshot(snapshot(&plan(), &endpoints_moved()));
+    let moved = ads.recv().await;
+    assert_eq!(moved.resources.len(), 1);
+    assert_eq!(moved.version_info, fresh_version(addr, &[CLUSTER_1]).await);
+    ads.ack(&moved, &[CLUSTER_1]).await;
+
+    // An assignment the stream did not ask for changes: nothing is sent.
+    let mut second = endpoints_moved();
+    second.insert(key("hello-00002"), vec![revgate_model::plan::Endpoint { host: "10.0.0.3".into(), port: 8080 }]);
+    cache.set_snapshot(snapshot(&plan(), &second));
+    ads.assert_quiet().await;
+
+    // The stream widens its scope in an ACK: the assignment it lacks, at the
+    // version a new stream asking for both sees.
+    ads.ack(&moved, &[CLUSTER_1, CLUSTER_2]).await;
+    let widened = ads.recv().await;
+    assert_eq!(widened.resources.len(), 1, "only what the client does not have yet");
+    assert_eq!(widened.version_info, fresh_version(addr, &[CLUSTER_1, CLUSTER_2]).await);
+    ads.ack(&widened, &[CLUSTER_1, CLUSTER_2]).await;
+
+    // And keeps following changes within it.
+    cache.set_snapshot(snapshot(&plan(), &endpoints()));
+    let back = ads.recv().await;
+    assert_eq!(back.version_info, fresh_version(addr, &[CLUSTER_1, CLUSTER_2]).await);
+}
+
+#[tokio::test]
 async fn per_node_snapshots_override_the_default() {
     let cache = SnapshotCache::new();
     cache.set_snapshot(snapshot(&plan(), &endpoints()));

@@ -48,7 +48,7 @@ use tonic::Status;
 
 use super::cache::SnapshotCache;
 use super::status::{AckedResource, Api, StatusRecorder};
-use crate::snapshot::{ResourceType, Snapshot, TypeSnapshot, VersionedResource};
+use crate::snapshot::{ResourceType, Snapshot, TypeSnapshot, VersionedResource, subset_version};
 
 /// A request, whichever protocol it came in.
 #[derive(Debug, Default)]
@@ -235,8 +235,13 @@ struct Watch {
     sent_version: Option<String>,
     last_nonce: Option<u64>,
     /// The type's resources the last response was computed from, so a
-    /// snapshot that shares them is skipped at once.
+    /// snapshot that shares them is skipped at once. Reset when the scope
+    /// (wildcard, subscribed names) changes.
     seen: Option<Arc<TypeSnapshot>>,
+    /// SotW, named subscriptions: the digest of the subscribed names in
+    /// `seen` (see `TypeSnapshot::digest_of_names`), moved by each change
+    /// rather than summed again over every name.
+    seen_digest: Option<u64>,
     /// The first request has been answered (delta).
     answered: bool,
 }
@@ -312,47 +317,65 @@ impl Session {
             }
         }
 
-        match self.api {
+        let wildcard_before = watch.wildcard;
+        let scope_changed = match self.api {
             Api::Sotw => {
                 watch.wildcard =
                     resource_type.is_wildcard() && (request.names.is_empty() || request.names.iter().any(|n| n == "*"));
-                let names: BTreeSet<String> = request.names.into_iter().filter(|n| n != "*").collect();
-                if request.response_nonce.is_empty() {
-                    // A (re)subscription: send everything asked for.
-                    watch.client.clear();
-                    watch.force = true;
-                } else if !watch.wildcard {
-                    watch.client.retain(|name, _| names.contains(name));
-                }
-                watch.subscribed = names;
                 watch.pending = true;
+                let resubscribed = request.response_nonce.is_empty();
+                // Most requests ACK a response and name what the last one did:
+                // with 20,000 endpoint assignments, rebuilding the scope for each
+                // would cost more than the response.
+                if resubscribed || watch.wildcard != wildcard_before || !same_names(&request.names, &watch.subscribed) {
+                    let names: BTreeSet<String> = request.names.into_iter().filter(|n| n != "*").collect();
+                    if resubscribed {
+                        // A (re)subscription: send everything asked for.
+                        watch.client.clear();
+                        watch.force = true;
+                    } else if !watch.wildcard {
+                        watch.client.retain(|name, _| names.contains(name));
+                    }
+                    watch.subscribed = names;
+                    true
+                } else {
+                    false
+                }
             }
             Api::Delta => {
                 if first {
                     watch.wildcard = resource_type.is_wildcard() && request.subscribe.is_empty();
                     watch.client = request.initial_versions;
                 }
+                let mut changed = first || watch.wildcard != wildcard_before;
                 for name in request.subscribe {
                     if name == "*" {
+                        changed |= !watch.wildcard;
                         watch.wildcard = true;
                     } else if watch.subscribed.insert(name.clone()) {
                         watch.newly_subscribed.insert(name);
+                        changed = true;
                     }
                 }
                 for name in request.unsubscribe {
                     if name == "*" {
+                        changed |= watch.wildcard;
                         watch.wildcard = false;
                     } else {
-                        watch.subscribed.remove(&name);
+                        changed |= watch.subscribed.remove(&name);
                         watch.newly_subscribed.remove(&name);
                         if !watch.wildcard {
                             watch.client.remove(&name);
                         }
                     }
                 }
+                changed
             }
+        };
+        if scope_changed {
+            watch.seen = None;
+            watch.seen_digest = None;
         }
-        watch.seen = None;
         self.respond(resource_type)
     }
 
@@ -396,8 +419,9 @@ impl Session {
         // the resources replaced since can differ from what it has. With
         // 20,000 endpoint assignments, one changing costs a pointer
         // comparison per resource instead of a lookup per subscribed name.
+        let last_seen = last_seen.filter(|_| !sotw_all && !watch.force);
         let changed = last_seen
-            .filter(|_| !sotw_all && !watch.force)
+            .as_ref()
             .map(|seen| replaced(&seen.resources, &available.resources).into_iter().cloned().collect::<Vec<String>>());
         let (wildcard, subscribed) = (watch.wildcard, &watch.subscribed);
         let in_scope: Box<dyn Iterator<Item = (&String, &Arc<VersionedResource>)>> = match &changed {
@@ -421,7 +445,16 @@ impl Session {
                 let version = if watch.wildcard {
                     available.version.clone()
                 } else {
-                    available.version_of_names(&watch.subscribed)
+                    let digest = match (&changed, &last_seen, watch.seen_digest) {
+                        (Some(names), Some(seen), Some(digest)) => {
+                            names.iter().filter(|name| watch.subscribed.contains(*name)).fold(digest, |digest, name| {
+                                digest.wrapping_sub(seen.digest_of(name)).wrapping_add(available.digest_of(name))
+                            })
+                        }
+                        _ => available.digest_of_names(&watch.subscribed),
+                    };
+                    watch.seen_digest = Some(digest);
+                    subset_version(digest)
                 };
                 if !watch.force && watch.sent_version.as_ref() == Some(&version) {
                     return None;
@@ -509,4 +542,14 @@ impl Session {
         self.recorder.response_sent(&self.node, resource_type, &version, resources.len(), removed.len());
         Some(Response { resource_type, version, nonce: self.nonce.to_string(), resources, removed })
     }
+}
+
+/// Whether a SotW request names exactly `subscribed` (a `*` aside). Envoy
+/// lists names in order, so one walk decides; otherwise they are looked up.
+fn same_names(requested: &[String], subscribed: &BTreeSet<String>) -> bool {
+    let named = || requested.iter().filter(|name| *name != "*");
+    if named().count() != subscribed.len() {
+        return false;
+    }
+    named().zip(subscribed).all(|(a, b)| a == b) || named().collect::<BTreeSet<_>>().into_iter().eq(subscribed)
 }
