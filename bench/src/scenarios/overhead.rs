@@ -97,7 +97,7 @@ impl Measured {
 /// bare, and so on, so that a drift over the run (the machine warming up or
 /// a neighbour's load easing) favours neither side.
 fn round_order(round: usize) -> [usize; 2] {
-    if round % 2 == 0 { [0, 1] } else { [1, 0] }
+    if round.is_multiple_of(2) { [0, 1] } else { [1, 0] }
 }
 
 pub async fn run(tools: &Tools, size: Size) -> anyhow::Result<Outcome> {
