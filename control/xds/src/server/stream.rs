@@ -221,6 +221,10 @@ pub(crate) struct Session {
 struct Watch {
     wildcard: bool,
     subscribed: BTreeSet<String>,
+    /// SotW: the names of the last request as sent. Envoy repeats them in
+    /// the same order while its subscription stays, so comparing the list
+    /// tells an unchanged scope apart without building a set.
+    requested: Vec<String>,
     /// What the client has (or has been sent): name → resource version.
     client: HashMap<String, String>,
     /// Names subscribed since the last response, to report missing ones as removed (delta).
@@ -327,8 +331,9 @@ impl Session {
                 // Most requests ACK a response and name what the last one did:
                 // with 20,000 endpoint assignments, rebuilding the scope for each
                 // would cost more than the response.
-                if resubscribed || watch.wildcard != wildcard_before || !same_names(&request.names, &watch.subscribed) {
-                    let names: BTreeSet<String> = request.names.into_iter().filter(|n| n != "*").collect();
+                if resubscribed || watch.wildcard != wildcard_before || request.names != watch.requested {
+                    let names: BTreeSet<String> = request.names.iter().filter(|n| *n != "*").cloned().collect();
+                    watch.requested = request.names;
                     if resubscribed {
                         // A (re)subscription: send everything asked for.
                         watch.client.clear();
@@ -542,14 +547,4 @@ impl Session {
         self.recorder.response_sent(&self.node, resource_type, &version, resources.len(), removed.len());
         Some(Response { resource_type, version, nonce: self.nonce.to_string(), resources, removed })
     }
-}
-
-/// Whether a SotW request names exactly `subscribed` (a `*` aside). Envoy
-/// lists names in order, so one walk decides; otherwise they are looked up.
-fn same_names(requested: &[String], subscribed: &BTreeSet<String>) -> bool {
-    let named = || requested.iter().filter(|name| *name != "*");
-    if named().count() != subscribed.len() {
-        return false;
-    }
-    named().zip(subscribed).all(|(a, b)| a == b) || named().collect::<BTreeSet<_>>().into_iter().eq(subscribed)
 }
