@@ -312,9 +312,12 @@ impl Autoscaler {
         let now = self.now_ms();
         let states = self.runtime.states();
         let states = states.borrow();
+        // Both maps are in key order: one walk over both, no lookups.
+        let mut states = states.iter().peekable();
         for (key, revision) in &mut self.revisions {
-            let state = states.get(key);
-            revision.kpa.observe_ready(now, state.map_or(0, |s| u32::try_from(s.ready.len()).unwrap_or(u32::MAX)));
+            while states.next_if(|(other, _)| *other < key).is_some() {}
+            let ready = states.next_if(|(other, _)| *other == key).map_or(0, |(_, s)| s.ready.len());
+            revision.kpa.observe_ready(now, u32::try_from(ready).unwrap_or(u32::MAX));
         }
     }
 
