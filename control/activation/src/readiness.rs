@@ -263,19 +263,32 @@ impl ReadinessTable {
         if nodes.is_empty() {
             return BTreeSet::new();
         }
-        let acked: Vec<Option<&BTreeMap<ObjectKey, u32>>> =
-            nodes.iter().map(|node| self.acked.get(node).map(|a| &**a)).collect();
-        self.revisions
+        let needs_no_filter = |key: &ObjectKey, facts: &RevisionFacts| {
+            facts.container_concurrency == 0
+                && facts.idle_timeout_ms == 0
+                && self.desired(key).is_some_and(|wanted| wanted > 0)
+        };
+        // Inlined endpoints need no ACK.
+        let mut warm: BTreeSet<ObjectKey> = self
+            .revisions
             .iter()
-            .filter(|(key, facts)| {
-                facts.container_concurrency == 0
-                    && facts.idle_timeout_ms == 0
-                    && self.desired(key).is_some_and(|wanted| wanted > 0)
-                    && (facts.inlined_endpoints.is_some_and(|n| n > 0)
-                        || acked.iter().all(|node| node.and_then(|a| a.get(*key)).is_some_and(|n| *n > 0)))
-            })
+            .filter(|(key, facts)| facts.inlined_endpoints.is_some_and(|n| n > 0) && needs_no_filter(key, facts))
             .map(|(key, _)| key.clone())
-            .collect()
+            .collect();
+        // The rest must be ACKed with endpoints by every node: the candidates
+        // are the warm revisions of one node, not every revision.
+        let acked: Option<Vec<&BTreeMap<ObjectKey, u32>>> =
+            nodes.iter().map(|node| self.acked.get(node).map(|a| &**a)).collect();
+        let Some(acked) = acked else { return warm };
+        let Some(fewest) = acked.iter().min_by_key(|a| a.len()) else { return warm };
+        warm.extend(
+            fewest
+                .keys()
+                .filter(|key| self.revisions.get(*key).is_some_and(|facts| needs_no_filter(key, facts)))
+                .filter(|key| acked.iter().all(|node| node.get(*key).is_some_and(|n| *n > 0)))
+                .cloned(),
+        );
+        warm
     }
 
     /// The update for one node: every known revision with the endpoints that

@@ -248,6 +248,29 @@ mod tests {
     }
 
     #[test]
+    fn endpoints_by_name_need_no_ack_and_only_wanted_revisions_of_the_plan_are_warm() {
+        let mut by_name = (*revision("by-name", 0, 0)).clone();
+        by_name.static_endpoints = Some(vec![revgate_model::plan::Endpoint { host: "localhost".into(), port: 80 }]);
+        let mut table = ReadinessTable::new(1);
+        let plan = GatewayPlan {
+            revisions: vec![Arc::new(by_name), revision("warm", 0, 0), revision("unwanted", 0, 0)],
+            ..Default::default()
+        };
+        table.set_plan(&plan);
+        let desired = [(key("by-name"), 1), (key("warm"), 1), (key("unwanted"), 0)];
+        table.set_desired(&Arc::new(BTreeMap::from(desired)));
+        let both = nodes(&["gw-1", "gw-2"]);
+        assert_eq!(warm_everywhere(&table, &both, |_| true), BTreeSet::from([key("by-name")]), "no ACK needed");
+
+        for node in ["gw-1", "gw-2"] {
+            for name in ["warm", "unwanted", "not-in-the-plan"] {
+                table.record_ack(&eds(node, name, 1));
+            }
+        }
+        assert_eq!(warm_everywhere(&table, &both, |_| true), BTreeSet::from([key("by-name"), key("warm")]));
+    }
+
+    #[test]
     fn a_revision_is_bypassed_once_every_gateway_acked_its_endpoints_and_streams_stats() {
         let mut table = table();
         let both = nodes(&["gw-1", "gw-2"]);
