@@ -110,17 +110,22 @@ impl<T> Default for Gated<T> {
 
 /// The gate's rules (the table in the module docs), without I/O or clock.
 ///
-/// It keeps the last input; what it shows lives with its readers (the
-/// output `watch`), and is changed in place, revision by revision: a change
-/// of one revision costs that revision, not the world.
+/// What it shows lives with its readers (the output `watch`), and is
+/// changed in place, revision by revision: a change of one revision costs
+/// that revision, not the world. Each input is compared with what is shown,
+/// which is the input but for the revisions that wait; so the gate keeps
+/// only their inputs, never a reference to the whole input, which would make
+/// its sender copy the whole map at its next change.
 #[derive(Debug, Clone)]
 pub struct ZeroGate<T> {
-    input: Arc<BTreeMap<ObjectKey, T>>,
+    /// The latest input of each revision whose withdrawal waits (those in
+    /// the shown `cold`): what is shown once the filters heard.
+    waiting: BTreeMap<ObjectKey, T>,
 }
 
 impl<T> Default for ZeroGate<T> {
     fn default() -> Self {
-        Self { input: Arc::new(BTreeMap::new()) }
+        Self { waiting: BTreeMap::new() }
     }
 }
 
@@ -140,20 +145,23 @@ impl<T: Withdrawal> ZeroGate<T> {
     /// Takes the latest input and updates `shown` for the revisions whose
     /// input changed. `shown` is copied only if a reader still holds it.
     pub fn take(&mut self, shown: &mut Arc<Gated<T>>, input: Arc<BTreeMap<ObjectKey, T>>) -> Step {
-        let previous = std::mem::replace(&mut self.input, input.clone());
         let mut step = Step::default();
-        if Arc::ptr_eq(&previous, &input) {
-            return step;
-        }
-        let Differing { gone, changed } = differing(&previous, &input);
-        if gone.is_empty() && changed.is_empty() {
+        // A waiting revision's input stands for what it shows.
+        let Differing { gone, changed } = differing(&shown.items, &input);
+        let gone: Vec<ObjectKey> = gone.into_iter().cloned().collect();
+        let changed: Vec<(&ObjectKey, &T)> =
+            changed.into_iter().filter(|(key, next)| self.waiting.get(*key) != Some(*next)).collect();
+        let unseen_gone: Vec<ObjectKey> =
+            self.waiting.keys().filter(|key| !input.contains_key(*key)).cloned().collect();
+        if gone.is_empty() && changed.is_empty() && unseen_gone.is_empty() {
             return step;
         }
         let shown = Arc::make_mut(shown);
-        for key in gone {
-            shown.items.remove(key);
-            if shown.cold.remove(key) {
-                step.superseded.push(key.clone());
+        for key in gone.into_iter().chain(unseen_gone) {
+            shown.items.remove(&key);
+            self.waiting.remove(&key);
+            if shown.cold.remove(&key) {
+                step.superseded.push(key);
             }
         }
         for (key, next) in changed {
@@ -161,18 +169,15 @@ impl<T: Withdrawal> ZeroGate<T> {
                 Some(current) if next.is_zero() && !current.is_zero() => {
                     let held = current.held(next);
                     shown.items.insert(key.clone(), held);
-                    if shown.cold.insert(key.clone()) {
-                        step.started.push(key.clone());
-                    }
+                    self.wait(shown, key, next, &mut step);
                 }
                 None if next.is_zero() && T::HOLD_UNSEEN => {
                     // Nothing shown yet: nothing is let through until heard.
-                    if shown.cold.insert(key.clone()) {
-                        step.started.push(key.clone());
-                    }
+                    self.wait(shown, key, next, &mut step);
                 }
                 _ => {
                     shown.items.insert(key.clone(), next.clone());
+                    self.waiting.remove(key);
                     if shown.cold.remove(key) {
                         step.superseded.push(key.clone());
                     }
@@ -183,16 +188,24 @@ impl<T: Withdrawal> ZeroGate<T> {
         step
     }
 
+    /// `key`'s withdrawal (to `next`) waits for the filters.
+    fn wait(&mut self, shown: &mut Gated<T>, key: &ObjectKey, next: &T, step: &mut Step) {
+        self.waiting.insert(key.clone(), next.clone());
+        if shown.cold.insert(key.clone()) {
+            step.started.push(key.clone());
+        }
+    }
+
     /// Every filter heard `revision` is cold (or the wait timed out): its
     /// withdrawal goes through. Returns whether what is shown changed.
-    pub fn heard(&self, shown: &mut Arc<Gated<T>>, revision: &ObjectKey) -> bool {
+    pub fn heard(&mut self, shown: &mut Arc<Gated<T>>, revision: &ObjectKey) -> bool {
         if !shown.cold.contains(revision) {
             return false;
         }
         let shown = Arc::make_mut(shown);
         shown.cold.remove(revision);
-        match self.input.get(revision) {
-            Some(next) => shown.items.insert(revision.clone(), next.clone()),
+        match self.waiting.remove(revision) {
+            Some(next) => shown.items.insert(revision.clone(), next),
             None => shown.items.remove(revision),
         };
         true
@@ -588,6 +601,42 @@ mod tests {
             assert_eq!(got.items[&key()].ready, endpoints(shown), "{step}");
             assert_eq!(got.cold.contains(&key()), *cold, "{step}");
         }
+    }
+
+    #[test]
+    fn a_waiting_revision_reports_its_wait_once_and_leaves_with_its_input() {
+        let (mut gate, mut got) = (ZeroGate::default(), Arc::new(Gated::default()));
+        gate.take(&mut got, states(&[8081]));
+        let started = gate.take(&mut got, states(&[]));
+        assert_eq!((started.started, started.changed), (vec![key()], true));
+
+        // The same input again, or another revision's change, starts nothing
+        // and leaves what is shown alone.
+        assert_eq!(gate.take(&mut got, states(&[])), Step::default());
+        let mut other = (*states(&[])).clone();
+        other.insert(ObjectKey::new("default", "other"), RevisionState::default());
+        let step = gate.take(&mut got, Arc::new(other));
+        assert!(step.started.is_empty() && step.superseded.is_empty() && step.changed);
+        assert_eq!(got.items[&key()].ready, endpoints(&[8081]), "still held");
+
+        // The revision is deleted while it waits: gone at once, its wait over.
+        let gone = gate.take(&mut got, Arc::new(RevisionStates::new()));
+        assert_eq!(gone.superseded, vec![key()]);
+        assert!(got.items.is_empty() && got.cold.is_empty());
+        assert!(!gate.heard(&mut got, &key()), "a late hearing changes nothing");
+    }
+
+    #[test]
+    fn an_unseen_revision_held_at_zero_leaves_with_its_input() {
+        let wish = |replicas| Wish { workload: workload(), replicas };
+        let (mut gate, mut got) = (ZeroGate::default(), Arc::new(Gated::default()));
+        let held = gate.take(&mut got, Arc::new(BTreeMap::from([(key(), wish(0))])));
+        assert_eq!(held.started, vec![key()]);
+        assert!(got.items.is_empty(), "nothing let through until heard");
+        assert_eq!(gate.take(&mut got, Arc::new(BTreeMap::from([(key(), wish(0))]))), Step::default());
+        let gone = gate.take(&mut got, Arc::new(BTreeMap::new()));
+        assert_eq!(gone.superseded, vec![key()]);
+        assert!(got.cold.is_empty());
     }
 
     /// A runtime that records the scales it is asked for.

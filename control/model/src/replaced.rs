@@ -38,21 +38,21 @@ pub fn replaced<'a, K: Ord + 'a, V: 'a>(
 
 /// What differs between two versions of a map.
 #[derive(Debug, PartialEq, Eq)]
-pub struct Differing<'a, K, V> {
+pub struct Differing<'before, 'after, K, V> {
     /// Keys only the old version has, in order.
-    pub gone: Vec<&'a K>,
+    pub gone: Vec<&'before K>,
     /// Entries of the new version that the old one lacks or holds with
     /// another value, in order.
-    pub changed: Vec<(&'a K, &'a V)>,
+    pub changed: Vec<(&'after K, &'after V)>,
 }
 
 /// The entries that differ between `before` and `after`: one walk over both
 /// in key order, two key comparisons per entry, where looking each key of
 /// one map up in the other costs a search.
-pub fn differing<'a, K: Ord, V: PartialEq>(
-    before: &'a BTreeMap<K, V>,
-    after: &'a BTreeMap<K, V>,
-) -> Differing<'a, K, V> {
+pub fn differing<'before, 'after, K: Ord, V: PartialEq>(
+    before: &'before BTreeMap<K, V>,
+    after: &'after BTreeMap<K, V>,
+) -> Differing<'before, 'after, K, V> {
     let mut differing = Differing { gone: Vec::new(), changed: Vec::new() };
     let mut before = before.iter().peekable();
     for (key, value) in after {
