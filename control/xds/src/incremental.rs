@@ -41,7 +41,7 @@ use crate::snapshot::{
 };
 use crate::translate::{
     XdsSettings, claim_hosts, effective_stream_idle_timeout, http_listener, response_start_deadline,
-    revision_endpoints, revision_resources, route_resources, route_timeouts, shard_configuration,
+    revision_resources, route_resources, route_timeouts, shard_configuration,
 };
 
 /// Translates successive plans into successive snapshots, each change
@@ -208,6 +208,7 @@ impl Translator {
         let mut entries = Vec::with_capacity(plan.revisions.len());
         // Plans list revisions in key order, as the endpoint map keeps them:
         // walking both together spares a lookup per revision.
+        debug_assert!(plan.revisions.is_sorted_by(|a, b| a.key < b.key), "a plan's revisions are sorted by key");
         let mut cursor = endpoints.iter().peekable();
         for (revision, previous) in plan.revisions.iter().zip(paired) {
             while cursor.peek().is_some_and(|(key, _)| **key < revision.key) {
@@ -215,7 +216,8 @@ impl Translator {
             }
             let live = match cursor.peek() {
                 Some((key, live)) if **key == revision.key => live.as_slice(),
-                _ => revision_endpoints(revision, endpoints),
+                // Not in the map: only the revision's own endpoints, if any.
+                _ => revision.static_endpoints.as_deref().unwrap_or_default(),
             };
             let live_fingerprint = endpoints_fingerprint(live);
             let fingerprint = match &previous {
@@ -291,7 +293,17 @@ impl Translator {
         }
         let timeout_of = |key: &ObjectKey| self.timeouts.get(key).copied();
         let mut entries = Vec::with_capacity(plan.routes.len());
-        for ((route, owned), previous) in plan.routes.iter().zip(claim_hosts(plan)).zip(paired) {
+        // The same Routes claim the same hosts: a re-timing or a warm-path
+        // switch does not hash every host of the plan again.
+        let reuse_claims = same_routes && paired.iter().all(Option::is_some);
+        let mut claims = (!reuse_claims).then(|| claim_hosts(plan).into_iter());
+        for (route, previous) in plan.routes.iter().zip(paired) {
+            let owned = match (&mut claims, &previous) {
+                (Some(claims), _) => claims.next().unwrap_or_default(),
+                (None, Some(entry)) => entry.input.owned.clone(),
+                // `reuse_claims` saw an entry for every Route.
+                (None, None) => Vec::new(),
+            };
             let sends_to_retimed = !retimed.is_empty()
                 && route
                     .splits

@@ -51,6 +51,9 @@ fn world(percent: u32) -> GatewayPlan {
             plan.revisions.push(Arc::new(revision(&format!("s-{i}-0000{n}"))));
         }
     }
+    // In key order, as the planner lists them.
+    plan.routes.sort_by(|a, b| a.key.cmp(&b.key));
+    plan.revisions.sort_by(|a, b| a.key.cmp(&b.key));
     plan
 }
 
