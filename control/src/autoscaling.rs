@@ -44,7 +44,6 @@ use tokio::sync::{broadcast, watch};
 use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::activation::{Activation, ActivationService};
-use crate::publish::replace_if_changed;
 
 /// Knative's bucket size: the collector records one stat per second.
 const COLLECT_INTERVAL: Duration = Duration::from_secs(1);
@@ -52,9 +51,9 @@ const COLLECT_INTERVAL: Duration = Duration::from_secs(1);
 /// is followed at once by a decision, so the newest bucket is never empty
 /// when it is read (which matters for panic windows of a second or two).
 const COLLECTIONS_PER_TICK: u64 = 2;
-/// The KPA statuses are views (`get kpa`, `/metrics`, the dashboard), rebuilt
-/// for every revision when published: what changes within this long is
-/// published once. A cold start among 10,000 revisions (the poke, the
+/// The KPA statuses are views (`get kpa`, `/metrics`, the dashboard),
+/// computed for every revision when published (only those that differ are
+/// written): what changes within this long is published once. A cold start among 10,000 revisions (the poke, the
 /// instance's spawn and readiness) then rebuilds them once, after the
 /// request was served, rather than three times while it waits.
 const PUBLISH_COALESCE: Duration = Duration::from_millis(100);
@@ -329,9 +328,33 @@ impl Autoscaler {
 
     fn publish(&mut self) {
         self.publish_due = None;
-        let statuses: BTreeMap<ObjectKey, KpaStatus> =
-            self.revisions.iter().map(|(key, revision)| (key.clone(), revision.status())).collect();
-        replace_if_changed(&self.statuses, statuses);
+        // One ordered walk over the revisions and what was published: only
+        // what differs is written, and the readers' map is copied only then.
+        let (mut gone, mut changed) = (Vec::new(), Vec::new());
+        {
+            let published = self.statuses.borrow();
+            let mut old = published.iter().peekable();
+            for (key, revision) in &self.revisions {
+                while let Some((key, _)) = old.next_if(|(other, _)| *other < key) {
+                    gone.push(key.clone());
+                }
+                let status = revision.status();
+                if !old.next_if(|(other, _)| *other == key).is_some_and(|(_, old)| *old == status) {
+                    changed.push((key.clone(), status));
+                }
+            }
+            gone.extend(old.map(|(key, _)| key.clone()));
+        }
+        if gone.is_empty() && changed.is_empty() {
+            return;
+        }
+        self.statuses.send_modify(|published| {
+            let published = Arc::make_mut(published);
+            for key in &gone {
+                published.remove(key);
+            }
+            published.extend(changed);
+        });
     }
 }
 
