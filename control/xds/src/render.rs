@@ -207,9 +207,23 @@ pub fn ads_bootstrap_yaml(opts: &AdsBootstrapOptions) -> Result<String, RenderEr
         stats_sinks: vec![metrics_service_sink(control_plane)],
         stats_config: Some(revision_stats_config()),
         stats_flush_interval: Some(pb_duration(crate::stats::FLUSH_INTERVAL)),
+        deferred_stat_options: Some(deferred_stats()),
         ..Default::default()
     };
     to_yaml(&bootstrap)
+}
+
+/// Envoy creates a cluster's traffic statistics (`upstream_rq_*`,
+/// `upstream_cx_*`) when the cluster first uses them rather than when it
+/// loads. Every revision, at zero or not, has a cluster, and most never
+/// serve a request in a given Envoy's life: at 10,000 Services (20,000
+/// clusters) an idle Envoy spent 12% of a core on them (their histograms
+/// merged at every one-second flush, on the main thread that also applies
+/// xDS) and 1.3 GB of memory; created on first use, 0.7% and 0.9 GB. What
+/// the control plane reads of them is unchanged: a cluster that served
+/// nothing has nothing to report.
+fn deferred_stats() -> bootstrap::DeferredStatOptions {
+    bootstrap::DeferredStatOptions { enable_deferred_creation_stats: true }
 }
 
 /// Envoy keeps the revision clusters' response times (`upstream_rq_time`)
