@@ -49,7 +49,7 @@ pub const CREATE_LOCK_KEY: &str = "revgate.create-lock";
 pub const LOCK_ATTEMPTS: usize = 256;
 
 /// How long a holder may keep the create lock before it is taken to be gone.
-/// A holder keeps it for two host calls; only a VM that ended mid-callback
+/// A holder keeps it for a few host calls; only a VM that ended mid-callback
 /// keeps it longer.
 pub const LOCK_LEASE_NS: u64 = 1_000_000_000;
 
