@@ -126,7 +126,7 @@ pub async fn run(tools: &Tools, size: Size) -> anyhow::Result<Outcome> {
                 .goal(Goal::at_most(
                     "≤ 1 KiB above bare Envoy's open request",
                     Figure::bytes(above),
-                    "above bare",
+                    " above bare",
                     1024.0,
                 )),
         );
