@@ -27,7 +27,7 @@ pub struct StatusWrite {
 /// cluster shows. Conditions keep their `lastTransitionTime` while their
 /// status stays the same.
 ///
-/// Every condition comes from the model, computed from what [`observe`]
+/// Every condition comes from the model, computed from what [`observe`](super::observe)
 /// saw (a revision still deploying included); this step adds only what the
 /// model cannot know: the problems of this pass, replica counts,
 /// `observedGeneration` and transition times.
