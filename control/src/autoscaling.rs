@@ -53,9 +53,10 @@ const COLLECT_INTERVAL: Duration = Duration::from_secs(1);
 const COLLECTIONS_PER_TICK: u64 = 2;
 /// The KPA statuses are views (`get kpa`, `/metrics`, the dashboard),
 /// computed for every revision when published (only those that differ are
-/// written): what changes within this long is published once. A cold start among 10,000 revisions (the poke, the
-/// instance's spawn and readiness) then rebuilds them once, after the
-/// request was served, rather than three times while it waits.
+/// written): what changes within this long is published once. A cold start
+/// among 10,000 revisions (the poke, the instance's spawn and readiness)
+/// then computes them once, after the request was served, rather than
+/// three times while it waits.
 const PUBLISH_COALESCE: Duration = Duration::from_millis(100);
 
 /// Readers of the KPA statuses.
