@@ -172,15 +172,11 @@ impl TypeSnapshot {
         }
     }
 
-    /// The version of the subset of this type named by `names` (absent
-    /// names are skipped): what a SotW stream asking for those names has.
-    pub fn version_of_names<'a>(&self, names: impl IntoIterator<Item = &'a String>) -> String {
-        subset_version(self.digest_of_names(names))
-    }
-
-    /// The digest behind [`Self::version_of_names`]: a sum, so that a
-    /// stream can keep it and move it by what one change replaced
-    /// ([`Self::digest_of`] before and after) instead of summing every name.
+    /// The digest of the subset of this type named by `names` (absent names
+    /// count 0); [`subset_version`] of it is the version a SotW stream
+    /// asking for those names has. A sum, so that a stream can keep it and
+    /// move it by what one change replaced ([`Self::digest_of`] before and
+    /// after) instead of summing every name.
     pub fn digest_of_names<'a>(&self, names: impl IntoIterator<Item = &'a String>) -> u64 {
         names.into_iter().fold(0u64, |sum, name| sum.wrapping_add(self.digest_of(name)))
     }
@@ -447,7 +443,7 @@ fn pair_digest(name: &str, version: &str) -> u64 {
 }
 
 /// The version of a subset whose digest is `digest` (see
-/// [`TypeSnapshot::digest_of_names`]).
+/// [`TypeSnapshot::digest_of_names`]): the same function as a whole type's.
 pub fn subset_version(digest: u64) -> String {
     hex_digest(digest)
 }
@@ -529,7 +525,7 @@ mod tests {
         for t in ResourceType::ALL {
             let resources = &s.get(t).resources;
             assert_eq!(s.version(t), version_of(resources.iter().map(|(n, r)| (n.as_str(), r.version.as_str()))));
-            assert_eq!(s.version(t), s.get(t).version_of_names(resources.keys()));
+            assert_eq!(s.version(t), subset_version(s.get(t).digest_of_names(resources.keys())));
         }
     }
 
