@@ -39,6 +39,7 @@ use revgate_kube::scraper::SidecarFigures;
 use revgate_model::World;
 use revgate_model::meta::ENDPOINTS_ANNOTATION;
 use revgate_model::plan::{GatewayPlan, ObjectKey};
+use revgate_model::replaced::{Differing, differing, ordered_lookup};
 use revgate_runtime::{Runtime, Workload};
 use tokio::sync::{broadcast, watch};
 use tokio::time::{Instant, MissedTickBehavior};
@@ -313,10 +314,9 @@ impl Autoscaler {
         let states = self.runtime.states();
         let states = states.borrow();
         // Both maps are in key order: one walk over both, no lookups.
-        let mut states = states.iter().peekable();
+        let mut state_of = ordered_lookup(&states);
         for (key, revision) in &mut self.revisions {
-            while states.next_if(|(other, _)| *other < key).is_some() {}
-            let ready = states.next_if(|(other, _)| *other == key).map_or(0, |(_, s)| s.ready.len());
+            let ready = state_of(key).map_or(0, |s| s.ready.len());
             revision.kpa.observe_ready(now, u32::try_from(ready).unwrap_or(u32::MAX));
         }
     }
@@ -331,21 +331,12 @@ impl Autoscaler {
         self.publish_due = None;
         // One ordered walk over the revisions and what was published: only
         // what differs is written, and the readers' map is copied only then.
-        let (mut gone, mut changed) = (Vec::new(), Vec::new());
-        {
+        let (gone, changed): (Vec<ObjectKey>, Vec<(ObjectKey, KpaStatus)>) = {
             let published = self.statuses.borrow();
-            let mut old = published.iter().peekable();
-            for (key, revision) in &self.revisions {
-                while let Some((key, _)) = old.next_if(|(other, _)| *other < key) {
-                    gone.push(key.clone());
-                }
-                let status = revision.status();
-                if !old.next_if(|(other, _)| *other == key).is_some_and(|(_, old)| *old == status) {
-                    changed.push((key.clone(), status));
-                }
-            }
-            gone.extend(old.map(|(key, _)| key.clone()));
-        }
+            let Differing { gone, changed } =
+                differing(&published, self.revisions.iter().map(|(key, revision)| (key, revision.status())));
+            (gone.into_iter().cloned().collect(), changed.into_iter().map(|(key, s)| (key.clone(), s)).collect())
+        };
         if gone.is_empty() && changed.is_empty() {
             return;
         }

@@ -147,7 +147,7 @@ impl<T: Withdrawal> ZeroGate<T> {
     pub fn take(&mut self, shown: &mut Arc<Gated<T>>, input: Arc<BTreeMap<ObjectKey, T>>) -> Step {
         let mut step = Step::default();
         // A waiting revision's input stands for what it shows.
-        let Differing { gone, changed } = differing(&shown.items, &input);
+        let Differing { gone, changed } = differing(&shown.items, input.iter());
         let gone: Vec<ObjectKey> = gone.into_iter().cloned().collect();
         let changed: Vec<(&ObjectKey, &T)> =
             changed.into_iter().filter(|(key, next)| self.waiting.get(*key) != Some(*next)).collect();

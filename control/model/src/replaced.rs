@@ -1,10 +1,12 @@
-//! Finding what changed between two versions of a sorted map in one walk
-//! over both, without looking keys up: [`replaced`] for maps whose values
-//! are shared (`Arc`): a new version keeps the allocation of every value it
+//! Walking sorted maps side by side, without looking keys up: what changed
+//! between two versions of a map, [`replaced`] for maps whose values are
+//! shared (`Arc`): a new version keeps the allocation of every value it
 //! leaves equal (a [`crate::World`], a gateway snapshot), so what a change
-//! touched is what is not the very same allocation; [`differing`] for maps
-//! of plain values, compared by value.
+//! touched is what is not the very same allocation; [`differing`] for plain
+//! values, compared by value; and [`ordered_lookup`], a map's values for
+//! keys asked in ascending order.
 
+use std::borrow::Borrow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
@@ -38,21 +40,22 @@ pub fn replaced<'a, K: Ord + 'a, V: 'a>(
 
 /// What differs between two versions of a map.
 #[derive(Debug, PartialEq, Eq)]
-pub struct Differing<'before, 'after, K, V> {
+pub struct Differing<'before, 'after, K, A> {
     /// Keys only the old version has, in order.
     pub gone: Vec<&'before K>,
     /// Entries of the new version that the old one lacks or holds with
     /// another value, in order.
-    pub changed: Vec<(&'after K, &'after V)>,
+    pub changed: Vec<(&'after K, A)>,
 }
 
-/// The entries that differ between `before` and `after`: one walk over both
-/// in key order, two key comparisons per entry, where looking each key of
-/// one map up in the other costs a search.
-pub fn differing<'before, 'after, K: Ord, V: PartialEq>(
+/// The entries that differ between `before` and `after` (the new version's
+/// entries in key order: a map, or values computed on the way): one walk
+/// over both, two key comparisons per entry, where looking each key of one
+/// up in the other costs a search.
+pub fn differing<'before, 'after, K: Ord + 'after, V: PartialEq, A: Borrow<V>>(
     before: &'before BTreeMap<K, V>,
-    after: &'after BTreeMap<K, V>,
-) -> Differing<'before, 'after, K, V> {
+    after: impl IntoIterator<Item = (&'after K, A)>,
+) -> Differing<'before, 'after, K, A> {
     let mut differing = Differing { gone: Vec::new(), changed: Vec::new() };
     let mut before = before.iter().peekable();
     for (key, value) in after {
@@ -60,12 +63,23 @@ pub fn differing<'before, 'after, K: Ord, V: PartialEq>(
             differing.gone.push(gone);
         }
         match before.next_if(|(old, _)| *old == key) {
-            Some((_, old)) if old == value => {}
+            Some((_, old)) if old == value.borrow() => {}
             _ => differing.changed.push((key, value)),
         }
     }
     differing.gone.extend(before.map(|(gone, _)| gone));
     differing
+}
+
+/// Looks keys up in `map` in one walk, for keys asked in ascending order:
+/// each lookup moves past the smaller keys. A key asked out of order reads
+/// as absent.
+pub fn ordered_lookup<'a, K: Ord, V>(map: &'a BTreeMap<K, V>) -> impl FnMut(&K) -> Option<&'a V> {
+    let mut entries = map.iter().peekable();
+    move |key| {
+        while entries.next_if(|(other, _)| *other < key).is_some() {}
+        entries.next_if(|(other, _)| *other == key).map(|(_, value)| value)
+    }
 }
 
 #[cfg(test)]
@@ -82,11 +96,27 @@ mod tests {
 
         let same = differing(&before, &before);
         assert!(same.gone.is_empty() && same.changed.is_empty());
-        let nothing = BTreeMap::new();
+        let nothing: BTreeMap<i32, &str> = BTreeMap::new();
         let from_nothing = differing(&nothing, &after);
         assert_eq!((from_nothing.gone.len(), from_nothing.changed.len()), (0, 4));
         let to_nothing = differing(&before, &nothing);
         assert_eq!((to_nothing.gone.len(), to_nothing.changed.len()), (4, 0));
+    }
+
+    #[test]
+    fn differing_takes_values_computed_on_the_way() {
+        let before = BTreeMap::from([(1, 10), (2, 20), (3, 30)]);
+        let keys = [1, 3];
+        let found = differing(&before, keys.iter().map(|k| (k, k * 10 + u32::from(*k == 3))));
+        assert_eq!(found, Differing { gone: vec![&2], changed: vec![(&3, 31)] });
+    }
+
+    #[test]
+    fn ordered_lookup_finds_keys_asked_in_order() {
+        let map = BTreeMap::from([(2, "b"), (4, "d"), (6, "f")]);
+        let mut lookup = ordered_lookup(&map);
+        let found: Vec<Option<&&str>> = [1, 2, 3, 4, 7].iter().map(&mut lookup).collect();
+        assert_eq!(found, vec![None, Some(&"b"), None, Some(&"d"), None]);
     }
 
     #[test]

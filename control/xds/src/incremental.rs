@@ -34,6 +34,7 @@ use revgate_model::plan::{
     Endpoint, EndpointMap, GatewayPlan, MappedHost, ObjectKey, RevisionBackend, RoutePlan, Split, TagPlan,
     UpstreamProtocol,
 };
+use revgate_model::replaced::ordered_lookup;
 
 use crate::snapshot::{
     ResourceType, Snapshot, SnapshotBuilder, SnapshotError, Upserted, VersionedResource, listener_resource,
@@ -209,15 +210,12 @@ impl Translator {
         // Plans list revisions in key order, as the endpoint map keeps them:
         // walking both together spares a lookup per revision.
         debug_assert!(plan.revisions.is_sorted_by(|a, b| a.key < b.key), "a plan's revisions are sorted by key");
-        let mut cursor = endpoints.iter().peekable();
+        let mut live_of = ordered_lookup(endpoints);
         for (revision, previous) in plan.revisions.iter().zip(paired) {
-            while cursor.peek().is_some_and(|(key, _)| **key < revision.key) {
-                cursor.next();
-            }
-            let live = match cursor.peek() {
-                Some((key, live)) if **key == revision.key => live.as_slice(),
+            let live = match live_of(&revision.key) {
+                Some(live) => live.as_slice(),
                 // Not in the map: only the revision's own endpoints, if any.
-                _ => revision.static_endpoints.as_deref().unwrap_or_default(),
+                None => revision.static_endpoints.as_deref().unwrap_or_default(),
             };
             let live_fingerprint = endpoints_fingerprint(live);
             let fingerprint = match &previous {
